@@ -1,0 +1,43 @@
+# The two commands that matter on a fresh clone: `make run` and `make test`.
+# Both create .venv when missing and install from requirements.lock (the exact tested set);
+# the install is skipped when pyproject.toml and requirements.lock have not changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export GIT_PYTHON_REFRESH := quiet
+
+.PHONY: install run test test-all bench clean-results mlflow-ui optuna-dashboard
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "meiscope needs Python 3.11 (allensdk 2.16.2): set PYTHON=python3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/dvc config --local core.analytics false 2>/dev/null || true
+	touch $(STAMP)
+
+## the whole study on the default data: raw data (synthesized or downloaded), then every DVC stage
+run: $(STAMP)
+	$(BIN)/meiscope data
+	$(BIN)/dvc repro
+
+## the test suite (end-to-end tests included)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+
+optuna-dashboard: $(STAMP)
+	$(BIN)/optuna-dashboard .optuna/journal.log
+
+clean-results:
+	rm -rf results metrics models report

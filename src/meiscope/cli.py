@@ -1,0 +1,188 @@
+"""The `meiscope` command line: one command per pipeline stage, thin over meiscope.pipeline.
+
+Heavy libraries (allensdk, torch, mlflow) are imported inside the commands, so that
+``meiscope --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", show_default=True,
+                             type=click.Path(dir_okay=False), help="The params file; its folder is the project root.")
+DEVICE_OPTION = click.option("--device", default=None,
+                             help="auto (CUDA when available), cpu, cuda or cuda:N. Default: from params.yaml.")
+
+
+def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Load params, run the stage, and turn user-fixable errors into one line + exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(params_path: str, **kwargs: Any) -> None:
+        from meiscope.config import load_params
+        from meiscope.errors import MeiscopeError
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            params = load_params(params_path)
+            func(params, Path(params_path).resolve().parent, **kwargs)
+        except MeiscopeError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="meiscope")
+def main() -> None:
+    """meiscope: Most Exciting Inputs of mouse V1 neurons (Allen Brain Observatory).
+
+    The stages run in this order (`dvc repro` runs them all; `make run` also makes the data):
+
+    \b
+      synthesize | download   raw sessions in allensdk's cache layout (data/allen/)
+      extract                 per-trial responses and model-space images
+      rank                    reliability metrics, the most expressive neurons
+      tune                    Optuna search over the CNN architecture
+      train                   CNN ensemble (+ LN baseline), test accuracy vs noise ceiling
+      mei                     Most Exciting Inputs by gradient ascent on the ensemble
+      gabor                   optimal Gabors under the same budget, MEI vs Gabor
+      validate                (synthetic data) show MEIs to the true neurons
+      report                  one self-contained HTML page with every result
+
+    Every command reads params.yaml (see --params) and logs an MLflow run.
+    """
+
+
+@main.command()
+@PARAMS_OPTION
+@_stage
+def synthesize(params: Any, root: Path) -> None:
+    """Write synthetic natural-scenes sessions (Allen NWB layout, known ground truth) into the cache."""
+    from meiscope import pipeline
+
+    pipeline.synthesize(params, root)
+
+
+@main.command()
+@PARAMS_OPTION
+@_stage
+def download(params: Any, root: Path) -> None:
+    """Download Allen Brain Observatory natural-scenes sessions selected in params.yaml (allen:)."""
+    from meiscope import pipeline
+
+    pipeline.download(params, root)
+
+
+@main.command()
+@PARAMS_OPTION
+@_stage
+def data(params: Any, root: Path) -> None:
+    """Make sure the raw data exists: synthesize it (data.source: synthetic) or download it (allen).
+
+    Synthetic data that already matches params.yaml is left alone.
+    """
+    from meiscope import pipeline
+
+    pipeline.ensure_data(params, root)
+
+
+@main.command()
+@PARAMS_OPTION
+@_stage
+def extract(params: Any, root: Path) -> None:
+    """Per-trial responses (dF/F in a window after onset minus baseline) and model-space images."""
+    from meiscope import pipeline
+
+    pipeline.extract(params, root)
+
+
+@main.command()
+@PARAMS_OPTION
+@_stage
+def rank(params: Any, root: Path) -> None:
+    """Score every cell's reliability and select the most expressive neurons."""
+    from meiscope import pipeline
+
+    pipeline.rank(params, root)
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@click.option("--resume", is_flag=True, help="Continue interrupted training from the last checkpoints.")
+@_stage
+def train(params: Any, root: Path, device: str | None, resume: bool) -> None:
+    """Train the CNN ensemble (shared core + per-neuron readouts) and the LN baseline; evaluate on test images."""
+    from meiscope import pipeline
+
+    pipeline.train(params, root, device=device, resume=resume)
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@click.option("--workers", type=int, default=None, help="Local worker processes on one study (default: tune.workers).")
+@click.option("--storage", default=None, help="Optuna storage URL (e.g. postgresql://...); default: tune.storage or the local journal file.")
+@click.option("--n-trials", type=int, default=None, help="Trial budget of the study (default: tune.n_trials).")
+@_stage
+def tune(params: Any, root: Path, device: str | None, workers: int | None, storage: str | None,
+         n_trials: int | None) -> None:
+    """Optuna search over the model architecture; writes the winner for `train`."""
+    from meiscope import pipeline
+
+    pipeline.tune(params, root, device=device, workers=workers, storage=storage, n_trials=n_trials)
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@_stage
+def mei(params: Any, root: Path, device: str | None) -> None:
+    """Most Exciting Inputs of all selected neurons in one batched gradient ascent."""
+    from meiscope import insilico
+
+    insilico.mei(params, root, device=device)
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@_stage
+def gabor(params: Any, root: Path, device: str | None) -> None:
+    """Optimal Gabor per neuron under the MEI's budget, and the Gabor fitted to each MEI."""
+    from meiscope import insilico
+
+    insilico.gabor(params, root, device=device)
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@_stage
+def validate(params: Any, root: Path, device: str | None) -> None:
+    """Synthetic sessions: show MEIs, Gabors and natural images to the true neurons."""
+    from meiscope import insilico
+
+    insilico.validate(params, root, device=device)
+
+
+@main.command()
+@PARAMS_OPTION
+@_stage
+def report(params: Any, root: Path) -> None:
+    """Write report/index.html: one self-contained page with every result."""
+    from meiscope import insilico
+
+    insilico.report(params, root)
+
+
+if __name__ == "__main__":
+    main()

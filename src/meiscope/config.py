@@ -1,0 +1,485 @@
+"""Typed configuration: ``params.yaml`` parsed once into frozen dataclasses.
+
+Every stage receives the section it needs (``params.train``, ``params.mei``, ...) as an
+explicit argument. Unknown keys, wrong types and out-of-range values are refused with a
+one-line :class:`ConfigError` that names the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from meiscope.errors import MeiscopeError
+
+
+class ConfigError(MeiscopeError, ValueError):
+    """A value in params.yaml (or an override) is unknown, mistyped or out of range."""
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"params: '{key}' {message}")
+
+
+def _positive(value: float, key: str) -> None:
+    _require(value > 0, key, f"must be > 0 (got {value})")
+
+
+def _fraction(value: float, key: str, low_open: bool = False) -> None:
+    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
+    _require(ok, key, f"must be in {'(0, 1]' if low_open else '[0, 1]'} (got {value})")
+
+
+def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
+    _require(value in choices, key, f"must be one of {list(choices)} (got {value!r})")
+
+
+# --------------------------------------------------------------------------------------
+# data sources
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw sessions come from and where the Allen-layout cache lives."""
+
+    source: str = "synthetic"  # synthetic | allen
+    cache_dir: str = "data/allen"
+
+    def __post_init__(self) -> None:
+        _one_of(self.source, ("synthetic", "allen"), "data.source")
+
+
+@dataclass(frozen=True)
+class AllenConfig:
+    """Selection of real Allen Brain Observatory natural-scenes experiments."""
+
+    experiment_ids: list[int] = field(default_factory=list)  # explicit ids win over filters
+    targeted_structures: list[str] = field(default_factory=lambda: ["VISp"])
+    cre_lines: list[str] = field(default_factory=list)
+    imaging_depth_min: int = 0
+    imaging_depth_max: int = 1000
+    max_experiments: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self.max_experiments, "allen.max_experiments")
+        _require(self.imaging_depth_min <= self.imaging_depth_max, "allen.imaging_depth_min",
+                 "must be <= allen.imaging_depth_max")
+
+
+@dataclass(frozen=True)
+class CellKindFractions:
+    """Share of each synthetic cell kind; they must sum to 1."""
+
+    simple: float = 0.25
+    complex: float = 0.2
+    conjunction: float = 0.15
+    unresponsive: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name in ("simple", "complex", "conjunction", "unresponsive"):
+            _fraction(getattr(self, name), f"synthetic.kinds.{name}")
+        total = self.simple + self.complex + self.conjunction + self.unresponsive
+        _require(abs(total - 1) < 1e-6, "synthetic.kinds", f"fractions must sum to 1 (got {total:.3f})")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The simulated V1 population and recording (the offline default data source)."""
+
+    seed: int = 0
+    n_sessions: int = 1
+    first_experiment_id: int = 900000001
+    n_cells: int = 200
+    n_images: int = 118
+    repeats: int = 50
+    image_height: int = 918
+    image_width: int = 1174
+    kinds: CellKindFractions = field(default_factory=CellKindFractions)
+    rf_sigma_deg: list[float] = field(default_factory=lambda: [4.0, 8.0])  # Gaussian envelope
+    peak_rate_hz: list[float] = field(default_factory=lambda: [8.0, 25.0])
+    baseline_rate_hz: float = 0.5
+    spike_amplitude_dff: float = 0.15  # dF/F of one spike, GCaMP6f-like
+    tau_decay_s: float = 0.3
+    tau_rise_s: float = 0.05
+    noise_std_dff: float = 0.05
+    neuropil_r: float = 0.7
+    spontaneous_s: float = 300.0
+    nan_cells: int = 0  # cells whose traces get NaNs (to exercise the extract checks)
+
+    def __post_init__(self) -> None:
+        for key in ("n_sessions", "n_cells", "repeats", "image_height", "image_width",
+                    "tau_decay_s", "tau_rise_s", "spike_amplitude_dff"):
+            _positive(getattr(self, key), f"synthetic.{key}")
+        _require(2 <= self.n_images <= 118, "synthetic.n_images", f"must be in [2, 118] (got {self.n_images})")
+        _require(self.noise_std_dff >= 0, "synthetic.noise_std_dff", "must be >= 0")
+        _require(len(self.rf_sigma_deg) == 2 and 0 < self.rf_sigma_deg[0] <= self.rf_sigma_deg[1],
+                 "synthetic.rf_sigma_deg", "must be [low, high] with 0 < low <= high")
+        _require(len(self.peak_rate_hz) == 2 and 0 < self.peak_rate_hz[0] <= self.peak_rate_hz[1],
+                 "synthetic.peak_rate_hz", "must be [low, high] with 0 < low <= high")
+        _fraction(self.neuropil_r, "synthetic.neuropil_r")
+        _require(0 <= self.nan_cells < self.n_cells, "synthetic.nan_cells", "must be in [0, n_cells)")
+
+
+# --------------------------------------------------------------------------------------
+# extract: trial responses and model images
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitConfig:
+    """Split by image (all repeats of an image stay together)."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _fraction(self.val_fraction, "extract.split.val_fraction", low_open=True)
+        _fraction(self.test_fraction, "extract.split.test_fraction", low_open=True)
+        _require(self.val_fraction + self.test_fraction < 1, "extract.split",
+                 "val_fraction + test_fraction must be < 1")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Per-trial responses (frames relative to stimulus onset) and model-space images."""
+
+    experiment_id: Optional[int] = None  # the session later stages study; None = smallest id
+    response_window: list[int] = field(default_factory=lambda: [1, 8])
+    baseline_window: list[int] = field(default_factory=lambda: [-2, 0])
+    crop: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 1.0])  # top, bottom, left, right
+    image_height: int = 36
+    image_width: int = 46
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        rw, bw = self.response_window, self.baseline_window
+        _require(len(rw) == 2 and 0 <= rw[0] < rw[1], "extract.response_window",
+                 f"must be [start, stop) frames after onset with 0 <= start < stop (got {rw})")
+        _require(len(bw) == 2 and bw[0] < bw[1] <= 0, "extract.baseline_window",
+                 f"must be [start, stop) frames before onset with start < stop <= 0 (got {bw})")
+        c = self.crop
+        _require(len(c) == 4 and 0 <= c[0] < c[1] <= 1 and 0 <= c[2] < c[3] <= 1, "extract.crop",
+                 f"must be [top, bottom, left, right] fractions with top < bottom, left < right (got {c})")
+        _require(self.image_height >= 8 and self.image_width >= 8, "extract.image_height",
+                 "image_height and image_width must be >= 8")
+
+
+# --------------------------------------------------------------------------------------
+# rank
+# --------------------------------------------------------------------------------------
+RANK_METRICS = ("reliability", "explainable_var", "oracle_corr", "frac_sig_trials", "peak_response")
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """How neurons are scored, ordered and selected."""
+
+    metric: str = "oracle_corr"
+    top_k: Optional[int] = None  # keep at most this many (after thresholds); None = all passing
+    min_reliability: Optional[float] = 0.3
+    max_p_anova: Optional[float] = 0.001
+    min_frac_sig_trials: Optional[float] = None
+    n_splits: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of(self.metric, RANK_METRICS, "rank.metric")
+        if self.top_k is not None:
+            _positive(self.top_k, "rank.top_k")
+        _positive(self.n_splits, "rank.n_splits")
+        if self.max_p_anova is not None:
+            _fraction(self.max_p_anova, "rank.max_p_anova")
+
+
+# --------------------------------------------------------------------------------------
+# model and training
+# --------------------------------------------------------------------------------------
+READOUTS = ("gaussian", "factorized")
+LOSSES = ("mse", "poisson")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shared convolutional core + per-neuron readout. The tune stage overrides these."""
+
+    layers: int = 3
+    channels: list[int] = field(default_factory=lambda: [16, 16, 16])  # one entry per layer
+    first_kernel: int = 9
+    hidden_kernel: int = 5
+    depth_separable: bool = False
+    batch_norm: bool = True
+    laplace_weight: float = 0.01  # smoothness penalty on first-layer filters
+    readout: str = "gaussian"
+    readout_l1: float = 0.001  # sparsity of readout feature weights (and mask, factorized)
+    loss: str = "mse"
+
+    def __post_init__(self) -> None:
+        _positive(self.layers, "model.layers")
+        _require(len(self.channels) == self.layers, "model.channels",
+                 f"needs one entry per layer ({self.layers}), got {len(self.channels)}")
+        for i, c in enumerate(self.channels):
+            _require(isinstance(c, int) and c > 0, f"model.channels[{i}]", f"must be a positive integer (got {c})")
+        for key in ("first_kernel", "hidden_kernel"):
+            k = getattr(self, key)
+            _require(k > 0 and k % 2 == 1, f"model.{key}", f"must be a positive odd integer (got {k})")
+        _require(self.laplace_weight >= 0, "model.laplace_weight", "must be >= 0")
+        _require(self.readout_l1 >= 0, "model.readout_l1", "must be >= 0")
+        _one_of(self.readout, READOUTS, "model.readout")
+        _one_of(self.loss, LOSSES, "model.loss")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, early stopping and the ensemble."""
+
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # one ensemble member per seed
+    lr: float = 0.005
+    batch_size: int = 32
+    max_epochs: int = 200
+    patience: int = 20
+    weight_decay: float = 0.0
+    ln_l2: float = 1.0  # ridge penalty of the linear-nonlinear baseline
+    architecture_file: str = "results/tune/best_model.yaml"  # tuned model section, if present
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        _require(len(self.seeds) >= 2, "train.seeds",
+                 "needs at least 2 seeds (the MEI stage optimises on some models and checks on another)")
+        _require(len(set(self.seeds)) == len(self.seeds), "train.seeds", "must be distinct")
+        for key in ("lr", "batch_size", "max_epochs", "patience"):
+            _positive(getattr(self, key), f"train.{key}")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.ln_l2 >= 0, "train.ln_l2", "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------
+# tune
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges and choices the Optuna study samples from."""
+
+    layers: list[int] = field(default_factory=lambda: [1, 4])  # [low, high]
+    channels: list[int] = field(default_factory=lambda: [8, 32])  # [low, high], log scale, per layer
+    first_kernel: list[int] = field(default_factory=lambda: [5, 7, 9, 11])
+    hidden_kernel: list[int] = field(default_factory=lambda: [3, 5, 7])
+    depth_separable: list[bool] = field(default_factory=lambda: [False, True])
+    batch_norm: list[bool] = field(default_factory=lambda: [False, True])
+    readout: list[str] = field(default_factory=lambda: ["gaussian", "factorized"])
+    readout_l1: list[float] = field(default_factory=lambda: [1e-5, 1e-1])  # log range
+    laplace_weight: list[float] = field(default_factory=lambda: [1e-4, 1.0])  # log range
+    lr: list[float] = field(default_factory=lambda: [1e-3, 3e-2])  # log range
+    batch_size: list[int] = field(default_factory=lambda: [16, 32, 64])
+
+    def __post_init__(self) -> None:
+        for key in ("layers", "channels", "readout_l1", "laplace_weight", "lr"):
+            r = getattr(self, key)
+            _require(len(r) == 2 and 0 < r[0] <= r[1], f"tune.space.{key}", f"must be [low, high] with 0 < low <= high (got {r})")
+        for key in ("first_kernel", "hidden_kernel", "depth_separable", "batch_norm", "readout", "batch_size"):
+            _require(len(getattr(self, key)) > 0, f"tune.space.{key}", "must list at least one choice")
+        for r in self.readout:
+            _one_of(r, READOUTS, "tune.space.readout")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The Optuna architecture search."""
+
+    study_name: str = "meiscope-arch"
+    n_trials: int = 8
+    epochs: int = 15
+    objective: str = "val_corr_to_avg"  # val_corr_to_avg | val_feve
+    seed: int = 0
+    pruner: str = "median"  # median | none
+    pruner_startup_trials: int = 3
+    pruner_warmup_epochs: int = 3
+    storage: Optional[str] = None  # RDB URL; None = local journal file below
+    journal_file: str = ".optuna/journal.log"
+    workers: int = 1
+    space: SearchSpace = field(default_factory=SearchSpace)
+
+    def __post_init__(self) -> None:
+        _positive(self.n_trials, "tune.n_trials")
+        _positive(self.epochs, "tune.epochs")
+        _positive(self.workers, "tune.workers")
+        _one_of(self.objective, ("val_corr_to_avg", "val_feve"), "tune.objective")
+        _one_of(self.pruner, ("median", "none"), "tune.pruner")
+
+
+# --------------------------------------------------------------------------------------
+# MEI, Gabor, validation
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MeiConfig:
+    """Gradient-ascent recipe (defaults after Walker et al. 2019 and sinzlab/mei)."""
+
+    n_starts: int = 4
+    steps: int = 400
+    lr: float = 1.0  # SGD step on the mean-abs-normalised gradient
+    lr_decay: float = 0.1  # final step = lr * lr_decay (geometric schedule)
+    blur_sigma: list[float] = field(default_factory=lambda: [1.5, 0.01])  # gradient blur, start -> end
+    jitter: int = 0  # max random shift in pixels per step (0 = off)
+    norm: Optional[float] = None  # L2 budget in model space; None = median norm of the natural images
+    init_std: float = 0.1
+    n_val_models: int = 1  # ensemble members held out to score the MEIs
+    n_show: int = 12  # neurons in the gallery
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("n_starts", "steps", "lr", "n_val_models", "n_show"):
+            _positive(getattr(self, key), f"mei.{key}")
+        _fraction(self.lr_decay, "mei.lr_decay", low_open=True)
+        _require(len(self.blur_sigma) == 2 and all(s >= 0 for s in self.blur_sigma), "mei.blur_sigma",
+                 "must be [start, end] with both >= 0")
+        _require(self.jitter >= 0, "mei.jitter", "must be >= 0")
+        if self.norm is not None:
+            _positive(self.norm, "mei.norm")
+        _positive(self.init_std, "mei.init_std")
+
+
+@dataclass(frozen=True)
+class GaborConfig:
+    """Grid over Gabor parameters (in model pixels), then a local refinement."""
+
+    n_positions: list[int] = field(default_factory=lambda: [7, 9])  # rows, cols over the image
+    orientations: int = 8
+    wavelengths: list[float] = field(default_factory=lambda: [4.0, 7.0, 10.0, 15.0, 20.0])
+    sigmas: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 7.0])
+    phases: int = 4
+    refine_steps: int = 200
+    batch_size: int = 4096  # candidates per forward pass
+    fit_steps: int = 300  # least-squares fit of a Gabor to each MEI
+
+    def __post_init__(self) -> None:
+        _require(len(self.n_positions) == 2 and min(self.n_positions) > 0, "gabor.n_positions",
+                 "must be [rows, cols], both > 0")
+        for key in ("orientations", "phases", "batch_size"):
+            _positive(getattr(self, key), f"gabor.{key}")
+        _require(self.refine_steps >= 0 and self.fit_steps >= 0, "gabor.refine_steps", "steps must be >= 0")
+        _require(all(w > 0 for w in self.wavelengths) and self.wavelengths, "gabor.wavelengths", "must be > 0")
+        _require(all(s > 0 for s in self.sigmas) and self.sigmas, "gabor.sigmas", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow store (relative paths are taken from the repository root)."""
+
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "meiscope"
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    allen: AllenConfig = field(default_factory=AllenConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    mei: MeiConfig = field(default_factory=MeiConfig)
+    gabor: GaborConfig = field(default_factory=GaborConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --------------------------------------------------------------------------------------
+# parsing
+# --------------------------------------------------------------------------------------
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return ``value`` converted to ``hint`` where lossless (int -> float), else raise."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], key)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        _require(isinstance(value, list), key, f"must be a list (got {value!r})")
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        _require(isinstance(value, dict), key, f"must be a mapping (got {value!r})")
+        return build_section(hint, value, key)
+    if hint is bool:
+        _require(isinstance(value, bool), key, f"must be true or false (got {value!r})")
+        return value
+    if hint is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer (got {value!r})")
+        return value
+    if hint is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number (got {value!r})")
+        return float(value)
+    if hint is str:
+        _require(isinstance(value, str), key, f"must be a string (got {value!r})")
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def build_section(cls: type, raw: dict, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys (named with ``prefix``)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        _require(key in known, f"{prefix}.{key}" if prefix else str(key),
+                 f"is not a known key (known: {', '.join(sorted(known))})")
+    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def parse_params(raw: dict | None) -> Params:
+    """Validate a params mapping (as loaded from YAML) into :class:`Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("params: the top level must be a mapping of sections")
+    return build_section(Params, raw, "")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; a missing or malformed file is a ConfigError."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    try:
+        return parse_params(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def as_dict(section: Any) -> dict:
+    """A section as a plain dict (for logging and for writing back to YAML)."""
+    return dataclasses.asdict(section)
+
+
+def flat_dict(mapping: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a section (or nested mapping) into ``{'a.b': value}`` pairs (MLflow params)."""
+    if dataclasses.is_dataclass(mapping):
+        mapping = as_dict(mapping)
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update(flat_dict(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def replace_model(model: ModelConfig, overrides: dict) -> ModelConfig:
+    """Return ``model`` with keys from ``overrides`` (e.g. the tuned architecture) applied."""
+    merged = {**as_dict(model), **overrides}
+    return build_section(ModelConfig, merged, "model")

@@ -1,0 +1,233 @@
+"""Glue between the CLI / DVC and the stage functions: read inputs, call, log to MLflow.
+
+Each function here is one DVC stage. The science lives in the stage modules (responses,
+ranking, train, tuning, mei, gabor, validation, report); this module only knows where files
+are (``paths.Layout``) and what each stage logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from meiscope.atomic import write_json
+from meiscope.config import Params, as_dict
+from meiscope.errors import MeiscopeError
+from meiscope.paths import Layout
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_STAMP = "synthetic_params.json"
+
+
+# --------------------------------------------------------------------------------------
+# raw data
+# --------------------------------------------------------------------------------------
+def synthesize(params: Params, root: Path) -> list[int]:
+    """Write the synthetic sessions into the cache, replacing any other sessions there."""
+    from meiscope.synthetic.cortex import synthesize_sessions
+
+    layout = Layout.from_params(params, root)
+    ids = synthesize_sessions(params.synthetic, layout.cache_dir)
+    _remove_other_sessions(layout.cache_dir, keep=ids)
+    write_json(layout.cache_dir / SYNTHETIC_STAMP, as_dict(params.synthetic))
+    log.info("wrote %d synthetic session(s) to %s: %s", len(ids), layout.cache_dir, ids)
+    return ids
+
+
+def _remove_other_sessions(cache_dir: Path, keep: list[int]) -> None:
+    """Sessions of an earlier synthetic config would otherwise be extracted too."""
+    from meiscope.responses import find_sessions, nwb_path
+
+    for experiment_id in find_sessions(cache_dir):
+        if experiment_id not in keep:
+            nwb_path(cache_dir, experiment_id).unlink()
+            for stale in (cache_dir / "ground_truth").glob(f"{experiment_id}.*"):
+                stale.unlink()
+
+
+def download(params: Params, root: Path) -> list[int]:
+    """Download the Allen sessions selected by ``params.allen`` (lazily: complete files are kept)."""
+    from meiscope.allen import download_experiments
+
+    layout = Layout.from_params(params, root)
+    return download_experiments(params.allen, layout.cache_dir)
+
+
+def ensure_data(params: Params, root: Path) -> None:
+    """Make the raw data exist for ``params.data.source``; leave matching synthetic data alone."""
+    layout = Layout.from_params(params, root)
+    if params.data.source == "allen":
+        download(params, root)
+        return
+    stamp = layout.cache_dir / SYNTHETIC_STAMP
+    expected = [params.synthetic.first_experiment_id + i for i in range(params.synthetic.n_sessions)]
+    from meiscope.responses import find_sessions
+
+    if stamp.is_file() and json.loads(stamp.read_text()) == as_dict(params.synthetic) \
+            and find_sessions(layout.cache_dir) == expected:
+        log.info("synthetic data in %s already matches params.yaml", layout.cache_dir)
+        return
+    synthesize(params, root)
+
+
+# --------------------------------------------------------------------------------------
+# extract
+# --------------------------------------------------------------------------------------
+def extract(params: Params, root: Path) -> list[Path]:
+    """Build one dataset file per session in the cache and name the studied session."""
+    from meiscope import responses, truth
+    from meiscope.tracking import start_run
+
+    layout = Layout.from_params(params, root)
+    study_id = responses.study_session(layout.cache_dir, params.extract)
+    out_dir = layout.results / "responses"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    written = []
+    with start_run(params, "extract", root, sections=("data", "extract")) as mlf:
+        for experiment_id in responses.find_sessions(layout.cache_dir):
+            source = "synthetic" if truth.is_synthetic(layout.cache_dir, experiment_id) else "allen"
+            ds = responses.extract_session(layout.cache_dir, experiment_id, params.extract, source)
+            ds.save(layout.dataset(experiment_id))
+            written.append(layout.dataset(experiment_id))
+            summary = {"n_cells": ds.n_neurons, "n_images": ds.n_images, "n_trials": len(ds.trial_image),
+                       "n_dropped_nan_cells": int(ds.dropped_cell_ids.size)}
+            log.info("experiment %d: %s", experiment_id, summary)
+            if mlf is not None:
+                mlf.log_metrics({f"{experiment_id}.{k}": v for k, v in summary.items()})
+        write_json(layout.study_file, {"experiment_id": study_id})
+    return written
+
+
+def load_study_dataset(layout: Layout) -> Any:
+    """The dataset of the session the later stages study."""
+    from meiscope.dataset import ResponseDataset
+
+    if not layout.study_file.is_file():
+        raise MeiscopeError(f"{layout.study_file}: missing (run `meiscope extract` first)")
+    experiment_id = int(json.loads(layout.study_file.read_text())["experiment_id"])
+    return ResponseDataset.load(layout.dataset(experiment_id))
+
+
+# --------------------------------------------------------------------------------------
+# rank
+# --------------------------------------------------------------------------------------
+def rank(params: Params, root: Path) -> dict:
+    """Rank the studied session's cells; score the selection against the truth when synthetic."""
+    from meiscope import ranking, truth
+    from meiscope.allen import load_cell_metrics
+    from meiscope.tracking import start_run
+
+    layout = Layout.from_params(params, root)
+    ds = load_study_dataset(layout)
+    population = truth.load_population(layout.cache_dir, ds.experiment_id)
+    responsive = truth.responsive_ids(population) if population is not None else None
+    allen_metrics = load_cell_metrics(layout.cache_dir, ds.experiment_id)
+    with start_run(params, "rank", root, sections=("rank",)) as mlf:
+        metrics = ranking.run_rank(ds, params.rank, layout.ranking, layout.metrics_file("ranking"),
+                                   allen_metrics=allen_metrics, truth_responsive_ids=responsive)
+        if mlf is not None:
+            mlf.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+            mlf.log_artifacts(str(layout.ranking), artifact_path="ranking")
+    return metrics
+
+
+# --------------------------------------------------------------------------------------
+# tune
+# --------------------------------------------------------------------------------------
+def tune(params: Params, root: Path, device: str | None = None, workers: int | None = None,
+         storage: str | None = None, n_trials: int | None = None) -> dict:
+    """Run (or resume) the architecture search and write the winner for `train`."""
+    from meiscope import tuning
+    from meiscope.atomic import write_text
+    from meiscope.tracking import start_run
+
+    import yaml
+
+    layout = Layout.from_params(params, root)
+    ds = _selected_dataset(layout)
+    device = device or params.train.device
+    with start_run(params, "tune", root, sections=("tune", "model", "train")) as mlf:
+        if mlf is not None:  # create the store before any worker could race to migrate it
+            parent_id = mlf.active_run().info.run_id
+        tmp_dataset = layout.tune / "selected.npz"
+        ds.save(tmp_dataset)
+        study, new = tuning.run_study(tmp_dataset, params.tune, params.model, params.train, device, root,
+                                      storage_url=storage, workers=workers or params.tune.workers,
+                                      n_trials=n_trials)
+        tmp_dataset.unlink()
+        summary = tuning.summarise(study, params.tune)
+        if summary["n_complete"] == 0:
+            raise MeiscopeError(f"tune: none of the {summary['n_trials']} trials completed; "
+                                "see the fail_reason tags in MLflow or shrink tune.space")
+        best = tuning.best_setup(study, params.model, params.tune.space)
+        write_text(layout.tune / "best_model.yaml", yaml.safe_dump(best, sort_keys=True))
+        figures = tuning.plot_study(study, layout.tune)
+        write_json(layout.metrics_file("tune"), summary)
+        log.info("tune: %s", {k: v for k, v in summary.items() if k != "best_params"})
+        if mlf is not None:
+            tuning.log_trials(mlf, study, new, parent_id, params.tune)
+            mlf.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+            for fig in figures:
+                mlf.log_artifact(str(fig), artifact_path="figures")
+            mlf.log_artifact(str(layout.tune / "best_model.yaml"))
+    return summary
+
+
+def _selected_dataset(layout: Layout) -> Any:
+    """The studied session restricted to the neurons the rank stage selected (in rank order)."""
+    from meiscope.ranking import load_selected
+
+    return load_study_dataset(layout).select_neurons(load_selected(layout.ranking))
+
+
+# --------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------
+def tuned_configs(params: Params, layout: Layout) -> tuple[Any, Any, bool]:
+    """The model and train configs, with the tuned architecture applied when its file exists."""
+    import dataclasses
+
+    import yaml
+
+    from meiscope.config import replace_model
+
+    path = layout.root / params.train.architecture_file
+    if not path.is_file():
+        return params.model, params.train, False
+    tuned = yaml.safe_load(path.read_text()) or {}
+    try:
+        model_cfg = replace_model(params.model, tuned.get("model", {}))
+        train_cfg = dataclasses.replace(params.train, **tuned.get("train", {}))
+    except (TypeError, ValueError) as err:
+        raise MeiscopeError(f"{path}: not a valid tuned architecture ({err})") from None
+    return model_cfg, train_cfg, True
+
+
+def train(params: Params, root: Path, device: str | None = None, resume: bool = False) -> dict:
+    """Train the ensemble on the selected neurons and evaluate it (and the LN baseline) on test images."""
+    from meiscope import truth
+    from meiscope.config import flat_dict
+    from meiscope.tracking import file_hash, start_run
+    from meiscope.train import run_train
+
+    layout = Layout.from_params(params, root)
+    ds = _selected_dataset(layout)
+    model_cfg, train_cfg, tuned = tuned_configs(params, layout)
+    population = truth.load_population(layout.cache_dir, ds.experiment_id)
+    truth_fn = (truth.rates_for_model_images(population, ds.to_pixels, ds.cell_ids)
+                if population is not None else None)
+    tags = {"architecture": "tuned" if tuned else "params.yaml",
+            "ranking_md5": file_hash(layout.ranking / "ranking.csv"),
+            "dataset_md5": file_hash(layout.dataset(ds.experiment_id))}
+    with start_run(params, "train", root, sections=("train",), tags=tags) as mlf:
+        if mlf is not None:
+            mlf.log_params({k: str(v) for k, v in flat_dict(model_cfg, "model.").items()})
+            mlf.log_params({"effective.lr": train_cfg.lr, "effective.batch_size": train_cfg.batch_size})
+        metrics = run_train(ds, model_cfg, train_cfg, layout.ensemble, layout.train, layout.metrics_file("train"),
+                            device=device or train_cfg.device, resume=resume, truth=truth_fn, log=mlf)
+    return metrics

@@ -1,0 +1,89 @@
+"""The `report` stage: one self-contained HTML page (images inlined, no CDN) with every result."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meiscope.atomic import write_text
+
+
+@dataclass
+class Section:
+    """One part of the report: a title, a sentence, headline numbers and figures."""
+
+    title: str
+    intro: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    figures: list[Path] = field(default_factory=list)
+    note: str = ""
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, dict)):
+        return html.escape(json.dumps(value, default=str)[:300])
+    return html.escape(str(value))
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(path.name)}</figcaption></figure>")
+
+
+def render_section(section: Section) -> str:
+    """HTML of one section; missing figures are listed rather than breaking the page."""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_format(v)}</td></tr>" for k, v in section.metrics.items())
+    figures = "".join(_figure(p) for p in section.figures if p.is_file())
+    missing = [p.name for p in section.figures if not p.is_file()]
+    parts = [f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.intro)}</p>"]
+    if section.note:
+        parts.append(f'<p class="note">{html.escape(section.note)}</p>')
+    if rows:
+        parts.append(f"<table>{rows}</table>")
+    parts.append(f'<div class="figures">{figures}</div>')
+    if missing:
+        parts.append(f'<p class="note">Not produced: {html.escape(", ".join(missing))}</p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0} th,td{padding:.15rem .8rem;border-bottom:1px solid #eee;text-align:left}
+th{font-weight:500;color:#555} .figures{display:flex;flex-wrap:wrap;gap:1rem}
+figure{margin:0} img{max-width:100%;border:1px solid #eee} figcaption{font-size:.8rem;color:#777}
+.note{background:#fff7e0;padding:.4rem .6rem;border-left:3px solid #e0b000}
+"""
+
+
+# Marks the page once loaded with how many images decoded, so a headless browser can check it.
+LOAD_CHECK = ("<script>window.addEventListener('load',function(){var n=0;for(var i of document.images)"
+              "{if(i.complete&&i.naturalWidth>0)n++;}document.body.dataset.imagesLoaded=n;"
+              "document.body.dataset.imagesTotal=document.images.length;});</script>")
+
+
+def render_report(title: str, subtitle: str, sections: list[Section]) -> str:
+    """The whole page as a string."""
+    body = "".join(render_section(s) for s in sections)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>"
+            f"{body}{LOAD_CHECK}</body></html>")
+
+
+def load_metrics(path: Path) -> dict[str, Any]:
+    """A metrics JSON file, or an empty dict when the stage did not run."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_report(path: Path, title: str, subtitle: str, sections: list[Section]) -> Path:
+    """Render and atomically write the report."""
+    write_text(path, render_report(title, subtitle, sections))
+    return path

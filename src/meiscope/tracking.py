@@ -1,0 +1,90 @@
+"""MLflow helper: one place that sets the store and starts runs with provenance tags.
+
+Every stage calls :func:`start_run`; it imports mlflow lazily (``import mlflow`` costs ~1.5 s).
+The store is a sqlite file at the repository root by default (MLflow 3.17 refuses a bare
+``./mlruns`` file store); relative sqlite paths are resolved against the repository root so
+that runs started from any folder land in one store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator
+
+from meiscope.config import Params, TrackingConfig, flat_dict
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The folder holding params.yaml (searched upwards from ``start`` / the cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file() or (folder / ".git").exists():
+            return folder
+    return here
+
+
+def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
+    """The store URI with a relative sqlite path made absolute under ``root``."""
+    prefix = "sqlite:///"
+    if cfg.uri.startswith(prefix) and not cfg.uri[len(prefix):].startswith("/"):
+        return prefix + str((root / cfg.uri[len(prefix):]).resolve())
+    return cfg.uri
+
+
+def git_commit(root: Path) -> str:
+    """The current git commit (``unknown`` outside a repository)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def dvc_hash(dvc_file: Path) -> str:
+    """The md5 recorded in a ``.dvc`` file (or ``missing``)."""
+    import yaml
+
+    if not dvc_file.is_file():
+        return "missing"
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return str(outs[0].get("md5", "unknown"))
+
+
+def file_hash(path: Path) -> str:
+    """md5 of a file's bytes (``missing`` if absent): ties a run to the exact stage input."""
+    if not path.is_file():
+        return "missing"
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] = (),
+              tags: dict[str, str] | None = None, nested: bool = False) -> Iterator[Any]:
+    """Start an MLflow run for ``stage`` that logs the given params sections and provenance.
+
+    Yields the ``mlflow`` module (or ``None`` when tracking is disabled) so a stage can log
+    metrics and artifacts without importing mlflow itself.
+    """
+    if not params.tracking.enabled:
+        yield None
+        return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
+    mlflow.set_experiment(params.tracking.experiment)
+    all_tags = {"stage": stage, "git_commit": git_commit(root), "data_dvc_md5": dvc_hash(root / "data.dvc"),
+                **(tags or {})}
+    with mlflow.start_run(run_name=stage, nested=nested, tags=all_tags) as run:
+        logged: dict[str, Any] = {}
+        for name in sections:
+            logged.update(flat_dict(getattr(params, name), f"{name}."))
+        if logged:
+            mlflow.log_params({k: str(v)[:500] for k, v in logged.items()})
+        yield mlflow
+        del run

@@ -1,0 +1,276 @@
+"""The `tune` stage: an Optuna search over the response model's architecture and training.
+
+* The search space is declared in params.yaml (``tune.space``); per-layer channels are
+  conditional parameters (``channels_<i>`` exists only when the trial has more than i layers),
+  which Optuna's TPE sampler handles natively.
+* Trial 0 is always the default architecture (``params.model``), so the study says whether
+  the search beat the hand-made design.
+* Objective: best validation score (correlation to average or FEVE) of a short training on the
+  train split, reported per epoch and pruned by a median pruner. Never the test split.
+* Storage: a local Optuna journal file (safe for several local processes) by default, or any
+  RDB URL to spread one study over machines. A rerun resumes the study and only adds the
+  trials missing from the budget.
+* MLflow: the caller opens one parent run; every trial of this invocation becomes a nested
+  child run, logged from the study's records after the workers finish (MLflow's fluent API is
+  neither thread- nor process-safe on one sqlite store).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from meiscope.config import ModelConfig, SearchSpace, TrainConfig, TuneConfig, as_dict, build_section
+from meiscope.dataset import ResponseDataset
+
+log = logging.getLogger(__name__)
+
+FAIL_REASON = "fail_reason"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What one trial trains: the architecture and the two training knobs the search sets."""
+
+    model: ModelConfig
+    lr: float
+    batch_size: int
+
+
+def suggest_setup(trial: Any, space: SearchSpace, base: ModelConfig) -> TrialSetup:
+    """Sample one configuration from ``space``; ``base`` supplies what the space leaves fixed (the loss).
+
+    Raises :class:`~meiscope.config.ConfigError` for a sampled combination that is invalid.
+    """
+    layers = trial.suggest_int("layers", space.layers[0], space.layers[1])
+    channels = [trial.suggest_int(f"channels_{i}", space.channels[0], space.channels[1], log=True)
+                for i in range(layers)]
+    hidden_kernel = trial.suggest_categorical("hidden_kernel", space.hidden_kernel) if layers > 1 else base.hidden_kernel
+    depth_separable = trial.suggest_categorical("depth_separable", space.depth_separable) if layers > 1 else False
+    model = build_section(ModelConfig, {
+        **as_dict(base),
+        "layers": layers,
+        "channels": channels,
+        "first_kernel": trial.suggest_categorical("first_kernel", space.first_kernel),
+        "hidden_kernel": hidden_kernel,
+        "depth_separable": depth_separable,
+        "batch_norm": trial.suggest_categorical("batch_norm", space.batch_norm),
+        "readout": trial.suggest_categorical("readout", space.readout),
+        "readout_l1": trial.suggest_float("readout_l1", space.readout_l1[0], space.readout_l1[1], log=True),
+        "laplace_weight": trial.suggest_float("laplace_weight", space.laplace_weight[0], space.laplace_weight[1], log=True),
+    }, "model")
+    lr = trial.suggest_float("lr", space.lr[0], space.lr[1], log=True)
+    batch_size = trial.suggest_categorical("batch_size", space.batch_size)
+    return TrialSetup(model=model, lr=lr, batch_size=batch_size)
+
+
+def default_trial_params(model: ModelConfig, train: TrainConfig) -> dict[str, Any]:
+    """Optuna params that reproduce the default configuration (enqueued as the first trial)."""
+    params: dict[str, Any] = {
+        "layers": model.layers, "first_kernel": model.first_kernel, "batch_norm": model.batch_norm,
+        "readout": model.readout, "readout_l1": model.readout_l1, "laplace_weight": model.laplace_weight,
+        "lr": train.lr, "batch_size": train.batch_size,
+    }
+    params.update({f"channels_{i}": c for i, c in enumerate(model.channels)})
+    if model.layers > 1:
+        params.update(hidden_kernel=model.hidden_kernel, depth_separable=model.depth_separable)
+    return params
+
+
+def objective_value(record: dict, objective: str) -> float:
+    """The validation score of one epoch's record (NaN-safe: NaN counts as the worst score)."""
+    value = float(record[objective])
+    return value if np.isfinite(value) else -1.0
+
+
+def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
+                   device: str) -> Any:
+    """The Optuna objective: a short training, reported per epoch, pruned when behind."""
+    import optuna
+
+    from meiscope.model.training import train_one
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            setup = suggest_setup(trial, cfg.space, base_model)
+            train_cfg = dataclasses.replace(base_train, lr=setup.lr, batch_size=setup.batch_size,
+                                            max_epochs=cfg.epochs, patience=cfg.epochs)
+            best = [-np.inf]
+
+            def on_epoch(epoch: int, record: dict) -> None:
+                value = objective_value(record, cfg.objective)
+                best[0] = max(best[0], value)
+                trial.report(value, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch} with {cfg.objective}={value:.3f}")
+
+            train_one(setup.model, train_cfg, ds, seed=cfg.seed + trial.number, device=device,
+                      on_epoch=on_epoch, progress=False)
+            return best[0]
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # any crash (bad architecture, out of memory) fails this trial only
+            trial.set_user_attr(FAIL_REASON, f"{type(err).__name__}: {err}"[:500])
+            raise
+
+    return objective
+
+
+def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None) -> Any:
+    """Create or load the study on the configured storage (journal file by default)."""
+    import optuna
+
+    storage = _storage(cfg, root, storage_url)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
+                                          n_warmup_steps=cfg.pruner_warmup_epochs)
+              if cfg.pruner == "median" else optuna.pruners.NopPruner())
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    return optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
+    url = storage_url or cfg.storage
+    if url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(root) / cfg.journal_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
+            device: str, root: str, storage_url: str | None, n_trials: int) -> None:
+    """One process of the study: runs ``n_trials`` trials (a share of the missing budget)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ds = ResponseDataset.load(dataset_path)
+    study = open_study(cfg, Path(root), storage_url)
+    study.optimize(make_objective(ds, cfg, base_model, base_train, device), n_trials=n_trials,
+                   catch=(Exception,), gc_after_trial=False)
+
+
+def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
+              device: str, root: Path, storage_url: str | None = None, workers: int = 1,
+              n_trials: int | None = None) -> tuple[Any, list[int]]:
+    """Run the study up to its budget. Returns the study and the numbers of the trials run now.
+
+    The missing budget is split among ``workers`` processes up front, so that parallel workers
+    neither overshoot nor lose trials. A local journal is assumed to have no other tuner
+    running: trials left RUNNING by an interrupted earlier run are marked failed.
+    """
+    budget = n_trials or cfg.n_trials
+    study = open_study(cfg, root, storage_url)
+    if not (storage_url or cfg.storage):
+        _fail_interrupted(study)
+    before = {t.number for t in study.trials}
+    if not study.trials:
+        study.enqueue_trial(default_trial_params(base_model, base_train))
+    missing = max(0, budget - len(before))  # the enqueued default trial is the first one run
+    shares = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
+    args = [(str(dataset_path), cfg, base_model, base_train, device, str(root), storage_url)]
+    if workers == 1:
+        if missing:
+            _worker(*args[0], missing)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(*args[0], share)) for share in shares if share]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            log.warning("%d tuning worker(s) exited with codes %s", len(bad), bad)
+    study = open_study(cfg, root, storage_url)
+    new = sorted(t.number for t in study.trials if t.number not in before)
+    return study, new
+
+
+def _fail_interrupted(study: Any) -> None:
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "interrupted (left running by an earlier run)")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
+
+def best_setup(study: Any, base_model: ModelConfig, space: SearchSpace) -> dict[str, Any]:
+    """The winning trial as the file `train` reads: ``{model: {...}, train: {lr, batch_size}}``."""
+    import optuna
+
+    fixed = optuna.trial.FixedTrial(study.best_params)
+    setup = suggest_setup(fixed, space, base_model)
+    return {"model": as_dict(setup.model), "train": {"lr": setup.lr, "batch_size": setup.batch_size},
+            "trial": study.best_trial.number, "value": study.best_value}
+
+
+def summarise(study: Any, cfg: TuneConfig) -> dict[str, Any]:
+    """Counts, the best value and params, and the default configuration's value (trial 0)."""
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.trials]
+    summary: dict[str, Any] = {
+        "n_trials": len(states),
+        "n_complete": states.count(TrialState.COMPLETE),
+        "n_pruned": states.count(TrialState.PRUNED),
+        "n_failed": states.count(TrialState.FAIL),
+        "objective": cfg.objective,
+    }
+    if summary["n_complete"]:
+        summary.update(best_value=study.best_value, best_trial=study.best_trial.number,
+                       best_params=study.best_params)
+    first = study.trials[0] if study.trials else None
+    if first is not None and first.state == TrialState.COMPLETE:
+        summary["default_value"] = first.value
+    return summary
+
+
+def log_trials(mlflow: Any, study: Any, numbers: list[int], parent_run_id: str, cfg: TuneConfig) -> None:
+    """One nested MLflow child run per trial: params, per-epoch curve, value and state."""
+    by_number = {t.number: t for t in study.trials}
+    for number in numbers:
+        t = by_number[number]
+        with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True, parent_run_id=parent_run_id,
+                              tags={"stage": "tune-trial", "trial_number": str(number), "state": t.state.name}):
+            mlflow.log_params(t.params)
+            for epoch, value in sorted(t.intermediate_values.items()):
+                mlflow.log_metric(cfg.objective, value, step=epoch)
+            if t.value is not None:
+                mlflow.log_metric(f"final_{cfg.objective}", t.value)
+            if FAIL_REASON in t.user_attrs:
+                mlflow.set_tag(FAIL_REASON, t.user_attrs[FAIL_REASON])
+
+
+def plot_study(study: Any, out_dir: Path) -> list[Path]:
+    """Optimisation history and parameter importances (Optuna's matplotlib backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna.visualization.matplotlib as ovm
+
+    from meiscope.atomic import save_figure
+
+    written = []
+    plots = {"optimization_history.png": ovm.plot_optimization_history,
+             "param_importances.png": ovm.plot_param_importances}
+    for name, plot in plots.items():
+        try:
+            ax = plot(study)
+        except Exception as err:  # importances need >= 2 complete trials with varying params
+            log.warning("skipped %s: %s", name, err)
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+        fig.set_size_inches(7, 4.5)
+        save_figure(fig, out_dir / name)
+        written.append(out_dir / name)
+    return written

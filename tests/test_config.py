@@ -1,0 +1,78 @@
+"""params.yaml parsing: defaults, the shipped file, and one-line errors naming the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meiscope.config import ConfigError, Params, load_params, parse_params, replace_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_file_is_valid_and_matches_defaults_where_documented():
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.source == "synthetic"
+    assert params.synthetic.n_images == 118 and params.synthetic.repeats == 50
+    assert params.model.layers == len(params.model.channels)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"train": {"lrr": 0.1}}, "train.lrr"),
+    ({"model": {"channels": [-4, 8, 8]}}, "model.channels[0]"),
+    ({"model": {"readout": "spline"}}, "model.readout"),
+    ({"model": {"layers": 2}}, "model.channels"),
+    ({"model": {"first_kernel": 4}}, "model.first_kernel"),
+    ({"mei": {"steps": 0}}, "mei.steps"),
+    ({"mei": {"norm": -1.0}}, "mei.norm"),
+    ({"train": {"seeds": [1]}}, "train.seeds"),
+    ({"synthetic": {"kinds": {"simple": 0.9}}}, "synthetic.kinds"),
+    ({"extract": {"response_window": [5, 2]}}, "extract.response_window"),
+    ({"data": {"source": "s3"}}, "data.source"),
+    ({"rank": {"top_k": "ten"}}, "rank.top_k"),
+    ({"bogus": {}}, "bogus"),
+])
+def test_bad_values_are_refused_naming_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    message = str(err.value)
+    assert f"'{key}'" in message
+    assert "\n" not in message
+
+
+def test_ints_are_accepted_for_floats_but_bools_are_not_numbers():
+    assert parse_params({"train": {"lr": 1}}).train.lr == 1.0
+    with pytest.raises(ConfigError, match="train.lr"):
+        parse_params({"train": {"lr": True}})
+
+
+def test_load_params_names_the_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("model: {readout: spline}\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "missing.yaml")
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_replace_model_validates_the_overrides():
+    base = parse_params({}).model
+    tuned = replace_model(base, {"layers": 2, "channels": [8, 12], "readout": "factorized"})
+    assert tuned.channels == [8, 12] and tuned.readout == "factorized" and tuned.loss == base.loss
+    with pytest.raises(ConfigError):
+        replace_model(base, {"layers": 2})
+
+
+def test_cli_help_imports_no_heavy_library():
+    code = ("import sys, meiscope.cli; "
+            "heavy = [m for m in ('torch', 'mlflow', 'allensdk', 'optuna', 'pandas') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "meiscope.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("synthesize", "download", "extract", "rank", "train", "tune", "mei", "gabor", "validate", "report"):
+        assert command in out.stdout

@@ -1,0 +1,134 @@
+"""The Optuna architecture search: runs, prunes, resumes, survives failures, shares one journal."""
+
+import dataclasses
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from meiscope import tuning
+from meiscope.config import parse_params
+from meiscope.dataset import ResponseDataset
+
+SHAPE = (12, 12)
+
+
+def planted_dataset(path, n_images=48, repeats=4, n_neurons=4, seed=0):
+    """Neurons that respond to the rectified contrast under a Gaussian blob at planted positions."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n_images, *SHAPE)).astype(np.float32)
+    yy, xx = np.mgrid[:SHAPE[0], :SHAPE[1]]
+    centres = [(3, 3), (3, 8), (8, 3), (8, 8)][:n_neurons]
+    blobs = np.stack([np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0) for y, x in centres])
+    rates = np.maximum(np.einsum("nhw,khw->nk", images, blobs), 0)
+    trial_image = np.repeat(np.arange(n_images), repeats)
+    responses = (rates[trial_image] + 0.3 * rng.normal(size=(len(trial_image), n_neurons))).astype(np.float32)
+    split = np.array(["train"] * 36 + ["val"] * 6 + ["test"] * 6)
+    ds = ResponseDataset(experiment_id=1, images=images, image_ids=np.arange(n_images), trial_image=trial_image,
+                         responses=responses, blank_responses=np.zeros((0, n_neurons), np.float32),
+                         cell_ids=np.arange(n_neurons), split=split, dropped_cell_ids=np.zeros(0, np.int64),
+                         pixel_mean=127.0, pixel_std=50.0, source="synthetic")
+    ds.save(path)
+    return ds
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    params = parse_params({
+        "model": {"layers": 1, "channels": [4], "first_kernel": 5, "batch_norm": False},
+        "train": {"lr": 0.02, "batch_size": 16},
+        "tune": {"n_trials": 3, "epochs": 12, "pruner_startup_trials": 2, "pruner_warmup_epochs": 0,
+                 "space": {"layers": [1, 2], "channels": [2, 6], "first_kernel": [3, 5], "hidden_kernel": [3],
+                           "lr": [1e-6, 3e-2], "batch_size": [16]}},
+    })
+    path = tmp_path / "selected.npz"
+    planted_dataset(path)
+    return params, path, tmp_path
+
+
+def _states(study):
+    return [t.state for t in study.trials]
+
+
+def test_tiny_study_runs_and_first_trial_is_the_default(setup):
+    params, path, root = setup
+    study, new = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root)
+    assert new == [0, 1, 2] and len(study.trials) == 3
+    first = study.trials[0]
+    assert first.params["channels_0"] == 4 and first.params["first_kernel"] == 5 and first.params["lr"] == 0.02
+    summary = tuning.summarise(study, params.tune)
+    assert summary["n_trials"] == 3 and summary["n_complete"] + summary["n_pruned"] + summary["n_failed"] == 3
+    assert summary["default_value"] > 0.15  # the planted neurons are learnable (12 short epochs)
+    best = tuning.best_setup(study, params.model, params.tune.space)
+    assert best["model"]["layers"] == len(best["model"]["channels"])
+    assert yaml.safe_load(yaml.safe_dump(best)) == best
+
+
+def test_conditional_channels_exist_only_for_present_layers(setup):
+    params, path, root = setup
+    study = tuning.open_study(params.tune, root)
+    study.enqueue_trial({"layers": 1})
+    study.enqueue_trial({"layers": 2})
+    study.optimize(lambda t: len(tuning.suggest_setup(t, params.tune.space, params.model).model.channels), n_trials=2)
+    keys = [set(t.params) for t in study.trials]
+    assert "channels_1" not in keys[0] and "hidden_kernel" not in keys[0]
+    assert {"channels_0", "channels_1", "hidden_kernel", "depth_separable"} <= keys[1]
+
+
+def test_planted_bad_trial_is_pruned(setup):
+    params, path, root = setup
+    ds = ResponseDataset.load(path)
+    cfg = params.tune
+    study = tuning.open_study(cfg, root)
+    good = tuning.default_trial_params(params.model, params.train)
+    for _ in range(2):
+        study.enqueue_trial(good)
+    study.enqueue_trial({**good, "lr": 1e-6})  # learns nothing: falls behind at every epoch
+    study.optimize(tuning.make_objective(ds, cfg, params.model, params.train, "cpu"), n_trials=3)
+    assert _states(study)[:2] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert study.trials[2].state == TrialState.PRUNED
+
+
+def test_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(setup):
+    params, path, root = setup
+    ds = ResponseDataset.load(path)
+    cfg = dataclasses.replace(params.tune, space=dataclasses.replace(params.tune.space, first_kernel=[5, 13]))
+    study = tuning.open_study(cfg, root)
+    bad = {**tuning.default_trial_params(params.model, params.train), "first_kernel": 13}  # larger than 12x12
+    study.enqueue_trial(bad)
+    study.optimize(tuning.make_objective(ds, cfg, params.model, params.train, "cpu"), n_trials=3,
+                   catch=(Exception,))
+    assert study.trials[0].state == TrialState.FAIL
+    assert "first_kernel" in study.trials[0].user_attrs[tuning.FAIL_REASON]
+    assert len(study.trials) == 3 and TrialState.COMPLETE in _states(study)[1:]
+
+
+def test_rerun_resumes_and_only_adds_missing_trials(setup):
+    params, path, root = setup
+    study, first = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root)
+    before = {t.number: t.params for t in study.trials}
+    study, second = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root, n_trials=5)
+    assert first == [0, 1, 2] and second == [3, 4]
+    assert {t.number: t.params for t in study.trials if t.number < 3} == before
+    study, third = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root, n_trials=5)
+    assert third == [] and len(study.trials) == 5
+
+
+def test_same_seed_gives_the_same_trials(setup, tmp_path_factory):
+    params, path, root = setup
+    other = tmp_path_factory.mktemp("other")
+    a, _ = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root)
+    b, _ = tuning.run_study(path, params.tune, params.model, params.train, "cpu", other)
+    assert [t.params for t in a.trials] == [t.params for t in b.trials]
+    assert [t.value for t in a.trials] == [t.value for t in b.trials]
+
+
+def test_two_workers_share_one_journal_without_lost_or_duplicated_trials(setup):
+    params, path, root = setup
+    study, new = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root, workers=2, n_trials=4)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == [0, 1, 2, 3] and new == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
+    assert len({t._trial_id for t in study.trials}) == 4
