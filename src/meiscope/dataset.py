@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from meiscope.atomic import atomic_path
+from meiscope.atomic import write_npz
 from meiscope.errors import MeiscopeError
 
 SPLITS = ("train", "val", "test")
@@ -98,11 +98,10 @@ class ResponseDataset:
             pixel_mean=self.pixel_mean, pixel_std=self.pixel_std, source=self.source)
 
     def save(self, path: str | Path) -> None:
-        """Write atomically as a compressed ``.npz``."""
+        """Write atomically as a compressed ``.npz`` (byte-identical for identical data)."""
         arrays = {name: getattr(self, name) for name in _ARRAYS}
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez_compressed(tmp, experiment_id=self.experiment_id, pixel_mean=self.pixel_mean,
-                                pixel_std=self.pixel_std, source=self.source, **arrays)
+        write_npz(path, {"experiment_id": self.experiment_id, "pixel_mean": self.pixel_mean,
+                         "pixel_std": self.pixel_std, "source": self.source, **arrays})
 
     @classmethod
     def load(cls, path: str | Path) -> "ResponseDataset":

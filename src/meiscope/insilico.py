@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from meiscope.atomic import atomic_path, write_json
+from meiscope.atomic import atomic_path, write_json, write_npz
 from meiscope.config import Params
 from meiscope.errors import MeiscopeError
 from meiscope.paths import Layout
@@ -84,11 +84,6 @@ def load_setup(params: Params, root: Path, device: str | None) -> InSilicoSetup:
         experiment_id=ds.experiment_id)
 
 
-def _save_npz(path: Path, **arrays: Any) -> None:
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
-
-
 def _log(mlf: Any, metrics: dict, folder: Path, images: dict[str, np.ndarray] | None = None) -> None:
     """Metrics, every file of the stage's folder, and a few images for MLflow's image viewer."""
     if mlf is None:
@@ -135,10 +130,10 @@ def mei(params: Params, root: Path, device: str | None = None) -> dict:
         })
         with atomic_path(out / "per_neuron.csv") as tmp:
             table.to_csv(tmp, index=False)
-        _save_npz(out / "meis.npz", meis=result.meis, meis_pixels=s.to_pixels(result.meis),
+        write_npz(out / "meis.npz", dict(meis=result.meis, meis_pixels=s.to_pixels(result.meis),
                   all_starts=result.all_starts, cell_ids=s.cell_ids, norm=s.norm, bounds=np.array(s.bounds),
                   best_image_index=best_idx, best_images_matched=best_matched_images,
-                  contrast_scales=scales, contrast_sweep=sweep)
+                  contrast_scales=scales, contrast_sweep=sweep))
         n_show = min(params.mei.n_show, len(s.cell_ids))
         plot_mei_grid(np.clip(s.to_pixels(result.meis[:n_show]), 0, 255),
                       [f"cell {c}\nopt {a:.2f} / val {v:.2f}" for c, a, v in
@@ -216,8 +211,8 @@ def gabor(params: Params, root: Path, device: str | None = None) -> dict:
         })
         with atomic_path(out / "per_neuron.csv") as tmp:
             table.to_csv(tmp, index=False)
-        _save_npz(out / "gabors.npz", optimal=best.images, optimal_params=best.params, fitted=fit_images,
-                  fitted_params=fit_params, cell_ids=s.cell_ids)
+        write_npz(out / "gabors.npz", dict(optimal=best.images, optimal_params=best.params, fitted=fit_images,
+                  fitted_params=fit_params, cell_ids=s.cell_ids))
         n_show = min(params.mei.n_show, len(s.cell_ids))
         px = s.to_pixels
         plot_image_rows(
@@ -290,7 +285,7 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
                                              model_ratio, s.device)
         with atomic_path(out / "per_neuron.csv") as tmp:
             table.to_csv(tmp, index=False)
-        _save_npz(out / "true_optima.npz", optima=optima, cell_ids=s.cell_ids)
+        write_npz(out / "true_optima.npz", dict(optima=optima, cell_ids=s.cell_ids))
         metrics = validation.summarise_validation(table)
         _plot_closed_loop(table, meis, optima, s, out / "closed_loop.png", params.mei.n_show)
         write_json(layout.metrics_file("validate"), metrics)
