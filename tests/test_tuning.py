@@ -132,3 +132,16 @@ def test_two_workers_share_one_journal_without_lost_or_duplicated_trials(setup):
     assert sorted(numbers) == [0, 1, 2, 3] and new == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
     assert len({t._trial_id for t in study.trials}) == 4
+
+
+def test_study_name_follows_what_the_trials_compute(setup):
+    params, _, _ = setup
+    a = tuning.keyed_study(params.tune, params.model, params.train, "data-1")
+    assert a.study_name == tuning.keyed_study(params.tune, params.model, params.train, "data-1").study_name
+    assert a.study_name.startswith(params.tune.study_name)
+    wider = dataclasses.replace(params.tune, space=dataclasses.replace(params.tune.space, layers=[1, 3]))
+    others = [tuning.keyed_study(wider, params.model, params.train, "data-1"),
+              tuning.keyed_study(params.tune, params.model, params.train, "data-2"),
+              tuning.keyed_study(dataclasses.replace(params.tune, n_trials=50), params.model, params.train, "data-1")]
+    assert others[0].study_name != a.study_name and others[1].study_name != a.study_name
+    assert others[2].study_name == a.study_name  # a bigger budget resumes the same study

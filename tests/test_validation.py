@@ -7,7 +7,7 @@ import torch
 
 from meiscope.validation import (TrueNeuronsInModelSpace, image_correlation, mei_truth_correlations,
                                  phase_invariant_correlation, quadrature_partner, summarise_validation,
-                                 true_responses)
+                                 true_optima, true_responses)
 
 
 def gabor(shape=(36, 46), x=22.0, y=17.0, theta=0.6, wavelength=9.0, sigma=5.0, phase=0.0):
@@ -49,6 +49,8 @@ class SquareNeurons(torch.nn.Module):
         half = pixels.shape[-1] // 2
         return torch.stack([(c[..., :half] ** 2).sum((-1, -2)), (c[..., half:] ** 2).sum((-1, -2))], dim=1)
 
+    drive = forward
+
 
 def test_true_neurons_in_model_space_map_pixels_and_pick_each_neurons_own_image():
     mean, std = 127.0, 50.0
@@ -71,3 +73,28 @@ def test_summary_reports_overall_and_per_kind_medians():
     assert s["gt_mei_over_gabor_median_conjunction"] == pytest.approx(1.6)
     assert s["gt_frac_mei_beats_gabor_simple"] == pytest.approx(0.5)
     assert s["n_simple"] == 2 and s["n_neurons"] == 3
+
+
+class ConjunctionDrive(torch.nn.Module):
+    """Neuron 0: relu(<g1, x>)^2 (simple); neuron 1: relu(<g1, x>) * relu(<g2, x>) (conjunction)."""
+
+    def __init__(self, g1, g2):
+        super().__init__()
+        self.g1 = torch.as_tensor(g1 / np.linalg.norm(g1), dtype=torch.float32)
+        self.g2 = torch.as_tensor(g2 / np.linalg.norm(g2), dtype=torch.float32)
+
+    def forward(self, x):
+        a = (x[:, 0] * self.g1).sum((-1, -2))
+        b = (x[:, 0] * self.g2).sum((-1, -2))
+        return torch.stack([torch.relu(a) ** 2, torch.relu(a) * torch.relu(b)], dim=1)
+
+
+def test_true_optima_find_the_filter_and_the_plaid_under_the_budget():
+    g1, g2 = gabor(theta=0.3), gabor(theta=0.3 + np.pi / 2)
+    model = ConjunctionDrive(g1, g2)
+    noise = np.random.default_rng(0).normal(size=g1.shape)
+    starts = np.stack([np.stack([noise, g1 + noise, g2]), np.stack([g1, g2, g1 + g2])]).astype(np.float32)
+    optima = true_optima(model, starts, norm=5.0, bounds=(-3.0, 3.0), steps=60, lr=0.5, device="cpu")
+    assert np.linalg.norm(optima, axis=(1, 2)) == pytest.approx([5.0, 5.0], rel=1e-4)
+    assert image_correlation(optima[0], g1) > 0.95
+    assert image_correlation(optima[1], g1 + g2) > 0.95  # the plaid, not either Gabor alone

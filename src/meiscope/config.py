@@ -211,7 +211,7 @@ class ModelConfig:
     hidden_kernel: int = 5
     depth_separable: bool = False
     batch_norm: bool = True
-    laplace_weight: float = 0.01  # smoothness penalty on first-layer filters
+    laplace_weight: float = 0.001  # smoothness penalty on first-layer filters
     readout: str = "gaussian"
     readout_l1: float = 0.001  # sparsity of readout feature weights (and mask, factorized)
     loss: str = "mse"
@@ -236,10 +236,10 @@ class TrainConfig:
     """Optimisation, early stopping and the ensemble."""
 
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # one ensemble member per seed
-    lr: float = 0.005
+    lr: float = 0.01
     batch_size: int = 32
     max_epochs: int = 200
-    patience: int = 20
+    patience: int = 30
     weight_decay: float = 0.0
     ln_l2: float = 1.0  # ridge penalty of the linear-nonlinear baseline
     architecture_file: str = "results/tune/best_model.yaml"  # tuned model section, if present
@@ -290,7 +290,7 @@ class TuneConfig:
 
     study_name: str = "meiscope-arch"
     n_trials: int = 8
-    epochs: int = 15
+    epochs: int = 10
     objective: str = "val_corr_to_avg"  # val_corr_to_avg | val_feve
     seed: int = 0
     pruner: str = "median"  # median | none
@@ -316,8 +316,8 @@ class TuneConfig:
 class MeiConfig:
     """Gradient-ascent recipe (defaults after Walker et al. 2019 and sinzlab/mei)."""
 
-    n_starts: int = 4
-    steps: int = 400
+    n_starts: int = 2
+    steps: int = 200
     lr: float = 1.0  # SGD step on the mean-abs-normalised gradient
     lr_decay: float = 0.1  # final step = lr * lr_decay (geometric schedule)
     blur_sigma: list[float] = field(default_factory=lambda: [1.5, 0.01])  # gradient blur, start -> end

@@ -100,6 +100,7 @@ def _log(mlf: Any, metrics: dict, folder: Path, images: dict[str, np.ndarray] | 
 def mei(params: Params, root: Path, device: str | None = None) -> dict:
     """MEIs of all modelled neurons in one batched optimisation, scored by held-out models."""
     import pandas as pd
+    import torch
 
     from meiscope import mei as mei_lib
     from meiscope.gallery import plot_mei_grid
@@ -115,7 +116,8 @@ def mei(params: Params, root: Path, device: str | None = None) -> dict:
         best_idx, best_raw, best_matched = mei_lib.best_natural_images(s.opt_models, s.natural_images, s.neurons,
                                                                        s.device, norm=s.norm, bounds=s.bounds)
         best_images = s.natural_images[best_idx]
-        best_matched_images = mei_lib.project_images(best_images, s.norm, s.bounds)
+        best_matched_images = mei_lib.project_to_budget(torch.as_tensor(best_images, device=s.device), s.norm,
+                                                        s.bounds).cpu().numpy()
         best_val = mei_lib.score_images(s.val_models, best_matched_images, s.neurons, s.device)
         scales = np.linspace(0.25, 2.0, 8)
         sweep = mei_lib.contrast_sweep(s.opt_models, result.meis, s.neurons, scales, s.device, s.bounds)
@@ -224,7 +226,7 @@ def gabor(params: Params, root: Path, device: str | None = None) -> dict:
                           f"opt {best.activations[i]:.2f} val {gabor_val[i]:.2f}",
                           f"similarity {similarity[i]:.2f}"] for i in range(n_show)])
         metrics = {
-            "n_neurons": int(len(s.cell_ids)), "n_candidates": int(best.n_candidates),
+            "n_neurons": int(len(s.cell_ids)), "n_candidates": int(best.n_candidates_evaluated),
             "mei_over_gabor_median": float(table.mei_over_gabor.median()),
             "mei_val_over_gabor_median": float(table.mei_val_over_gabor.median()),
             "mei_gabor_similarity_median": float(np.median(similarity)),
@@ -254,7 +256,6 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
     """Show MEIs, optimal Gabors and best natural images to the true synthetic neurons."""
     import pandas as pd
 
-    from meiscope import mei as mei_lib
     from meiscope import truth, validation
     from meiscope.atomic import write_text
     from meiscope.tracking import start_run
@@ -276,13 +277,15 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
         gabors = f["optimal"]
     model_ratio = pd.read_csv(layout.gabor / "per_neuron.csv")["mei_over_gabor"].to_numpy()
     columns = truth.cell_columns(population, s.cell_ids)
-    truth_model = validation.TrueNeuronsInModelSpace(population, columns, s.pixel_mean, s.pixel_std).to(s.device)
+    truth_drive, truth_rate = (validation.TrueNeuronsInModelSpace(population, columns, s.pixel_mean, s.pixel_std,
+                                                                  drive=d).to(s.device) for d in (True, False))
     kinds = [population.kinds[c] for c in columns]
     with start_run(params, "validate", root, sections=("mei",)) as mlf:
-        optima = mei_lib.synthesize_meis([truth_model], s.neurons, s.image_shape, params.mei, s.norm, s.bounds,
-                                         s.device, seed=params.mei.seed).meis
-        table = validation.closed_loop_table(truth_model, kinds, s.cell_ids, meis, gabors, best_images, optima,
-                                             model_ratio, s.device)
+        starts = validation.true_filter_starts(population, columns, s.image_shape)
+        optima = validation.true_optima(truth_drive, starts, s.norm, s.bounds, params.mei.steps, params.mei.lr,
+                                        s.device)
+        table = validation.closed_loop_table(truth_drive, truth_rate, kinds, s.cell_ids, meis, gabors, best_images,
+                                             optima, model_ratio, s.device)
         with atomic_path(out / "per_neuron.csv") as tmp:
             table.to_csv(tmp, index=False)
         write_npz(out / "true_optima.npz", dict(optima=optima, cell_ids=s.cell_ids))
@@ -314,7 +317,7 @@ def _plot_closed_loop(table: Any, meis: np.ndarray, optima: np.ndarray, s: InSil
                    ratios, s=12, alpha=0.7)
     ax.axhline(1, color="k", lw=0.8, ls=":")
     ax.set_xticks(range(len(kinds)), kinds, rotation=20)
-    ax.set_ylabel("true response: MEI / optimal Gabor")
+    ax.set_ylabel("true drive: MEI / optimal Gabor")
     ax.set_title("Closed loop on the true neurons")
     ax2 = fig.add_subplot(1, 3, 2)
     ax2.scatter(table.model_mei_over_gabor, table.mei_over_gabor, s=12, c=[kinds.index(k) for k in table.kind],

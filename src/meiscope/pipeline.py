@@ -144,7 +144,7 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
     """Run (or resume) the architecture search and write the winner for `train`."""
     from meiscope import tuning
     from meiscope.atomic import write_text
-    from meiscope.tracking import start_run
+    from meiscope.tracking import file_hash, start_run
 
     import yaml
 
@@ -156,11 +156,13 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
             parent_id = mlf.active_run().info.run_id
         tmp_dataset = layout.tune / "selected.npz"
         ds.save(tmp_dataset)
-        study, new = tuning.run_study(tmp_dataset, params.tune, params.model, params.train, device, root,
+        cfg = tuning.keyed_study(params.tune, params.model, params.train, file_hash(tmp_dataset))
+        log.info("tune: study %s in %s", cfg.study_name, storage or cfg.storage or cfg.journal_file)
+        study, new = tuning.run_study(tmp_dataset, cfg, params.model, params.train, device, root,
                                       storage_url=storage, workers=workers or params.tune.workers,
-                                      n_trials=n_trials)
+                                      n_trials=n_trials, progress=True)
         tmp_dataset.unlink()
-        summary = tuning.summarise(study, params.tune)
+        summary = tuning.summarise(study, cfg)
         if summary["n_complete"] == 0:
             raise MeiscopeError(f"tune: none of the {summary['n_trials']} trials completed; "
                                 "see the fail_reason tags in MLflow or shrink tune.space")
@@ -170,7 +172,7 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
         write_json(layout.metrics_file("tune"), summary)
         log.info("tune: %s", {k: v for k, v in summary.items() if k != "best_params"})
         if mlf is not None:
-            tuning.log_trials(mlf, study, new, parent_id, params.tune)
+            tuning.log_trials(mlf, study, new, parent_id, cfg)
             mlf.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
             for fig in figures:
                 mlf.log_artifact(str(fig), artifact_path="figures")

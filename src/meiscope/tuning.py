@@ -122,6 +122,23 @@ def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig
     return objective
 
 
+def keyed_study(cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig, data_key: str) -> TuneConfig:
+    """``cfg`` with a study name that changes whenever what the trials compute changes.
+
+    A rerun with the same search space, defaults and data resumes its study; a changed one starts
+    a new study in the same storage instead of mixing incomparable trials.
+    """
+    import hashlib
+    import json
+
+    relevant = {"space": as_dict(cfg.space), "epochs": cfg.epochs, "objective": cfg.objective, "seed": cfg.seed,
+                "pruner": [cfg.pruner, cfg.pruner_startup_trials, cfg.pruner_warmup_epochs],
+                "model": as_dict(base_model), "lr": base_train.lr, "batch_size": base_train.batch_size,
+                "data": data_key}
+    key = hashlib.md5(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:8]
+    return dataclasses.replace(cfg, study_name=f"{cfg.study_name}-{key}")
+
+
 def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None) -> Any:
     """Create or load the study on the configured storage (journal file by default)."""
     import optuna
@@ -148,20 +165,20 @@ def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
 
 
 def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
-            device: str, root: str, storage_url: str | None, n_trials: int) -> None:
+            device: str, root: str, storage_url: str | None, n_trials: int, progress: bool = True) -> None:
     """One process of the study: runs ``n_trials`` trials (a share of the missing budget)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
     ds = ResponseDataset.load(dataset_path)
     study = open_study(cfg, Path(root), storage_url)
     study.optimize(make_objective(ds, cfg, base_model, base_train, device), n_trials=n_trials,
-                   catch=(Exception,), gc_after_trial=False)
+                   catch=(Exception,), gc_after_trial=False, show_progress_bar=progress)
 
 
 def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
               device: str, root: Path, storage_url: str | None = None, workers: int = 1,
-              n_trials: int | None = None) -> tuple[Any, list[int]]:
+              n_trials: int | None = None, progress: bool = False) -> tuple[Any, list[int]]:
     """Run the study up to its budget. Returns the study and the numbers of the trials run now.
 
     The missing budget is split among ``workers`` processes up front, so that parallel workers
@@ -177,13 +194,13 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
         study.enqueue_trial(default_trial_params(base_model, base_train))
     missing = max(0, budget - len(before))  # the enqueued default trial is the first one run
     shares = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
-    args = [(str(dataset_path), cfg, base_model, base_train, device, str(root), storage_url)]
+    args = (str(dataset_path), cfg, base_model, base_train, device, str(root), storage_url)
     if workers == 1:
         if missing:
-            _worker(*args[0], missing)
+            _worker(*args, missing, progress)
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(*args[0], share)) for share in shares if share]
+        procs = [ctx.Process(target=_worker, args=(*args, share, progress)) for share in shares if share]
         for p in procs:
             p.start()
         for p in procs:

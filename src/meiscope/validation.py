@@ -5,6 +5,12 @@ synthetic neurons, beside each neuron's true optimal stimulus, found by the same
 ascent (same budget, steps and pixel range) run on the ground-truth population instead of
 the model. Real Allen sessions have no ground truth: the stage writes a note and skips.
 
+The truth is scored by each cell's stimulus DRIVE (its filter stage before the saturating
+rate nonlinearity): rates saturate at a few times the natural peak, so rate ratios between
+strong stimuli all tend to 1 and hide the differences. The true optimum is found by projected
+gradient ascent on the drive, started from the cell's own filters (g1, g2, g1 + g2, g1 - g2 at
+model resolution): with the truth known, no start has to be guessed.
+
 Phase invariance: a complex (energy-model) cell responds equally to its optimum at any phase,
 so the MEI is compared with the span of the true optimum ``O`` and its 90-degree phase-shifted
 partner ``Q`` (a Hilbert transform along ``O``'s dominant spatial frequency). The score is the
@@ -26,19 +32,66 @@ PHASE_INVARIANT_KINDS = ("complex",)
 class TrueNeuronsInModelSpace(nn.Module):
     """The ground-truth population seen through the model's pixel space.
 
-    ``forward(images (N, 1, H, W) model space) -> (N, n_cells)`` true rates (Hz) of the given
-    population columns, so that MEI machinery written for models runs on the truth unchanged.
+    ``forward(images (N, 1, H, W) model space) -> (N, n_cells)``: the true drive (``drive=True``,
+    unitless, non-saturating) or rate (Hz) of the given population columns, so that code written
+    for models runs on the truth unchanged.
     """
 
-    def __init__(self, population: nn.Module, columns: Sequence[int], pixel_mean: float, pixel_std: float):
+    def __init__(self, population: nn.Module, columns: Sequence[int], pixel_mean: float, pixel_std: float,
+                 drive: bool = True):
         super().__init__()
         self.population = population
         self.register_buffer("columns", torch.as_tensor(np.asarray(columns), dtype=torch.long))
-        self.pixel_mean, self.pixel_std = float(pixel_mean), float(pixel_std)
+        self.pixel_mean, self.pixel_std, self.use_drive = float(pixel_mean), float(pixel_std), drive
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images[:, 0] * self.pixel_std + self.pixel_mean
-        return self.population(pixels)[:, self.columns]
+        out = self.population.drive(pixels) if self.use_drive else self.population(pixels)
+        return out[:, self.columns]
+
+
+def true_filter_starts(population: Any, columns: Sequence[int], image_shape: tuple[int, int]) -> np.ndarray:
+    """Each cell's two filters at model resolution and their sum and difference: ``(n, 4, H, W)``."""
+    import torch.nn.functional as F
+
+    n = population.n_cells
+    h, w = population.work_shape
+    filters = population.filters.detach().cpu().reshape(2 * n, 1, h, w)
+    small = F.interpolate(filters, size=tuple(image_shape), mode="area")[:, 0].numpy()
+    cols = np.asarray(columns)
+    g1, g2 = small[cols], small[cols + n]
+    return np.stack([g1, g2, g1 + g2, g1 - g2], axis=1)
+
+
+def true_optima(truth_model: nn.Module, starts: np.ndarray, norm: float, bounds: tuple[float, float],
+                steps: int, lr: float, device: Any) -> np.ndarray:
+    """Projected gradient ascent of each neuron's true drive under the MEI budget.
+
+    Args:
+        truth_model: :class:`TrueNeuronsInModelSpace` (drive mode), column i = neuron i.
+        starts: ``(n, k, H, W)`` start directions per neuron (scaled onto the budget first).
+        steps, lr: ascent steps on the mean-abs-normalised gradient (step size decays to lr / 10).
+
+    Returns:
+        ``(n, H, W)`` the best start's result per neuron (model space).
+    """
+    from meiscope.mei import normalise_gradient, project_to_budget
+
+    n, k, height, width = starts.shape
+    targets = torch.arange(n, device=device).repeat_interleave(k)
+    x = project_to_budget(torch.as_tensor(starts, dtype=torch.float32, device=device).reshape(n * k, height, width),
+                          norm, bounds)
+    for t in range(steps):
+        x.requires_grad_(True)
+        drive = truth_model(x[:, None])[torch.arange(n * k, device=device), targets]
+        (grad,) = torch.autograd.grad(drive.sum(), x)
+        with torch.no_grad():
+            step = lr * 0.1 ** (t / max(steps - 1, 1))
+            x = project_to_budget(x + step * normalise_gradient(grad), norm, bounds)
+    with torch.inference_mode():
+        final = truth_model(x[:, None])[torch.arange(n * k, device=device), targets].reshape(n, k)
+    best = final.argmax(dim=1)
+    return x.detach().reshape(n, k, height, width)[torch.arange(n, device=device), best].cpu().numpy()
 
 
 def quadrature_partner(image: np.ndarray) -> np.ndarray:
@@ -84,7 +137,7 @@ def mei_truth_correlations(meis: np.ndarray, optima: np.ndarray, kinds: Sequence
 
 
 def true_responses(truth_model: nn.Module, images: np.ndarray, device: Any, batch: int = 128) -> np.ndarray:
-    """Response of neuron i to image i: ``images (n, H, W)`` model space -> ``(n,)`` true rates (Hz)."""
+    """Response of neuron i to image i: ``images (n, H, W)`` model space -> ``(n,)`` (drive or rate)."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
@@ -115,25 +168,28 @@ def summarise_validation(table: Any) -> dict[str, Any]:
     return summary
 
 
-def closed_loop_table(truth_model: nn.Module, kinds: Sequence[str], cell_ids: np.ndarray, meis: np.ndarray,
-                      gabors: np.ndarray, best_images: np.ndarray, optima: np.ndarray,
+def closed_loop_table(truth_drive: nn.Module, truth_rate: nn.Module, kinds: Sequence[str], cell_ids: np.ndarray,
+                      meis: np.ndarray, gabors: np.ndarray, best_images: np.ndarray, optima: np.ndarray,
                       model_mei_over_gabor: np.ndarray, device: Any) -> Any:
     """True responses to every stimulus and the comparisons, one row per neuron.
 
+    Ratios compare drives (see the module docstring); the rates (Hz) are kept beside them.
+
     Args:
+        truth_drive, truth_rate: :class:`TrueNeuronsInModelSpace` in drive and in rate mode.
         meis, gabors, best_images, optima: ``(n_neurons, H, W)`` model-space images, row i for neuron i.
         model_mei_over_gabor: ``(n_neurons,)`` the model's predicted MEI / optimal-Gabor ratio.
     """
     import pandas as pd
 
-    r_mei = true_responses(truth_model, meis, device)
-    r_gabor = true_responses(truth_model, gabors, device)
-    r_best = true_responses(truth_model, best_images, device)
-    r_opt = true_responses(truth_model, optima, device)
+    stimuli = {"mei": meis, "gabor": gabors, "best_image": best_images, "optimum": optima}
+    drive = {name: true_responses(truth_drive, images, device) for name, images in stimuli.items()}
+    rate = {name: true_responses(truth_rate, images, device) for name, images in stimuli.items()}
+    r_mei, r_gabor, r_best, r_opt = drive["mei"], drive["gabor"], drive["best_image"], drive["optimum"]
     return pd.DataFrame({
         "cell_id": cell_ids, "kind": list(kinds),
-        "true_rate_mei": r_mei, "true_rate_gabor": r_gabor, "true_rate_best_image": r_best,
-        "true_rate_optimum": r_opt,
+        **{f"true_drive_{name}": values for name, values in drive.items()},
+        **{f"true_rate_{name}": values for name, values in rate.items()},
         "mei_truth_corr": mei_truth_correlations(meis, optima, kinds),
         "mei_over_true_optimum": _ratio(r_mei, r_opt),
         "mei_over_gabor": _ratio(r_mei, r_gabor),

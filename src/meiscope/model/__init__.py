@@ -1,0 +1,55 @@
+"""The response model: a shared convolutional core + a per-neuron readout ("digital twin").
+
+Modules, one concept each:
+
+- ``core``: :class:`~meiscope.model.core.ConvCore`, the shared feature extractor.
+- ``readouts``: Gaussian (learned position per neuron) and factorized (mask x features) readouts.
+- ``network``: :class:`~meiscope.model.network.ResponseModel` and ``build_model`` (validates the config).
+- ``data``: response normalisation and in-memory tensors for training.
+- ``training``: ``train_one`` (one seeded member: Adam, early stopping, resumable checkpoints).
+- ``evaluation``: correlation-to-average, single-trial correlation, FEVE, oracle, ``predict``.
+- ``baseline``: the linear-nonlinear (LN) baseline.
+- ``ensemble``: save / load the trained members as one ensemble.
+
+This package file stays light (torch is imported only when :func:`resolve_device` runs) so that
+``import meiscope.model`` costs nothing until a model is actually used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meiscope.errors import MeiscopeError
+
+
+class DeviceError(MeiscopeError, ValueError):
+    """The requested torch device is unknown or not available on this machine."""
+
+
+def resolve_device(name: Any = "auto") -> Any:
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` (or a ``torch.device``) into a ``torch.device``.
+
+    ``auto`` picks the first CUDA GPU when one is visible, else the CPU. Asking for CUDA on a
+    machine without it is a :class:`DeviceError` (one line), never a silent CPU fallback.
+    """
+    import torch
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise DeviceError(f"device must be a string like 'auto', 'cpu', 'cuda' or 'cuda:0' (got {name!r})")
+    text = name.strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index = text[5:]
+        if index and not index.isdigit():
+            raise DeviceError(f"device {name!r}: the GPU index after 'cuda:' must be a number")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} was requested but CUDA is not available here (use 'auto' or 'cpu')")
+        if index and int(index) >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return torch.device(text)
+    raise DeviceError(f"device {name!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")

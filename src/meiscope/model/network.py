@@ -1,0 +1,107 @@
+"""The full response model (core + readout + positive output) and its validated construction."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meiscope.config import ModelConfig
+from meiscope.errors import MeiscopeError
+from meiscope.model.core import ConvCore
+from meiscope.model.readouts import FactorizedReadout, GaussianReadout
+
+
+class ModelError(MeiscopeError, ValueError):
+    """A model configuration cannot be built for this data, or saved model files are unusable."""
+
+
+class ResponseModel(nn.Module):
+    """Images ``(N, 1, H, W)`` (model pixel space) -> predicted responses ``(N, n_neurons)``.
+
+    The output ``ELU(x) + 1`` is positive. It is in *normalised response units* (see
+    :mod:`meiscope.model.data`); the buffers ``response_offset`` / ``response_scale``
+    ``(n_neurons,)`` map it back to dF/F with :meth:`to_dff`. They travel with the
+    ``state_dict``, so a saved member always knows its units.
+    """
+
+    def __init__(self, core: ConvCore, readout: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+        self.readout = readout
+        n = readout.n_neurons
+        self.register_buffer("response_offset", torch.zeros(n))
+        self.register_buffer("response_scale", torch.ones(n))
+
+    @property
+    def n_neurons(self) -> int:
+        return self.readout.n_neurons
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return (self.readout.height, self.readout.width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` -> ``(N, n_neurons)``, positive, normalised units."""
+        return F.elu(self.readout(self.core(images))) + 1.0
+
+    def to_dff(self, output: torch.Tensor) -> torch.Tensor:
+        """Normalised output ``(..., n_neurons)`` -> dF/F."""
+        return output * self.response_scale + self.response_offset
+
+    @torch.no_grad()
+    def set_normalisation(self, offset: np.ndarray, scale: np.ndarray) -> None:
+        """Store the per-neuron affine map from normalised units to dF/F (``dff = y * scale + offset``)."""
+        self.response_offset.copy_(torch.as_tensor(np.asarray(offset), dtype=self.response_offset.dtype))
+        self.response_scale.copy_(torch.as_tensor(np.asarray(scale), dtype=self.response_scale.dtype))
+
+    def regularizer(self, laplace_weight: float, readout_l1: float) -> torch.Tensor:
+        """The penalties added to the data loss: smooth first-layer filters + sparse readouts."""
+        return laplace_weight * self.core.laplace_penalty() + readout_l1 * self.readout.regularizer()
+
+    def constrain_(self) -> None:
+        """Project parameters back into their valid range (readout positions inside the image)."""
+        self.readout.constrain_()
+
+
+def check_model_config(cfg: ModelConfig, n_neurons: int, image_shape: Sequence[int]) -> tuple[int, int]:
+    """Refuse a config that cannot work on ``image_shape`` (one-line :class:`ModelError`).
+
+    Returns ``(height, width)``. Runs in microseconds, so stages call it before any training.
+    """
+    if not isinstance(cfg, ModelConfig):
+        raise ModelError(f"model: expected a ModelConfig, got {type(cfg).__name__}")
+    if n_neurons < 1:
+        raise ModelError(f"model: needs at least one neuron to predict (got {n_neurons})")
+    if len(image_shape) != 2 or min(image_shape) < 1:
+        raise ModelError(f"model: image shape must be (height, width) with positive sizes (got {tuple(image_shape)})")
+    height, width = int(image_shape[0]), int(image_shape[1])
+    for key in ("first_kernel", "hidden_kernel"):
+        k = getattr(cfg, key)
+        if key == "hidden_kernel" and cfg.layers < 2:
+            continue
+        if k > min(height, width):
+            raise ModelError(f"model.{key} ({k}) is larger than the image ({height}x{width})")
+    return height, width
+
+
+def build_model(cfg: ModelConfig, n_neurons: int, image_shape: Sequence[int]) -> ResponseModel:
+    """A fresh :class:`ResponseModel` for ``n_neurons`` neurons on images of ``image_shape`` (H, W).
+
+    Parameters are drawn from torch's global generator: seed it (``torch.manual_seed``) first
+    for a reproducible initialisation.
+    """
+    height, width = check_model_config(cfg, n_neurons, image_shape)
+    core = ConvCore(in_channels=1, layers=cfg.layers, channels=list(cfg.channels), first_kernel=cfg.first_kernel,
+                    hidden_kernel=cfg.hidden_kernel, depth_separable=cfg.depth_separable,
+                    batch_norm=cfg.batch_norm)
+    if cfg.readout == "gaussian":
+        readout: nn.Module = GaussianReadout(n_neurons, core.out_channels, height, width)
+    elif cfg.readout == "factorized":
+        readout = FactorizedReadout(n_neurons, core.out_channels, height, width)
+    else:  # ModelConfig already refuses this; kept for configs built around its validation
+        raise ModelError(f"model.readout {cfg.readout!r} is not one of 'gaussian', 'factorized'")
+    return ResponseModel(core, readout)

@@ -1,0 +1,385 @@
+"""The simulated V1 population: Gabor-based model neurons, as a differentiable torch module.
+
+Screen geometry
+---------------
+Allen's stimulus monitor is a 1920 x 1200 px panel with a 61.214 cm diagonal (16:10, so 51.9 cm
+wide, 0.02704 cm per pixel), 15 cm from the eye; the 918 x 1174 px natural scenes are shown
+centred, one image pixel per monitor pixel. At the screen centre (small-angle approximation, as
+allensdk's ``stimulus_info`` uses: its 45 px locally-sparse-noise squares are 4.65 deg) that is
+
+    PIXELS_PER_DEGREE = 15 cm / 0.02704 cm * pi / 180 = 9.68 px / deg,
+
+so a scene spans about 1174 / 9.68 = 121 deg x 95 deg. Receptive-field geometry is stored in
+NORMALISED image coordinates so that it does not depend on the resolution an image is given at:
+``x`` in [0, 1] of the width, ``y`` in [0, 1] of the height, ``sigma`` as a fraction of the image
+width and spatial frequency ``sf`` in cycles per image width.
+
+Cell kinds (``c`` = contrast (pixels - 127) / 127, ``a``/``b`` = dot products with two Gabors)
+-------------------------------------------------------------------------------------------
+Each responsive cell computes a drive ``D`` that is quadratic in contrast:
+
+- ``simple``:       D = relu(a)^2              (half-squaring, Heeger 1992)
+- ``complex``:      D = a^2 + b^2              (energy of a quadrature pair: phase invariant)
+- ``conjunction``:  D = relu(a) * relu(b)      (AND of two orientations 60-90 deg apart at the same
+  place; its optimal stimulus is a plaid, NOT a single Gabor)
+
+and fires ``rate = baseline + rate_max * D / (D + semisaturation)`` (a Naka-Rushton contrast
+response with exponent 2, Albrecht & Hamilton 1982); ``unresponsive`` cells fire ``baseline``.
+The Gabors are DC-corrected (zero sum), so cells ignore the mean luminance over their receptive
+field. Calibration on the session's own scenes: the best scene drives a cell to 1/SATURATION of
+its ceiling, at a peak rate drawn from ``peak_rate_hz``; so an optimal stimulus can reach at most
+SATURATION x the natural peak (above baseline), not thousands of Hz.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from meiscope.atomic import write_json, write_npz
+from meiscope.errors import MeiscopeError
+
+SCENE_HEIGHT_PX = 918
+SCENE_WIDTH_PX = 1174
+PIXELS_PER_DEGREE = 9.68  # of the 918 x 1174 scene on Allen's monitor (see module docstring)
+WORK_SHAPE = (115, 147)  # the population's own resolution: 1/8 of 918 x 1174 (8 px = 0.83 deg)
+GRAY = 127.0  # Allen's mean-gray screen value
+SF_RANGE_CPD = (0.02, 0.08)  # preferred spatial frequency of mouse V1, cycles / deg (log-uniform)
+MIN_CYCLES_PER_SIGMA = 0.2  # keep sf >= this / sigma, so every RF is a Gabor, not a blob
+RF_CENTRE_RANGE = (0.2, 0.8)  # RF centres within the central 60% of each image axis
+CONJUNCTION_ANGLE_DEG = (60.0, 90.0)
+KINDS = ("simple", "complex", "conjunction", "unresponsive")
+SATURATION = 3.0  # ceiling rate / best-scene rate (above baseline)
+
+
+class GroundTruthError(MeiscopeError, FileNotFoundError):
+    """A session has no (readable) ground truth: it was not written by the synthetic cortex."""
+
+
+# --------------------------------------------------------------------------------------
+# parameters
+# --------------------------------------------------------------------------------------
+@dataclass
+class CellParams:
+    """Every parameter of every simulated cell; one entry per cell in each array.
+
+    Attributes:
+        cell_ids: ``(n,)`` int64 Allen-style cell specimen ids.
+        kinds: ``(n,)`` str, one of :data:`KINDS`.
+        x, y: ``(n,)`` RF centre, fraction of image width / height.
+        sigma: ``(n,)`` Gaussian envelope s.d., fraction of image width.
+        sf: ``(n,)`` spatial frequency, cycles per image width.
+        orientation, phase: ``(n,)`` radians, first Gabor (orientation = direction of the carrier).
+        orientation2, phase2: ``(n,)`` radians, second Gabor (complex: same orientation, phase + pi/2;
+            conjunction: another orientation; simple / unresponsive: unused copy of the first).
+        rate_max: ``(n,)`` Hz above baseline at saturation (0 for unresponsive cells).
+        semisaturation: ``(n,)`` drive at half of ``rate_max``.
+        baseline: ``(n,)`` Hz, spontaneous rate.
+        peak_rate: ``(n,)`` Hz, the calibration target (max rate over the session's scenes).
+    """
+
+    cell_ids: np.ndarray
+    kinds: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    sigma: np.ndarray
+    sf: np.ndarray
+    orientation: np.ndarray
+    phase: np.ndarray
+    orientation2: np.ndarray
+    phase2: np.ndarray
+    rate_max: np.ndarray
+    semisaturation: np.ndarray
+    baseline: np.ndarray
+    peak_rate: np.ndarray
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cell_ids)
+
+    @property
+    def responsive(self) -> np.ndarray:
+        """``(n,)`` bool: the cell's rate depends on the image."""
+        return self.kinds != "unresponsive"
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[float, float],
+                 peak_rate_hz: tuple[float, float], baseline_rate_hz: float, cell_ids: np.ndarray,
+                 rng: np.random.Generator) -> CellParams:
+    """Draw a population (not yet calibrated; see :func:`calibrate`).
+
+    Args:
+        fractions: share of each kind in :data:`KINDS` (sums to 1); counts are rounded by largest
+            remainder and the kinds are shuffled over the cells.
+        rf_sigma_deg: [low, high] envelope s.d. in degrees (uniform).
+        peak_rate_hz: [low, high] peak rate over the scenes of each responsive cell (uniform).
+        cell_ids: ``(n_cells,)`` ids to give the cells.
+    """
+    share = np.array([fractions[k] for k in KINDS], dtype=np.float64)
+    raw = share * n_cells
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind="stable")[: n_cells - counts.sum()]:
+        counts[i] += 1
+    kinds = np.repeat(np.array(KINDS), counts)[rng.permutation(n_cells)]
+
+    deg_to_width = PIXELS_PER_DEGREE / SCENE_WIDTH_PX  # image widths per degree
+    sigma_deg = rng.uniform(rf_sigma_deg[0], rf_sigma_deg[1], n_cells)
+    sf_low = np.maximum(SF_RANGE_CPD[0], MIN_CYCLES_PER_SIGMA / sigma_deg)
+    sf_high = np.maximum(SF_RANGE_CPD[1], sf_low)
+    sf_cpd = np.exp(rng.uniform(np.log(sf_low), np.log(sf_high)))
+    orientation = rng.uniform(0, np.pi, n_cells)
+    phase = rng.uniform(0, 2 * np.pi, n_cells)
+    lo, hi = np.deg2rad(CONJUNCTION_ANGLE_DEG)
+    turn = rng.uniform(lo, hi, n_cells) * rng.choice([-1.0, 1.0], n_cells)
+    phase_b = rng.uniform(0, 2 * np.pi, n_cells)
+    is_complex, is_conj = kinds == "complex", kinds == "conjunction"
+    orientation2 = np.where(is_conj, np.mod(orientation + turn, np.pi), orientation)
+    phase2 = np.where(is_complex, phase + np.pi / 2, np.where(is_conj, phase_b, phase))
+    peak = rng.uniform(peak_rate_hz[0], peak_rate_hz[1], n_cells)
+    responsive = kinds != "unresponsive"
+    return CellParams(
+        cell_ids=np.asarray(cell_ids, dtype=np.int64), kinds=kinds,
+        x=rng.uniform(*RF_CENTRE_RANGE, n_cells), y=rng.uniform(*RF_CENTRE_RANGE, n_cells),
+        sigma=sigma_deg * deg_to_width, sf=sf_cpd / deg_to_width,
+        orientation=orientation, phase=phase, orientation2=orientation2, phase2=phase2,
+        rate_max=responsive.astype(np.float64), semisaturation=np.ones(n_cells), baseline=np.full(n_cells, float(baseline_rate_hz)),
+        peak_rate=np.where(responsive, peak, float(baseline_rate_hz)))
+
+
+# --------------------------------------------------------------------------------------
+# Gabors
+# --------------------------------------------------------------------------------------
+def gabor(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, sf: np.ndarray, orientation: np.ndarray,
+          phase: np.ndarray, height: int, width: int) -> np.ndarray:
+    """DC-corrected Gabors on a ``height x width`` pixel grid, peak absolute value 1.
+
+    Args:
+        x, y, sigma, sf, orientation, phase: ``(n,)`` in the normalised units of :class:`CellParams`.
+
+    Returns:
+        ``(n, height, width)`` float64; each sums to 0 (the envelope-weighted mean of the carrier
+        is subtracted) and has max |value| = 1.
+    """
+    x, y, sigma, sf, orientation, phase = (np.atleast_1d(np.asarray(v, dtype=np.float64))[:, None, None]
+                                           for v in (x, y, sigma, sf, orientation, phase))
+    # pixel centres in units of image width (so distances are isotropic)
+    px = ((np.arange(width) + 0.5) / width)[None, None, :]
+    py = ((np.arange(height) + 0.5) / height * (height / width))[None, :, None]
+    dx, dy = px - x, py - y * (height / width)
+    along = dx * np.cos(orientation) + dy * np.sin(orientation)
+    envelope = np.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))
+    carrier = np.cos(2 * np.pi * sf * along + phase)
+    dc = (envelope * carrier).sum(axis=(1, 2), keepdims=True) / envelope.sum(axis=(1, 2), keepdims=True)
+    g = envelope * (carrier - dc)
+    return g / np.abs(g).max(axis=(1, 2), keepdims=True)
+
+
+def gabor_pixels(params: CellParams, index: int, height: int, width: int, contrast: float = 1.0,
+                 second: bool = False) -> np.ndarray:
+    """The cell's own (first or second) Gabor as a screen image, 127 + 127 * contrast * gabor.
+
+    For a simple cell the first Gabor at full contrast is (close to) its optimal stimulus.
+
+    Returns:
+        ``(height, width)`` float32 in 0-255 screen pixels.
+    """
+    ori = params.orientation2 if second else params.orientation
+    ph = params.phase2 if second else params.phase
+    g = gabor(params.x[index], params.y[index], params.sigma[index], params.sf[index], ori[index], ph[index],
+              height, width)[0]
+    return (GRAY + GRAY * contrast * g).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# the module
+# --------------------------------------------------------------------------------------
+class TruePopulation(torch.nn.Module):
+    """The true neurons of a synthetic session: screen pixels in, firing rates (Hz) out.
+
+    Attributes:
+        params: the :class:`CellParams` it was built from.
+        cell_ids: ``(n_cells,)`` int64.  kinds: list of str.  responsive: ``(n_cells,)`` bool.
+        work_shape: ``(height, width)`` it resamples every input to.
+    """
+
+    def __init__(self, params: CellParams, work_shape: tuple[int, int] = WORK_SHAPE) -> None:
+        super().__init__()
+        self.params = params
+        self.work_shape = (int(work_shape[0]), int(work_shape[1]))
+        self.cell_ids = np.asarray(params.cell_ids, dtype=np.int64)
+        self.kinds = [str(k) for k in params.kinds]
+        self.responsive = np.asarray(params.responsive, dtype=bool)
+        h, w = self.work_shape
+        g1 = gabor(params.x, params.y, params.sigma, params.sf, params.orientation, params.phase, h, w)
+        g2 = gabor(params.x, params.y, params.sigma, params.sf, params.orientation2, params.phase2, h, w)
+        filters = np.concatenate([g1, g2]).reshape(2 * params.n_cells, h * w)
+        # unit L2 norm: drives are O(1) whatever the RF size; calibration absorbs the scale
+        filters /= np.linalg.norm(filters, axis=1, keepdims=True)
+        self.register_buffer("filters", torch.tensor(filters, dtype=torch.float32))  # (2n, h*w)
+        codes = np.array([KINDS.index(k) for k in self.kinds])
+        self.register_buffer("kind_code", torch.tensor(codes, dtype=torch.long))
+        self.register_buffer("rate_max", torch.tensor(params.rate_max, dtype=torch.float32))
+        self.register_buffer("semisaturation", torch.tensor(params.semisaturation, dtype=torch.float32))
+        self.register_buffer("baseline", torch.tensor(params.baseline, dtype=torch.float32))
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cell_ids)
+
+    def resample(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(N, H, W)`` or ``(N, 1, H, W)`` screen pixels -> ``(N, h, w)`` at the working resolution.
+
+        Bilinear with antialiasing when shrinking (differentiable), so any input resolution of the
+        same scene gives nearly the same result.
+        """
+        if pixels.dim() == 3:
+            pixels = pixels[:, None]
+        if pixels.dim() != 4 or pixels.shape[1] != 1:
+            raise ValueError(f"pixels must be (N, H, W) or (N, 1, H, W), got {tuple(pixels.shape)}")
+        pixels = pixels.to(dtype=self.filters.dtype, device=self.filters.device)
+        if tuple(pixels.shape[-2:]) != self.work_shape:
+            pixels = F.interpolate(pixels, size=self.work_shape, mode="bilinear", align_corners=False,
+                                   antialias=True)
+        return pixels[:, 0]
+
+    def drive(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Stimulus drive ``D``: ``(N, n_cells)``, >= 0 (0 for unresponsive cells and for gray)."""
+        contrast = (self.resample(pixels) - GRAY) / GRAY
+        proj = contrast.flatten(1) @ self.filters.T  # (N, 2n)
+        a, b = proj[:, : self.n_cells], proj[:, self.n_cells:]
+        code = self.kind_code
+        out = torch.where(code == 0, F.relu(a) ** 2, torch.zeros_like(a))
+        out = torch.where(code == 1, a ** 2 + b ** 2, out)
+        out = torch.where(code == 2, F.relu(a) * F.relu(b), out)
+        return out
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Firing rates.
+
+        Args:
+            pixels: ``(N, H, W)`` or ``(N, 1, H, W)`` 0-255 screen pixels of the scene at any
+                resolution (same aspect ratio as 918 x 1174).
+
+        Returns:
+            ``(N, n_cells)`` rates in Hz (float32, on the module's device).
+        """
+        d = self.drive(pixels)
+        return self.baseline + self.rate_max * d / (d + self.semisaturation)
+
+
+def _max_drive(population: TruePopulation, scenes: np.ndarray, device: Any, batch: int = 16) -> np.ndarray:
+    out = np.zeros(population.n_cells)
+    with torch.no_grad():
+        for start in range(0, len(scenes), batch):
+            x = torch.from_numpy(np.ascontiguousarray(scenes[start:start + batch])).to(device)
+            out = np.maximum(out, population.drive(x).cpu().double().numpy().max(axis=0))
+    return out
+
+
+def calibrate(params: CellParams, scenes: np.ndarray, device: Any = "cpu") -> CellParams:
+    """Scale each responsive cell so its peak rate over ``scenes`` is ``params.peak_rate``.
+
+    The best scene's drive ``D_max`` is put at 1/SATURATION of the ceiling:
+    ``semisaturation = (SATURATION - 1) * D_max`` and ``rate_max = SATURATION * (peak - baseline)``.
+
+    Args:
+        scenes: ``(n_images, H, W)`` 0-255 screen pixels (the session's template).
+
+    Returns:
+        a copy of ``params`` with ``rate_max`` and ``semisaturation`` set.
+    """
+    # float64: a float32 matmul's result depends on the thread count, which would change the files
+    population = TruePopulation(params).to(device=device, dtype=torch.float64)
+    top = _max_drive(population, scenes, device)
+    responsive = params.responsive
+    rate_max = np.where(responsive, SATURATION * (params.peak_rate - params.baseline), 0.0)
+    semisat = np.where(responsive, np.maximum((SATURATION - 1) * top, 1e-9), 1.0)
+    arrays = params.arrays()
+    # 7 significant digits: tiny float differences between machines do not change the files
+    arrays["rate_max"] = np.array([float(f"{v:.7g}") for v in rate_max])
+    arrays["semisaturation"] = np.array([float(f"{v:.7g}") for v in semisat])
+    return CellParams(**arrays)
+
+
+# --------------------------------------------------------------------------------------
+# ground truth on disk
+# --------------------------------------------------------------------------------------
+def ground_truth_paths(cache_dir: Path, experiment_id: int) -> tuple[Path, Path]:
+    """``(<cache_dir>/ground_truth/<id>.npz, <cache_dir>/ground_truth/<id>.json)``."""
+    folder = Path(cache_dir) / "ground_truth"
+    return folder / f"{experiment_id}.npz", folder / f"{experiment_id}.json"
+
+
+def save_ground_truth(cache_dir: Path, experiment_id: int, population: TruePopulation,
+                      config: dict[str, Any]) -> tuple[Path, Path]:
+    """Write every cell parameter (``.npz``) and a readable summary (``.json``).
+
+    Args:
+        config: the synthetic config that made the session (stored in the JSON).
+    """
+    p = population.params
+    npz_path, json_path = ground_truth_paths(cache_dir, experiment_id)
+    arrays = {**p.arrays(), "kinds": p.kinds.astype("U16"), "responsive": p.responsive,
+              "work_shape": np.array(population.work_shape, dtype=np.int64),
+              "pixels_per_degree": np.array(PIXELS_PER_DEGREE),
+              "scene_shape": np.array([SCENE_HEIGHT_PX, SCENE_WIDTH_PX], dtype=np.int64),
+              "experiment_id": np.array(experiment_id, dtype=np.int64)}
+    write_npz(npz_path, arrays)
+    deg_per_width = SCENE_WIDTH_PX / PIXELS_PER_DEGREE
+    cells = [{
+        "cell_id": int(p.cell_ids[i]), "kind": str(p.kinds[i]), "responsive": bool(p.responsive[i]),
+        "x": round(float(p.x[i]), 4), "y": round(float(p.y[i]), 4),
+        "sigma_deg": round(float(p.sigma[i] * deg_per_width), 3),
+        "sf_cpd": round(float(p.sf[i] / deg_per_width), 4),
+        "orientation_deg": round(float(np.rad2deg(p.orientation[i])), 2),
+        "orientation2_deg": round(float(np.rad2deg(p.orientation2[i])), 2),
+        "phase_deg": round(float(np.rad2deg(p.phase[i]) % 360), 2),
+        "peak_rate_hz": round(float(p.peak_rate[i]), 3), "baseline_hz": float(p.baseline[i]),
+        "rate_max_hz": round(float(p.rate_max[i]), 3),
+    } for i in range(p.n_cells)]
+    counts = {k: int((p.kinds == k).sum()) for k in KINDS}
+    write_json(json_path, {
+        "experiment_id": int(experiment_id), "config": config, "kind_counts": counts,
+        "pixels_per_degree": PIXELS_PER_DEGREE, "work_shape": list(population.work_shape),
+        "saturation": SATURATION,
+        "coordinates": "x, y: fraction of image width / height; sigma_deg, sf_cpd at the screen centre",
+        "cells": cells})
+    return npz_path, json_path
+
+
+def load_true_population(cache_dir: Path, experiment_id: int, device: Any = "cpu") -> TruePopulation:
+    """The :class:`TruePopulation` of a synthetic session, on ``device``.
+
+    Raises:
+        GroundTruthError: no ground-truth file (a real session) or an unreadable one.
+    """
+    path, _ = ground_truth_paths(cache_dir, experiment_id)
+    if not path.is_file():
+        raise GroundTruthError(f"no ground truth for experiment {experiment_id} at {path}: "
+                               "the session is not synthetic")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+        params = CellParams(**{fld.name: data[fld.name] for fld in fields(CellParams)})
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise GroundTruthError(f"{path}: unreadable ground truth ({err})") from None
+    work_shape = tuple(int(v) for v in data["work_shape"])
+    return TruePopulation(params, work_shape).to(device)
+
+
+def ground_truth_summary(cache_dir: Path, experiment_id: int) -> dict[str, Any]:
+    """The readable JSON summary written beside the ``.npz``."""
+    _, path = ground_truth_paths(cache_dir, experiment_id)
+    if not path.is_file():
+        raise GroundTruthError(f"no ground truth for experiment {experiment_id} at {path}: "
+                               "the session is not synthetic")
+    return json.loads(path.read_text())

@@ -1,0 +1,216 @@
+"""MEI synthesis: planted LN neurons give back their filters, batching changes nothing, the budget holds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meiscope.config import ConfigError, MeiConfig, parse_params
+from meiscope.errors import MeiscopeError
+from meiscope.gabor import gabor_images
+from meiscope.mei import (MeiError, best_natural_images, blur, blur_sigmas, check_budget, contrast_sweep,
+                          project_to_budget, roll_images, score_images, synthesize_meis, synthesize_meis_looped)
+
+H, W = 24, 32
+DEVICE = "cpu"
+# x, y, theta, wavelength, sigma, phase (model pixels / radians)
+TRUE_PARAMS = torch.tensor([[10.3, 12.2, 0.5, 8.0, 3.5, 0.0],
+                            [20.6, 11.4, 2.0, 11.0, 4.0, 1.0],
+                            [14.0, 9.0, 1.2, 6.5, 3.0, 4.0]])
+WIDE = (-3.0, 3.0)  # pixel range wide enough that a unit filter times NORM is never clipped
+NORM = 8.0
+
+
+class PlantedLN(nn.Module):
+    """Linear-nonlinear neurons: ``elu(<filter_k, image>) + 1`` with unit-norm filters ``(K, H, W)``."""
+
+    def __init__(self, filters: torch.Tensor):
+        super().__init__()
+        self.register_buffer("filters", filters / filters.flatten(1).norm(dim=1)[:, None, None])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.elu(torch.einsum("nchw,khw->nk", images, self.filters)) + 1
+
+
+class SmallCNN(nn.Module):
+    """Conv core with batch norm + per-neuron linear readout (like the real models, much smaller)."""
+
+    def __init__(self, n_neurons: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.core = nn.Sequential(nn.Conv2d(1, 4, 5, padding=2), nn.BatchNorm2d(4), nn.ELU(),
+                                  nn.Conv2d(4, 4, 3, padding=1), nn.ELU())
+        self.readout = nn.Linear(4 * H * W, n_neurons)
+        with torch.no_grad():  # non-trivial running stats, so train vs eval mode differ
+            self.core[1].running_mean.uniform_(-0.2, 0.2)
+            self.core[1].running_var.uniform_(0.5, 2.0)
+            self.readout.weight.mul_(3.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.elu(self.readout(self.core(images).flatten(1))) + 1
+
+
+def planted() -> PlantedLN:
+    return PlantedLN(gabor_images(TRUE_PARAMS, (H, W), DEVICE))
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+# --------------------------------------------------------------------------------------
+# budget
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("norm,bounds", [(10.0, (-1.0, 1.5)), (25.0, (-1.0, 1.2)), (27.0, (-1.0, 1.2))])
+def test_projection_holds_norm_and_range_exactly(norm, bounds):
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(40, H, W, generator=gen) * torch.rand(40, 1, 1, generator=gen) * 3
+    out = project_to_budget(images, norm, bounds)
+    norms = out.flatten(1).norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, norm), rtol=1e-5)
+    assert out.min() >= bounds[0] and out.max() <= bounds[1]
+    # projecting again changes nothing; the direction is kept where nothing is clipped
+    assert torch.allclose(project_to_budget(out, norm, bounds), out, atol=1e-5)
+    if norm > 20:
+        assert (out == out.max()).sum() > 10  # the tight budget really clips
+
+
+def test_projection_is_plain_scaling_without_clipping():
+    images = torch.randn(5, H, W, generator=torch.Generator().manual_seed(1))
+    out = project_to_budget(images, 2.0, WIDE)
+    expected = images * 2.0 / images.flatten(1).norm(dim=1)[:, None, None]
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_unreachable_budget_and_bad_bounds_are_refused():
+    with pytest.raises(MeiError, match="not reachable"):
+        check_budget(np.sqrt(H * W) * 1.0 + 0.1, (-1.0, 2.0), (H, W))
+    with pytest.raises(MeiError, match="low < 0 < high"):
+        check_budget(1.0, (0.5, 2.0), (H, W))
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(MeiError, match="norm"):
+            check_budget(bad, WIDE, (H, W))
+
+
+# --------------------------------------------------------------------------------------
+# preconditioning pieces
+# --------------------------------------------------------------------------------------
+def test_blur_schedule_roll_and_identity():
+    sig = blur_sigmas(1.5, 0.01, 5)
+    assert sig[0] == pytest.approx(1.5) and sig[-1] == pytest.approx(0.01)
+    assert np.allclose(sig[1:] / sig[:-1], sig[1] / sig[0])  # geometric
+    assert np.all(blur_sigmas(0, 0, 4) == 0)
+    images = torch.randn(3, H, W, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(blur(images, None), images)
+    shifts = torch.tensor([[0, 0], [1, -2], [-3, 5]])
+    rolled = roll_images(images, shifts)
+    for b in range(3):
+        assert torch.equal(rolled[b], torch.roll(images[b], tuple(shifts[b].tolist()), dims=(0, 1)))
+
+
+# --------------------------------------------------------------------------------------
+# planted ground truth
+# --------------------------------------------------------------------------------------
+def test_mei_of_planted_ln_neurons_is_their_filter():
+    model = planted()
+    cfg = MeiConfig(n_starts=2, steps=60)
+    result = synthesize_meis([model], [0, 1, 2], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False)
+    assert result.meis.shape == (3, H, W) and result.all_starts.shape == (3, 2, H, W)
+    assert result.history.shape == (6, 3) and result.start_activations.shape == (3, 2)
+    for k in range(3):
+        assert corr(result.meis[k], model.filters[k].numpy()) > 0.95
+    # the best possible response at this budget is elu(NORM) + 1 = NORM + 1
+    assert np.all(result.activations > 0.95 * (NORM + 1))
+    assert np.all(result.activations <= NORM + 1 + 1e-3)
+    assert np.allclose(result.activations, result.start_activations.max(axis=1))
+    assert np.allclose(result.activations, score_images([model], result.meis, [0, 1, 2], DEVICE), atol=1e-5)
+    assert np.all(result.seed_consistency > 0.95)  # one optimum: all starts agree
+
+
+def test_budget_holds_exactly_after_optimisation_with_heavy_clipping():
+    model = planted()
+    bounds, norm = (-0.5, 0.6), 12.0  # 12 is close to the box limit sqrt(768) * 0.5 = 13.9
+    cfg = MeiConfig(n_starts=2, steps=20, jitter=1)
+    result = synthesize_meis([model], [0, 2], (H, W), cfg, norm, bounds, DEVICE, seed=3, progress=False)
+    norms = np.linalg.norm(result.all_starts.reshape(4, -1), axis=1)
+    assert np.allclose(norms, norm, rtol=1e-4)
+    assert result.all_starts.min() >= bounds[0] and result.all_starts.max() <= bounds[1]
+    assert np.isclose(result.all_starts, bounds[1]).sum() > 50  # the budget really forces clipping
+
+
+def test_batched_equals_one_neuron_at_a_time_in_train_mode_models():
+    models = [SmallCNN(6, seed=1), SmallCNN(6, seed=2)]
+    for m in models:
+        m.train()  # synthesize_meis must switch to eval (running stats) and restore the mode
+    cfg = MeiConfig(n_starts=2, steps=25, jitter=2, blur_sigma=[1.5, 0.01])
+    neurons = [4, 0, 5]
+    batched = synthesize_meis(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
+    looped = synthesize_meis_looped(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
+    assert all(m.training and m.core[1].training for m in models)
+    assert np.allclose(batched.all_starts, looped.all_starts, atol=1e-5)
+    assert np.allclose(batched.activations, looped.activations, atol=1e-5)
+    assert np.array_equal(batched.best_start, looped.best_start)
+    assert np.allclose(batched.history, looped.history, atol=1e-5)
+    # starts differ from each other (seeded per start), and the seed matters
+    assert not np.allclose(batched.all_starts[:, 0], batched.all_starts[:, 1], atol=1e-3)
+    other = synthesize_meis(models, [4], (H, W), dataclasses.replace(cfg, steps=1), 6.0, (-1.5, 2.0), DEVICE,
+                            seed=8, progress=False)
+    first = synthesize_meis(models, [4], (H, W), dataclasses.replace(cfg, steps=1), 6.0, (-1.5, 2.0), DEVICE,
+                            seed=7, progress=False)
+    assert not np.allclose(other.all_starts, first.all_starts)
+
+
+# --------------------------------------------------------------------------------------
+# scoring helpers
+# --------------------------------------------------------------------------------------
+def test_score_contrast_and_best_natural_images():
+    model = planted()
+    gen = torch.Generator().manual_seed(4)
+    naturals = torch.randn(20, H, W, generator=gen) * 0.3
+    naturals[13] = model.filters[1] * 5.0  # the planted best image of neuron 1
+    drive = torch.einsum("nhw,khw->nk", naturals, model.filters)
+    scores = score_images([model], naturals[:3], [2, 0, 1], DEVICE)
+    assert np.allclose(scores, (F.elu(drive[[0, 1, 2], [2, 0, 1]]) + 1).numpy(), atol=1e-5)
+
+    sweep = contrast_sweep([model], model.filters[[0, 1]] * 4, [0, 1], [0.0, 0.5, 1.0, 2.0], DEVICE, WIDE)
+    assert np.allclose(sweep, F.elu(torch.tensor([0.0, 2.0, 4.0, 8.0])).numpy() + 1, atol=1e-4)
+    clipped = contrast_sweep([model], model.filters[[0]] * 4, [0], [1.0, 50.0], DEVICE, (-0.1, 0.1))
+    assert clipped[0, 1] < 50 * clipped[0, 0]  # clipping caps the gain
+
+    idx, raw, matched = best_natural_images([model], naturals, [1, 0], DEVICE, norm=NORM, bounds=WIDE)
+    assert idx[0] == 13 and idx[1] == int(drive[:, 0].argmax())
+    assert raw[0] == pytest.approx(6.0, rel=1e-4)
+    assert matched[0] == pytest.approx(NORM + 1, rel=1e-4)  # same image scaled to the budget
+    _, raw2, same = best_natural_images([model], naturals, [1], DEVICE)
+    assert np.allclose(raw2, same)
+
+
+# --------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------
+def test_bad_parameters_give_clear_errors():
+    with pytest.raises(ConfigError, match="mei.steps"):
+        parse_params({"mei": {"steps": 0}})
+    with pytest.raises(ConfigError, match="mei.norm"):
+        parse_params({"mei": {"norm": -1.0}})
+    model, cfg = planted(), MeiConfig(steps=2, n_starts=1)
+    with pytest.raises(MeiError, match="norm"):
+        synthesize_meis([model], [0], (H, W), cfg, 0.0, WIDE, DEVICE, seed=0, progress=False)
+    with pytest.raises(MeiError, match="norm"):
+        synthesize_meis([model], [0], (H, W), cfg, -2.0, WIDE, DEVICE, seed=0, progress=False)
+    with pytest.raises(MeiError, match="out of range"):
+        synthesize_meis([model], [0, 3], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False)
+    with pytest.raises(MeiError, match="out of range"):
+        score_images([model], torch.zeros(1, H, W), [-1], DEVICE)
+    with pytest.raises(MeiError, match="empty"):
+        synthesize_meis([], [0], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False)
+    recipe = dataclasses.make_dataclass("Recipe", [(f.name, object) for f in dataclasses.fields(MeiConfig)])
+    zero_steps = recipe(**{**dataclasses.asdict(cfg), "steps": 0})  # bypasses MeiConfig's own check
+    with pytest.raises(MeiError, match="steps"):
+        synthesize_meis([model], [0], (H, W), zero_steps, NORM, WIDE, DEVICE, seed=0, progress=False)
+    assert issubclass(MeiError, MeiscopeError)
