@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--loop-subset", type=int, default=16, help="neurons timed in the looped run")
     parser.add_argument("--models", type=int, default=2, help="ensemble size (train.seeds minus mei.n_val_models)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--starts", type=int, default=MeiConfig().n_starts)
+    parser.add_argument("--max-batch", type=int, default=None, help="images per pass in the batched run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mei.json"))
     args = parser.parse_args()
@@ -84,7 +86,7 @@ def main() -> None:
 
     n_total = max(args.sizes)
     models = [StandInModel(n_total, seed=s).to(args.device).eval() for s in range(args.models)]
-    cfg = dataclasses.replace(MeiConfig(), steps=args.steps)
+    cfg = dataclasses.replace(MeiConfig(), steps=args.steps, n_starts=args.starts)
     common = dict(image_shape=(HEIGHT, WIDTH), cfg=cfg, norm=30.0, bounds=(-1.8, 2.2), device=args.device,
                   seed=0, progress=False)
     synthesize_meis(models, [0, 1], **{**common, "cfg": dataclasses.replace(cfg, steps=2)})  # warm-up
@@ -97,13 +99,14 @@ def main() -> None:
     for _ in range(args.repeats):
         loop_times.append(timed(lambda: synthesize_meis_looped(models, list(range(loop_n)), **common)))
         for n in args.sizes:
-            batch_times[n].append(timed(lambda: synthesize_meis(models, list(range(n)), **common)))
+            batch_times[n].append(timed(lambda: synthesize_meis(models, list(range(n)), **common,
+                                                                max_batch=args.max_batch)))
     loop_per_neuron = statistics.median(loop_times) / loop_n
 
     rows = []
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"{args.models} models, {cfg.n_starts} starts, {args.steps} steps (recipe default {MeiConfig().steps}), "
-          f"images {HEIGHT}x{WIDTH}, {args.repeats} repeats (median)")
+          f"images {HEIGHT}x{WIDTH}, {args.repeats} repeats (median), max_batch {args.max_batch}")
     print(f"{'N':>5} {'batched s':>10} {'batched s/neuron':>17} {'looped s/neuron':>16} {'speedup':>8}  looped")
     for n in args.sizes:
         batched = statistics.median(batch_times[n])
@@ -119,7 +122,7 @@ def main() -> None:
         image_shape=[HEIGHT, WIDTH], device=args.device, torch=torch.__version__, threads=torch.get_num_threads(),
         machine=platform.processor() or platform.machine(), repeats=args.repeats, loop_subset=loop_n,
         looped_repeats_s=loop_times, rows=rows, load_average_after=os.getloadavg(),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), max_batch=args.max_batch,
         note="looped time per neuron is independent of N; measured on loop_subset neurons"))
     print(f"wrote {args.out}")
 

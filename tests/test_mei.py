@@ -55,6 +55,15 @@ class SmallCNN(nn.Module):
         return F.elu(self.readout(self.core(images).flatten(1))) + 1
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls when other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def planted() -> PlantedLN:
     return PlantedLN(gabor_images(TRUE_PARAMS, (H, W), DEVICE))
 
@@ -151,8 +160,11 @@ def test_batched_equals_one_neuron_at_a_time_in_train_mode_models():
     neurons = [4, 0, 5]
     batched = synthesize_meis(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
     looped = synthesize_meis_looped(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
+    chunked = synthesize_meis(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False,
+                              max_batch=4)  # 6 images in passes of 4 + 2
     assert all(m.training and m.core[1].training for m in models)
     assert np.allclose(batched.all_starts, looped.all_starts, atol=1e-5)
+    assert np.allclose(batched.all_starts, chunked.all_starts, atol=1e-5)
     assert np.allclose(batched.activations, looped.activations, atol=1e-5)
     assert np.array_equal(batched.best_start, looped.best_start)
     assert np.allclose(batched.history, looped.history, atol=1e-5)
@@ -207,6 +219,8 @@ def test_bad_parameters_give_clear_errors():
         synthesize_meis([model], [0, 3], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False)
     with pytest.raises(MeiError, match="out of range"):
         score_images([model], torch.zeros(1, H, W), [-1], DEVICE)
+    with pytest.raises(MeiError, match="max_batch"):
+        synthesize_meis([model], [0], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False, max_batch=0)
     with pytest.raises(MeiError, match="empty"):
         synthesize_meis([], [0], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False)
     recipe = dataclasses.make_dataclass("Recipe", [(f.name, object) for f in dataclasses.fields(MeiConfig)])

@@ -322,7 +322,8 @@ class MeiConfig:
     lr_decay: float = 0.1  # final step = lr * lr_decay (geometric schedule)
     blur_sigma: list[float] = field(default_factory=lambda: [1.5, 0.01])  # gradient blur, start -> end
     jitter: int = 0  # max random shift in pixels per step (0 = off)
-    norm: Optional[float] = None  # L2 budget in model space; None = median norm of the natural images
+    norm: Optional[float] = None  # L2 budget in model space; None = norm_fraction x median natural-image norm
+    norm_fraction: float = 0.25  # a whole scene's contrast concentrated in one receptive field would clip
     init_std: float = 0.1
     n_val_models: int = 1  # ensemble members held out to score the MEIs
     n_show: int = 12  # neurons in the gallery
@@ -338,6 +339,7 @@ class MeiConfig:
         _require(self.jitter >= 0, "mei.jitter", "must be >= 0")
         if self.norm is not None:
             _positive(self.norm, "mei.norm")
+        _fraction(self.norm_fraction, "mei.norm_fraction", low_open=True)
         _positive(self.init_std, "mei.init_std")
 
 

@@ -64,7 +64,7 @@ def true_filter_starts(population: Any, columns: Sequence[int], image_shape: tup
 
 
 def true_optima(truth_model: nn.Module, starts: np.ndarray, norm: float, bounds: tuple[float, float],
-                steps: int, lr: float, device: Any) -> np.ndarray:
+                steps: int, lr: float, device: Any, progress: bool = False) -> np.ndarray:
     """Projected gradient ascent of each neuron's true drive under the MEI budget.
 
     Args:
@@ -75,13 +75,15 @@ def true_optima(truth_model: nn.Module, starts: np.ndarray, norm: float, bounds:
     Returns:
         ``(n, H, W)`` the best start's result per neuron (model space).
     """
+    from tqdm import trange
+
     from meiscope.mei import normalise_gradient, project_to_budget
 
     n, k, height, width = starts.shape
     targets = torch.arange(n, device=device).repeat_interleave(k)
     x = project_to_budget(torch.as_tensor(starts, dtype=torch.float32, device=device).reshape(n * k, height, width),
                           norm, bounds)
-    for t in range(steps):
+    for t in trange(steps, desc="true optima", disable=not progress, leave=False):
         x.requires_grad_(True)
         drive = truth_model(x[:, None])[torch.arange(n * k, device=device), targets]
         (grad,) = torch.autograd.grad(drive.sum(), x)
