@@ -54,13 +54,6 @@ class Conjunction(nn.Module):
         return ((F.elu(drive[:, :1]) + 1) * (F.elu(drive[:, 1:]) + 1))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def orientation_error_deg(a: float, b: float) -> float:

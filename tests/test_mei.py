@@ -55,13 +55,6 @@ class SmallCNN(nn.Module):
         return F.elu(self.readout(self.core(images).flatten(1))) + 1
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when other processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def planted() -> PlantedLN:

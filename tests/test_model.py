@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from meiscope.config import ConfigError, ModelConfig, parse_params
-from meiscope.dataset import ResponseDataset
 from meiscope.model import DeviceError, resolve_device
 from meiscope.model.baseline import fit_ln
 from meiscope.model.core import ConvCore
@@ -21,32 +20,9 @@ from meiscope.model.evaluation import (corr_to_average, feve, noise_variance, or
 from meiscope.model.network import ModelError, build_model
 from meiscope.model.readouts import FactorizedReadout, GaussianReadout, map_peaks, rf_position_map
 from meiscope.model.training import response_loss
+from planted import make_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine's cores are shared: oversubscribed torch threads are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_dataset(images: np.ndarray, rates: np.ndarray, repeats: int = 4, noise: float = 0.1, seed: int = 0,
-                 n_val: int = 10, n_test: int = 10) -> ResponseDataset:
-    """Trials = true rates ``(n_images, n)`` + Gaussian noise; the last images are val, then test."""
-    rng = np.random.default_rng(seed)
-    n_images, n = rates.shape
-    trial_image = np.repeat(np.arange(n_images), repeats)
-    responses = (rates[trial_image] + noise * rng.standard_normal((len(trial_image), n))).astype(np.float32)
-    split = np.array(["train"] * n_images, dtype="<U5")
-    split[n_images - n_val - n_test:n_images - n_test] = "val"
-    split[n_images - n_test:] = "test"
-    return ResponseDataset(experiment_id=1, images=images.astype(np.float32), image_ids=np.arange(n_images),
-                           trial_image=trial_image, responses=responses,
-                           blank_responses=np.zeros((3, n), np.float32), cell_ids=np.arange(n) + 500,
-                           split=split, dropped_cell_ids=np.zeros(0, int), pixel_mean=120.0, pixel_std=40.0,
-                           source="synthetic")
 
 
 def gabor(shape, row, col, theta, wavelength=6.0, sigma=2.0, phase=0.0) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import planted
 import pytest
 import torch
 
@@ -17,15 +18,6 @@ from meiscope.model.training import TrainingError, train_one
 from meiscope.train import run_train
 
 TINY = ModelConfig(layers=2, channels=[8, 8], first_kernel=5, hidden_kernel=3)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine's cores are shared: oversubscribed torch threads are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def gabor(shape, row, col, theta, wavelength=6.0, sigma=2.0, phase=0.0) -> np.ndarray:
@@ -47,21 +39,8 @@ def planted_rates(images: np.ndarray, positions) -> np.ndarray:
     return np.stack(rates, axis=1)
 
 
-def make_dataset(images: np.ndarray, rates: np.ndarray, repeats: int = 4, noise: float = 0.1, seed: int = 0,
-                 n_val: int = 10, n_test: int = 10) -> ResponseDataset:
-    """Trials = true rates ``(n_images, n)`` + Gaussian noise; the last images are val, then test."""
-    rng = np.random.default_rng(seed)
-    n_images, n = rates.shape
-    trial_image = np.repeat(np.arange(n_images), repeats)
-    responses = (rates[trial_image] + noise * rng.standard_normal((len(trial_image), n))).astype(np.float32)
-    split = np.array(["train"] * n_images, dtype="<U5")
-    split[n_images - n_val - n_test:n_images - n_test] = "val"
-    split[n_images - n_test:] = "test"
-    return ResponseDataset(experiment_id=7, images=images.astype(np.float32), image_ids=np.arange(n_images),
-                           trial_image=trial_image, responses=responses,
-                           blank_responses=np.zeros((3, n), np.float32), cell_ids=np.arange(n) + 1000,
-                           split=split, dropped_cell_ids=np.zeros(0, int), pixel_mean=120.0, pixel_std=40.0,
-                           source="synthetic")
+def make_dataset(images: np.ndarray, rates: np.ndarray, **kwargs) -> ResponseDataset:
+    return planted.make_dataset(images, rates, experiment_id=7, first_cell_id=1000, **kwargs)
 
 
 def tiny_dataset(n_images=48, shape=(12, 12), positions=((4, 4), (7, 8), (5, 7)), seed=0):

@@ -3,7 +3,6 @@
 import dataclasses
 
 import numpy as np
-import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState

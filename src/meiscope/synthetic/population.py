@@ -34,6 +34,7 @@ SATURATION x the natural peak (above baseline), not thousands of Hz.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
