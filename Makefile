@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run test test-all bench clean-results mlflow-ui optuna-dashboard
+.PHONY: install run test bench clean-results mlflow-ui optuna-dashboard
 
 install: $(STAMP)
 
@@ -37,7 +37,7 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 optuna-dashboard: $(STAMP)
-	$(BIN)/optuna-dashboard .optuna/journal.log
+	$(BIN)/optuna-dashboard --storage-class JournalFileStorage .optuna/journal.log
 
 clean-results:
 	rm -rf results metrics models report
