@@ -158,10 +158,12 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
         ds.save(tmp_dataset)
         cfg = tuning.keyed_study(params.tune, params.model, params.train, file_hash(tmp_dataset))
         log.info("tune: study %s in %s", cfg.study_name, storage or cfg.storage or cfg.journal_file)
-        study, new = tuning.run_study(tmp_dataset, cfg, params.model, params.train, device, root,
-                                      storage_url=storage, workers=workers or params.tune.workers,
-                                      n_trials=n_trials, progress=True)
-        tmp_dataset.unlink()
+        try:  # the workers read the selected neurons from this file
+            study, new = tuning.run_study(tmp_dataset, cfg, params.model, params.train, device, root,
+                                          storage_url=storage, workers=workers or params.tune.workers,
+                                          n_trials=n_trials, progress=True)
+        finally:
+            tmp_dataset.unlink()
         summary = tuning.summarise(study, cfg)
         if summary["n_complete"] == 0:
             raise MeiscopeError(f"tune: none of the {summary['n_trials']} trials completed; "
