@@ -18,15 +18,6 @@ from typing import Any, Iterator
 from meiscope.config import Params, TrackingConfig, flat_dict
 
 
-def repo_root(start: Path | None = None) -> Path:
-    """The folder holding params.yaml (searched upwards from ``start`` / the cwd)."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "params.yaml").is_file() or (folder / ".git").exists():
-            return folder
-    return here
-
-
 def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
     """The store URI with a relative sqlite path made absolute under ``root``."""
     prefix = "sqlite:///"

@@ -14,7 +14,9 @@ import numpy as np
 
 def truth_file(cache_dir: Path, experiment_id: int) -> Path:
     """Where the synthetic cortex keeps a session's ground truth."""
-    return Path(cache_dir) / "ground_truth" / f"{experiment_id}.npz"
+    from meiscope.synthetic.population import ground_truth_paths
+
+    return ground_truth_paths(Path(cache_dir), experiment_id)[0]
 
 
 def is_synthetic(cache_dir: Path, experiment_id: int) -> bool:

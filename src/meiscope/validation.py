@@ -1,9 +1,9 @@
 """The `validate` stage: the in-silico inception loop on synthetic sessions.
 
 The MEIs, the optimal Gabors and each neuron's best natural image are shown to the TRUE
-synthetic neurons, beside each neuron's true optimal stimulus, found by the same gradient
-ascent (same budget, steps and pixel range) run on the ground-truth population instead of
-the model. Real Allen sessions have no ground truth: the stage writes a note and skips.
+synthetic neurons, beside each neuron's true optimal stimulus under the same budget and pixel
+range (and as many ascent steps as the MEIs). Real Allen sessions have no ground truth: the
+stage writes a note and skips.
 
 The truth is scored by each cell's stimulus DRIVE (its filter stage before the saturating
 rate nonlinearity): rates saturate at a few times the natural peak, so rate ratios between
