@@ -2,9 +2,9 @@
 
 Fake session of the default size (118 images of 36x46, 50 repeats, 100 neurons; split
 0.75 / 0.10 / 0.15) with planted Gabor-like neurons so training behaves as usual. Timed
-configurations: the default architecture (``ModelConfig()``) and the largest one in the tuning
-space (``TuneConfig().space``: most layers, most channels in every layer, largest kernels, full
-convolutions, batch norm) with each readout. One epoch = Adam steps over the train images
+configurations (``common.architectures()``): the default architecture (``ModelConfig()``), the one
+``tune`` picks on the default session, and the largest one in the tuning space (most layers,
+most channels in every layer, largest kernels, full convolutions, batch norm) with each readout. One epoch = Adam steps over the train images
 (batch ``TrainConfig().batch_size``) + scoring the validation images; the first epoch (warm-up,
 imports, receptive-field initialisation) is left out of the median. ``predict_img_per_s`` is
 eval-mode inference (batch 256).
@@ -15,25 +15,26 @@ eval-mode inference (batch 256).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from common import HEIGHT, RESULTS, WIDTH, architectures, describe, machine  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
-from meiscope.config import ModelConfig, TrainConfig, TuneConfig  # noqa: E402
+from meiscope.config import ModelConfig, TrainConfig  # noqa: E402
 from meiscope.dataset import ResponseDataset  # noqa: E402
 from meiscope.model import resolve_device  # noqa: E402
 from meiscope.model.evaluation import predict  # noqa: E402
 from meiscope.model.training import train_one  # noqa: E402
 
-HEIGHT, WIDTH, N_IMAGES, REPEATS = 36, 46, 118, 50
+N_IMAGES, REPEATS = 118, 50
 
 
 def fake_images(n_images: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,16 +88,6 @@ def fake_dataset(n_neurons: int, seed: int = 0, noise: float = 0.3) -> tuple[Res
     return ds, filters
 
 
-def configurations() -> dict[str, ModelConfig]:
-    space = TuneConfig().space
-    layers, channels = space.layers[1], space.channels[1]
-    largest = dict(layers=layers, channels=[channels] * layers, first_kernel=max(space.first_kernel),
-                   hidden_kernel=max(space.hidden_kernel), depth_separable=False, batch_norm=True)
-    return {"default": ModelConfig(),
-            "largest-gaussian": ModelConfig(**largest, readout="gaussian"),
-            "largest-factorized": ModelConfig(**largest, readout="factorized")}
-
-
 def bench_one(name: str, cfg: ModelConfig, ds: ResponseDataset, device: torch.device, epochs: int) -> dict:
     stamps: list[float] = []
 
@@ -130,25 +121,22 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--neurons", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/train_<device>.json)")
     args = parser.parse_args()
     device = resolve_device(args.device)
     ds, _ = fake_dataset(args.neurons)
-    rows = [bench_one(name, cfg, ds, device, args.epochs) for name, cfg in configurations().items()]
+    rows = [bench_one(name, cfg, ds, device, args.epochs) for name, cfg in architectures().items()]
 
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.neurons} neurons, "
-          f"{int((ds.split == 'train').sum())} train images of {HEIGHT}x{WIDTH}")
-    header = f"{'config':<20}{'params':>9}{'1st ep s':>10}{'s/epoch':>10}{'train img/s':>13}{'predict img/s':>15}"
-    print(header)
+    info = machine(device)
+    print(f"{describe(info)}; {args.neurons} neurons, {int((ds.split == 'train').sum())} train images of "
+          f"{HEIGHT}x{WIDTH}, median epoch of {args.epochs} (first left out)")
+    print(f"{'architecture':<20}{'params':>9}{'1st ep s':>10}{'s/epoch':>10}{'train img/s':>13}{'predict img/s':>15}")
     for r in rows:
         print(f"{r['config']:<20}{r['params']:>9}{r['first_epoch_s']:>10.3f}{r['s_per_epoch']:>10.4f}"
               f"{r['train_img_per_s']:>13.0f}{r['predict_img_per_s']:>15.0f}")
-    out = args.out / f"bench_train_{device.type}.json"
-    write_json(out, {"device": str(device), "device_name": torch.cuda.get_device_name(device)
-                     if device.type == "cuda" else platform.processor() or "cpu",
-                     "torch": torch.__version__, "threads": torch.get_num_threads(), "epochs": args.epochs,
-                     "n_neurons": args.neurons, "image_shape": [HEIGHT, WIDTH], "results": rows})
+    out = args.out or RESULTS / f"train_{device.type}.json"
+    write_json(out, {"machine": info, "epochs": args.epochs, "n_neurons": args.neurons,
+                     "image_shape": [HEIGHT, WIDTH], "results": rows})
     print(f"wrote {out}")
 
 

@@ -89,6 +89,21 @@ def test_projection_is_plain_scaling_without_clipping():
     assert torch.allclose(out, expected, atol=1e-6)
 
 
+def test_projection_of_a_mixed_batch_equals_each_image_alone():
+    # plain-scaling rows skip the breakpoint sort; clipped and all-zero rows take it
+    gen = torch.Generator().manual_seed(2)
+    smooth = torch.randn(H, W, generator=gen) * 0.1
+    spiky = smooth * 0.01
+    spiky[2:6, 3:8] = 10.0  # 20 pixels carry almost all the norm: they must clip at 1.5
+    images = torch.stack([smooth, spiky, torch.zeros(H, W), smooth * 3])
+    out = project_to_budget(images, 6.0, (-1.0, 1.5))
+    for i, image in enumerate(images):
+        assert torch.allclose(out[i], project_to_budget(image[None], 6.0, (-1.0, 1.5))[0], atol=1e-6)
+    assert torch.allclose(out[1].norm(), torch.tensor(6.0), rtol=1e-5) and torch.all(out[1][2:6, 3:8] == out[1].max())
+    assert torch.equal(out[2], torch.zeros(H, W))
+    assert torch.allclose(out[0], out[3], atol=1e-6)
+
+
 def test_unreachable_budget_and_bad_bounds_are_refused():
     with pytest.raises(MeiError, match="not reachable"):
         check_budget(np.sqrt(H * W) * 1.0 + 0.1, (-1.0, 2.0), (H, W))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -17,7 +18,7 @@ from meiscope.model.data import batch_indices, fit_normalisation
 from meiscope.model.ensemble import load_ensemble, member_path, save_ensemble
 from meiscope.model.evaluation import (corr_to_average, feve, noise_variance, oracle_corr, pearson_columns, predict,
                                        single_trial_corr)
-from meiscope.model.network import ModelError, build_model
+from meiscope.model.network import ModelError, build_model, place_model
 from meiscope.model.readouts import FactorizedReadout, GaussianReadout, map_peaks, rf_position_map
 from meiscope.model.training import response_loss
 from planted import make_dataset
@@ -296,7 +297,7 @@ def test_save_load_ensemble_round_trip(tmp_path):
     members = []
     for seed in (3, 7):
         torch.manual_seed(seed)
-        model = build_model(cfg, 4, (12, 14))
+        model = place_model(build_model(cfg, 4, (12, 14)), "cpu")  # as train_one makes them
         model.set_normalisation(np.array([0.1, -0.2, 0.0, 0.3]), np.array([2.0, 1.0, 0.5, 1.5]))
         with torch.no_grad():  # non-default batch-norm statistics must travel too
             model.core.blocks[0][1].running_mean.uniform_(-1, 1)
@@ -343,3 +344,16 @@ def test_load_ensemble_reports_missing_pieces(tmp_path):
     (tmp_path / "ens" / "ensemble.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="does not match ensemble.json"):
         load_ensemble(tmp_path / "ens")
+
+
+def test_place_model_lays_cpu_weights_channels_last_and_keeps_the_outputs():
+    cfg = ModelConfig(layers=2, channels=[4, 6], first_kernel=5, hidden_kernel=3)
+    torch.manual_seed(0)
+    model = build_model(cfg, 3, (12, 14)).eval()
+    x = torch.randn(5, 1, 12, 14)
+    with torch.no_grad():
+        expected = model(x)
+        placed = place_model(copy.deepcopy(model), "cpu")
+        hidden = placed.core.blocks[1][0].weight  # (6, 4, 3, 3)
+        assert hidden.is_contiguous(memory_format=torch.channels_last) and not hidden.is_contiguous()
+        assert torch.allclose(placed(x), expected, atol=1e-6)

@@ -353,7 +353,7 @@ class GaborConfig:
     sigmas: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 7.0])
     phases: int = 4
     refine_steps: int = 200
-    batch_size: int = 4096  # candidates per forward pass
+    batch_size: int = 128  # candidates per forward pass (CPU caches: 128 is ~3x faster per image than 4096)
     fit_steps: int = 300  # least-squares fit of a Gabor to each MEI
 
     def __post_init__(self) -> None:

@@ -123,6 +123,20 @@ def _solve_scale(x: torch.Tensor, target2: float, low: float, high: float) -> tu
     nonzero = mag > 0
     cap = torch.where(x > 0, x.new_tensor(high), x.new_tensor(-low))
     breaks = torch.where(nonzero, cap / torch.where(nonzero, mag, torch.ones_like(mag)), torch.inf)
+    # Rows that plain rescaling brings to the norm without clipping a pixel (segment k = 0) need
+    # no sort: that is most rows at the default budget, and the sort dominated the cost.
+    total2 = (mag * mag).sum(1, keepdim=True)
+    plain = torch.sqrt(target2 / torch.where(total2 > 0, total2, torch.ones_like(total2)))
+    fits = (total2 > 0) & (plain <= breaks.amin(1, keepdim=True))
+    scale = plain.clone()
+    rest = torch.nonzero(~fits[:, 0]).flatten()
+    if len(rest):
+        scale[rest] = _scale_by_segments(mag[rest], cap[rest], breaks[rest], target2)
+    return scale, breaks <= scale
+
+
+def _scale_by_segments(mag: torch.Tensor, cap: torch.Tensor, breaks: torch.Tensor, target2: float) -> torch.Tensor:
+    """The general case of :func:`_solve_scale`: ``(B, 1)`` scales from the sorted breakpoints."""
     breaks_sorted, order = breaks.sort(dim=1)
     mag2 = mag.gather(1, order) ** 2
     cap2 = cap.gather(1, order) ** 2
@@ -141,9 +155,7 @@ def _solve_scale(x: torch.Tensor, target2: float, low: float, high: float) -> tu
     scale = torch.sqrt((target2 - fixed).clamp_min(0) / torch.where(solvable, free, torch.ones_like(free)))
     # Unreachable rows: saturate every non-zero pixel (largest finite breakpoint, or 0 if all zero).
     saturate = torch.where(finite, breaks_sorted, 0.0).amax(1, keepdim=True)
-    scale = torch.where(solvable, scale, saturate)
-    clipped = breaks <= scale
-    return scale, clipped
+    return torch.where(solvable, scale, saturate)
 
 
 # --------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from meiscope.atomic import atomic_path, write_json
 from meiscope.config import ConfigError, ModelConfig, as_dict, build_section
 from meiscope.model import resolve_device
 from meiscope.model.data import ResponseNormalisation
-from meiscope.model.network import ModelError, ResponseModel, build_model
+from meiscope.model.network import ModelError, ResponseModel, build_model, place_model
 
 ENSEMBLE_FORMAT = 1
 _KEYS = ("format", "model", "seeds", "cell_ids", "image_shape", "pixel_mean", "pixel_std",
@@ -167,7 +167,7 @@ def load_ensemble(out_dir: str | Path, device: torch.device | str = "cpu") -> En
             state = torch.load(path, map_location=device, weights_only=True)
         except Exception as err:
             raise ModelError(f"{path}: unreadable member file ({type(err).__name__})") from None
-        model = build_model(model_cfg, len(cell_ids), image_shape).to(device)
+        model = place_model(build_model(model_cfg, len(cell_ids), image_shape), device)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:

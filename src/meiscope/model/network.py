@@ -105,3 +105,18 @@ def build_model(cfg: ModelConfig, n_neurons: int, image_shape: Sequence[int]) ->
     else:  # ModelConfig already refuses this; kept for configs built around its validation
         raise ModelError(f"model.readout {cfg.readout!r} is not one of 'gaussian', 'factorized'")
     return ResponseModel(core, readout)
+
+
+def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move ``model`` to ``device``; on a CPU also lay its weights out channels-last.
+
+    oneDNN runs these small-channel convolutions much faster channels-last (2-core CPU, 36x46
+    images, batches of 64; the tuned depth-separable core of the default study): forward 0.61
+    -> 0.17 ms per image, forward + input gradient (MEIs) 1.0 -> 0.57 ms, a training step 2.6
+    -> 1.1 ms per image (``bench/``). Inputs need no change: a channels-last first convolution
+    hands its layout on to every later layer. Only the memory order changes, so outputs agree
+    to float rounding. On CUDA the default layout is kept.
+    """
+    device = torch.device(device)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model

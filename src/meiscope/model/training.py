@@ -34,7 +34,7 @@ from meiscope.model import resolve_device
 from meiscope.model.data import ResponseNormalisation, SplitTensors, batch_indices, fit_normalisation, split_tensors
 from meiscope.model.ensemble import save_torch
 from meiscope.model.evaluation import corr_to_average, feve
-from meiscope.model.network import ResponseModel, build_model, check_model_config
+from meiscope.model.network import ResponseModel, build_model, check_model_config, place_model
 from meiscope.model.readouts import map_peaks, rf_position_map
 
 # Poisson log(0) guard: the model output ELU(x)+1 can approach 0.
@@ -194,7 +194,7 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
     with _deterministic(device):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = build_model(model_cfg, ds.n_neurons, ds.images.shape[1:]).to(device)
+        model = place_model(build_model(model_cfg, ds.n_neurons, ds.images.shape[1:]), device)
         model.set_normalisation(normalisation.offset, normalisation.scale)
         _init_bias(model, train.targets, train.weights)
         # Start each readout at its neuron's receptive-field estimate: gradient steps only
