@@ -8,7 +8,7 @@ work). Its time per neuron does not depend on N, so it is measured on ``--loop-s
 and scaled to N where N is larger (the table says so). The looped and batched MEIs of those
 neurons are compared: they are the same images up to float rounding.
 
-    .venv/bin/python bench/bench_mei.py [--sizes 16 64 256] [--steps 50] [--repeats 3] [--arch default]
+    .venv/bin/python bench/bench_mei.py [--sizes 16 64 256] [--steps 20] [--repeats 3] [--arch default]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from meiscope.mei import synthesize_meis, synthesize_meis_looped  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256])
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop-subset", type=int, default=16, help="neurons timed in the looped run")
     parser.add_argument("--models", type=int, default=2, help="optimisation models (train.seeds - mei.n_val_models)")

@@ -174,3 +174,13 @@ def test_benjamini_hochberg_matches_hand_computation():
     assert benjamini_hochberg([]).size == 0
     with pytest.raises(GaborError, match=r"\[0, 1\]"):
         benjamini_hochberg([0.5, 1.5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_optimal_gabors_on_cuda_match_the_cpu(no_tf32):
+    model = PlantedLN(TRUE_PARAMS)
+    cpu = optimal_gabors([model], [0, 1, 2], (H, W), SMALL_GRID, NORM, WIDE, "cpu", progress=False)
+    gpu = optimal_gabors([model.to("cuda")], [0, 1, 2], (H, W), SMALL_GRID, NORM, WIDE, "cuda", progress=False)
+    assert np.allclose(gpu.grid_params, cpu.grid_params)  # the same grid winners
+    assert np.allclose(gpu.activations, cpu.activations, rtol=1e-4)
+    assert np.allclose(gpu.images, cpu.images, atol=1e-3)

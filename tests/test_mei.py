@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -236,3 +237,15 @@ def test_bad_parameters_give_clear_errors():
     with pytest.raises(MeiError, match="steps"):
         synthesize_meis([model], [0], (H, W), zero_steps, NORM, WIDE, DEVICE, seed=0, progress=False)
     assert issubclass(MeiError, MeiscopeError)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_meis_on_cuda_match_the_cpu(no_tf32):
+    models_cpu = [SmallCNN(6, seed=1).eval(), SmallCNN(6, seed=2).eval()]
+    models_gpu = [copy.deepcopy(m).to("cuda") for m in models_cpu]
+    cfg = MeiConfig(n_starts=2, steps=30, jitter=1)
+    cpu = synthesize_meis(models_cpu, [4, 0, 5], (H, W), cfg, 6.0, (-1.5, 2.0), "cpu", seed=7, progress=False)
+    gpu = synthesize_meis(models_gpu, [4, 0, 5], (H, W), cfg, 6.0, (-1.5, 2.0), "cuda", seed=7, progress=False)
+    assert np.allclose(gpu.all_starts, cpu.all_starts, atol=1e-3)
+    assert np.allclose(gpu.activations, cpu.activations, rtol=1e-4)
+    assert np.array_equal(gpu.best_start, cpu.best_start)
