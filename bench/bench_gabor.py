@@ -24,6 +24,7 @@ from common import (HEIGHT, RESULTS, WIDTH, architectures, describe, machine, me
 import torch  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
+from meiscope.model import resolve_device  # noqa: E402
 from meiscope.config import GaborConfig  # noqa: E402
 from meiscope.gabor import gabor_grid, optimal_gabors  # noqa: E402
 
@@ -44,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # as the stages: TF32 off on CUDA
 
     models = stand_in_ensemble(architectures()[args.arch], args.neurons, args.models, device)
     grid_cfg = dataclasses.replace(GaborConfig(), n_positions=args.positions, refine_steps=0)

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
+from meiscope.model import resolve_device  # noqa: E402
 from meiscope.config import MeiConfig  # noqa: E402
 from meiscope.mei import synthesize_meis, synthesize_meis_looped  # noqa: E402
 
@@ -47,7 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)  # as the stages: TF32 off on CUDA
     max_batch = args.max_batch or (64 if device.type == "cpu" else None)
 
     n_total = max(args.sizes)

@@ -59,7 +59,7 @@ def run_stage(stage: str, project: Path, device: str) -> float:
     cmd = [sys.executable, "-m", "meiscope.cli", stage, "--params", str(project / "params.yaml")]
     if stage != "report":
         cmd += ["--device", device]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start

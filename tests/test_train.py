@@ -247,14 +247,15 @@ def test_run_train_writes_models_metrics_and_figures(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_training_on_cuda_matches_the_cpu(no_tf32):
-    # grid_sample's CUDA backward adds atomically (not bit-reproducible), so after a few epochs
-    # the two runs agree as trained models do, not to rounding
+def test_training_on_cuda_matches_the_cpu():
+    # same seed, same model: the readout's training jitter comes from the CPU generator on both
+    # devices and train_one turns TF32 off; only rounding (and grid_sample's atomic adds) differ
     ds = tiny_dataset()
     cfg = TrainConfig(max_epochs=15, patience=15, lr=0.01, batch_size=16)
     cpu = train_one(TINY, cfg, ds, seed=1, device="cpu", progress=False)
     gpu = train_one(TINY, cfg, ds, seed=1, device="cuda", progress=False)
     assert next(gpu.model.parameters()).device.type == "cuda"
     pred_cpu, pred_gpu = predict(cpu.model, ds.images, "cpu"), predict(gpu.model, ds.images, "cuda")
-    assert np.corrcoef(pred_cpu.ravel(), pred_gpu.ravel())[0, 1] > 0.99
-    assert abs(cpu.history[-1]["val_corr_to_avg"] - gpu.history[-1]["val_corr_to_avg"]) < 0.02
+    assert np.abs(pred_cpu - pred_gpu).max() < 1e-3 * np.abs(pred_cpu).max()
+    val_cpu, val_gpu = ([h["val_corr_to_avg"] for h in r.history] for r in (cpu, gpu))
+    assert np.allclose(val_cpu, val_gpu, atol=1e-4) and cpu.best_epoch == gpu.best_epoch

@@ -96,7 +96,9 @@ class GaussianReadout(nn.Module):
         """Sampling points ``(batch, n, 1, 2)``: jittered by sigma in training, the mean at eval."""
         mu = self.mu.clamp(-1.0, 1.0)
         if self.training:
-            noise = torch.randn(batch, self.n_neurons, 2, device=mu.device, dtype=mu.dtype)
+            # Drawn by the CPU generator on every device, so a seed trains the same model on a
+            # GPU as on the CPU (a CUDA generator's stream differs); the copy is tiny.
+            noise = torch.randn(batch, self.n_neurons, 2, dtype=mu.dtype).to(mu.device)
             points = (mu + noise * self.sigma.abs()).clamp(-1.0, 1.0)
         else:
             points = mu.expand(batch, -1, -1)
