@@ -18,13 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (HEIGHT, RESULTS, WIDTH, architectures, describe, machine, median,  # noqa: E402
-                    median_seconds, stand_in_ensemble)
+from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, machine, median,  # noqa: E402
+                    median_seconds, prepare, stand_in_ensemble)
 
-import torch  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
-from meiscope.model import resolve_device  # noqa: E402
 from meiscope.config import GaborConfig  # noqa: E402
 from meiscope.gabor import gabor_grid, optimal_gabors  # noqa: E402
 
@@ -39,13 +37,9 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int, default=20)
     parser.add_argument("--models", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/gabor_<device>.json)")
+    add_machine_args(parser, "gabor")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)  # as the stages: TF32 off on CUDA
+    device, out = prepare(args, "gabor")
 
     models = stand_in_ensemble(architectures()[args.arch], args.neurons, args.models, device)
     grid_cfg = dataclasses.replace(GaborConfig(), n_positions=args.positions, refine_steps=0)
@@ -77,7 +71,6 @@ def main() -> None:
               f"{r['neuron_candidates_per_s']:>20,.0f}")
     print(f"refine: {per_step * 1e3:.1f} ms per Adam step for all {args.neurons} neurons "
           f"(default {GaborConfig().refine_steps} steps = {per_step * GaborConfig().refine_steps:.1f} s)")
-    out = args.out or RESULTS / f"gabor_{device.type}.json"
     write_json(out, dict(machine=info, architecture=args.arch, n_neurons=args.neurons, n_candidates=n_cand,
                          n_models=args.models, rows=rows, refine_s_per_step=per_step,
                          refine_steps_default=GaborConfig().refine_steps))

@@ -20,14 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (HEIGHT, RESULTS, WIDTH, architectures, describe, machine, median,  # noqa: E402
-                    median_seconds, stand_in_ensemble)
+from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, machine, median,  # noqa: E402
+                    median_seconds, prepare, stand_in_ensemble)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
-from meiscope.model import resolve_device  # noqa: E402
 from meiscope.config import MeiConfig  # noqa: E402
 from meiscope.mei import synthesize_meis, synthesize_meis_looped  # noqa: E402
 
@@ -42,13 +40,9 @@ def main() -> None:
     parser.add_argument("--arch", choices=sorted(architectures()), default="default")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="images per pass in the batched run (default: 64 on CPU as the mei stage, all on CUDA)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/mei_<device>.json)")
+    add_machine_args(parser, "mei")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)  # as the stages: TF32 off on CUDA
+    device, out = prepare(args, "mei")
     max_batch = args.max_batch or (64 if device.type == "cpu" else None)
 
     n_total = max(args.sizes)
@@ -85,7 +79,6 @@ def main() -> None:
                          speedup=loop_per_neuron * n / b, looped=how, batched_repeats_s=batch_times[n]))
         print(f"{n:>5} {b:>10.2f} {b / n:>17.4f} {loop_per_neuron:>16.4f} {loop_per_neuron * n / b:>7.1f}x  {how}")
     print(f"batched vs looped MEIs of {loop_n} neurons: max |difference| {max_diff:.1e} (model-space pixels)")
-    out = args.out or RESULTS / f"mei_{device.type}.json"
     write_json(out, dict(machine=info, architecture=args.arch, steps=args.steps, recipe_steps=MeiConfig().steps,
                          n_starts=cfg.n_starts, n_models=args.models, max_batch=max_batch, repeats=args.repeats,
                          loop_subset=loop_n, looped_repeats_s=loop_times, max_abs_diff_batched_vs_looped=max_diff,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HEIGHT, RESULTS, WIDTH, architectures, describe, machine  # noqa: E402
+from common import HEIGHT, WIDTH, add_machine_args, architectures, describe, machine, prepare  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -30,7 +30,6 @@ import torch  # noqa: E402
 from meiscope.atomic import write_json  # noqa: E402
 from meiscope.config import ModelConfig, TrainConfig  # noqa: E402
 from meiscope.dataset import ResponseDataset  # noqa: E402
-from meiscope.model import resolve_device  # noqa: E402
 from meiscope.model.evaluation import predict  # noqa: E402
 from meiscope.model.training import train_one  # noqa: E402
 
@@ -118,12 +117,11 @@ def bench_one(name: str, cfg: ModelConfig, ds: ResponseDataset, device: torch.de
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--neurons", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=None, help="JSON (default bench/results/train_<device>.json)")
+    add_machine_args(parser, "train")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device, out = prepare(args, "train")
     ds, _ = fake_dataset(args.neurons)
     rows = [bench_one(name, cfg, ds, device, args.epochs) for name, cfg in architectures().items()]
 
@@ -134,7 +132,6 @@ def main() -> None:
     for r in rows:
         print(f"{r['config']:<20}{r['params']:>9}{r['first_epoch_s']:>10.3f}{r['s_per_epoch']:>10.4f}"
               f"{r['train_img_per_s']:>13.0f}{r['predict_img_per_s']:>15.0f}")
-    out = args.out or RESULTS / f"train_{device.type}.json"
     write_json(out, {"machine": info, "epochs": args.epochs, "n_neurons": args.neurons,
                      "image_shape": [HEIGHT, WIDTH], "results": rows})
     print(f"wrote {out}")

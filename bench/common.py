@@ -7,6 +7,7 @@ models are randomly initialised: speed does not depend on the weights.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -23,10 +24,27 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from meiscope.config import ModelConfig, TuneConfig  # noqa: E402
+from meiscope.model import resolve_device  # noqa: E402
 from meiscope.model.network import ResponseModel, build_model, place_model  # noqa: E402
 
 HEIGHT, WIDTH = 36, 46  # the default extract.image_height / image_width
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def add_machine_args(parser: argparse.ArgumentParser, result_name: str) -> None:
+    """The options every benchmark shares: ``--device``, ``--threads`` and ``--out``."""
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON file (default bench/results/{result_name}_<device type>.json)")
+
+
+def prepare(args: argparse.Namespace, result_name: str) -> tuple[torch.device, Path]:
+    """Apply ``--threads``; return the device (resolved as the stages do: TF32 off on CUDA) and the JSON path."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    return device, args.out or RESULTS / f"{result_name}_{device.type}.json"
 
 
 def architectures() -> dict[str, ModelConfig]:
