@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=REPO, help="project that ran on the CPU")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cuda_check.json")
+    parser.add_argument("--keep", action="store_true", help="keep the copied project and print its path")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
     import torch
@@ -137,6 +138,10 @@ def main() -> None:
     write_json(args.out, dict(device=args.device, device_name=name, torch=torch.__version__,
                               same_models_s=same, same_models=images, chain_s=times, metrics=rows))
     print(f"wrote {args.out}")
+    if args.keep:
+        print(f"kept {project}")
+    else:
+        shutil.rmtree(project.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":
