@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from statistics import median
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, machine, median,  # noqa: E402
-                    median_seconds, prepare, stand_in_ensemble)
+from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, machine,  # noqa: E402
+                    prepare, stand_in_ensemble, wall_times)
 
 
 from meiscope.atomic import write_json  # noqa: E402
@@ -48,7 +49,7 @@ def main() -> None:
                   bounds=(-1.8, 2.2), device=device, progress=False)
 
     def run(cfg: GaborConfig) -> list[float]:
-        return median_seconds(lambda: optimal_gabors(models, cfg=cfg, **common), args.repeats, device)
+        return wall_times(lambda: optimal_gabors(models, cfg=cfg, **common), args.repeats, device)
 
     run(dataclasses.replace(grid_cfg, n_positions=[1, 1], orientations=2))  # warm-up
     rows = []

@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from statistics import median
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, machine, median,  # noqa: E402
-                    median_seconds, prepare, stand_in_ensemble)
+from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, machine,  # noqa: E402
+                    prepare, stand_in_ensemble, wall_times)
 
 import numpy as np  # noqa: E402
 
@@ -60,9 +61,9 @@ def main() -> None:
     loop_times: list[float] = []
     batch_times: dict[int, list[float]] = {n: [] for n in args.sizes}
     for _ in range(args.repeats):
-        loop_times += median_seconds(lambda: synthesize_meis_looped(models, list(range(loop_n)), **common), 1, device)
+        loop_times += wall_times(lambda: synthesize_meis_looped(models, list(range(loop_n)), **common), 1, device)
         for n in args.sizes:
-            batch_times[n] += median_seconds(
+            batch_times[n] += wall_times(
                 lambda: synthesize_meis(models, list(range(n)), **common, max_batch=max_batch), 1, device)
     loop_per_neuron = median(loop_times) / loop_n
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -74,7 +73,7 @@ def stand_in_ensemble(cfg: ModelConfig, n_neurons: int, n_models: int, device: t
     return models
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> list[float]:
+def wall_times(fn: Callable[[], object], repeats: int, device: torch.device | str = "cpu") -> list[float]:
     """Wall times of ``repeats`` calls of ``fn`` (CUDA work is waited for)."""
     cuda = torch.device(device).type == "cuda"
     times = []
@@ -87,10 +86,6 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device 
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return times
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def machine(device: torch.device | str = "cpu") -> dict:

@@ -7,7 +7,6 @@ temporary clone) takes most of the time; ``--skip-pipeline`` leaves it out.
 """
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -22,13 +21,12 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-pipeline", action="store_true")
     args = parser.parse_args()
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     failed, start = [], time.perf_counter()
     for script in SCRIPTS:
         if args.skip_pipeline and script == "bench_pipeline.py":
             continue
         print(f"\n=== {script} ===", flush=True)
-        if subprocess.run([sys.executable, str(HERE / script), "--device", args.device], env=env).returncode:
+        if subprocess.run([sys.executable, str(HERE / script), "--device", args.device]).returncode:
             failed.append(script)
     print(f"\nmake bench: {time.perf_counter() - start:.0f} s")
     if failed:
