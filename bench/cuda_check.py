@@ -39,7 +39,8 @@ STAGES_CHAIN = ["tune", "train", "mei", "gabor", "validate", "report"]
 # metrics compared in the whole-chain table (stage, key)
 KEY_METRICS = [("tune", "best_value"), ("train", "test_corr_to_avg_mean"), ("train", "gt_test_corr_mean"),
                ("mei", "mei_over_best_image_median"), ("mei", "seed_consistency_median"),
-               ("gabor", "mei_over_gabor_median"), ("validate", "gt_mei_corr_median"), ("validate", "gt_mei_over_gabor_median")]
+               ("gabor", "mei_over_gabor_median"), ("train", "gt_fresh_corr_mean"), ("validate", "gt_mei_corr_median"),
+               ("validate", "gt_mei_over_gabor_rate_median"), ("validate", "n_true_optimum_beaten")]
 
 
 def copy_project(reference: Path, target: Path) -> None:

@@ -11,11 +11,12 @@ from meiscope.config import load_params
 
 TINY = {
     "synthetic": {"n_cells": 30, "n_images": 24, "repeats": 8, "image_height": 92, "image_width": 118,
-                  "spontaneous_s": 5.0},
+                  "spontaneous_s": 5.0, "peak_rate_hz": [6.0, 30.0],
+                  "kinds": {"simple": 0.3, "complex": 0.3, "conjunction": 0.2, "unresponsive": 0.2}},
     "extract": {"image_height": 18, "image_width": 23, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
     "rank": {"max_p_anova": 0.01, "top_k": 8},
     "model": {"layers": 1, "channels": [4], "first_kernel": 5, "hidden_kernel": 3},
-    "train": {"seeds": [1, 2], "max_epochs": 3, "patience": 3},
+    "train": {"seeds": [1, 2], "max_epochs": 3, "patience": 3, "fresh_scenes": 64},
     "tune": {"n_trials": 2, "epochs": 2, "space": {"layers": [1, 1], "channels": [2, 4], "first_kernel": [3, 5],
                                                    "hidden_kernel": [3]}},
     "mei": {"n_starts": 2, "steps": 5, "n_show": 2},
@@ -51,15 +52,22 @@ def test_every_stage_writes_its_metrics(study):
     assert _metrics(root, "tune")["n_trials"] == 2
     train = _metrics(root, "train")
     assert train["n_neurons"] == 8 and "gt_test_corr_mean" in train and "ln_test_corr_to_avg_mean" in train
+    assert train["n_fresh_images"] == 64 and -1 <= train["gt_fresh_corr_mean"] <= 1
     mei = _metrics(root, "mei")
     assert mei["n_neurons"] == 8 and {"mei_over_best_image_median", "mei_val_over_best_image_median",
-                                      "seed_consistency_median"} <= set(mei)
+                                      "seed_consistency_median", "seed_consistency_phase_median",
+                                      "frac_starts_disagree"} <= set(mei)
     gabor = _metrics(root, "gabor")
     assert {"mei_over_gabor_median", "mei_val_over_gabor_median", "mei_gabor_similarity_median",
             "frac_neurons_mei_beats_gabor"} <= set(gabor)
     validate = _metrics(root, "validate")
-    assert {"gt_mei_corr_median", "gt_mei_response_ratio_median", "gt_mei_over_gabor_median",
-            "gt_mei_over_best_image_median"} <= set(validate)
+    assert validate["n_true_optimum_beaten"] == 0
+    assert {"gt_mei_corr_median", "gt_mei_rate_ratio_median", "gt_frac_mei_beats_gabor",
+            "gt_sign_p_mei_vs_gabor", "gt_n_zero_rate_gabor"} <= set(validate)
+    for kind in ("simple", "complex", "conjunction"):
+        if validate.get(f"n_{kind}"):
+            assert {f"gt_mei_rate_ratio_median_{kind}", f"gt_frac_mei_beats_gabor_{kind}",
+                    f"gt_sign_p_mei_vs_gabor_{kind}", f"gt_verdict_mei_vs_gabor_{kind}"} <= set(validate)
 
 
 def test_tuned_architecture_feeds_train(study):

@@ -15,7 +15,9 @@ from meiscope.synthetic.nwb import write_session_nwb
 from meiscope.synthetic.scenes import make_scenes
 
 H, W = 92, 118
-CFG = SyntheticConfig(n_cells=24, n_images=24, repeats=12, image_height=H, image_width=W, spontaneous_s=5.0)
+# strong cells only (the default cortex spans weak ones too): this checks the extraction, not detectability
+CFG = SyntheticConfig(n_cells=24, n_images=24, repeats=12, image_height=H, image_width=W, spontaneous_s=5.0,
+                      peak_rate_hz=[10.0, 30.0])
 EXTRACT = ExtractConfig(image_height=18, image_width=23, split=SplitConfig(val_fraction=0.15, test_fraction=0.15))
 
 

@@ -112,8 +112,9 @@ def test_cells_and_traces(dataset, population):
     np.testing.assert_array_equal(ts_c, ts)
     _, demixed = dataset.get_demixed_traces()
     _, neuropil = dataset.get_neuropil_traces()
-    r = dataset.get_neuropil_r()
-    np.testing.assert_allclose(r, TINY.neuropil_r)
+    r = dataset.get_neuropil_r()  # the pipeline's per-cell estimates of the contamination ratio
+    assert r.shape == (TINY.n_cells,) and (r >= 0).all() and (r <= 1).all() and r.std() > 0
+    assert abs(r.mean() - TINY.neuropil_r) < 0.15
     np.testing.assert_allclose(corrected, demixed - r[:, None] * neuropil, rtol=1e-6)
     np.testing.assert_array_equal(dataset.get_fluorescence_traces()[1], demixed)  # raw = demixed
     # neuropil contamination is real: the raw ROI trace is not the corrected one
@@ -220,7 +221,7 @@ def test_default_session_layout(tmp_path):
     ds = BrainObservatoryNwbDataSet(str(nwb_path(tmp_path, i)))
     assert len(ds.get_stimulus_table("natural_scenes")) == 5950
     assert ds.get_stimulus_template("natural_scenes").shape == (118, 918, 1174)
-    assert ds.get_dff_traces()[1].shape[0] == 200
+    assert ds.get_dff_traces()[1].shape[0] == 300
 
 
 # --------------------------------------------------------------------------------------
@@ -369,7 +370,8 @@ def test_running_median_baseline_tracks_drift_under_transients():
 
 def test_dff_recovers_true_rates(scenes):
     """Trial-averaged dF/F per image (frames 1..7 after onset minus 2 before) tracks the true rate."""
-    cfg = SyntheticConfig(n_cells=24, n_images=20, repeats=10, image_height=H, image_width=W, spontaneous_s=5.0)
+    cfg = SyntheticConfig(n_cells=24, n_images=20, repeats=10, image_height=H, image_width=W, spontaneous_s=5.0,
+                          peak_rate_hz=[10.0, 30.0])  # strong cells: this checks the chain, not detectability
     template = make_scenes(cfg.n_images, H, W, cfg.seed)
     arrays, population, _ = simulate_session(cfg, 0, template)
     rates = rates_of(population, template)
@@ -385,3 +387,72 @@ def test_dff_recovers_true_rates(scenes):
     resp = population.responsive
     blank = trial[:, frame == -1].mean(1)
     assert (blank[resp] < 0.3 * means[resp].max(1)).all()
+
+
+# --------------------------------------------------------------------------------------
+# the harder cortex: a continuum of responsiveness, shared gain, imperfect neuropil correction
+# --------------------------------------------------------------------------------------
+def test_neuropil_correction_changes_the_traces_but_leaves_contamination():
+    """Same random stream with and without contamination: the Allen-style correction removes most of it, not all."""
+    n_cells, n_frames = 30, 3000
+    onsets = np.arange(0, n_frames / 30.0, 0.25)
+    rates = np.random.default_rng(9).uniform(0.5, 20.0, (len(onsets), n_cells))
+    kwargs = dict(tau_rise_s=0.05, tau_decay_s=0.3, spike_amplitude_dff=0.15, noise_std_dff=0.05,
+                  neuropil_r_sd=0.1, neuropil_r_error_sd=0.1)
+    clean = fl.simulate_traces(onsets, 0.25, rates, n_frames, np.random.default_rng(1), neuropil_r=0.0, **kwargs)
+    dirty = fl.simulate_traces(onsets, 0.25, rates, n_frames, np.random.default_rng(1), neuropil_r=0.7, **kwargs)
+    assert (clean.r == 0).all() and np.array_equal(clean.corrected, clean.demixed)
+    np.testing.assert_array_equal(clean.calcium, dirty.calcium)  # the same cells, spikes and noise
+    contamination = np.abs(dirty.demixed - clean.demixed).mean()
+    residual = np.abs(dirty.corrected - clean.corrected).mean()
+    assert residual < 0.25 * contamination  # the correction removes most of the contamination...
+    assert residual > 0.01 * contamination  # ...but not all of it, as in real recordings
+    assert np.abs(dirty.r - dirty.r_true).mean() > 0.02  # the estimated ratios are off
+    assert not np.allclose(dirty.dff, clean.dff, atol=1e-3)  # so r matters for the stored dF/F
+
+
+def test_responsiveness_is_a_continuum_with_per_cell_saturation(tmp_path):
+    cfg = SyntheticConfig(n_cells=200, n_images=6, repeats=4, image_height=H, image_width=W, spontaneous_s=5.0)
+    template = make_scenes(cfg.n_images, H, W, cfg.seed)
+    _, population, _ = simulate_session(cfg, 0, template)
+    p = population.params
+    resp = p.responsive
+    assert abs(resp.mean() - (1 - cfg.kinds.unresponsive)) < 0.02
+    peak = p.peak_rate[resp]
+    assert peak.min() >= cfg.peak_rate_hz[0] and peak.max() <= cfg.peak_rate_hz[1]
+    # log-uniform: as many cells below the geometric middle of the range as above it
+    middle = np.sqrt(cfg.peak_rate_hz[0] * cfg.peak_rate_hz[1])
+    assert 0.35 < np.mean(peak < middle) < 0.65 and np.mean(peak < 3.0) > 0.15  # many weak cells
+    sat = p.saturation[resp]
+    assert sat.min() >= cfg.saturation[0] and sat.max() <= cfg.saturation[1] and sat.std() > 0.1
+    # the ceiling is saturation x the best scene's rate above baseline
+    np.testing.assert_allclose(p.rate_max[resp], sat * (peak - p.baseline[resp]), rtol=1e-6)
+
+
+def test_shared_gain_scales_whole_population_together():
+    from meiscope.synthetic.cortex import shared_gain
+
+    gain = shared_gain(200_000, 0.3, 20.0, np.random.default_rng(0))
+    assert abs(gain.mean() - 1) < 0.01 and abs(np.log(gain).std() - 0.3) < 0.01
+    log_gain = np.log(gain)
+    lag80 = np.corrcoef(log_gain[:-80], log_gain[80:])[0, 1]  # 20 s apart: only the slow half is left
+    assert 0.1 < lag80 < 0.3  # 0.5 * exp(-1) = 0.18 expected
+    np.testing.assert_array_equal(shared_gain(5, 0.0, 20.0, np.random.default_rng(0)), np.ones(5))
+
+
+def test_shared_gain_is_one_factor_for_the_whole_population(scenes, population):
+    """Every cell's rate above baseline in a segment is its image rate times the SAME gain."""
+    from meiscope.synthetic.cortex import segment_rates
+
+    codes = np.repeat(np.arange(TINY.n_images), 300)
+    image_rates = rates_of(population, scenes).astype(np.float64)
+    base = population.params.baseline
+    rates = segment_rates(population, image_rates, codes, np.random.default_rng(3), gain_sd=0.3)
+    driven = (image_rates[codes] - base) > 1e-3
+    ratio = np.where(driven, (rates - base) / np.where(driven, image_rates[codes] - base, 1), np.nan)
+    spread = np.nanmax(ratio, axis=1) - np.nanmin(ratio, axis=1)
+    assert np.nanmax(spread) < 1e-9  # one factor per segment, shared by all cells
+    gain = np.nanmean(ratio, axis=1)
+    assert 0.2 < np.nanstd(np.log(gain)) < 0.4  # and it fluctuates from segment to segment
+    blank = segment_rates(population, image_rates, np.full(10, -1), np.random.default_rng(0), gain_sd=0.3)
+    np.testing.assert_allclose(blank, np.tile(base, (10, 1)))  # baseline is not scaled

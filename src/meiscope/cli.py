@@ -62,6 +62,10 @@ def main() -> None:
       validate                (synthetic data) show MEIs to the true neurons
       report                  one self-contained HTML page with every result
 
+    \b
+      replicate               (optional, slow) the synthetic study on K new cortices,
+                              with confidence intervals; not part of `dvc repro`
+
     Every command reads params.yaml (see --params) and logs an MLflow run.
     """
 
@@ -177,6 +181,32 @@ def validate(params: Any, root: Path, device: str | None) -> None:
     from meiscope import insilico
 
     insilico.validate(params, root, device=device)
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: replicate.seeds).")
+@_stage
+def replicate(params: Any, root: Path, device: str | None, seeds: str | None) -> None:
+    """Rerun the synthetic study on several new cortices; intervals for every headline figure.
+
+    Slow (the whole study per seed) and resumable: a rerun continues where it stopped. Writes
+    metrics/replicates.json and <replicate.folder>/intervals.png; `meiscope report` shows them.
+    """
+    from meiscope.errors import MeiscopeError
+    from meiscope.replicate import HEADLINE, format_conclusion, format_interval, replicate as run
+
+    try:
+        chosen = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise MeiscopeError(f"--seeds: expected comma-separated integers (got {seeds!r})") from None
+    summary = run(params, root, seeds=chosen, device=device)
+    for figure in HEADLINE:
+        click.echo(f"{figure.label:<55} {format_interval(summary['figures'][figure.name])}")
+    for kind, found in summary["conclusions"].items():
+        for label, c in found.items():
+            click.echo(f"{kind} cells, {label}: {format_conclusion(c)}")
 
 
 @main.command()

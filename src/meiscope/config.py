@@ -74,10 +74,10 @@ class AllenConfig:
 class CellKindFractions:
     """Share of each synthetic cell kind; they must sum to 1."""
 
-    simple: float = 0.25
-    complex: float = 0.2
-    conjunction: float = 0.15
-    unresponsive: float = 0.4
+    simple: float = 0.14
+    complex: float = 0.12
+    conjunction: float = 0.09
+    unresponsive: float = 0.65
 
     def __post_init__(self) -> None:
         for name in ("simple", "complex", "conjunction", "unresponsive"):
@@ -93,20 +93,25 @@ class SyntheticConfig:
     seed: int = 0
     n_sessions: int = 1
     first_experiment_id: int = 900000001
-    n_cells: int = 200
+    n_cells: int = 300
     n_images: int = 118
     repeats: int = 50
     image_height: int = 918
     image_width: int = 1174
     kinds: CellKindFractions = field(default_factory=CellKindFractions)
     rf_sigma_deg: list[float] = field(default_factory=lambda: [4.0, 8.0])  # Gaussian envelope
-    peak_rate_hz: list[float] = field(default_factory=lambda: [8.0, 25.0])
+    peak_rate_hz: list[float] = field(default_factory=lambda: [1.0, 30.0])  # log-uniform
+    saturation: list[float] = field(default_factory=lambda: [2.0, 4.0])  # ceiling / best scene, log-uniform
     baseline_rate_hz: float = 0.5
+    shared_gain_sd: float = 0.3  # s.d. of the population's shared log-gain per presentation
+    shared_gain_tau_s: float = 20.0  # time constant of its slow half
     spike_amplitude_dff: float = 0.15  # dF/F of one spike, GCaMP6f-like
     tau_decay_s: float = 0.3
     tau_rise_s: float = 0.05
     noise_std_dff: float = 0.05
-    neuropil_r: float = 0.7
+    neuropil_r: float = 0.7  # mean true contamination ratio
+    neuropil_r_sd: float = 0.1  # its spread over cells
+    neuropil_r_error_sd: float = 0.1  # error of the pipeline's per-cell estimate
     spontaneous_s: float = 300.0
     nan_cells: int = 0  # cells whose traces get NaNs (to exercise the extract checks)
 
@@ -118,9 +123,17 @@ class SyntheticConfig:
         _require(self.noise_std_dff >= 0, "synthetic.noise_std_dff", "must be >= 0")
         _require(len(self.rf_sigma_deg) == 2 and 0 < self.rf_sigma_deg[0] <= self.rf_sigma_deg[1],
                  "synthetic.rf_sigma_deg", "must be [low, high] with 0 < low <= high")
-        _require(len(self.peak_rate_hz) == 2 and 0 < self.peak_rate_hz[0] <= self.peak_rate_hz[1],
-                 "synthetic.peak_rate_hz", "must be [low, high] with 0 < low <= high")
+        _require(len(self.peak_rate_hz) == 2 and self.baseline_rate_hz < self.peak_rate_hz[0] <= self.peak_rate_hz[1],
+                 "synthetic.peak_rate_hz", f"must be [low, high] with baseline_rate_hz ({self.baseline_rate_hz}) "
+                 f"< low <= high (got {self.peak_rate_hz})")
+        _require(len(self.saturation) == 2 and 1 < self.saturation[0] <= self.saturation[1],
+                 "synthetic.saturation", f"must be [low, high] with 1 < low <= high (got {self.saturation})")
+        _require(self.baseline_rate_hz >= 0, "synthetic.baseline_rate_hz", "must be >= 0")
+        _require(self.shared_gain_sd >= 0, "synthetic.shared_gain_sd", "must be >= 0")
+        _positive(self.shared_gain_tau_s, "synthetic.shared_gain_tau_s")
         _fraction(self.neuropil_r, "synthetic.neuropil_r")
+        for key in ("neuropil_r_sd", "neuropil_r_error_sd"):
+            _require(getattr(self, key) >= 0, f"synthetic.{key}", "must be >= 0")
         _require(0 <= self.nan_cells < self.n_cells, "synthetic.nan_cells", "must be in [0, n_cells)")
 
 
@@ -244,6 +257,8 @@ class TrainConfig:
     ln_l2: float = 1.0  # ridge penalty of the linear-nonlinear baseline
     architecture_file: str = "results/tune/best_model.yaml"  # tuned model section, if present
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    fresh_scenes: int = 1000  # synthetic data: new scenes on which the models are scored against the truth
+    fresh_seed: int = 0
 
     def __post_init__(self) -> None:
         _require(len(self.seeds) >= 2, "train.seeds",
@@ -253,6 +268,7 @@ class TrainConfig:
             _positive(getattr(self, key), f"train.{key}")
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(self.ln_l2 >= 0, "train.ln_l2", "must be >= 0")
+        _require(self.fresh_scenes >= 0, "train.fresh_scenes", f"must be >= 0 (got {self.fresh_scenes})")
 
 
 # --------------------------------------------------------------------------------------
@@ -325,6 +341,7 @@ class MeiConfig:
     norm: Optional[float] = None  # L2 budget in model space; None = norm_fraction x median natural-image norm
     norm_fraction: float = 0.25  # a whole scene's contrast concentrated in one receptive field would clip
     init_std: float = 0.1
+    agree_threshold: float = 0.8  # starts whose phase-aware similarity is below this "disagree"
     n_val_models: int = 1  # ensemble members held out to score the MEIs
     n_show: int = 12  # neurons in the gallery
     seed: int = 0
@@ -341,6 +358,7 @@ class MeiConfig:
             _positive(self.norm, "mei.norm")
         _fraction(self.norm_fraction, "mei.norm_fraction", low_open=True)
         _positive(self.init_std, "mei.init_std")
+        _fraction(self.agree_threshold, "mei.agree_threshold")
 
 
 @dataclass(frozen=True)
@@ -367,6 +385,24 @@ class GaborConfig:
 
 
 @dataclass(frozen=True)
+class ReplicateConfig:
+    """``meiscope replicate``: the synthetic study on several new cortices (see meiscope.replicate)."""
+
+    seeds: list[int] = field(default_factory=lambda: [101, 102, 103])  # never the development seed
+    folder: str = "replicates"  # one project root per seed below it
+    confidence: float = 0.95  # of the t-interval of each figure's mean
+
+    def __post_init__(self) -> None:
+        _require(len(self.seeds) >= 2, "replicate.seeds", f"needs at least 2 seeds for an interval (got {self.seeds})")
+        _require(len(set(self.seeds)) == len(self.seeds), "replicate.seeds", "must be distinct")
+        for i, seed in enumerate(self.seeds):
+            _require(seed >= 0, f"replicate.seeds[{i}]", f"must be >= 0 (got {seed})")
+        _require(0 < self.confidence < 1, "replicate.confidence", f"must be in (0, 1) (got {self.confidence})")
+        _require(bool(self.folder.strip()) and not Path(self.folder).is_absolute(), "replicate.folder",
+                 "must be a relative folder inside the project")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow store (relative paths are taken from the repository root)."""
 
@@ -390,6 +426,7 @@ class Params:
     mei: MeiConfig = field(default_factory=MeiConfig)
     gabor: GaborConfig = field(default_factory=GaborConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
 
 
 # --------------------------------------------------------------------------------------

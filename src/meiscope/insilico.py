@@ -132,6 +132,7 @@ def mei(params: Params, root: Path, device: str | None = None) -> dict:
             "mei_over_best_image_raw": result.activations / np.maximum(best_raw, 1e-9),
             "mei_val_over_best_image": act_val / np.maximum(best_val, 1e-9),
             "seed_consistency": result.seed_consistency,
+            "seed_consistency_phase": result.seed_consistency_phase,
         })
         with atomic_path(out / "per_neuron.csv") as tmp:
             table.to_csv(tmp, index=False)
@@ -151,6 +152,8 @@ def mei(params: Params, root: Path, device: str | None = None) -> dict:
             "mei_val_over_best_image_median": float(table.mei_val_over_best_image.median()),
             "frac_val_mei_beats_best_image": float((table.mei_val_over_best_image > 1).mean()),
             "seed_consistency_median": float(table.seed_consistency.median()),
+            "seed_consistency_phase_median": float(table.seed_consistency_phase.median()),
+            "frac_starts_disagree": float((table.seed_consistency_phase < params.mei.agree_threshold).mean()),
             "contrast_sweep_monotonic_frac": float(np.mean(np.all(np.diff(sweep, axis=1) >= -1e-6, axis=1))),
         }
         write_json(layout.metrics_file("mei"), metrics)
@@ -256,17 +259,19 @@ def _load_meis(layout: Layout) -> np.ndarray:
 # validate
 # --------------------------------------------------------------------------------------
 def validate(params: Params, root: Path, device: str | None = None) -> dict:
-    """Show MEIs, optimal Gabors and best natural images to the true synthetic neurons."""
+    """Show every MEI start, the optimal Gabors and best natural images to the true synthetic neurons."""
     import pandas as pd
+    import torch
 
+    from meiscope import optima as optima_lib
     from meiscope import truth, validation
-    from meiscope.atomic import write_text
+    from meiscope.atomic import save_figure, write_text
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
     s = load_setup(params, root, device)
     out = layout.validate
-    population = truth.load_population(layout.cache_dir, s.experiment_id, device=s.device)
+    population = truth.load_population(layout.cache_dir, s.experiment_id, device="cpu")
     if population is None:
         note = (f"experiment {s.experiment_id} is a real Allen session: it has no ground truth, so the closed "
                 "loop is skipped (run the study on the synthetic cortex to check MEIs against the truth).")
@@ -275,139 +280,55 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
         write_json(layout.metrics_file("validate"), metrics)
         return metrics
     with np.load(layout.mei / "meis.npz") as f:
-        meis, best_images = f["meis"], f["best_images_matched"]
+        meis, starts, best_images = f["meis"], f["all_starts"], f["best_images_matched"]
     with np.load(layout.gabor / "gabors.npz") as f:
         gabors = f["optimal"]
-    model_ratio = pd.read_csv(layout.gabor / "per_neuron.csv")["mei_over_gabor"].to_numpy()
+    scores = pd.read_csv(layout.gabor / "per_neuron.csv")
+    model_scores = {"mei": scores.mei_activation.to_numpy(), "gabor": scores.gabor_activation.to_numpy(),
+                    "mei_val": scores.mei_activation_val.to_numpy(), "gabor_val": scores.gabor_activation_val.to_numpy()}
     columns = truth.cell_columns(population, s.cell_ids)
-    truth_drive, truth_rate = (validation.TrueNeuronsInModelSpace(population, columns, s.pixel_mean, s.pixel_std,
-                                                                  drive=d).to(s.device) for d in (True, False))
     kinds = [population.kinds[c] for c in columns]
     with start_run(params, "validate", root, sections=("mei",)) as mlf:
-        starts = validation.true_filter_starts(population, columns, s.image_shape)
-        optima = validation.true_optima(truth_drive, starts, s.norm, s.bounds, params.mei.steps, params.mei.lr,
-                                        s.device, progress=True)
-        table = validation.closed_loop_table(truth_drive, truth_rate, kinds, s.cell_ids, meis, gabors, best_images,
-                                             optima, model_ratio, s.device)
+        filters = optima_lib.model_space_subunits(population, columns, s.pixel_mean, s.pixel_std, s.image_shape)
+        best = optima_lib.true_optima(filters, kinds, s.norm, s.bounds)
+        # the truth in float64 on the CPU: the optimum check compares values to 1e-5
+        exact = population.to(dtype=torch.float64)
+        modules = {q: validation.TrueNeuronsInModelSpace(exact, columns, s.pixel_mean, s.pixel_std, quantity=q)
+                   for q in validation.TrueNeuronsInModelSpace.QUANTITIES}
+        stimuli = {"mei": meis, "gabor": gabors, "best_image": best_images, "optimum": best.images}
+        table = validation.closed_loop_table(modules, kinds, s.cell_ids, stimuli, starts,
+                                             np.stack([filters.w1, filters.w2], axis=1), model_scores, best.phi, "cpu")
+        validation.check_optima(table)
         with atomic_path(out / "per_neuron.csv") as tmp:
             table.to_csv(tmp, index=False)
-        write_npz(out / "true_optima.npz", dict(optima=optima, cell_ids=s.cell_ids))
+        write_npz(out / "true_optima.npz", dict(optima=best.images.astype(np.float32), drives=best.drives,
+                                                phi=best.phi, cell_ids=s.cell_ids))
         metrics = validation.summarise_validation(table)
-        _plot_closed_loop(table, meis, optima, s, out / "closed_loop.png", params.mei.n_show)
+        save_figure(validation.closed_loop_figure(table, meis, best.images, s.to_pixels, params.mei.n_show),
+                    out / "closed_loop.png")
         write_json(layout.metrics_file("validate"), metrics)
         _log(mlf, metrics, out)
-    log.info("validate: %s", metrics)
+    log.info("validate (all responsive cells; per kind in %s): %s", layout.metrics_file("validate"),
+             {k: v for k, v in metrics.items() if not k.endswith(validation.RESPONSIVE_KINDS)})
     return metrics
-
-
-def _plot_closed_loop(table: Any, meis: np.ndarray, optima: np.ndarray, s: InSilicoSetup, path: Path,
-                      n_show: int) -> None:
-    """True MEI / Gabor response ratio per cell kind, and MEIs beside the true optima."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from meiscope.atomic import save_figure
-
-    kinds = sorted(table.kind.unique())
-    n_show = min(n_show, len(table), 6)
-    fig = plt.figure(figsize=(12, 4.5))
-    ax = fig.add_subplot(1, 3, 1)
-    for k, kind in enumerate(kinds):
-        ratios = table.loc[table.kind == kind, "mei_over_gabor"].to_numpy()
-        ax.scatter(np.full(len(ratios), k) + np.random.default_rng(k).uniform(-0.15, 0.15, len(ratios)),
-                   ratios, s=12, alpha=0.7)
-    ax.axhline(1, color="k", lw=0.8, ls=":")
-    ax.set_xticks(range(len(kinds)), kinds, rotation=20)
-    ax.set_ylabel("true drive: MEI / optimal Gabor")
-    ax.set_title("Closed loop on the true neurons")
-    ax2 = fig.add_subplot(1, 3, 2)
-    ax2.scatter(table.model_mei_over_gabor, table.mei_over_gabor, s=12, c=[kinds.index(k) for k in table.kind],
-                cmap="tab10", vmin=0, vmax=9)
-    ax2.axhline(1, color="k", lw=0.8, ls=":")
-    ax2.axvline(1, color="k", lw=0.8, ls=":")
-    ax2.set_xlabel("model: MEI / optimal Gabor")
-    ax2.set_ylabel("truth: MEI / optimal Gabor")
-    ax2.set_title("Model's conclusion vs truth")
-    for i in range(n_show):
-        for j, (img, label) in enumerate(((meis[i], "MEI"), (optima[i], "true optimum"))):
-            a = fig.add_subplot(n_show, 6, i * 6 + 5 + j)
-            a.imshow(np.clip(s.to_pixels(img), 0, 255), cmap="gray", vmin=0, vmax=255)
-            a.set_xticks([])
-            a.set_yticks([])
-            if i == 0:
-                a.set_title(label, fontsize=8)
-            if j == 0:
-                a.set_ylabel(f"{table.kind.iloc[i]}\nr={table.mei_truth_corr.iloc[i]:.2f}", fontsize=6)
-    save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------
-# The closed-loop targets of the study (simple and complex cells) and the model accuracy they need.
-TARGETS = {"gt_mei_corr": 0.8, "gt_mei_response_ratio": 0.9, "gt_test_corr": 0.8}
-
-
-def _target_note(m: dict[str, dict]) -> str:
-    """Say which closed-loop targets were missed, and why, from the train and validate metrics."""
-    missed = []
-    for kind in ("simple", "complex"):
-        for key in ("gt_mei_corr", "gt_mei_response_ratio"):
-            value = m["validate"].get(f"{key}_median_{kind}")
-            if value is not None and value < TARGETS[key]:
-                missed.append(f"{key} for {kind} cells is {value:.2f} (target {TARGETS[key]})")
-    if not missed:
-        return ""
-    model = m["train"].get("gt_test_corr_mean")
-    why = (f" The MEIs can only be as close to the truth as the model is: its test predictions correlate "
-           f"{model:.2f} with the true rates (target {TARGETS['gt_test_corr']})." if model is not None else "")
-    return ("Targets missed: " + "; ".join(missed) + "." + why +
-            " With 118 scenes (88 for training) a CNN learns each cell's receptive field only roughly; more "
-            "stimuli (e.g. other Allen stimuli or several sessions sharing one core), a more data-efficient "
-            "core (rotation-equivariant, or a fixed Gabor front end) or a closed loop that adds the MEIs to the "
-            "training data would close the gap.")
-
-
 def report(params: Params, root: Path) -> Path:
-    """Write report/index.html from the metrics and figures of every stage."""
-    from meiscope.report import Section, load_metrics, write_report
+    """Write report/index.html from the metrics and figures of every stage (sections: report_sections.py)."""
+    from meiscope.report import load_metrics, write_report
+    from meiscope.report_sections import study_sections
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
-    m = {stage: load_metrics(layout.metrics_file(stage))
-         for stage in ("ranking", "tune", "train", "mei", "gabor", "validate")}
-    validate_note = m["validate"].get("note", "") if m["validate"].get("skipped") else _target_note(m)
-    sections = [
-        Section("Most expressive neurons (rank)",
-                f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
-                m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"]),
-        Section("Architecture search (tune)",
-                "Optuna study over the CNN architecture; trial 0 is the default configuration of params.yaml.",
-                {k: v for k, v in m["tune"].items()}, [layout.tune / "optimization_history.png",
-                                                       layout.tune / "param_importances.png"]),
-        Section("Response model (train)",
-                "CNN ensemble (shared core + per-neuron readout) vs the linear-nonlinear baseline on held-out test "
-                "images; FEVE and correlation to average are measured against the noise ceiling.",
-                m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"]),
-        Section("Most Exciting Inputs (mei)",
-                "One batched gradient ascent for all neurons under a fixed L2 budget in the model's pixel space; "
-                "'val' scores come from an ensemble member held out of the optimisation.",
-                m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"]),
-        Section("MEI vs optimal Gabor (gabor)",
-                "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
-                "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction.",
-                m["gabor"], [layout.gabor / "gallery.png"]),
-        Section("Closed loop on the true neurons (validate)",
-                "Synthetic sessions only: MEIs, optimal Gabors and best natural images shown to the ground-truth "
-                "neurons, compared with each neuron's true optimal stimulus under the same budget.",
-                {k: v for k, v in m["validate"].items() if k != "note"}, [layout.validate / "closed_loop.png"],
-                note=validate_note),
-    ]
-    subtitle = (f"data source: {params.data.source}; {m['ranking'].get('n_selected', '?')} of "
-                f"{m['ranking'].get('n_cells', '?')} cells selected and modelled")
-    path = write_report(layout.report / "index.html", "meiscope study report", subtitle, sections)
+    metrics = {stage: load_metrics(layout.metrics_file(stage))
+               for stage in ("ranking", "tune", "train", "mei", "gabor", "validate", "replicates")}
+    subtitle = (f"data source: {params.data.source}; {metrics['ranking'].get('n_selected', '?')} of "
+                f"{metrics['ranking'].get('n_cells', '?')} cells selected and modelled")
+    path = write_report(layout.report / "index.html", "meiscope study report", subtitle,
+                        study_sections(params, layout, metrics))
     with start_run(params, "report", root) as mlf:
         if mlf is not None:
             mlf.log_artifact(str(path))

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm, trange
 
 from meiscope.config import MeiConfig
 from meiscope.errors import MeiscopeError
+from meiscope.similarity import phase_aware_consistency
 
 
 class MeiError(MeiscopeError, ValueError):
@@ -326,6 +327,9 @@ class MeiResult:
         start_activations: ``(n_neurons, n_starts)``.
         best_start: ``(n_neurons,)`` which start became the MEI.
         seed_consistency: ``(n_neurons,)`` mean pairwise correlation of the starts (NaN if 1 start).
+        seed_consistency_phase: ``(n_neurons,)`` the same ignoring phase
+            (:func:`meiscope.similarity.phase_aware_consistency`): equally good optima of a
+            phase-invariant neuron at different phases are not counted as disagreement.
         history: ``(steps // 10, n_neurons)`` activation of the best start every 10 steps
             (measured on the jittered input of that step, before its update).
     """
@@ -337,6 +341,7 @@ class MeiResult:
     start_activations: np.ndarray
     best_start: np.ndarray
     seed_consistency: np.ndarray
+    seed_consistency_phase: np.ndarray
     history: np.ndarray
 
 
@@ -414,7 +419,8 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
     trace = history.cpu().numpy().reshape(-1, len(neurons), n_starts)[:, rows, best]
     return MeiResult(neuron_indices=neurons, meis=all_starts[rows, best], all_starts=all_starts,
                      activations=start_act[rows, best], start_activations=start_act, best_start=best,
-                     seed_consistency=seed_consistency(all_starts), history=trace)
+                     seed_consistency=seed_consistency(all_starts),
+                     seed_consistency_phase=phase_aware_consistency(all_starts), history=trace)
 
 
 def _ascent_direction(models: Sequence[nn.Module], x: torch.Tensor, targets: torch.Tensor,

@@ -223,8 +223,13 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
     ds = _selected_dataset(layout)
     model_cfg, train_cfg, tuned = tuned_configs(params, layout)
     population = truth.load_population(layout.cache_dir, ds.experiment_id)
-    truth_fn = (truth.rates_for_model_images(population, ds.to_pixels, ds.cell_ids)
-                if population is not None else None)
+    truth_fn, fresh, kinds = None, None, None
+    if population is not None:
+        truth_fn = truth.rates_for_model_images(population, ds.to_pixels, ds.cell_ids)
+        kinds = [population.kinds[c] for c in truth.cell_columns(population, ds.cell_ids)]
+        fresh = truth.fresh_model_images(layout.cache_dir, ds.experiment_id, train_cfg.fresh_scenes,
+                                         train_cfg.fresh_seed, params.extract.crop, ds.images.shape[1:],
+                                         ds.pixel_mean, ds.pixel_std, progress=True)
     tags = {"architecture": "tuned" if tuned else "params.yaml",
             "ranking_md5": file_hash(layout.ranking / "ranking.csv"),
             "dataset_md5": file_hash(layout.dataset(ds.experiment_id))}
@@ -233,5 +238,6 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
             mlf.log_params({k: str(v) for k, v in flat_dict(model_cfg, "model.").items()})
             mlf.log_params({"effective.lr": train_cfg.lr, "effective.batch_size": train_cfg.batch_size})
         metrics = run_train(ds, model_cfg, train_cfg, layout.ensemble, layout.train, layout.metrics_file("train"),
-                            device=device or train_cfg.device, resume=resume, truth=truth_fn, log=mlf)
+                            device=device or train_cfg.device, resume=resume, truth=truth_fn, log=mlf,
+                            fresh_images=fresh, kinds=kinds)
     return metrics

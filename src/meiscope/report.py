@@ -21,6 +21,7 @@ class Section:
     metrics: dict[str, Any] = field(default_factory=dict)
     figures: list[Path] = field(default_factory=list)
     note: str = ""
+    inline_figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes) made on the fly
 
 
 def _format(value: Any) -> str:
@@ -32,15 +33,29 @@ def _format(value: Any) -> str:
 
 
 def _figure(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(path.name)}</figcaption></figure>")
+    return _png(path.read_bytes(), path.stem, path.name)
+
+
+def _png(png: bytes, alt: str, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def figure_png(fig: Any, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes (for :attr:`Section.inline_figures`)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def render_section(section: Section) -> str:
     """HTML of one section; missing figures are listed rather than breaking the page."""
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_format(v)}</td></tr>" for k, v in section.metrics.items())
     figures = "".join(_figure(p) for p in section.figures if p.is_file())
+    figures += "".join(_png(png, caption, caption) for caption, png in section.inline_figures)
     missing = [p.name for p in section.figures if not p.is_file()]
     parts = [f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.intro)}</p>"]
     if section.note:

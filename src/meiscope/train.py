@@ -15,7 +15,7 @@ Outputs: ``out_dir`` (``models/ensemble``: member weights + ``ensemble.json``), 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,7 +85,8 @@ def _median(values: np.ndarray) -> Optional[float]:
 def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfig, out_dir: Path,
               results_dir: Path, metrics_path: Path, device: Any = "auto", resume: bool = False,
               truth: Optional[Callable[[np.ndarray], np.ndarray]] = None, progress: bool = True,
-              log: Any = None) -> dict:
+              log: Any = None, fresh_images: Optional[np.ndarray] = None,
+              kinds: Optional[Sequence[str]] = None) -> dict:
     """Train one member per seed, fit the LN baseline, evaluate on test images, write everything.
 
     Args:
@@ -99,6 +100,10 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
         truth: optional ``truth(images (n, H, W)) -> true mean rates (n, n_neurons)`` (synthetic data).
         progress: tqdm bars.
         log: optional tracker with ``log_metric`` / ``log_metrics`` / ``log_artifact`` (the mlflow module).
+        fresh_images: optional ``(n_fresh, H, W)`` model-space images of NEW scenes (never used for
+            training or selection): with ``truth``, the models are scored against the true rates on
+            them (``gt_fresh_corr_*``), far more images than the test split holds.
+        kinds: optional ``(n_neurons,)`` true cell kinds, for per-kind fresh-scene scores.
 
     Returns the metrics dict that is also written to ``metrics_path``.
     """
@@ -185,6 +190,10 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
         table["gt_test_corr"], table["ln_gt_test_corr"] = gt, ln_gt
         metrics.update({"gt_test_corr_mean": _mean(gt), "gt_test_corr_median": _median(gt),
                         "ln_gt_test_corr_mean": _mean(ln_gt)})
+        if fresh_images is not None and len(fresh_images):
+            fresh = _fresh_scores(members, ln, fresh_images, truth, device, kinds)
+            table["gt_fresh_corr"], table["ln_gt_fresh_corr"] = fresh.pop("per_neuron"), fresh.pop("ln_per_neuron")
+            metrics.update(fresh)
 
     results_dir.mkdir(parents=True, exist_ok=True)
     write_json(metrics_path, metrics)
@@ -208,6 +217,29 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
                      *[member_path(out_dir, s) for s in train_cfg.seeds]):
             log.log_artifact(str(path))
     return metrics
+
+
+def _fresh_scores(members: list, ln: Any, images: np.ndarray, truth: Callable[[np.ndarray], np.ndarray],
+                  device: Any, kinds: Optional[Sequence[str]]) -> dict[str, Any]:
+    """Correlation of the ensemble, each member and the LN model with the true rates on fresh scenes.
+
+    Cells whose true rate does not vary (unresponsive ones) have no correlation (NaN) and are left
+    out of the means and medians.
+    """
+    true_rates = np.asarray(truth(images), dtype=np.float64)
+    ensemble = pearson_columns(predict(members, images, device), true_rates)
+    ln_corr = pearson_columns(ln.predict(images), true_rates)
+    out: dict[str, Any] = {
+        "n_fresh_images": int(len(images)), "gt_fresh_corr_mean": _mean(ensemble),
+        "gt_fresh_corr_median": _median(ensemble), "ln_gt_fresh_corr_mean": _mean(ln_corr),
+        "member_gt_fresh_corr_mean": [_mean(pearson_columns(predict(m, images, device), true_rates))
+                                      for m in members],
+        "per_neuron": ensemble, "ln_per_neuron": ln_corr}
+    if kinds is not None:
+        kinds = np.asarray(kinds)
+        for kind in sorted(set(kinds) - {"unresponsive"}):
+            out[f"gt_fresh_corr_median_{kind}"] = _median(ensemble[kinds == kind])
+    return out
 
 
 # --------------------------------------------------------------------------------------

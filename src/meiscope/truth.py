@@ -65,6 +65,35 @@ def true_rates(population: Any, pixels: np.ndarray, cell_ids: np.ndarray, device
     return np.concatenate(out, axis=0)
 
 
+FRESH_STREAM = 0xF4E5  # keeps the fresh scenes' random stream apart from the session's (seeded by seed alone)
+FRESH_SCALE = 4  # fresh scenes are drawn at 1/4 of the session's scene size (the model sees ~36 x 46)
+
+
+def fresh_model_images(cache_dir: Path, experiment_id: int, n_images: int, seed: int, crop: list[float],
+                       shape: tuple[int, int], pixel_mean: float, pixel_std: float,
+                       progress: bool = False) -> np.ndarray:
+    """Model-space images of NEW natural scenes, never shown in the session.
+
+    They come from the generator that made the session's scenes (:func:`make_scenes`: the same
+    photographs, dead leaves, luminance and contrast ranges) on a random stream of their own
+    (``(session seed, FRESH_STREAM, seed)``), drawn at 1/:data:`FRESH_SCALE` of the scene size and
+    then cropped and area-downsampled exactly like the session's images.
+
+    Returns:
+        ``(n_images, H, W)`` float32, normalised with the dataset's ``pixel_mean`` / ``pixel_std``.
+    """
+    from meiscope.responses import prepare_images
+    from meiscope.synthetic.population import ground_truth_summary
+    from meiscope.synthetic.scenes import make_scenes
+
+    config = ground_truth_summary(Path(cache_dir), experiment_id)["config"]
+    height = max(int(config["image_height"]) // FRESH_SCALE, 8)
+    width = max(int(config["image_width"]) // FRESH_SCALE, 8)
+    scenes = make_scenes(n_images, height, width, [int(config["seed"]), FRESH_STREAM, int(seed)], progress=progress)
+    pixels = prepare_images(scenes, crop, tuple(shape))
+    return ((pixels - pixel_mean) / pixel_std).astype(np.float32)
+
+
 def rates_for_model_images(population: Any, to_pixels: Callable[[np.ndarray], np.ndarray],
                            cell_ids: np.ndarray, device: Any = "cpu") -> Callable[[np.ndarray], np.ndarray]:
     """A callable ``model-space images (n, H, W) -> true rates (n, n_cells)`` for the closed loop."""

@@ -1,21 +1,22 @@
-"""The `validate` stage: the in-silico inception loop on synthetic sessions.
+"""The `validate` stage's science: the in-silico inception loop on synthetic sessions.
 
-The MEIs, the optimal Gabors and each neuron's best natural image are shown to the TRUE
-synthetic neurons, beside each neuron's true optimal stimulus under the same budget and pixel
-range (and as many ascent steps as the MEIs). Real Allen sessions have no ground truth: the
-stage writes a note and skips.
+The MEIs (every start), the optimal Gabors and each neuron's best natural image are shown to the
+TRUE synthetic neurons, beside each neuron's exact true optimum under the same budget and pixel
+range (:mod:`meiscope.optima`). Real Allen sessions have no ground truth: the stage writes a note
+and skips.
 
-The truth is scored by each cell's stimulus DRIVE (its filter stage before the saturating
-rate nonlinearity): rates saturate at a few times the natural peak, so rate ratios between
-strong stimuli all tend to 1 and hide the differences. The true optimum is found by projected
-gradient ascent on the drive, started from the cell's own filters (g1, g2, g1 + g2, g1 - g2 at
-model resolution): with the truth known, no start has to be guessed.
+What is compared is what a neuron does: its true FIRING RATE ABOVE BASELINE (Hz). The drives (the
+filter stage before the saturating rate nonlinearity) are kept in the per-neuron table. Ratios of
+rates are summarised robustly (:mod:`meiscope.comparison`): cells where a stimulus does not drive
+the cell at all are counted, not folded into a median.
 
-Phase invariance: a complex (energy-model) cell responds equally to its optimum at any phase,
-so the MEI is compared with the span of the true optimum ``O`` and its 90-degree phase-shifted
-partner ``Q`` (a Hilbert transform along ``O``'s dominant spatial frequency). The score is the
-norm of the centred, unit-norm MEI's projection onto the orthonormalised {O, Q}, which equals
-``max over phi of corr(MEI, cos(phi) O + sin(phi) Q)``.
+Checks that the instrument is sound: no stimulus meiscope produces may drive a true cell beyond
+its true optimum (float tolerance :data:`OPTIMUM_TOLERANCE`); the stage fails naming the cell if
+one does.
+
+Likeness of an MEI to the truth: plain correlation with the true optimum, except for complex
+(phase-invariant) cells, whose optima are all images in the span of their two quadrature filters:
+the MEI is scored by its largest correlation with that span (:func:`similarity.span_correlation`).
 """
 
 from __future__ import annotations
@@ -26,177 +27,267 @@ import numpy as np
 import torch
 from torch import nn
 
+from meiscope.comparison import compare, log_ratio_median, paired_outcomes, verdict
+from meiscope.errors import MeiscopeError
+from meiscope.similarity import image_correlation, span_correlation
+
 PHASE_INVARIANT_KINDS = ("complex",)
+RESPONSIVE_KINDS = ("simple", "complex", "conjunction")
+STIMULI = ("mei", "gabor", "best_image", "optimum")
+OPTIMUM_TOLERANCE = 1e-5  # relative: float32 stimuli sit on the budget only to ~1e-7
+
+
+class TrueOptimumBeaten(MeiscopeError):
+    """A stimulus drove a true cell beyond its computed optimum: the instrument is broken."""
 
 
 class TrueNeuronsInModelSpace(nn.Module):
     """The ground-truth population seen through the model's pixel space.
 
-    ``forward(images (N, 1, H, W) model space) -> (N, n_cells)``: the true drive (``drive=True``,
-    unitless, non-saturating) or rate (Hz) of the given population columns, so that code written
-    for models runs on the truth unchanged.
+    ``forward(images (N, 1, H, W) model space) -> (N, n_cells)``: for the given population columns,
+    the true ``quantity``: ``"drive"`` (unitless, non-saturating), ``"rate"`` (Hz) or
+    ``"rate_above_baseline"`` (Hz; 0 when the stimulus does not drive the cell), so that code
+    written for models runs on the truth unchanged.
     """
 
+    QUANTITIES = ("drive", "rate", "rate_above_baseline")
+
     def __init__(self, population: nn.Module, columns: Sequence[int], pixel_mean: float, pixel_std: float,
-                 drive: bool = True):
+                 quantity: str = "drive"):
         super().__init__()
+        if quantity not in self.QUANTITIES:
+            raise ValueError(f"quantity must be one of {self.QUANTITIES} (got {quantity!r})")
         self.population = population
         self.register_buffer("columns", torch.as_tensor(np.asarray(columns), dtype=torch.long))
-        self.pixel_mean, self.pixel_std, self.use_drive = float(pixel_mean), float(pixel_std), drive
+        self.pixel_mean, self.pixel_std, self.quantity = float(pixel_mean), float(pixel_std), quantity
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images[:, 0] * self.pixel_std + self.pixel_mean
-        out = self.population.drive(pixels) if self.use_drive else self.population(pixels)
+        if self.quantity == "drive":
+            out = self.population.drive(pixels)
+        elif self.quantity == "rate":
+            out = self.population(pixels)
+        else:
+            d = self.population.drive(pixels)
+            out = self.population.rate_max * d / (d + self.population.semisaturation)
         return out[:, self.columns]
 
 
-def true_filter_starts(population: Any, columns: Sequence[int], image_shape: tuple[int, int]) -> np.ndarray:
-    """Each cell's two filters at model resolution and their sum and difference: ``(n, 4, H, W)``."""
-    import torch.nn.functional as F
-
-    n = population.n_cells
-    h, w = population.work_shape
-    filters = population.filters.detach().cpu().reshape(2 * n, 1, h, w)
-    small = F.interpolate(filters, size=tuple(image_shape), mode="area")[:, 0].numpy()
-    cols = np.asarray(columns)
-    g1, g2 = small[cols], small[cols + n]
-    return np.stack([g1, g2, g1 + g2, g1 - g2], axis=1)
-
-
-def true_optima(truth_model: nn.Module, starts: np.ndarray, norm: float, bounds: tuple[float, float],
-                steps: int, lr: float, device: Any, progress: bool = False) -> np.ndarray:
-    """Projected gradient ascent of each neuron's true drive under the MEI budget.
-
-    Args:
-        truth_model: :class:`TrueNeuronsInModelSpace` (drive mode), column i = neuron i.
-        starts: ``(n, k, H, W)`` start directions per neuron (scaled onto the budget first).
-        steps, lr: ascent steps on the mean-abs-normalised gradient (step size decays to lr / 10).
-
-    Returns:
-        ``(n, H, W)`` the best start's result per neuron (model space).
-    """
-    from tqdm import trange
-
-    from meiscope.mei import normalise_gradient, project_to_budget
-
-    n, k, height, width = starts.shape
-    targets = torch.arange(n, device=device).repeat_interleave(k)
-    x = project_to_budget(torch.as_tensor(starts, dtype=torch.float32, device=device).reshape(n * k, height, width),
-                          norm, bounds)
-    for t in trange(steps, desc="true optima", disable=not progress, leave=False):
-        x.requires_grad_(True)
-        drive = truth_model(x[:, None])[torch.arange(n * k, device=device), targets]
-        (grad,) = torch.autograd.grad(drive.sum(), x)
-        with torch.no_grad():
-            step = lr * 0.1 ** (t / max(steps - 1, 1))
-            x = project_to_budget(x + step * normalise_gradient(grad), norm, bounds)
-    with torch.inference_mode():
-        final = truth_model(x[:, None])[torch.arange(n * k, device=device), targets].reshape(n, k)
-    best = final.argmax(dim=1)
-    return x.detach().reshape(n, k, height, width)[torch.arange(n, device=device), best].cpu().numpy()
-
-
-def quadrature_partner(image: np.ndarray) -> np.ndarray:
-    """The image with every spatial frequency shifted by 90 degrees of phase.
-
-    The sign of the shift follows the half-plane of the image's dominant frequency, which makes
-    this the 2-D Hilbert transform that turns an even Gabor into the odd one. ``(H, W)`` -> ``(H, W)``.
-    """
-    spectrum = np.fft.fft2(image - image.mean())
-    fy, fx = np.meshgrid(np.fft.fftfreq(image.shape[0]), np.fft.fftfreq(image.shape[1]), indexing="ij")
-    peak = np.unravel_index(np.argmax(np.abs(spectrum)), spectrum.shape)
-    direction = np.array([fy[peak], fx[peak]])
-    side = np.sign(fy * direction[0] + fx * direction[1])
-    return np.real(np.fft.ifft2(-1j * side * spectrum))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.ravel() - x.mean()
-    n = np.linalg.norm(x)
-    return x / n if n > 0 else x
-
-
-def image_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two images."""
-    return float(_unit(a) @ _unit(b))
-
-
-def phase_invariant_correlation(mei: np.ndarray, optimum: np.ndarray) -> float:
-    """Largest correlation of ``mei`` with ``optimum`` shifted to any phase (see module docstring)."""
-    o = _unit(optimum)
-    q = _unit(quadrature_partner(optimum))
-    q = q - (q @ o) * o  # Gram-Schmidt: numerically orthogonal partner
-    q_norm = np.linalg.norm(q)
-    m = _unit(mei)
-    along_q = (m @ q) / q_norm if q_norm > 1e-8 else 0.0
-    return float(np.hypot(m @ o, along_q))
-
-
-def mei_truth_correlations(meis: np.ndarray, optima: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
-    """Per neuron: phase-invariant correlation for complex cells, plain correlation otherwise. ``(n,)``."""
-    return np.array([phase_invariant_correlation(m, o) if k in PHASE_INVARIANT_KINDS else image_correlation(m, o)
-                     for m, o, k in zip(meis, optima, kinds)])
-
-
 def true_responses(truth_model: nn.Module, images: np.ndarray, device: Any, batch: int = 128) -> np.ndarray:
-    """Response of neuron i to image i: ``images (n, H, W)`` model space -> ``(n,)`` (drive or rate)."""
+    """Response of neuron i to image i: ``images (n, H, W)`` model space -> ``(n,)`` float64."""
+    dtype = torch.float64 if any(b.dtype == torch.float64 for b in truth_model.buffers()) else torch.float32
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            x = torch.as_tensor(images[start:start + batch], dtype=torch.float32, device=device)[:, None]
-            rates = truth_model(x)
-            idx = torch.arange(start, start + len(x), device=device)
-            out.append(rates[torch.arange(len(x), device=device), idx].double().cpu().numpy())
-    return np.concatenate(out)
+            x = torch.as_tensor(np.asarray(images[start:start + batch]), dtype=dtype, device=device)[:, None]
+            responses = truth_model(x)
+            rows = torch.arange(len(x), device=device)
+            out.append(responses[rows, rows + start].double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
 
 
-def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return a / np.maximum(b, 1e-9)
-
-
-def summarise_validation(table: Any) -> dict[str, Any]:
-    """Medians over neurons, overall and per cell kind, of the closed-loop comparisons."""
-    columns = {"gt_mei_corr": "mei_truth_corr", "gt_mei_response_ratio": "mei_over_true_optimum",
-               "gt_mei_over_gabor": "mei_over_gabor", "gt_mei_over_best_image": "mei_over_best_image",
-               "gt_frac_mei_beats_gabor": "mei_beats_gabor"}
-    summary: dict[str, Any] = {"n_neurons": int(len(table))}
-    for key, column in columns.items():
-        reducer = np.mean if key.startswith("gt_frac") else np.median
-        summary[f"{key}_median" if not key.startswith("gt_frac") else key] = float(reducer(table[column]))
-        for kind, group in table.groupby("kind"):
-            name = f"{key}_median_{kind}" if not key.startswith("gt_frac") else f"{key}_{kind}"
-            summary[name] = float(reducer(group[column]))
-    summary.update({f"n_{kind}": int(n) for kind, n in table["kind"].value_counts().items()})
-    return summary
-
-
-def closed_loop_table(truth_drive: nn.Module, truth_rate: nn.Module, kinds: Sequence[str], cell_ids: np.ndarray,
-                      meis: np.ndarray, gabors: np.ndarray, best_images: np.ndarray, optima: np.ndarray,
-                      model_mei_over_gabor: np.ndarray, device: Any) -> Any:
-    """True responses to every stimulus and the comparisons, one row per neuron.
-
-    Ratios compare drives (see the module docstring); the rates (Hz) are kept beside them.
+def mei_truth_correlations(meis: np.ndarray, optima: np.ndarray, kinds: Sequence[str],
+                           spans: np.ndarray) -> np.ndarray:
+    """Per neuron ``(n,)``: span correlation for phase-invariant cells, plain correlation otherwise.
 
     Args:
-        truth_drive, truth_rate: :class:`TrueNeuronsInModelSpace` in drive and in rate mode.
-        meis, gabors, best_images, optima: ``(n_neurons, H, W)`` model-space images, row i for neuron i.
-        model_mei_over_gabor: ``(n_neurons,)`` the model's predicted MEI / optimal-Gabor ratio.
+        meis, optima: ``(n, H, W)``.
+        spans: ``(n, 2, H, W)`` each cell's two subunit filters in model space.
+    """
+    return np.array([span_correlation(m, s) if k in PHASE_INVARIANT_KINDS else image_correlation(m, o)
+                     for m, o, k, s in zip(meis, optima, kinds, spans)])
+
+
+# --------------------------------------------------------------------------------------
+# the closed-loop table
+# --------------------------------------------------------------------------------------
+def closed_loop_table(truth: dict[str, nn.Module], kinds: Sequence[str], cell_ids: np.ndarray,
+                      stimuli: dict[str, np.ndarray], starts: np.ndarray, spans: np.ndarray,
+                      model_scores: dict[str, np.ndarray], optimum_phi: np.ndarray, device: Any) -> Any:
+    """True responses to every stimulus and the per-cell comparisons, one row per neuron.
+
+    Args:
+        truth: :class:`TrueNeuronsInModelSpace` per quantity (``drive``, ``rate``,
+            ``rate_above_baseline``); column i = neuron i.
+        stimuli: ``(n, H, W)`` model-space images for each of :data:`STIMULI`, row i for neuron i.
+        starts: ``(n, n_starts, H, W)`` every start of every MEI.
+        spans: ``(n, 2, H, W)`` the cells' subunit filters in model space.
+        model_scores: the models' activations ``(n,)``: ``mei``, ``gabor`` (optimisation models) and
+            ``mei_val``, ``gabor_val`` (held-out model).
+        optimum_phi: ``(n,)`` mixing angle of each true optimum.
     """
     import pandas as pd
 
-    stimuli = {"mei": meis, "gabor": gabors, "best_image": best_images, "optimum": optima}
-    drive = {name: true_responses(truth_drive, images, device) for name, images in stimuli.items()}
-    rate = {name: true_responses(truth_rate, images, device) for name, images in stimuli.items()}
-    r_mei, r_gabor, r_best, r_opt = drive["mei"], drive["gabor"], drive["best_image"], drive["optimum"]
-    return pd.DataFrame({
-        "cell_id": cell_ids, "kind": list(kinds),
-        **{f"true_drive_{name}": values for name, values in drive.items()},
-        **{f"true_rate_{name}": values for name, values in rate.items()},
-        "mei_truth_corr": mei_truth_correlations(meis, optima, kinds),
-        "mei_over_true_optimum": _ratio(r_mei, r_opt),
-        "mei_over_gabor": _ratio(r_mei, r_gabor),
-        "mei_over_best_image": _ratio(r_mei, r_best),
-        "mei_beats_gabor": r_mei > r_gabor,
-        "model_mei_over_gabor": model_mei_over_gabor,
-        "model_says_mei_beats_gabor": model_mei_over_gabor > 1,
-    })
+    table = pd.DataFrame({"cell_id": np.asarray(cell_ids), "kind": list(kinds)})
+    for quantity, module in truth.items():
+        for name in STIMULI:
+            table[f"true_{quantity}_{name}"] = true_responses(module, stimuli[name], device)
+    table["true_drive_best_start"] = _start_responses(truth["drive"], starts, device).max(axis=1)
+    above = {name: table[f"true_rate_above_baseline_{name}"].to_numpy() for name in STIMULI}
+    optimum = above["optimum"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name in ("mei", "gabor", "best_image"):
+            table[f"{name}_rate_ratio"] = np.where(optimum > 0, above[name] / optimum, np.nan)
+    table["mei_truth_corr"] = mei_truth_correlations(stimuli["mei"], stimuli["optimum"], kinds, spans)
+    table["mei_vs_gabor"] = paired_outcomes(above["mei"], above["gabor"])
+    table["mei_vs_best_image"] = paired_outcomes(above["mei"], above["best_image"])
+    table["model_mei_vs_gabor"] = paired_outcomes(model_scores["mei"], model_scores["gabor"])
+    table["model_val_mei_vs_gabor"] = paired_outcomes(model_scores["mei_val"], model_scores["gabor_val"])
+    table["model_mei_over_gabor"] = model_scores["mei"] / model_scores["gabor"]
+    table["optimum_phi"] = optimum_phi
+    best_other = np.max([table[f"true_drive_{name}"] for name in ("mei", "gabor", "best_image", "best_start")], axis=0)
+    table["optimum_beaten"] = best_other > table["true_drive_optimum"].to_numpy() * (1 + OPTIMUM_TOLERANCE) + 1e-12
+    return table
+
+
+def _start_responses(truth_drive: nn.Module, starts: np.ndarray, device: Any) -> np.ndarray:
+    """``(n, n_starts)`` true drive of neuron i to each of its own starts."""
+    return np.stack([true_responses(truth_drive, starts[:, s], device) for s in range(starts.shape[1])], axis=1)
+
+
+def check_optima(table: Any) -> None:
+    """Fail, naming the cells, when any stimulus drove a true cell beyond its true optimum."""
+    beaten = table[table.optimum_beaten]
+    if len(beaten):
+        worst = beaten.iloc[0]
+        other = max(worst[f"true_drive_{s}"] for s in ("mei", "gabor", "best_image", "best_start"))
+        raise TrueOptimumBeaten(
+            f"validate: {len(beaten)} cell(s) driven beyond their true optimum (cells "
+            f"{', '.join(str(int(c)) for c in beaten.cell_id[:5])}); cell {int(worst.cell_id)} ({worst.kind}): "
+            f"drive {other:.6g} > optimum {worst.true_drive_optimum:.6g}: the optimum search is wrong")
+
+
+# --------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------
+def _kind_summary(group: Any, suffix: str) -> dict[str, Any]:
+    """The headline figures of one group of cells (one kind, or all responsive ones)."""
+    above = {s: group[f"true_rate_above_baseline_{s}"].to_numpy() for s in STIMULI}
+    out: dict[str, Any] = {f"n{suffix}" if suffix else "n_responsive": int(len(group)),
+                           f"gt_mei_corr_median{suffix}": float(np.median(group.mei_truth_corr))}
+    for name in ("mei", "gabor", "best_image"):
+        out[f"gt_{name}_rate_ratio_median{suffix}"] = log_ratio_median(above[name], above["optimum"])
+        out[f"gt_n_zero_rate_{name}{suffix}"] = int((above[name] <= 0).sum())
+    for other, label in (("gabor", "gabor"), ("best_image", "best_image")):
+        c = compare(above["mei"], above[other])
+        out.update({
+            f"gt_frac_mei_beats_{label}{suffix}": c.frac_a_beats_b,
+            f"gt_frac_{label}_beats_mei{suffix}": c.losses / c.n,
+            f"gt_n_ties_mei_{label}{suffix}": c.ties,
+            f"gt_n_both_zero_mei_{label}{suffix}": c.n_both_zero,
+            f"gt_mei_over_{label}_rate_median{suffix}": c.ratio_median,
+            f"gt_sign_p_mei_vs_{label}{suffix}": c.sign_p,
+            f"gt_verdict_mei_vs_{label}{suffix}": c.verdict,
+        })
+    for prefix in ("model", "model_val"):  # what the models (optimisation / held-out) conclude
+        wins, _, p, decision = verdict(group[f"{prefix}_mei_vs_gabor"].to_numpy())
+        out[f"{prefix}_frac_mei_beats_gabor{suffix}"] = wins / len(group)
+        out[f"{prefix}_sign_p_mei_vs_gabor{suffix}"] = p
+        out[f"{prefix}_verdict_mei_vs_gabor{suffix}"] = decision
+    return out
+
+
+def summarise_validation(table: Any) -> dict[str, Any]:
+    """Per-kind (and pooled responsive) figures of the closed loop; see the module docstring."""
+    responsive = table[table.kind.isin(RESPONSIVE_KINDS)]
+    summary: dict[str, Any] = {"n_neurons": int(len(table)),
+                               "n_unresponsive_selected": int((~table.kind.isin(RESPONSIVE_KINDS)).sum()),
+                               "n_true_optimum_beaten": int(table.optimum_beaten.sum())}
+    if len(responsive):
+        summary.update(_kind_summary(responsive, ""))
+    for kind, group in responsive.groupby("kind"):
+        summary.update(_kind_summary(group, f"_{kind}"))
+    # strict JSON has no NaN: an undefined figure (e.g. no cell that both stimuli drive) is null
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}
+
+
+# --------------------------------------------------------------------------------------
+# figure
+# --------------------------------------------------------------------------------------
+ZERO_BAND = 1.5  # how far beyond the ratio axis the "does not drive the cell" bands sit (log2 units)
+
+
+def _log2_ratio_points(a: np.ndarray, b: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """``log2(a / b)`` clipped to +-limit where both are positive; where only b (a) is zero the point sits
+    in a band above (below) the axis, where both are, at 0. Returns ``(y, both_positive)``."""
+    a_pos, b_pos = a > 0, b > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.clip(np.where(a_pos & b_pos, np.log2(a / b), 0.0), -limit, limit)
+    band = limit + ZERO_BAND
+    return np.where(a_pos & ~b_pos, band, np.where(~a_pos & b_pos, -band, y)), a_pos & b_pos
+
+
+def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixels: Any, n_show: int) -> Any:
+    """Four panels: truth MEI vs Gabor per kind (log scale), distance to the optimum, model vs truth, images."""
+    from matplotlib.figure import Figure
+
+    kinds = [k for k in RESPONSIVE_KINDS if k in set(table.kind)]
+    colors = dict(zip(RESPONSIVE_KINDS, ("tab:blue", "tab:orange", "tab:green")))
+    fig = Figure(figsize=(15, 4.6))
+    grid = fig.add_gridspec(max(min(n_show, 5), 1), 5, width_ratios=[1.2, 1.2, 1.0, 0.32, 0.32])
+    ax = fig.add_subplot(grid[:, 0])
+    limit = 4.0
+    band = limit + ZERO_BAND
+    for x, kind in enumerate(kinds):
+        g = table[table.kind == kind]
+        y, both = _log2_ratio_points(g.true_rate_above_baseline_mei.to_numpy(),
+                                     g.true_rate_above_baseline_gabor.to_numpy(), limit)
+        jitter = np.random.default_rng(x).uniform(-0.18, 0.18, len(y))
+        ax.scatter(x + jitter[both], y[both], s=14, alpha=0.75, color=colors[kind])
+        ax.scatter(x + jitter[~both], y[~both], s=22, marker="x", color="k")
+        wins, n = int((g.mei_vs_gabor > 0).sum()), len(g)
+        ax.text(x, -band - 0.9, f"MEI wins {wins}/{n}", ha="center", fontsize=7)
+    ticks = np.arange(-limit, limit + 1, 1.0)
+    ax.set_yticks([-band, *ticks, band], ["MEI 0", *[(f"{2 ** t:g}" if t >= 0 else f"1/{2 ** -t:g}")
+                                                      for t in ticks], "Gabor 0"])
+    for edge in (-limit - ZERO_BAND / 2, limit + ZERO_BAND / 2):
+        ax.axhline(edge, color="0.7", lw=0.6)
+    ax.axhline(0, color="k", lw=0.8, ls=":")
+    ax.set_ylim(-band - 1.3, band + 0.5)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_ylabel("true rate above baseline: MEI / optimal Gabor (log scale)")
+    ax.set_title("Truth: MEI vs optimal Gabor\n(x: one does not drive the cell; both: at 1)", fontsize=9)
+
+    ax = fig.add_subplot(grid[:, 1])
+    names = (("mei", "MEI"), ("gabor", "optimal Gabor"), ("best_image", "best natural"))
+    for j, (name, label) in enumerate(names):
+        data = [table.loc[table.kind == k, f"{name}_rate_ratio"].dropna().to_numpy() for k in kinds]
+        positions = np.arange(len(kinds)) + (j - 1) * 0.27
+        parts = ax.boxplot(data, positions=positions, widths=0.22, patch_artist=True, showfliers=False)
+        for box in parts["boxes"]:
+            box.set_facecolor(("tab:red", "tab:gray", "tab:olive")[j])
+            box.set_alpha(0.6)
+        ax.plot([], [], color=("tab:red", "tab:gray", "tab:olive")[j], lw=6, alpha=0.6, label=label)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("true rate above baseline / true optimum's")
+    ax.set_title("How close each stimulus gets to the true optimum", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
+
+    ax = fig.add_subplot(grid[:, 2])
+    for kind in kinds:
+        g = table[table.kind == kind]
+        y, both = _log2_ratio_points(g.true_rate_above_baseline_mei.to_numpy(),
+                                     g.true_rate_above_baseline_gabor.to_numpy(), limit)
+        ax.scatter(np.log2(g.model_mei_over_gabor.to_numpy()[both]), y[both], s=12, alpha=0.75,
+                   color=colors[kind], label=kind)
+    ax.axhline(0, color="k", lw=0.8, ls=":")
+    ax.axvline(0, color="k", lw=0.8, ls=":")
+    ax.set_xlabel("model: log2 MEI / optimal Gabor")
+    ax.set_ylabel("truth: log2 MEI / optimal Gabor")
+    ax.set_title("Does the model's conclusion hold in truth?", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+
+    rows = min(n_show, 5)
+    for i in range(rows):
+        for j, (image, label) in enumerate(((meis[i], "MEI"), (optima[i], "true optimum"))):
+            a = fig.add_subplot(grid[i, 3 + j])
+            a.imshow(np.clip(to_pixels(image), 0, 255), cmap="gray", vmin=0, vmax=255)
+            a.set_xticks([])
+            a.set_yticks([])
+            if i == 0:
+                a.set_title(label, fontsize=8)
+            if j == 0:
+                a.set_ylabel(f"{table.kind.iloc[i]}\nr={table.mei_truth_corr.iloc[i]:.2f}", fontsize=6)
+    fig.tight_layout()
+    return fig

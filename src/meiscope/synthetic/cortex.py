@@ -10,8 +10,9 @@ For each session ``i`` (experiment id ``first_experiment_id + i``, its own sub-s
 
        [other 30 s][scenes 1/3][spontaneous][other 30 s][scenes 2/3][other 30 s][scenes 3/3][other 30 s]
 
-3. spikes, calcium, fluorescence and dF/F are simulated on the 30 Hz frame clock
-   (:mod:`.fluorescence`); presentations span 7 or 8 frames, as in Allen's tables;
+3. every segment's rates above baseline are scaled by a gain shared by the population
+   (:func:`shared_gain`), then spikes, calcium, fluorescence and dF/F are simulated on the
+   30 Hz frame clock (:mod:`.fluorescence`); presentations span 7 or 8 frames, as in Allen's tables;
 4. the NWB file (:mod:`.nwb`) and the ground truth are written.
 
 The scenes are shared by all sessions (Allen shows the same 118 images in every session B).
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.signal import lfilter
 
 from meiscope.config import SyntheticConfig
 from meiscope.synthetic import fluorescence as fl
@@ -96,17 +98,40 @@ def make_schedule(n_images: int, repeats: int, spontaneous_s: float, rng: np.ran
                     n_frames=n_frames)
 
 
+def shared_gain(n_segments: int, sd: float, tau_s: float, rng: np.random.Generator) -> np.ndarray:
+    """``(n_segments,)`` multiplicative gain shared by the whole population, log-normal with mean 1.
+
+    Cortical responses to repeats of one stimulus co-fluctuate across the population, and most of
+    that shared variability is a common gain (Goris et al. 2014; Lin et al. 2015). Half of the
+    log-gain variance changes slowly (an AR(1) process with time constant ``tau_s``: arousal,
+    running, state), half from one presentation to the next.
+    """
+    if sd == 0:
+        return np.ones(n_segments)
+    a = np.exp(-PRESENTATION_S / tau_s)
+    white = rng.standard_normal(n_segments)
+    drive = white * np.sqrt(1 - a * a)
+    drive[0] = white[0]  # start the slow process at its stationary variance
+    slow = lfilter([1.0], [1.0, -a], drive)
+    fast = rng.standard_normal(n_segments)
+    log_gain = sd * np.sqrt(0.5) * (slow + fast)
+    return np.exp(log_gain - sd * sd / 2)
+
+
 def segment_rates(population: TruePopulation, image_rates: np.ndarray, codes: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+                  rng: np.random.Generator, gain_sd: float = 0.0, gain_tau_s: float = 20.0) -> np.ndarray:
     """Rate of every cell in every segment.
 
     Args:
         image_rates: ``(n_images, n_cells)`` true rates (Hz) for the scenes.
         codes: ``(n_segments,)`` segment codes of :class:`Schedule`.
+        gain_sd, gain_tau_s: the shared gain fluctuations (:func:`shared_gain`); they scale each
+            segment's rates above baseline.
 
     Returns:
         ``(n_segments, n_cells)`` Hz: scene rates, baseline for blank and gray, and for "other
-        stimuli" baseline plus sparse random drive of the responsive cells.
+        stimuli" baseline plus sparse random drive of the responsive cells; every rate above
+        baseline times the segment's shared gain.
     """
     p = population.params
     rates = np.tile(p.baseline, (len(codes), 1))
@@ -115,7 +140,8 @@ def segment_rates(population: TruePopulation, image_rates: np.ndarray, codes: np
     other = np.flatnonzero(codes == OTHER)
     bursts = rng.random((len(other), p.n_cells)) ** 4 * (p.peak_rate - p.baseline)
     rates[other] += bursts * p.responsive
-    return rates
+    gain = shared_gain(len(codes), gain_sd, gain_tau_s, rng)
+    return p.baseline + gain[:, None] * (rates - p.baseline)
 
 
 def quantise(x: np.ndarray, step: float = DFF_STEP) -> np.ndarray:
@@ -168,7 +194,8 @@ def simulate_session(cfg: SyntheticConfig, index: int, scenes: np.ndarray, devic
     pop_rng, schedule_rng, trace_rng, extra_rng = (np.random.default_rng(s) for s in seeds)
 
     params = sample_cells(cfg.n_cells, asdict(cfg.kinds), tuple(cfg.rf_sigma_deg), tuple(cfg.peak_rate_hz),
-                          cfg.baseline_rate_hz, cell_ids_for(experiment_id, cfg.n_cells), pop_rng)
+                          cfg.baseline_rate_hz, cell_ids_for(experiment_id, cfg.n_cells), pop_rng,
+                          saturation=tuple(cfg.saturation))
     params = calibrate(params, scenes, device=device)
     # the rates that drive the simulation are computed in float64 (thread-count independent bytes)
     population = TruePopulation(params).to(device=device, dtype=torch.float64)
@@ -179,11 +206,13 @@ def simulate_session(cfg: SyntheticConfig, index: int, scenes: np.ndarray, devic
     population = population.to(device="cpu", dtype=torch.float32)
 
     schedule = make_schedule(cfg.n_images, cfg.repeats, cfg.spontaneous_s, schedule_rng)
-    rates = segment_rates(population, image_rates, schedule.codes, schedule_rng)
+    rates = segment_rates(population, image_rates, schedule.codes, schedule_rng, gain_sd=cfg.shared_gain_sd,
+                          gain_tau_s=cfg.shared_gain_tau_s)
     traces = fl.simulate_traces(schedule.onsets_s, PRESENTATION_S, rates, schedule.n_frames, trace_rng,
                                 tau_rise_s=cfg.tau_rise_s, tau_decay_s=cfg.tau_decay_s,
                                 spike_amplitude_dff=cfg.spike_amplitude_dff, noise_std_dff=cfg.noise_std_dff,
-                                neuropil_r=cfg.neuropil_r)
+                                neuropil_r=cfg.neuropil_r, neuropil_r_sd=cfg.neuropil_r_sd,
+                                neuropil_r_error_sd=cfg.neuropil_r_error_sd)
 
     dff = traces.dff.copy()
     for cell in np.sort(extra_rng.choice(cfg.n_cells, cfg.nan_cells, replace=False)):

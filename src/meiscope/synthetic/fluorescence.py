@@ -10,10 +10,18 @@ rate per cell. The chain, vectorised over cells:
    sub-frame spike times are kept exactly (each exponential is advanced to the next frame) and the
    two exponentials run as first-order recursive filters, so back-to-back trials overlap as in vivo.
 3. Fluorescence: ``F_cell = F0 * bleach(t) * (1 + calcium)`` with a per-cell F0 and a slow
-   photobleaching; a neuropil signal (slow fluctuations shared by all cells + per-cell fluctuations
-   + a little of the population's calcium) contaminates the ROI:
-   ``demixed = F_cell + r * neuropil + noise`` (noise s.d. ``noise_std_dff * F0``) and, as the
-   Allen pipeline does, ``corrected = demixed - r * neuropil``.
+   photobleaching. The neuropil measured in an annulus around each ROI carries slow fluctuations
+   shared by all cells, per-cell fluctuations and a little of the whole population's calcium.
+   What actually contaminates the ROI is the neuropil right at the soma, which the annulus only
+   approximates: it carries the calcium of the cell's NEAREST neighbours instead of the
+   population's (stimulus-locked, image-specific signal) and its own fluctuations. Each ROI
+   takes it up with its own true ratio ``r_true`` (spread ``neuropil_r_sd`` around
+   ``neuropil_r``): ``demixed = F_cell + r_true * local_neuropil + noise`` (noise s.d.
+   ``noise_std_dff * F0``). As in the Allen pipeline, the correction uses an ESTIMATED ratio
+   (``r``, stored in the NWB; error s.d. ``neuropil_r_error_sd``) and the annulus trace:
+   ``corrected = demixed - r * neuropil``. So the stored dF/F keeps part of the contamination,
+   as real traces do: an unresponsive cell can inherit a weak, reliable image tuning from its
+   neighbours.
 4. dF/F = (corrected - B) / B with B a running median over 180 s (the Allen pipeline's baseline
    window), computed as the median of 10-s block medians within the window and linearly
    interpolated between block centres (fast, and the same thing for a slowly varying baseline).
@@ -32,6 +40,9 @@ BASELINE_WINDOW_S = 180.0  # running-median window of the dF/F baseline
 BASELINE_BLOCK_S = 10.0
 F0_RANGE = (150.0, 600.0)  # baseline fluorescence of a cell (a.u., log-uniform)
 NEUROPIL_RATIO = (0.5, 0.9)  # neuropil baseline / F0
+NEUROPIL_POPULATION_WEIGHT = 0.3  # share of (mean) neighbour calcium in the neuropil signal
+N_NEIGHBOURS = 8  # cells whose calcium reaches an ROI's local neuropil
+R_TRUE_RANGE = (0.2, 1.0)  # true contamination ratios are clipped to this range
 BLEACH_FRACTION = 0.08  # fluorescence lost over the recording (slow exponential)
 
 
@@ -43,9 +54,10 @@ class Traces:
         timestamps: ``(n_frames,)`` float64 seconds.
         calcium: noise-free dF/F of the calcium signal (ground truth, not written to the NWB).
         demixed: ROI fluorescence after demixing, still with neuropil contamination.
-        neuropil: neuropil fluorescence around each ROI.
-        r: ``(n_cells,)`` neuropil contamination ratio.
-        corrected: ``demixed - r * neuropil``.
+        neuropil: neuropil fluorescence measured around each ROI (annulus).
+        r: ``(n_cells,)`` the pipeline's ESTIMATE of the contamination ratio (stored in the NWB).
+        r_true: ``(n_cells,)`` the ratio at which each ROI really takes up its local neuropil.
+        corrected: ``demixed - r * neuropil`` (the Allen pipeline's correction).
         dff: dF/F of ``corrected``.
         n_spikes: ``(n_cells,)`` int, spikes per cell.
     """
@@ -55,6 +67,7 @@ class Traces:
     demixed: np.ndarray
     neuropil: np.ndarray
     r: np.ndarray
+    r_true: np.ndarray
     corrected: np.ndarray
     dff: np.ndarray
     n_spikes: np.ndarray
@@ -128,6 +141,27 @@ def smooth_noise(shape: tuple[int, int], tau_s: float, rng: np.random.Generator)
     return lfilter([1.0], [1.0, -a], white, axis=1)
 
 
+def _neighbour_calcium(calcium: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(n_cells, n_frames)`` mean calcium of each cell's :data:`N_NEIGHBOURS` nearest neighbours.
+
+    Cells get random positions on a line (a stand-in for the imaging plane), so neighbourhoods
+    overlap as they do in cortex; a cell is not its own neighbour.
+    """
+    n_cells = calcium.shape[0]
+    k = min(N_NEIGHBOURS, n_cells - 1)
+    if k < 1:
+        return np.zeros_like(calcium)
+    order = np.argsort(rng.random(n_cells), kind="stable")  # position on the line -> cell
+    place = np.empty(n_cells, dtype=np.int64)
+    place[order] = np.arange(n_cells)
+    out = np.zeros_like(calcium)
+    for cell in range(n_cells):
+        distance = np.abs(place - place[cell]).astype(np.float64)
+        distance[cell] = np.inf
+        out[cell] = calcium[np.argsort(distance, kind="stable")[:k]].mean(axis=0)
+    return out
+
+
 def running_median_baseline(trace: np.ndarray, window_s: float = BASELINE_WINDOW_S,
                             block_s: float = BASELINE_BLOCK_S) -> np.ndarray:
     """Slow baseline of each trace: running median over ``window_s`` (see module docstring).
@@ -154,7 +188,8 @@ def running_median_baseline(trace: np.ndarray, window_s: float = BASELINE_WINDOW
 
 def simulate_traces(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarray, n_frames: int,
                     rng: np.random.Generator, *, tau_rise_s: float, tau_decay_s: float,
-                    spike_amplitude_dff: float, noise_std_dff: float, neuropil_r: float) -> Traces:
+                    spike_amplitude_dff: float, noise_std_dff: float, neuropil_r: float,
+                    neuropil_r_sd: float = 0.0, neuropil_r_error_sd: float = 0.0) -> Traces:
     """Simulate the whole recording of a population.
 
     Args:
@@ -162,6 +197,9 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarra
         duration_s: segment length (s).
         rates_hz: ``(n_segments, n_cells)`` rate of every cell in every segment.
         n_frames: number of two-photon frames.
+        neuropil_r, neuropil_r_sd: mean and spread over cells of the TRUE contamination ratio.
+        neuropil_r_error_sd: error (s.d.) of the pipeline's estimate of each cell's ratio.
+            ``neuropil_r`` 0 gives traces without any contamination.
 
     Returns:
         :class:`Traces`.
@@ -178,15 +216,23 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarra
 
     shared = 0.06 * smooth_noise((1, n_frames), 20.0, rng) + 0.03 * smooth_noise((1, n_frames), 2.0, rng)
     own = 0.03 * smooth_noise((n_cells, n_frames), 1.0, rng)
-    population = 0.3 * calcium.mean(axis=0, keepdims=True)
-    neuropil = f0 * rng.uniform(*NEUROPIL_RATIO, (n_cells, 1)) * bleach * (1 + shared + own + population)
+    population = NEUROPIL_POPULATION_WEIGHT * calcium.mean(axis=0, keepdims=True)
+    level = f0 * rng.uniform(*NEUROPIL_RATIO, (n_cells, 1)) * bleach
+    neuropil = level * (1 + shared + own + population)
+    # the soma's own neuropil: its nearest neighbours' calcium instead of the population's
+    neighbours = _neighbour_calcium(calcium, rng)
+    local = neuropil + level * (0.02 * smooth_noise((n_cells, n_frames), 1.0, rng)
+                                + NEUROPIL_POPULATION_WEIGHT * neighbours - population)
 
-    r = np.full(n_cells, float(neuropil_r))
+    r_true = np.clip(neuropil_r + neuropil_r_sd * rng.standard_normal(n_cells), *R_TRUE_RANGE)
+    r = np.clip(r_true + neuropil_r_error_sd * rng.standard_normal(n_cells), 0.0, 1.0)
+    if neuropil_r == 0:  # no contamination at all: nothing to estimate or subtract
+        r_true, r = np.zeros(n_cells), np.zeros(n_cells)
     noise = noise_std_dff * f0 * rng.standard_normal((n_cells, n_frames))
-    demixed = f_cell + r[:, None] * neuropil + noise
+    demixed = f_cell + r_true[:, None] * local + noise
     corrected = demixed - r[:, None] * neuropil
     base = running_median_baseline(corrected)
     dff = (corrected - base) / base
     return Traces(timestamps=timestamps, calcium=calcium.astype(np.float32), demixed=demixed.astype(np.float32),
-                  neuropil=neuropil.astype(np.float32), r=r, corrected=corrected.astype(np.float32),
+                  neuropil=neuropil.astype(np.float32), r=r, r_true=r_true, corrected=corrected.astype(np.float32),
                   dff=dff.astype(np.float32), n_spikes=np.bincount(cell, minlength=n_cells))

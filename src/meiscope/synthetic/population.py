@@ -26,9 +26,14 @@ Each responsive cell computes a drive ``D`` that is quadratic in contrast:
 and fires ``rate = baseline + rate_max * D / (D + semisaturation)`` (a Naka-Rushton contrast
 response with exponent 2, Albrecht & Hamilton 1982); ``unresponsive`` cells fire ``baseline``.
 The Gabors are DC-corrected (zero sum), so cells ignore the mean luminance over their receptive
-field. Calibration on the session's own scenes: the best scene drives a cell to 1/SATURATION of
-its ceiling, at a peak rate drawn from ``peak_rate_hz``; so an optimal stimulus can reach at most
-SATURATION x the natural peak (above baseline), not thousands of Hz.
+field. Calibration on the session's own scenes: the best scene drives a cell to 1/saturation of
+its ceiling, at a peak rate drawn log-uniformly from ``peak_rate_hz``; so an optimal stimulus can
+reach at most ``saturation`` x the natural peak (above baseline), not thousands of Hz.
+
+Responsiveness is a continuum, as in the real data: peak rates span more than a decade (a cell
+firing 1 Hz at its best scene is barely distinguishable from an unresponsive one through calcium
+noise), and each cell's saturation (how far below its ceiling natural scenes drive it) is drawn
+from ``saturation``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,6 @@ MIN_CYCLES_PER_SIGMA = 0.2  # keep sf >= this / sigma, so every RF is a Gabor, n
 RF_CENTRE_RANGE = (0.2, 0.8)  # RF centres within the central 60% of each image axis
 CONJUNCTION_ANGLE_DEG = (60.0, 90.0)
 KINDS = ("simple", "complex", "conjunction", "unresponsive")
-SATURATION = 3.0  # ceiling rate / best-scene rate (above baseline)
 
 
 class GroundTruthError(MeiscopeError, FileNotFoundError):
@@ -79,6 +83,7 @@ class CellParams:
         orientation, phase: ``(n,)`` radians, first Gabor (orientation = direction of the carrier).
         orientation2, phase2: ``(n,)`` radians, second Gabor (complex: same orientation, phase + pi/2;
             conjunction: another orientation; simple / unresponsive: unused copy of the first).
+        saturation: ``(n,)`` ceiling rate / best-scene rate, both above baseline (>= 1).
         rate_max: ``(n,)`` Hz above baseline at saturation (0 for unresponsive cells).
         semisaturation: ``(n,)`` drive at half of ``rate_max``.
         baseline: ``(n,)`` Hz, spontaneous rate.
@@ -95,6 +100,7 @@ class CellParams:
     phase: np.ndarray
     orientation2: np.ndarray
     phase2: np.ndarray
+    saturation: np.ndarray
     rate_max: np.ndarray
     semisaturation: np.ndarray
     baseline: np.ndarray
@@ -115,15 +121,16 @@ class CellParams:
 
 def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[float, float],
                  peak_rate_hz: tuple[float, float], baseline_rate_hz: float, cell_ids: np.ndarray,
-                 rng: np.random.Generator) -> CellParams:
+                 rng: np.random.Generator, saturation: tuple[float, float] = (3.0, 3.0)) -> CellParams:
     """Draw a population (not yet calibrated; see :func:`calibrate`).
 
     Args:
         fractions: share of each kind in :data:`KINDS` (sums to 1); counts are rounded by largest
             remainder and the kinds are shuffled over the cells.
         rf_sigma_deg: [low, high] envelope s.d. in degrees (uniform).
-        peak_rate_hz: [low, high] peak rate over the scenes of each responsive cell (uniform).
+        peak_rate_hz: [low, high] peak rate over the scenes of each responsive cell (log-uniform).
         cell_ids: ``(n_cells,)`` ids to give the cells.
+        saturation: [low, high] ceiling / best-scene rate above baseline (log-uniform).
     """
     share = np.array([fractions[k] for k in KINDS], dtype=np.float64)
     raw = share * n_cells
@@ -145,14 +152,16 @@ def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[
     is_complex, is_conj = kinds == "complex", kinds == "conjunction"
     orientation2 = np.where(is_conj, np.mod(orientation + turn, np.pi), orientation)
     phase2 = np.where(is_complex, phase + np.pi / 2, np.where(is_conj, phase_b, phase))
-    peak = rng.uniform(peak_rate_hz[0], peak_rate_hz[1], n_cells)
+    peak = np.exp(rng.uniform(np.log(peak_rate_hz[0]), np.log(peak_rate_hz[1]), n_cells))
+    sat = np.exp(rng.uniform(np.log(saturation[0]), np.log(saturation[1]), n_cells))
     responsive = kinds != "unresponsive"
     return CellParams(
         cell_ids=np.asarray(cell_ids, dtype=np.int64), kinds=kinds,
         x=rng.uniform(*RF_CENTRE_RANGE, n_cells), y=rng.uniform(*RF_CENTRE_RANGE, n_cells),
         sigma=sigma_deg * deg_to_width, sf=sf_cpd / deg_to_width,
-        orientation=orientation, phase=phase, orientation2=orientation2, phase2=phase2,
-        rate_max=responsive.astype(np.float64), semisaturation=np.ones(n_cells), baseline=np.full(n_cells, float(baseline_rate_hz)),
+        orientation=orientation, phase=phase, orientation2=orientation2, phase2=phase2, saturation=sat,
+        rate_max=responsive.astype(np.float64), semisaturation=np.ones(n_cells),
+        baseline=np.full(n_cells, float(baseline_rate_hz)),
         peak_rate=np.where(responsive, peak, float(baseline_rate_hz)))
 
 
@@ -254,11 +263,19 @@ class TruePopulation(torch.nn.Module):
                                    antialias=True)
         return pixels[:, 0]
 
-    def drive(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Stimulus drive ``D``: ``(N, n_cells)``, >= 0 (0 for unresponsive cells and for gray)."""
+    def subunits(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two linear filter outputs ``(a, b)``, each ``(N, n_cells)``: contrast dotted with each Gabor.
+
+        Linear in the pixels (resampling is linear and the Gabors have zero sum), which is what
+        makes the true optima computable in closed form (:mod:`meiscope.optima`).
+        """
         contrast = (self.resample(pixels) - GRAY) / GRAY
         proj = contrast.flatten(1) @ self.filters.T  # (N, 2n)
-        a, b = proj[:, : self.n_cells], proj[:, self.n_cells:]
+        return proj[:, : self.n_cells], proj[:, self.n_cells:]
+
+    def drive(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Stimulus drive ``D``: ``(N, n_cells)``, >= 0 (0 for unresponsive cells and for gray)."""
+        a, b = self.subunits(pixels)
         code = self.kind_code
         out = torch.where(code == 0, F.relu(a) ** 2, torch.zeros_like(a))
         out = torch.where(code == 1, a ** 2 + b ** 2, out)
@@ -291,8 +308,8 @@ def _max_drive(population: TruePopulation, scenes: np.ndarray, device: Any, batc
 def calibrate(params: CellParams, scenes: np.ndarray, device: Any = "cpu") -> CellParams:
     """Scale each responsive cell so its peak rate over ``scenes`` is ``params.peak_rate``.
 
-    The best scene's drive ``D_max`` is put at 1/SATURATION of the ceiling:
-    ``semisaturation = (SATURATION - 1) * D_max`` and ``rate_max = SATURATION * (peak - baseline)``.
+    The best scene's drive ``D_max`` is put at 1/saturation of the ceiling (``saturation`` per cell):
+    ``semisaturation = (saturation - 1) * D_max`` and ``rate_max = saturation * (peak - baseline)``.
 
     Args:
         scenes: ``(n_images, H, W)`` 0-255 screen pixels (the session's template).
@@ -304,8 +321,9 @@ def calibrate(params: CellParams, scenes: np.ndarray, device: Any = "cpu") -> Ce
     population = TruePopulation(params).to(device=device, dtype=torch.float64)
     top = _max_drive(population, scenes, device)
     responsive = params.responsive
-    rate_max = np.where(responsive, SATURATION * (params.peak_rate - params.baseline), 0.0)
-    semisat = np.where(responsive, np.maximum((SATURATION - 1) * top, 1e-9), 1.0)
+    sat = params.saturation
+    rate_max = np.where(responsive, sat * (params.peak_rate - params.baseline), 0.0)
+    semisat = np.where(responsive, np.maximum((sat - 1) * top, 1e-9), 1.0)
     arrays = params.arrays()
     # 7 significant digits: tiny float differences between machines do not change the files
     arrays["rate_max"] = np.array([float(f"{v:.7g}") for v in rate_max])
@@ -347,13 +365,12 @@ def save_ground_truth(cache_dir: Path, experiment_id: int, population: TruePopul
         "orientation2_deg": round(float(np.rad2deg(p.orientation2[i])), 2),
         "phase_deg": round(float(np.rad2deg(p.phase[i]) % 360), 2),
         "peak_rate_hz": round(float(p.peak_rate[i]), 3), "baseline_hz": float(p.baseline[i]),
-        "rate_max_hz": round(float(p.rate_max[i]), 3),
+        "rate_max_hz": round(float(p.rate_max[i]), 3), "saturation": round(float(p.saturation[i]), 3),
     } for i in range(p.n_cells)]
     counts = {k: int((p.kinds == k).sum()) for k in KINDS}
     write_json(json_path, {
         "experiment_id": int(experiment_id), "config": config, "kind_counts": counts,
         "pixels_per_degree": PIXELS_PER_DEGREE, "work_shape": list(population.work_shape),
-        "saturation": SATURATION,
         "coordinates": "x, y: fraction of image width / height; sigma_deg, sf_cpd at the screen centre",
         "cells": cells})
     return npz_path, json_path

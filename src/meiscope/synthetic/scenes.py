@@ -16,6 +16,7 @@ both) and quantised to integers in 0..255, like Allen's template (float32 holdin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -148,13 +149,15 @@ def _to_pixels(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(mean + std * z), 0, 255).astype(np.float32)
 
 
-def make_scenes(n_images: int, height: int, width: int, seed: int, progress: bool = False) -> np.ndarray:
+def make_scenes(n_images: int, height: int, width: int, seed: int | Sequence[int],
+                progress: bool = False) -> np.ndarray:
     """Build the natural-scenes template.
 
     Args:
         n_images: number of scenes (Allen: 118).
         height, width: pixels of each scene (Allen: 918 x 1174).
-        seed: all randomness (which photo, crop, flip, leaves, luminance) comes from it.
+        seed: all randomness (which photo, crop, flip, leaves, luminance) comes from it (an int or a
+            sequence of ints, as ``numpy.random.default_rng`` takes).
         progress: show a progress bar.
 
     Returns:

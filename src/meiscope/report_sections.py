@@ -1,0 +1,122 @@
+"""What the report says about each stage: the sections of report/index.html, built from the metrics.
+
+Kept apart from the stage glue (``insilico.py``) so that changing what the report says re-runs only
+the report stage. Rendering lives in :mod:`meiscope.report`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meiscope.comparison import VERDICT_WORDS
+from meiscope.config import Params
+from meiscope.paths import Layout
+from meiscope.report import Section, figure_png
+
+# The closed-loop targets of the study (simple and complex cells) and the model accuracy they need.
+TARGETS = {"gt_mei_corr": 0.8, "gt_mei_rate_ratio": 0.9, "gt_fresh_corr": 0.8}
+
+
+def target_note(m: dict[str, dict]) -> str:
+    """Say which closed-loop targets were missed, and why, from the train and validate metrics."""
+    missed = []
+    for kind in ("simple", "complex"):
+        for key in ("gt_mei_corr", "gt_mei_rate_ratio"):
+            value = m["validate"].get(f"{key}_median_{kind}")
+            if value is not None and value < TARGETS[key]:
+                missed.append(f"{key} for {kind} cells is {value:.2f} (target {TARGETS[key]})")
+    if not missed:
+        return ""
+    model = m["train"].get("gt_fresh_corr_mean")
+    why = (f" The MEIs can only be as close to the truth as the model is: its predictions correlate "
+           f"{model:.2f} with the true rates on fresh scenes (target {TARGETS['gt_fresh_corr']})."
+           if model is not None else "")
+    return ("Targets missed: " + "; ".join(missed) + "." + why +
+            " With 118 scenes (88 for training) a CNN learns each cell's receptive field only roughly; more "
+            "stimuli (e.g. other Allen stimuli or several sessions sharing one core), a more data-efficient "
+            "core (rotation-equivariant, or a fixed Gabor front end) or a closed loop that adds the MEIs to the "
+            "training data would close the gap.")
+
+
+def validate_rows(v: dict) -> dict[str, Any]:
+    """The closed loop's headline figures, a few rows per cell kind (the JSON holds them all)."""
+    if v.get("skipped") or not v:
+        return {k: val for k, val in v.items() if k != "note"}
+
+    def f(key: str, fmt: str = ".2f") -> str:
+        return "n/a" if v.get(key) is None else format(v[key], fmt)
+
+    rows: dict[str, Any] = {"neurons (unresponsive ones selected)": f"{v['n_neurons']} ({v['n_unresponsive_selected']})",
+                            "stimuli beating the true optimum": v["n_true_optimum_beaten"]}
+    for kind in ("simple", "complex", "conjunction"):
+        if not v.get(f"n_{kind}"):
+            continue
+        k = f"_{kind}"
+        rows[f"{kind} ({v['n' + k]} cells): MEI-truth correlation"] = v[f"gt_mei_corr_median{k}"]
+        rows[f"{kind}: true rate MEI / optimum (optimal Gabor / optimum)"] = (
+            f"{f('gt_mei_rate_ratio_median' + k)} ({f('gt_gabor_rate_ratio_median' + k)})")
+        rows[f"{kind}: MEI vs optimal Gabor in truth"] = (
+            f"MEI {VERDICT_WORDS[v[f'gt_verdict_mei_vs_gabor{k}']]}: wins {f('gt_frac_mei_beats_gabor' + k, '.0%')}, "
+            f"loses {f('gt_frac_gabor_beats_mei' + k, '.0%')}, sign test p = {f('gt_sign_p_mei_vs_gabor' + k, '.2g')}; "
+            f"ratio {f('gt_mei_over_gabor_rate_median' + k)}")
+        rows[f"{kind}: cells not driven by MEI / optimal Gabor / best natural image"] = (
+            f"{v[f'gt_n_zero_rate_mei{k}']} / {v[f'gt_n_zero_rate_gabor{k}']} / {v[f'gt_n_zero_rate_best_image{k}']}")
+        rows[f"{kind}: MEI vs optimal Gabor on the models (held-out model)"] = (
+            f"MEI {VERDICT_WORDS[v[f'model_verdict_mei_vs_gabor{k}']]} "
+            f"({VERDICT_WORDS[v[f'model_val_verdict_mei_vs_gabor{k}']]})")
+    return rows
+
+
+def replicate_section(summary: dict) -> Any:
+    """The replicate run: every headline figure with its interval, and which conclusions hold in all."""
+    from meiscope.replicate import HEADLINE, format_conclusion, format_interval, intervals_figure
+
+    rows = {f.label: format_interval(summary["figures"][f.name]) for f in HEADLINE if f.name in summary["figures"]}
+    for kind, found in summary["conclusions"].items():
+        for label, c in found.items():
+            rows[f"{kind} cells: {label}"] = format_conclusion(c)
+    intro = (f"The synthetic study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
+             f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
+             "(geometric mean and log-scale interval for ratios) "
+             "over replicates. Only conclusions that hold in every replicate are conclusions; the single run above "
+             "is one draw. Written by `meiscope replicate` (not part of `dvc repro`).")
+    return Section("Replicates: what holds across new cortices", intro, rows,
+                   inline_figures=[("replicate intervals", figure_png(intervals_figure(summary)))])
+
+
+
+
+def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[Section]:
+    """Every section of the report, in pipeline order; ``m`` maps each metrics file's stem to its contents."""
+    validate_note = m["validate"].get("note", "") if m["validate"].get("skipped") else target_note(m)
+    sections = [
+        Section("Most expressive neurons (rank)",
+                f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
+                m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"]),
+        Section("Architecture search (tune)",
+                "Optuna study over the CNN architecture; trial 0 is the default configuration of params.yaml.",
+                dict(m["tune"]), [layout.tune / "optimization_history.png", layout.tune / "param_importances.png"]),
+        Section("Response model (train)",
+                "CNN ensemble (shared core + per-neuron readout) vs the linear-nonlinear baseline on held-out test "
+                "images; FEVE and correlation to average are measured against the noise ceiling; on synthetic data "
+                "gt_fresh_corr_* scores the models against the true rates on 1,000 new scenes.",
+                m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"]),
+        Section("Most Exciting Inputs (mei)",
+                "One batched gradient ascent for all neurons under a fixed L2 budget in the model's pixel space; "
+                "'val' scores come from an ensemble member held out of the optimisation.",
+                m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"]),
+        Section("MEI vs optimal Gabor (gabor)",
+                "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
+                "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction.",
+                m["gabor"], [layout.gabor / "gallery.png"]),
+        Section("Closed loop on the true neurons (validate)",
+                "Synthetic sessions only: every MEI start, the optimal Gabors and the best natural images shown to "
+                "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
+                "true optimum under the same budget. Ratios are medians of log-ratios over the cells both stimuli "
+                "drive; cells a stimulus does not drive are counted apart; 'ties' = no difference shown by the "
+                "sign test (p >= 0.05). All figures: metrics/validate.json.",
+                validate_rows(m["validate"]), [layout.validate / "closed_loop.png"], note=validate_note),
+    ]
+    if m.get("replicates", {}).get("figures"):
+        sections.append(replicate_section(m["replicates"]))
+    return sections
