@@ -49,8 +49,8 @@ def copy_project(reference: Path, target: Path) -> None:
         src = reference / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, target / name)
     params = yaml.safe_load((target / "params.yaml").read_text())
-    cache = reference / params["data"]["cache_dir"]
-    shutil.copytree(cache, target / params["data"]["cache_dir"], ignore=shutil.ignore_patterns("*.nwb"))
+    folder = params["data"].get("synthetic_dir", "data/synthetic")
+    shutil.copytree(reference / folder, target / folder, ignore=shutil.ignore_patterns("*.nwb"))
     params["tracking"]["enabled"] = False
     (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -55,9 +55,23 @@ def test_load_params_names_the_file(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match="no such params file"):
         load_params(tmp_path / "missing.yaml")
-    bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("data:\n  source: synthetic\nmodel: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+, column \d+") as err:
         load_params(bad)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n", "{}\n"])
+def test_an_empty_params_file_is_refused_not_run_on_defaults(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="params.yaml: empty"):
+        load_params(path)
+
+
+def test_synthetic_and_downloaded_sessions_never_share_a_folder():
+    with pytest.raises(ConfigError, match="data.synthetic_dir"):
+        parse_params({"data": {"allen_dir": "data/x", "synthetic_dir": "data/x/"}})
 
 
 def test_replace_model_validates_the_overrides():

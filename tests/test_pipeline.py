@@ -88,7 +88,7 @@ def test_meis_hold_the_budget_in_screen_pixels(study):
 
 def test_second_ensure_data_leaves_matching_synthetic_data_alone(study):
     root, params = study
-    nwb = next((root / "data" / "allen" / "ophys_experiment_data").glob("*.nwb"))
+    nwb = next((root / "data" / "synthetic" / "ophys_experiment_data").glob("*.nwb"))
     before = nwb.stat().st_mtime_ns
     pipeline.ensure_data(params, root)
     assert nwb.stat().st_mtime_ns == before
@@ -112,7 +112,7 @@ def test_report_and_mlflow_runs(study):
 
 def test_validate_is_skipped_with_a_note_for_real_sessions(study, tmp_path):
     root, params = study
-    truth_file = next((root / "data" / "allen" / "ground_truth").glob("*.npz"))
+    truth_file = next((root / "data" / "synthetic" / "ground_truth").glob("*.npz"))
     saved = tmp_path / truth_file.name
     truth_file.rename(saved)  # without ground truth the session reads as a real Allen one
     try:
@@ -121,3 +121,138 @@ def test_validate_is_skipped_with_a_note_for_real_sessions(study, tmp_path):
         saved.rename(truth_file)
     assert metrics["skipped"] is True and "no ground truth" in metrics["note"]
     assert (root / "results" / "validate" / "NOTE.md").is_file()
+
+
+# --------------------------------------------------------------------------------------
+# data safety: never delete what meiscope did not write, never lose the last good extract
+# --------------------------------------------------------------------------------------
+SMALL = {"synthetic": {**TINY["synthetic"], "n_cells": 8, "n_images": 6, "repeats": 3},
+         "extract": TINY["extract"], "tracking": {"enabled": False}}
+
+
+def _project(root, raw=SMALL):
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    return load_params(root / "params.yaml")
+
+
+def test_synthesize_never_touches_downloads_or_files_it_did_not_write(tmp_path):
+    from meiscope.errors import MeiscopeError
+
+    params = _project(tmp_path)
+    download = tmp_path / "data" / "allen" / "ophys_experiment_data" / "501940850.nwb"
+    download.parent.mkdir(parents=True)
+    download.write_bytes(b"a real Allen session, 275 MB in real life")
+    pipeline.ensure_data(params, tmp_path)  # synthetic data go to data/synthetic
+    assert download.read_bytes().startswith(b"a real Allen session")
+    synthetic = tmp_path / "data" / "synthetic"
+    assert sorted(p.name for p in (synthetic / "ophys_experiment_data").glob("*.nwb")) == ["900000001.nwb"]
+    # a foreign session inside the synthetic folder is refused, named, and left alone
+    foreign = synthetic / "ophys_experiment_data" / "123.nwb"
+    foreign.write_bytes(b"someone else's file")
+    with pytest.raises(MeiscopeError, match="123.nwb: not written by `meiscope synthesize`"):
+        pipeline.synthesize(params, tmp_path)
+    assert foreign.read_bytes() == b"someone else's file"
+    # meiscope's own sessions of an earlier config are replaced (they have a ground truth)
+    foreign.unlink()
+    two = _project(tmp_path, {**SMALL, "synthetic": {**SMALL["synthetic"], "first_experiment_id": 900000005}})
+    pipeline.synthesize(two, tmp_path)
+    assert sorted(p.name for p in (synthetic / "ophys_experiment_data").glob("*.nwb")) == ["900000005.nwb"]
+    assert download.is_file()
+
+
+def test_a_failed_extract_keeps_the_last_good_outputs_and_reads_only_the_studied_session(tmp_path):
+    from meiscope.errors import MeiscopeError
+
+    params = _project(tmp_path, {**SMALL, "synthetic": {**SMALL["synthetic"], "n_sessions": 2}})
+    pipeline.ensure_data(params, tmp_path)
+    nwbs = sorted((tmp_path / "data" / "synthetic" / "ophys_experiment_data").glob("*.nwb"))
+    nwbs[1].write_bytes(b"not an NWB")  # a session the study does not use
+    pipeline.extract(params, tmp_path)  # reads only the studied (first) session
+    out = tmp_path / "results" / "responses"
+    assert sorted(p.name for p in out.iterdir()) == ["900000001.npz", "study.json"]
+    good = {p.name: p.read_bytes() for p in out.iterdir()}
+    nwbs[0].write_bytes(nwbs[0].read_bytes()[:4000])  # the studied session is damaged
+    with pytest.raises(MeiscopeError, match="900000001.nwb"):
+        pipeline.extract(params, tmp_path)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == good  # the last good extract is intact
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["responses"]  # no temporary folder left
+
+
+def test_report_without_results_says_what_to_run(tmp_path):
+    from meiscope.errors import MeiscopeError
+
+    params = _project(tmp_path)
+    with pytest.raises(MeiscopeError, match="no results .* yet: run the study first"):
+        insilico.report(params, tmp_path)
+    assert not (tmp_path / "report").exists()
+
+
+def test_commands_end_with_a_readable_summary_and_no_library_noise(study):
+    from click.testing import CliRunner
+
+    from meiscope.cli import main
+
+    root, _ = study
+    result = CliRunner().invoke(main, ["rank", "--params", str(root / "params.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "rank:" in result.stdout and "cells selected" in result.stdout and "8 of" in result.stdout
+    assert "numexpr" not in result.stderr and "pkg_resources" not in result.stderr
+    assert "{'" not in result.stdout + result.stderr  # no raw dicts
+
+
+# --------------------------------------------------------------------------------------
+# MLflow: each checkout its own store; `mlflow run` entry points work
+# --------------------------------------------------------------------------------------
+def _files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def _copy_project(root, target):
+    import shutil
+
+    shutil.copytree(root, target, ignore=shutil.ignore_patterns("*.nwb"))
+    return target
+
+
+def test_a_copied_project_writes_runs_into_its_own_store(study, tmp_path):
+    import mlflow
+
+    root, _ = study
+    original = _files(root / "mlruns")
+    copy = _copy_project(root, tmp_path / "copy")
+    insilico.report(load_params(copy / "params.yaml"), copy)
+    assert _files(root / "mlruns") == original  # nothing written into the original checkout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("meiscope").experiment_id],
+                             "tags.stage = 'report'", order_by=["attributes.start_time DESC"])[0]
+    assert run.info.artifact_uri.startswith((copy / "mlruns").as_uri())
+    assert any(p.endswith("index.html") for p in _files(copy / "mlruns"))
+
+
+def test_mlflow_run_entry_point_end_to_end(study, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mlflow
+
+    root, _ = study
+    repo = Path(__file__).resolve().parents[1]
+    project = _copy_project(root, tmp_path / "project")
+    for name in ("MLproject", "python_env.yaml"):
+        shutil.copy(repo / name, project / name)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", "local",
+                           "--experiment-name", "meiscope", "-e", "report"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("meiscope").experiment_id],
+                              "tags.`mlflow.project.entryPoint` = 'report'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["stage"] == "report"
+    default = client.get_experiment_by_name("Default")
+    assert default is None or not client.search_runs([default.experiment_id])  # nothing left in Default

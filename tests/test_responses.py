@@ -138,8 +138,19 @@ def test_corrupt_nwb_is_named(tmp_path, arrays):
 
 
 def test_session_without_natural_scenes(tmp_path, arrays):
-    _write(tmp_path, arrays, include_natural_scenes=False)
-    with pytest.raises(SessionError, match="no natural_scenes stimulus") as err:
+    _write(tmp_path, arrays, include_natural_scenes=False)  # its metadata still says three_session_B
+    with pytest.raises(SessionError, match="says it is a three_session_B session but has no natural_scenes") as err:
+        extract_session(tmp_path, arrays.metadata.experiment_id, EXTRACT, "synthetic")
+    _assert_one_line(err)
+
+
+def test_stimulus_table_past_the_end_of_the_traces_names_the_real_cause(tmp_path, arrays):
+    short = dataclasses.replace(arrays, timestamps=arrays.timestamps[:200], dff=arrays.dff[:, :200],
+                                demixed=arrays.demixed[:, :200], neuropil=arrays.neuropil[:, :200],
+                                running_speed=arrays.running_speed[:200],
+                                motion_correction=arrays.motion_correction[:200])
+    _write(tmp_path, short)
+    with pytest.raises(SessionError, match=r"start at or after the last dF/F frame \(200 frames\)") as err:
         extract_session(tmp_path, arrays.metadata.experiment_id, EXTRACT, "synthetic")
     _assert_one_line(err)
 

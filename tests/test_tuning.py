@@ -144,3 +144,47 @@ def test_study_name_follows_what_the_trials_compute(setup):
               tuning.keyed_study(dataclasses.replace(params.tune, n_trials=50), params.model, params.train, "data-1")]
     assert others[0].study_name != a.study_name and others[1].study_name != a.study_name
     assert others[2].study_name == a.study_name  # a bigger budget resumes the same study
+
+
+def _config(t):
+    return tuple(sorted(t.params.items()))
+
+
+def test_two_workers_never_try_the_same_configuration(setup):
+    params, path, root = setup
+    study, _ = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root, workers=2, n_trials=6)
+    configs = [_config(t) for t in study.trials]
+    assert len(configs) == 6 and len(set(configs)) == 6
+
+
+def test_a_killed_run_is_resumed_without_repeating_finished_work(setup):
+    """Kill = a trial left RUNNING in the journal. The rerun retries it once and reaches the budget."""
+    params, path, root = setup
+    study, first = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root)
+    finished = {_config(t) for t in study.trials}
+    killed = study.ask()
+    tuning.suggest_setup(killed, params.tune.space, params.model)  # it had drawn its configuration, then died
+    killed_config = _config(study.trials[-1])
+    study, second = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root, n_trials=6)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed.number].state == TrialState.FAIL
+    assert "interrupted" in by_number[killed.number].user_attrs[tuning.FAIL_REASON]
+    retries = [t for t in study.trials if t.user_attrs.get(tuning.RETRY_OF) == killed.number]
+    assert len(retries) == 1 and _config(retries[0]) == killed_config  # its configuration, once more
+    new_configs = [_config(by_number[n]) for n in second if n != killed.number]
+    assert not finished & set(new_configs)  # no finished configuration evaluated again
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 6  # budget reached
+    # a seed of its own: the resumed run did not replay the first run's start-up sequence
+    assert tuning.sampler_seed(0, 0, 0) == 0 and len({tuning.sampler_seed(0, w, n) for w in (0, 1) for n in (0, 4)}) == 4
+
+
+def test_trials_carry_their_story_for_optuna_dashboard(setup):
+    params, path, root = setup
+    study, _ = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root)
+    assert study.metric_names == [params.tune.objective]
+    assert study.study_name == params.tune.study_name  # run_study uses the name it is given (keyed by the stage)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert done and all({"best_epoch", "epochs", f"final_{params.tune.objective}"} <= set(t.user_attrs) for t in done)
+    assert all(1 <= t.user_attrs["best_epoch"] <= t.user_attrs["epochs"] == params.tune.epochs for t in done)
+    best = tuning.best_setup(study, params.model, params.tune.space)
+    assert best["study"] == study.study_name

@@ -25,21 +25,35 @@ DEVICE_OPTION = click.option("--device", default=None,
                              help="auto (CUDA when available), cpu, cuda or cuda:N. Default: from params.yaml.")
 
 
+def _quiet_libraries() -> None:
+    """Silence library noise that says nothing about the study (numexpr, pkg_resources, Optuna notices)."""
+    import warnings
+
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*is experimental")  # Optuna's ExperimentalWarning
+
+
 def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Load params, run the stage, and turn user-fixable errors into one line + exit code 1."""
+    """Load params, run the stage, print its summary, and turn user-fixable errors into one line + exit 1."""
 
     @functools.wraps(func)
     def wrapper(params_path: str, **kwargs: Any) -> None:
         from meiscope.config import load_params
         from meiscope.errors import MeiscopeError
+        from meiscope.summaries import summary_lines
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        _quiet_libraries()
         try:
             params = load_params(params_path)
-            func(params, Path(params_path).resolve().parent, **kwargs)
+            result = func(params, Path(params_path).resolve().parent, **kwargs)
         except MeiscopeError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
+        for line in summary_lines(func.__name__, result):
+            click.echo(line)
 
     return wrapper
 
@@ -52,7 +66,7 @@ def main() -> None:
     The stages run in this order (`dvc repro` runs them all; `make run` also makes the data):
 
     \b
-      synthesize | download   raw sessions in allensdk's cache layout (data/allen/)
+      synthesize | download   raw sessions in allensdk's cache layout (data/synthetic/ | data/allen/)
       extract                 per-trial responses and model-space images
       rank                    reliability metrics, the most expressive neurons
       tune                    Optuna search over the CNN architecture
@@ -73,21 +87,21 @@ def main() -> None:
 @main.command()
 @PARAMS_OPTION
 @_stage
-def synthesize(params: Any, root: Path) -> None:
+def synthesize(params: Any, root: Path) -> Any:
     """Write synthetic natural-scenes sessions (Allen NWB layout, known ground truth) into the cache."""
     from meiscope import pipeline
 
-    pipeline.synthesize(params, root)
+    return pipeline.synthesize(params, root)
 
 
 @main.command()
 @PARAMS_OPTION
 @_stage
-def download(params: Any, root: Path) -> None:
+def download(params: Any, root: Path) -> Any:
     """Download Allen Brain Observatory natural-scenes sessions selected in params.yaml (allen:)."""
     from meiscope import pipeline
 
-    pipeline.download(params, root)
+    return pipeline.download(params, root)
 
 
 @main.command()
@@ -106,21 +120,21 @@ def data(params: Any, root: Path) -> None:
 @main.command()
 @PARAMS_OPTION
 @_stage
-def extract(params: Any, root: Path) -> None:
+def extract(params: Any, root: Path) -> Any:
     """Per-trial responses (dF/F in a window after onset minus baseline) and model-space images."""
     from meiscope import pipeline
 
-    pipeline.extract(params, root)
+    return pipeline.extract(params, root)
 
 
 @main.command()
 @PARAMS_OPTION
 @_stage
-def rank(params: Any, root: Path) -> None:
+def rank(params: Any, root: Path) -> Any:
     """Score every cell's reliability and select the most expressive neurons."""
     from meiscope import pipeline
 
-    pipeline.rank(params, root)
+    return pipeline.rank(params, root)
 
 
 @main.command()
@@ -128,11 +142,16 @@ def rank(params: Any, root: Path) -> None:
 @DEVICE_OPTION
 @click.option("--resume", is_flag=True, help="Continue interrupted training from the last checkpoints.")
 @_stage
-def train(params: Any, root: Path, device: str | None, resume: bool) -> None:
+def train(params: Any, root: Path, device: str | None, resume: bool) -> Any:
     """Train the CNN ensemble (shared core + per-neuron readouts) and the LN baseline; evaluate on test images."""
     from meiscope import pipeline
 
-    pipeline.train(params, root, device=device, resume=resume)
+    try:
+        return pipeline.train(params, root, device=device, resume=resume)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: `meiscope train --resume` continues from the last checkpoints "
+                   "(results/train/checkpoints/)", err=True)
+        sys.exit(130)
 
 
 @main.command()
@@ -143,44 +162,44 @@ def train(params: Any, root: Path, device: str | None, resume: bool) -> None:
 @click.option("--n-trials", type=int, default=None, help="Trial budget of the study (default: tune.n_trials).")
 @_stage
 def tune(params: Any, root: Path, device: str | None, workers: int | None, storage: str | None,
-         n_trials: int | None) -> None:
+         n_trials: int | None) -> Any:
     """Optuna search over the model architecture; writes the winner for `train`."""
     from meiscope import pipeline
 
-    pipeline.tune(params, root, device=device, workers=workers, storage=storage, n_trials=n_trials)
+    return pipeline.tune(params, root, device=device, workers=workers, storage=storage, n_trials=n_trials)
 
 
 @main.command()
 @PARAMS_OPTION
 @DEVICE_OPTION
 @_stage
-def mei(params: Any, root: Path, device: str | None) -> None:
+def mei(params: Any, root: Path, device: str | None) -> Any:
     """Most Exciting Inputs of all selected neurons in one batched gradient ascent."""
     from meiscope import insilico
 
-    insilico.mei(params, root, device=device)
+    return insilico.mei(params, root, device=device)
 
 
 @main.command()
 @PARAMS_OPTION
 @DEVICE_OPTION
 @_stage
-def gabor(params: Any, root: Path, device: str | None) -> None:
+def gabor(params: Any, root: Path, device: str | None) -> Any:
     """Optimal Gabor per neuron under the MEI's budget, and the Gabor fitted to each MEI."""
     from meiscope import insilico
 
-    insilico.gabor(params, root, device=device)
+    return insilico.gabor(params, root, device=device)
 
 
 @main.command()
 @PARAMS_OPTION
 @DEVICE_OPTION
 @_stage
-def validate(params: Any, root: Path, device: str | None) -> None:
+def validate(params: Any, root: Path, device: str | None) -> Any:
     """Synthetic sessions: show MEIs, Gabors and natural images to the true neurons."""
     from meiscope import insilico
 
-    insilico.validate(params, root, device=device)
+    return insilico.validate(params, root, device=device)
 
 
 @main.command()
@@ -201,7 +220,11 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
         chosen = [int(s) for s in seeds.split(",")] if seeds else None
     except ValueError:
         raise MeiscopeError(f"--seeds: expected comma-separated integers (got {seeds!r})") from None
-    summary = run(params, root, seeds=chosen, device=device)
+    try:
+        summary = run(params, root, seeds=chosen, device=device)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run `meiscope replicate` again to continue where it stopped", err=True)
+        sys.exit(130)
     for figure in HEADLINE:
         click.echo(f"{figure.label:<55} {format_interval(summary['figures'][figure.name])}")
     for kind, found in summary["conclusions"].items():
@@ -212,11 +235,11 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
 @main.command()
 @PARAMS_OPTION
 @_stage
-def report(params: Any, root: Path) -> None:
+def report(params: Any, root: Path) -> Any:
     """Write report/index.html: one self-contained page with every result."""
     from meiscope import insilico
 
-    insilico.report(params, root)
+    return insilico.report(params, root)
 
 
 if __name__ == "__main__":

@@ -44,13 +44,23 @@ def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the raw sessions come from and where the Allen-layout cache lives."""
+    """Where the raw sessions come from, and the two allensdk-layout caches (never mixed).
+
+    Synthetic sessions and downloaded Allen sessions live in separate folders, so that writing
+    the synthetic cortex can never touch a download (hundreds of MB each).
+    """
 
     source: str = "synthetic"  # synthetic | allen
-    cache_dir: str = "data/allen"
+    allen_dir: str = "data/allen"  # real Allen downloads (meiscope download)
+    synthetic_dir: str = "data/synthetic"  # the synthetic cortex (meiscope synthesize)
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("synthetic", "allen"), "data.source")
+        _require(self.allen_dir.strip() != "" and self.synthetic_dir.strip() != "", "data",
+                 "allen_dir and synthetic_dir must be folder names")
+        _require(Path(self.allen_dir) != Path(self.synthetic_dir), "data.synthetic_dir",
+                 f"must differ from data.allen_dir ({self.allen_dir}): synthetic data never shares a folder "
+                 "with downloads")
 
 
 @dataclass(frozen=True)
@@ -493,7 +503,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not raw:  # an empty file would run the whole study on built-in defaults without a word
+        raise ConfigError(f"{path}: empty; give at least one section (the repository's params.yaml lists them all)")
     try:
         return parse_params(raw)
     except ConfigError as err:

@@ -8,7 +8,6 @@ Like ``pipeline.py`` for the earlier stages: read inputs from their standard pla
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from meiscope.config import Params
 from meiscope.errors import MeiscopeError
 from meiscope.paths import Layout
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -159,7 +157,6 @@ def mei(params: Params, root: Path, device: str | None = None) -> dict:
         write_json(layout.metrics_file("mei"), metrics)
         _log(mlf, metrics, out, {f"mei_cell_{c}": s.to_pixels(m) for c, m in
                                  zip(s.cell_ids[:n_show], result.meis[:n_show])})
-    log.info("mei: %s", metrics)
     return metrics
 
 
@@ -243,7 +240,6 @@ def gabor(params: Params, root: Path, device: str | None = None) -> dict:
         }
         write_json(layout.metrics_file("gabor"), metrics)
         _log(mlf, metrics, out, {f"gabor_cell_{c}": px(g) for c, g in zip(s.cell_ids[:n_show], best.images[:n_show])})
-    log.info("gabor: %s", metrics)
     return metrics
 
 
@@ -308,8 +304,6 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
                     out / "closed_loop.png")
         write_json(layout.metrics_file("validate"), metrics)
         _log(mlf, metrics, out)
-    log.info("validate (all responsive cells; per kind in %s): %s", layout.metrics_file("validate"),
-             {k: v for k, v in metrics.items() if not k.endswith(validation.RESPONSIVE_KINDS)})
     return metrics
 
 
@@ -325,6 +319,10 @@ def report(params: Params, root: Path) -> Path:
     layout = Layout.from_params(params, root)
     metrics = {stage: load_metrics(layout.metrics_file(stage))
                for stage in ("ranking", "tune", "train", "mei", "gabor", "validate", "replicates")}
+    stages = ("ranking", "tune", "train", "mei", "gabor", "validate")
+    if not any(metrics[stage] for stage in stages) and not metrics["replicates"].get("figures"):
+        raise MeiscopeError(f"report: no results in {layout.metrics} yet: run the study first "
+                            "(`make run`, or `dvc repro` after `meiscope data`)")
     subtitle = (f"data source: {params.data.source}; {metrics['ranking'].get('n_selected', '?')} of "
                 f"{metrics['ranking'].get('n_cells', '?')} cells selected and modelled")
     path = write_report(layout.report / "index.html", "meiscope study report", subtitle,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,34 +26,52 @@ SYNTHETIC_STAMP = "synthetic_params.json"
 # raw data
 # --------------------------------------------------------------------------------------
 def synthesize(params: Params, root: Path) -> list[int]:
-    """Write the synthetic sessions into the cache, replacing any other sessions there."""
+    """Write the synthetic sessions into ``data.synthetic_dir``, replacing earlier synthetic sessions.
+
+    Only sessions meiscope wrote (they have a ground truth) are ever replaced or removed; a session
+    file of any other origin in that folder stops the command before anything is written.
+    """
     from meiscope.synthetic.cortex import synthesize_sessions
 
     layout = Layout.from_params(params, root)
-    ids = synthesize_sessions(params.synthetic, layout.cache_dir)
-    _remove_other_sessions(layout.cache_dir, keep=ids)
-    write_json(layout.cache_dir / SYNTHETIC_STAMP, as_dict(params.synthetic))
-    log.info("wrote %d synthetic session(s) to %s: %s", len(ids), layout.cache_dir, ids)
+    folder = layout.synthetic_dir
+    _refuse_foreign_sessions(folder)
+    ids = synthesize_sessions(params.synthetic, folder)
+    _remove_other_synthetic_sessions(folder, keep=ids)
+    write_json(folder / SYNTHETIC_STAMP, as_dict(params.synthetic))
+    log.info("wrote %d synthetic session(s) to %s: %s", len(ids), folder, ids)
     return ids
 
 
-def _remove_other_sessions(cache_dir: Path, keep: list[int]) -> None:
-    """Sessions of an earlier synthetic config would otherwise be extracted too."""
+def _refuse_foreign_sessions(folder: Path) -> None:
+    """Stop when the synthetic cache holds an NWB that ``meiscope synthesize`` did not write."""
     from meiscope.responses import find_sessions, nwb_path
+    from meiscope.truth import is_synthetic
 
-    for experiment_id in find_sessions(cache_dir):
-        if experiment_id not in keep:
-            nwb_path(cache_dir, experiment_id).unlink()
-            for stale in (cache_dir / "ground_truth").glob(f"{experiment_id}.*"):
+    foreign = [nwb_path(folder, e) for e in find_sessions(folder) if not is_synthetic(folder, e)]
+    if foreign:
+        raise MeiscopeError(f"{foreign[0]}: not written by `meiscope synthesize` (it has no ground truth); meiscope "
+                            f"never deletes files it did not write: move real Allen sessions to data.allen_dir")
+
+
+def _remove_other_synthetic_sessions(folder: Path, keep: list[int]) -> None:
+    """Synthetic sessions of an earlier config (meiscope's own files) would otherwise be extracted too."""
+    from meiscope.responses import find_sessions, nwb_path
+    from meiscope.truth import is_synthetic
+
+    for experiment_id in find_sessions(folder):
+        if experiment_id not in keep and is_synthetic(folder, experiment_id):
+            nwb_path(folder, experiment_id).unlink()
+            for stale in (folder / "ground_truth").glob(f"{experiment_id}.*"):
                 stale.unlink()
 
 
 def download(params: Params, root: Path) -> list[int]:
-    """Download the Allen sessions selected by ``params.allen`` (lazily: complete files are kept)."""
+    """Download the Allen sessions selected by ``params.allen`` into ``data.allen_dir`` (lazily)."""
     from meiscope.allen import download_experiments
 
     layout = Layout.from_params(params, root)
-    return download_experiments(params.allen, layout.cache_dir)
+    return download_experiments(params.allen, layout.allen_dir)
 
 
 def ensure_data(params: Params, root: Path) -> None:
@@ -63,13 +80,13 @@ def ensure_data(params: Params, root: Path) -> None:
     if params.data.source == "allen":
         download(params, root)
         return
-    stamp = layout.cache_dir / SYNTHETIC_STAMP
+    stamp = layout.synthetic_dir / SYNTHETIC_STAMP
     expected = [params.synthetic.first_experiment_id + i for i in range(params.synthetic.n_sessions)]
     from meiscope.responses import find_sessions
 
     if stamp.is_file() and json.loads(stamp.read_text()) == as_dict(params.synthetic) \
-            and find_sessions(layout.cache_dir) == expected:
-        log.info("synthetic data in %s already matches params.yaml", layout.cache_dir)
+            and find_sessions(layout.synthetic_dir) == expected:
+        log.info("synthetic data in %s already matches params.yaml", layout.synthetic_dir)
         return
     synthesize(params, root)
 
@@ -77,30 +94,31 @@ def ensure_data(params: Params, root: Path) -> None:
 # --------------------------------------------------------------------------------------
 # extract
 # --------------------------------------------------------------------------------------
-def extract(params: Params, root: Path) -> list[Path]:
-    """Build one dataset file per session in the cache and name the studied session."""
+def extract(params: Params, root: Path) -> Path:
+    """Build the dataset file of the studied session and name it for the later stages.
+
+    Only that session is read. The new outputs are written beside the previous ones and swapped in
+    only when complete, so a corrupt or swapped NWB never costs the last good extract.
+    """
     from meiscope import responses, truth
+    from meiscope.atomic import atomic_dir
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
     study_id = responses.study_session(layout.cache_dir, params.extract)
-    out_dir = layout.results / "responses"
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    written = []
-    with start_run(params, "extract", root, sections=("data", "extract")) as mlf:
-        for experiment_id in responses.find_sessions(layout.cache_dir):
-            source = "synthetic" if truth.is_synthetic(layout.cache_dir, experiment_id) else "allen"
-            ds = responses.extract_session(layout.cache_dir, experiment_id, params.extract, source)
-            ds.save(layout.dataset(experiment_id))
-            written.append(layout.dataset(experiment_id))
-            summary = {"n_cells": ds.n_neurons, "n_images": ds.n_images, "n_trials": len(ds.trial_image),
-                       "n_dropped_nan_cells": int(ds.dropped_cell_ids.size)}
-            log.info("experiment %d: %s", experiment_id, summary)
-            if mlf is not None:
-                mlf.log_metrics({f"{experiment_id}.{k}": v for k, v in summary.items()})
-        write_json(layout.study_file, {"experiment_id": study_id})
-    return written
+    out_dir = layout.dataset(study_id).parent
+    with start_run(params, "extract", root, sections=("data", "extract")) as mlf, atomic_dir(out_dir) as tmp:
+        source = "synthetic" if truth.is_synthetic(layout.cache_dir, study_id) else "allen"
+        ds = responses.extract_session(layout.cache_dir, study_id, params.extract, source)
+        ds.save(tmp / layout.dataset(study_id).name)
+        write_json(tmp / layout.study_file.name, {"experiment_id": study_id})
+        summary = {"n_cells": ds.n_neurons, "n_images": ds.n_images, "n_trials": len(ds.trial_image),
+                   "n_dropped_nan_cells": int(ds.dropped_cell_ids.size)}
+        log.info("experiment %d: %d cells, %d images, %d trials", study_id, ds.n_neurons, ds.n_images,
+                 len(ds.trial_image))
+        if mlf is not None:
+            mlf.log_metrics(summary)
+    return layout.dataset(study_id)
 
 
 def load_study_dataset(layout: Layout) -> Any:
@@ -172,7 +190,6 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
         write_text(layout.tune / "best_model.yaml", yaml.safe_dump(best, sort_keys=True))
         figures = tuning.plot_study(study, layout.tune)
         write_json(layout.metrics_file("tune"), summary)
-        log.info("tune: %s", {k: v for k, v in summary.items() if k != "best_params"})
         if mlf is not None:
             tuning.log_trials(mlf, study, new, parent_id, cfg)
             mlf.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})

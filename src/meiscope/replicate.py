@@ -124,7 +124,10 @@ def replicate_params(params: Params, seed: int, root: Path) -> dict[str, Any]:
 
 
 def _params_hash(raw: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of the settings that change results (not where MLflow logs, nor what the folders are called)."""
+    science = {k: v for k, v in raw.items() if k != "tracking"}
+    science["data"] = {k: v for k, v in raw.get("data", {}).items() if not k.endswith("_dir")}
+    return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def replicate_dir(params: Params, root: Path, seed: int) -> Path:

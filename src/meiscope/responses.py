@@ -83,8 +83,11 @@ def read_session(cache_dir: Path, experiment_id: int) -> RawSession:
         stimuli = data_set.list_stimuli()
         if STIMULUS not in stimuli:
             session_type = data_set.get_metadata().get("session_type", "unknown")
-            raise SessionError(f"{path}: the session has no natural_scenes stimulus (session type {session_type}; "
-                               f"natural scenes are only in three_session_B; stimuli: {', '.join(stimuli)})")
+            if session_type == "three_session_B":
+                raise SessionError(f"{path}: says it is a three_session_B session but has no natural_scenes stimulus "
+                                   f"table (stimuli: {', '.join(stimuli) or 'none'}): the file is incomplete or damaged")
+            raise SessionError(f"{path}: a {session_type} session has no natural_scenes stimulus (only three_session_B "
+                               f"sessions show natural scenes; stimuli: {', '.join(stimuli) or 'none'})")
         table = data_set.get_stimulus_table(STIMULUS)
         template = data_set.get_stimulus_template(STIMULUS)
         _, dff = data_set.get_dff_traces()
@@ -192,6 +195,10 @@ def extract_session(cache_dir: Path, experiment_id: int, cfg: ExtractConfig, sou
 
     onsets = session.table_start
     n_frames = dff.shape[1]
+    past_end = int((onsets >= n_frames).sum())
+    if past_end:
+        raise SessionError(f"{path}: {past_end} of {len(onsets)} natural-scenes presentations start at or after the "
+                           f"last dF/F frame ({n_frames} frames): the stimulus table does not belong to these traces")
     in_range = (onsets + cfg.baseline_window[0] >= 0) & (onsets + cfg.response_window[1] <= n_frames)
     if not in_range.all():
         log.warning("%s: %d trials too close to the recording's edges were skipped", path, (~in_range).sum())

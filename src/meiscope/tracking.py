@@ -52,6 +52,41 @@ def file_hash(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def own_experiment(uri: str, name: str, root: Path) -> str:
+    """The id of experiment ``name``, whose artifacts live in THIS checkout's ``mlruns/``.
+
+    MLflow stores an experiment's artifact location as an absolute path when it creates it (by
+    default ``./mlruns`` of whatever folder the process ran in). So a copy of the repository, store
+    included, would write its artifacts into the original's folder, and a run started elsewhere
+    (a test) into the current folder. Creating the experiment with this root's ``mlruns/``, and
+    pointing a copied sqlite store of this root back at it, keeps every checkout's runs its own.
+    """
+    import mlflow
+
+    location = (Path(root).resolve() / "mlruns").as_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        return client.create_experiment(name, artifact_location=location)
+    store = _own_sqlite_file(uri, root)
+    if experiment.artifact_location != location and store is not None:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(store)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                       (location, int(experiment.experiment_id)))
+    return experiment.experiment_id
+
+
+def _own_sqlite_file(uri: str, root: Path) -> Path | None:
+    """The store's file when it is an sqlite file inside ``root`` (a checkout's own store), else None."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = Path(uri[len(prefix):]).resolve()
+    return path if Path(root).resolve() in path.parents else None
+
+
 @contextlib.contextmanager
 def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] = (),
               tags: dict[str, str] | None = None, nested: bool = False) -> Iterator[Any]:
@@ -67,11 +102,20 @@ def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] 
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(params.tracking, root))
-    mlflow.set_experiment(params.tracking.experiment)
     all_tags = {"stage": stage, "git_commit": git_commit(root), "data_dvc_md5": dvc_hash(root / "data.dvc"),
                 **(tags or {})}
-    with mlflow.start_run(run_name=stage, nested=nested, tags=all_tags) as run:
+    launched = os.environ.get("MLFLOW_RUN_ID") and not nested and mlflow.active_run() is None
+    if launched:
+        # `mlflow run` created the run (in its store and experiment) and passes it down: log into it
+        run_context = mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+    else:
+        uri = tracking_uri(params.tracking, root)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment_id=own_experiment(uri, params.tracking.experiment, root))
+        run_context = mlflow.start_run(run_name=stage, nested=nested, tags=all_tags)
+    with run_context as run:
+        if launched:
+            mlflow.set_tags(all_tags)
         logged: dict[str, Any] = {}
         for name in sections:
             logged.update(flat_dict(getattr(params, name), f"{name}."))

@@ -9,7 +9,12 @@
   train split, reported per epoch and pruned by a median pruner. Never the test split.
 * Storage: a local Optuna journal file (safe for several local processes) by default, or any
   RDB URL to spread one study over machines. A rerun resumes the study and only adds the
-  trials missing from the budget.
+  trials missing from the budget; only finished trials (complete or pruned) count against it.
+  A trial an earlier run left running (killed) is marked failed and its configuration is tried
+  once more.
+* Sampling: the first run of a study with one worker samples with ``tune.seed`` (reproducible);
+  every other worker and every resumed run gets a seed of its own (:func:`sampler_seed`), so no
+  process replays another's start-up sequence of configurations.
 * MLflow: the caller opens one parent run; every trial of this invocation becomes a nested
   child run, logged from the study's records after the workers finish (MLflow's fluent API is
   neither thread- nor process-safe on one sqlite store).
@@ -32,6 +37,8 @@ from meiscope.dataset import ResponseDataset
 log = logging.getLogger(__name__)
 
 FAIL_REASON = "fail_reason"
+RETRY_OF = "retry_of"  # user attribute of a trial that re-runs an interrupted trial's configuration
+FINISHED = ("COMPLETE", "PRUNED")  # trial states that count against the budget
 
 
 @dataclass(frozen=True)
@@ -110,8 +117,13 @@ def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} with {cfg.objective}={value:.3f}")
 
-            train_one(setup.model, train_cfg, ds, seed=cfg.seed + trial.number, device=device,
-                      on_epoch=on_epoch, progress=False)
+            result = train_one(setup.model, train_cfg, ds, seed=cfg.seed + trial.number, device=device,
+                               on_epoch=on_epoch, progress=False)
+            curve = [objective_value(r, cfg.objective) for r in result.history]
+            # shown in optuna-dashboard beside the trial (the full curve is its intermediate values)
+            trial.set_user_attr("best_epoch", int(result.best_epoch))
+            trial.set_user_attr("epochs", len(curve))
+            trial.set_user_attr(f"final_{cfg.objective}", round(curve[-1], 4) if curve else None)
             return best[0]
         except optuna.TrialPruned:
             raise
@@ -125,8 +137,10 @@ def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig
 def keyed_study(cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig, data_key: str) -> TuneConfig:
     """``cfg`` with a study name that changes whenever what the trials compute changes.
 
-    A rerun with the same search space, defaults and data resumes its study; a changed one starts
-    a new study in the same storage instead of mixing incomparable trials.
+    The name in the storage is ``<tune.study_name>-<8 hex digits>``: the suffix hashes the search
+    space, the trial settings, the default architecture and the selected data. A rerun with the same
+    ones resumes its study; a changed one starts a new study in the same storage instead of mixing
+    incomparable trials. ``metrics/tune.json`` and the MLflow run name the study.
     """
     import hashlib
     import json
@@ -139,17 +153,35 @@ def keyed_study(cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfi
     return dataclasses.replace(cfg, study_name=f"{cfg.study_name}-{key}")
 
 
-def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None) -> Any:
-    """Create or load the study on the configured storage (journal file by default)."""
+def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
+    """The sampler seed of one tuning process.
+
+    ``tune.seed`` itself for worker 0 of a study that has no trials yet (a single-worker study is
+    reproducible from its seed); otherwise a seed derived from (seed, worker, trials already in the
+    study), different for every worker and every resumed run, and still deterministic.
+    """
+    if worker == 0 and n_existing == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(worker), int(n_existing)]).generate_state(1)[0])
+
+
+def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None, seed: int | None = None) -> Any:
+    """Create or load the study on the configured storage (journal file by default).
+
+    ``seed``: the sampler's seed (default ``cfg.seed``; see :func:`sampler_seed`).
+    """
     import optuna
 
     storage = _storage(cfg, root, storage_url)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
                                           n_warmup_steps=cfg.pruner_warmup_epochs)
               if cfg.pruner == "median" else optuna.pruners.NopPruner())
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
-    return optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed if seed is None else seed)
+    study = optuna.create_study(study_name=cfg.study_name, storage=storage, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    if study.metric_names is None:  # the objective's name, shown by optuna-dashboard
+        study.set_metric_names([cfg.objective])
+    return study
 
 
 def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
@@ -165,13 +197,15 @@ def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
 
 
 def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
-            device: str, root: str, storage_url: str | None, n_trials: int, progress: bool = True) -> None:
+            device: str, root: str, storage_url: str | None, n_trials: int, progress: bool = True,
+            seed: int | None = None) -> None:
     """One process of the study: runs ``n_trials`` trials (a share of the missing budget)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.INFO if progress else optuna.logging.WARNING)
+    # per-trial INFO lines would break the progress bar; each trial is in MLflow and optuna-dashboard
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ds = ResponseDataset.load(dataset_path)
-    study = open_study(cfg, Path(root), storage_url)
+    study = open_study(cfg, Path(root), storage_url, seed=seed)
     study.optimize(make_objective(ds, cfg, base_model, base_train, device), n_trials=n_trials,
                    catch=(Exception,), gc_after_trial=False, show_progress_bar=progress)
 
@@ -188,19 +222,22 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
     budget = n_trials or cfg.n_trials
     study = open_study(cfg, root, storage_url)
     if not (storage_url or cfg.storage):
-        _fail_interrupted(study)
+        _retry_interrupted(study)
     before = {t.number for t in study.trials}
     if not study.trials:
         study.enqueue_trial(default_trial_params(base_model, base_train))
-    missing = max(0, budget - len(before))  # the enqueued default trial is the first one run
+    finished = sum(t.state.name in FINISHED for t in study.trials)
+    missing = max(0, budget - finished)  # an enqueued trial (default, retry) is among the next ones run
     shares = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
+    seeds = [sampler_seed(cfg.seed, i, len(before)) for i in range(workers)]
     args = (str(dataset_path), cfg, base_model, base_train, device, str(root), storage_url)
     if workers == 1:
         if missing:
-            _worker(*args, missing, progress)
+            _worker(*args, missing, progress, seeds[0])
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(*args, share, progress)) for share in shares if share]
+        procs = [ctx.Process(target=_worker, args=(*args, share, progress, seed))
+                 for share, seed in zip(shares, seeds) if share]
         for p in procs:
             p.start()
         for p in procs:
@@ -213,12 +250,15 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
     return study, new
 
 
-def _fail_interrupted(study: Any) -> None:
+def _retry_interrupted(study: Any) -> None:
+    """Mark trials left RUNNING by a killed run as failed; enqueue each one's configuration once more."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "interrupted (left running by an earlier run)")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if RETRY_OF not in t.user_attrs and t.params:  # a retry that is interrupted again is not retried
+            study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number})
 
 
 def best_setup(study: Any, base_model: ModelConfig, space: SearchSpace) -> dict[str, Any]:
@@ -228,7 +268,7 @@ def best_setup(study: Any, base_model: ModelConfig, space: SearchSpace) -> dict[
     fixed = optuna.trial.FixedTrial(study.best_params)
     setup = suggest_setup(fixed, space, base_model)
     return {"model": as_dict(setup.model), "train": {"lr": setup.lr, "batch_size": setup.batch_size},
-            "trial": study.best_trial.number, "value": study.best_value}
+            "trial": study.best_trial.number, "value": study.best_value, "study": study.study_name}
 
 
 def summarise(study: Any, cfg: TuneConfig) -> dict[str, Any]:
