@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run test bench clean-results mlflow-ui optuna-dashboard
+.PHONY: install run test bench clean-results mlflow-ui optuna-dashboard push pull
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ run: $(STAMP)
 ## the test suite (end-to-end tests included)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## data and models to / from the DVC remote (default: ../meiscope-dvc-store beside the repository)
+push: $(STAMP)
+	$(BIN)/dvc push
+
+pull: $(STAMP)
+	@$(BIN)/dvc pull 2>/dev/null || { echo "dvc pull: the remote in .dvc/config does not hold this commit's data yet: run \`make run\` (it rebuilds everything from params.yaml), or \`make push\` from a clone that has them"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

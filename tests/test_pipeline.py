@@ -75,7 +75,9 @@ def test_tuned_architecture_feeds_train(study):
     best = yaml.safe_load((root / "results" / "tune" / "best_model.yaml").read_text())
     model_cfg, _, tuned = pipeline.tuned_configs(params, pipeline.Layout.from_params(params, root))
     assert tuned and model_cfg.channels == best["model"]["channels"]
-    assert _metrics(root, "train")["model"]["channels"] == best["model"]["channels"]
+    run = json.loads((root / "results" / "train" / "run.json").read_text())
+    assert run["model"]["channels"] == best["model"]["channels"] and run["device"] == "cpu"
+    assert "model" not in _metrics(root, "train")  # configuration is not a metric
 
 
 def test_meis_hold_the_budget_in_screen_pixels(study):
@@ -256,3 +258,48 @@ def test_mlflow_run_entry_point_end_to_end(study, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["stage"] == "report"
     default = client.get_experiment_by_name("Default")
     assert default is None or not client.search_runs([default.experiment_id])  # nothing left in Default
+
+
+def test_mlflow_runs_carry_model_dataset_provenance_and_real_trial_times(study):
+    import mlflow
+
+    from meiscope.tuning import RUN_STATUS
+
+    root, params = study
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("meiscope")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training view
+    runs = client.search_runs([experiment.experiment_id])
+    train = [r for r in runs if r.data.tags.get("stage") == "train"][0]
+    assert train.data.tags["mlflow.source.git.commit"] and train.data.tags["git_dirty"] in ("true", "false", "unknown")
+    assert train.info.run_name.startswith("train 20")  # stage, date and commit: two runs can be told apart
+    assert [d.dataset.name for d in train.inputs.dataset_inputs] == ["experiment-900000001-train"]
+    versions = client.search_model_versions("name = 'meiscope-ensemble'")
+    assert versions and versions[0].run_id == train.info.run_id
+    logged = mlflow.pytorch.load_model(f"models:/meiscope-ensemble/{versions[0].version}")
+    assert logged(torch_zeros((2, 1, 18, 23))).shape == (2, 8)
+    trials = [r for r in runs if r.data.tags.get("stage") == "tune-trial"]
+    for run in trials:
+        assert run.info.status == RUN_STATUS[run.data.tags["state"]]  # a pruned trial is not "Finished"
+        assert run.info.end_time >= run.info.start_time
+
+
+def torch_zeros(shape):
+    import torch
+
+    return torch.zeros(shape)
+
+
+def test_ctrl_c_during_train_says_how_to_continue(study, monkeypatch):
+    from click.testing import CliRunner
+
+    from meiscope.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train", interrupted)
+    root, _ = study
+    result = CliRunner().invoke(main, ["train", "--params", str(root / "params.yaml")])
+    assert result.exit_code == 130
+    assert "`meiscope train --resume` continues" in result.stderr

@@ -214,14 +214,37 @@ def test_default_schedule_numbers():
 
 
 @pytest.mark.slow
-def test_default_session_layout(tmp_path):
+def test_default_session_layout_and_the_committed_data_hash(tmp_path):
+    """The default session, as `meiscope data` writes it, is read by allensdk and has exactly the bytes
+    recorded in the repository's data.dvc (written on another machine: the bytes must not depend on it)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
     from allensdk.core.brain_observatory_nwb_data_set import BrainObservatoryNwbDataSet
 
-    (i,) = synthesize_sessions(SyntheticConfig(), tmp_path, progress=False)
-    ds = BrainObservatoryNwbDataSet(str(nwb_path(tmp_path, i)))
+    from meiscope import pipeline
+    from meiscope.config import load_params
+
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("params.yaml", "data.dvc"):
+        shutil.copy(repo / name, tmp_path / name)
+    params = load_params(tmp_path / "params.yaml")
+    (i,) = pipeline.synthesize(params, tmp_path)
+    ds = BrainObservatoryNwbDataSet(str(nwb_path(tmp_path / "data" / "synthetic", i)))
     assert len(ds.get_stimulus_table("natural_scenes")) == 5950
     assert ds.get_stimulus_template("natural_scenes").shape == (118, 918, 1174)
     assert ds.get_dff_traces()[1].shape[0] == 300
+    import yaml
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    (tmp_path / "data.dvc").unlink()
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "--no-commit", "data"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True)
+    here = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    committed = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert here == committed, "data/ as written here differs from the committed data.dvc"
 
 
 # --------------------------------------------------------------------------------------
@@ -456,3 +479,45 @@ def test_shared_gain_is_one_factor_for_the_whole_population(scenes, population):
     assert 0.2 < np.nanstd(np.log(gain)) < 0.4  # and it fluctuates from segment to segment
     blank = segment_rates(population, image_rates, np.full(10, -1), np.random.default_rng(0), gain_sd=0.3)
     np.testing.assert_allclose(blank, np.tile(base, (10, 1)))  # baseline is not scaled
+
+
+# --------------------------------------------------------------------------------------
+# the same bytes on any x86-64 machine
+# --------------------------------------------------------------------------------------
+SIMD_OFF = ("AVX2 FMA3 F16C AVX AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL")
+SYNTH_SCRIPT = """
+import hashlib, sys
+from pathlib import Path
+from meiscope.config import SyntheticConfig
+from meiscope.synthetic.cortex import synthesize_sessions
+cfg = SyntheticConfig(n_cells=40, n_images=12, repeats=5, image_height=184, image_width=236, spontaneous_s=10.0)
+out = Path(sys.argv[1])
+synthesize_sessions(cfg, out, progress=False)
+for p in sorted(out.rglob("*")):
+    if p.is_file():
+        print(p.relative_to(out), hashlib.md5(p.read_bytes()).hexdigest())
+"""
+
+
+def test_bytes_do_not_depend_on_the_cpus_vector_width(tmp_path):
+    """AVX2 / AVX-512 vs plain SSE kernels (torch's and numpy's own dispatch): identical files.
+
+    Machines differ mostly in the SIMD width their kernels use; a float32 resize that rounded one
+    scene pixel differently across widths made the synthetic data differ between an Intel Xeon
+    (AVX-512) and an AMD EPYC (AVX2).
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "synth.py"
+    script.write_text(SYNTH_SCRIPT)
+    hashes = []
+    for name, extra in (("native", {}), ("baseline", {"ATEN_CPU_CAPABILITY": "default",
+                                                      "NPY_DISABLE_CPU_FEATURES": SIMD_OFF})):
+        env = {**os.environ, **extra, "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / name)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1500:]
+        hashes.append(done.stdout)
+    assert "900000001.nwb" in hashes[0] and hashes[0] == hashes[1]

@@ -33,6 +33,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*is experimental")  # Optuna's ExperimentalWarning
+    warnings.filterwarnings("ignore", message="Some regimes for parameter")  # Optuna importances on few trials
 
 
 def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,7 +165,11 @@ def train(params: Any, root: Path, device: str | None, resume: bool) -> Any:
 def tune(params: Any, root: Path, device: str | None, workers: int | None, storage: str | None,
          n_trials: int | None) -> Any:
     """Optuna search over the model architecture; writes the winner for `train`."""
+    import optuna
+
     from meiscope import pipeline
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials: progress bar, MLflow, optuna-dashboard
 
     return pipeline.tune(params, root, device=device, workers=workers, storage=storage, n_trials=n_trials)
 

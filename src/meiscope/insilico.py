@@ -313,7 +313,7 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
 def report(params: Params, root: Path) -> Path:
     """Write report/index.html from the metrics and figures of every stage (sections: report_sections.py)."""
     from meiscope.report import load_metrics, write_report
-    from meiscope.report_sections import study_sections
+    from meiscope.report_sections import headline_metrics, study_sections
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
@@ -327,6 +327,7 @@ def report(params: Params, root: Path) -> Path:
                 f"{metrics['ranking'].get('n_cells', '?')} cells selected and modelled")
     path = write_report(layout.report / "index.html", "meiscope study report", subtitle,
                         study_sections(params, layout, metrics))
+    write_json(layout.metrics_file("headline"), headline_metrics(metrics))
     with start_run(params, "report", root) as mlf:
         if mlf is not None:
             mlf.log_artifact(str(path))

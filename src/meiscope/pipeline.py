@@ -189,6 +189,7 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
         best = tuning.best_setup(study, params.model, params.tune.space)
         write_text(layout.tune / "best_model.yaml", yaml.safe_dump(best, sort_keys=True))
         figures = tuning.plot_study(study, layout.tune)
+        tuning.write_history(study, layout.tune / "history.csv")
         write_json(layout.metrics_file("tune"), summary)
         if mlf is not None:
             tuning.log_trials(mlf, study, new, parent_id, cfg)
@@ -257,4 +258,9 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
         metrics = run_train(ds, model_cfg, train_cfg, layout.ensemble, layout.train, layout.metrics_file("train"),
                             device=device or train_cfg.device, resume=resume, truth=truth_fn, log=mlf,
                             fresh_images=fresh, kinds=kinds)
+        if mlf is not None:
+            from meiscope.tracking import log_ensemble, log_training_data
+
+            log_training_data(mlf, ds, layout.dataset(ds.experiment_id))
+            log_ensemble(mlf, layout.ensemble, registered_name=f"{params.tracking.experiment}-ensemble")
     return metrics

@@ -120,3 +120,23 @@ def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
     if m.get("replicates", {}).get("figures"):
         sections.append(replicate_section(m["replicates"]))
     return sections
+
+
+def headline_metrics(m: dict[str, dict]) -> dict[str, Any]:
+    """The few numbers `dvc metrics show` lists (short names, so the table fits a terminal).
+
+    recall: ranking vs truth; test_corr: model vs data; truth_corr: model vs true rates on fresh
+    scenes; vs_natural, vs_gabor, vs_gabor_val: the models' MEI / best natural image and MEI /
+    optimal Gabor (optimisation, held-out model); vs_optimum: true rate MEI / true optimum. The
+    synthetic-only ones are absent for real data. Every figure: metrics/<stage>.json.
+    """
+    picks = {"recall": ("ranking", "gt_recall"), "test_corr": ("train", "test_corr_to_avg_mean"),
+             "truth_corr": ("train", "gt_fresh_corr_mean"), "vs_natural": ("mei", "mei_over_best_image_median"),
+             "vs_gabor": ("gabor", "mei_over_gabor_median"), "vs_gabor_val": ("gabor", "mei_val_over_gabor_median"),
+             "vs_optimum": ("validate", "gt_mei_rate_ratio_median")}
+    out = {}
+    for name, (stage, key) in picks.items():
+        value = m.get(stage, {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = round(float(value), 3)
+    return out

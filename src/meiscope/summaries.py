@@ -32,8 +32,8 @@ def _rank(m: dict) -> list[tuple[str, str]]:
 def _tune(m: dict) -> list[tuple[str, str]]:
     rows = [("trials", f"{m['n_trials']} ({m['n_complete']} complete, {m['n_pruned']} pruned, {m['n_failed']} failed)")]
     if "best_value" in m:
-        rows.append((f"best {m['objective']}", f"{_num(m['best_value'])} (trial {m['best_trial']}; default "
-                                               f"architecture {_num(m.get('default_value'))})"))
+        rows.append(("best validation score", f"{_num(m['best_value'])} (trial {m['best_trial']}; default "
+                                              f"architecture {_num(m.get('default_value'))})"))
     return rows
 
 

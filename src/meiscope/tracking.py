@@ -35,6 +35,36 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def git_dirty(root: Path) -> str:
+    """``true`` when tracked files differ from the commit (the code that ran is not the commit), else ``false``."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "unknown" if out.returncode else ("true" if out.stdout.strip() else "false")
+
+
+def provenance_tags(stage: str, root: Path) -> dict[str, str]:
+    """Tags every run carries: the stage, MLflow's standard git-commit tag, a dirty-tree flag, the
+    DVC hash of the data and, under ``dvc exp run``, the DVC experiment's name."""
+    commit = git_commit(root)
+    tags = {"stage": stage, "git_commit": commit, "mlflow.source.git.commit": commit, "git_dirty": git_dirty(root),
+            "data_dvc_md5": dvc_hash(root / "data.dvc")}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def run_name(stage: str, tags: dict[str, str]) -> str:
+    """``train 2026-11-27 23:58 f2d0c90`` (``+dirty`` when the tree differs): two runs of a stage differ."""
+    import datetime
+
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    commit = tags.get("git_commit", "unknown")[:7] + ("+dirty" if tags.get("git_dirty") == "true" else "")
+    return f"{stage} {stamp} {commit}"
+
+
 def dvc_hash(dvc_file: Path) -> str:
     """The md5 recorded in a ``.dvc`` file (or ``missing``)."""
     import yaml
@@ -52,6 +82,9 @@ def file_hash(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def own_experiment(uri: str, name: str, root: Path) -> str:
     """The id of experiment ``name``, whose artifacts live in THIS checkout's ``mlruns/``.
 
@@ -66,8 +99,10 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
     location = (Path(root).resolve() / "mlruns").as_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return client.create_experiment(name, artifact_location=location)
+    if experiment is None:  # a model-training experiment, so the UI opens it on its training runs
+        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+    if EXPERIMENT_KIND not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     store = _own_sqlite_file(uri, root)
     if experiment.artifact_location != location and store is not None:
         import sqlite3
@@ -102,8 +137,7 @@ def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] 
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     import mlflow
 
-    all_tags = {"stage": stage, "git_commit": git_commit(root), "data_dvc_md5": dvc_hash(root / "data.dvc"),
-                **(tags or {})}
+    all_tags = {**provenance_tags(stage, root), **(tags or {})}
     launched = os.environ.get("MLFLOW_RUN_ID") and not nested and mlflow.active_run() is None
     if launched:
         # `mlflow run` created the run (in its store and experiment) and passes it down: log into it
@@ -112,7 +146,7 @@ def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] 
         uri = tracking_uri(params.tracking, root)
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment_id=own_experiment(uri, params.tracking.experiment, root))
-        run_context = mlflow.start_run(run_name=stage, nested=nested, tags=all_tags)
+        run_context = mlflow.start_run(run_name=run_name(stage, all_tags), nested=nested, tags=all_tags)
     with run_context as run:
         if launched:
             mlflow.set_tags(all_tags)
@@ -123,3 +157,38 @@ def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] 
             mlflow.log_params({k: str(v)[:500] for k, v in logged.items()})
         yield mlflow
         del run
+
+
+def log_training_data(mlflow: Any, ds: Any, path: Path) -> None:
+    """The train split as the run's dataset input (MLflow's Datasets tab), with the dataset file's digest."""
+    import mlflow.data
+
+    train = ds.image_indices("train")
+    dataset = mlflow.data.from_numpy(ds.images[train], targets=ds.image_means()[train],
+                                     name=f"experiment-{ds.experiment_id}-train", digest=file_hash(path)[:16])
+    mlflow.log_input(dataset, context="training")
+
+
+def log_ensemble(mlflow: Any, ensemble_dir: Path, registered_name: str) -> Any:
+    """The trained ensemble as an MLflow LoggedModel, registered as a new version of ``registered_name``.
+
+    Input ``(N, 1, H, W)`` float32 model-space images, output ``(N, n_neurons)`` (normalised units,
+    ``ensemble.json`` maps them to dF/F). Requirements are given explicitly (inferring them imports
+    and times the whole environment); loading it needs meiscope installed (the members are its modules).
+    """
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    import mlflow.pytorch
+    from meiscope.model.ensemble import load_ensemble
+
+    ensemble = load_ensemble(ensemble_dir, device="cpu")
+    module = ensemble.as_module().eval()
+    example = np.zeros((2, 1, *ensemble.image_shape), dtype=np.float32)
+    with torch.no_grad():
+        output = module(torch.from_numpy(example)).numpy()
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
+    return mlflow.pytorch.log_model(module, name="ensemble", signature=infer_signature(example, output),
+                                    pip_requirements=requirements, registered_model_name=registered_name,
+                                    await_registration_for=0, serialization_format="pickle")

@@ -160,9 +160,6 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
         "n_val_images": int(len(ds.image_indices("val"))),
         "n_test_images": int(len(test)),
         "n_test_trials": int(test_trials.sum()),
-        "device": str(device),
-        "seeds": [int(s) for s in train_cfg.seeds],
-        "model": as_dict(model_cfg),
         "test_corr_to_avg_mean": _mean(cnn["corr_to_avg"]),
         "test_corr_to_avg_median": _median(cnn["corr_to_avg"]),
         "test_single_trial_corr_mean": single_mean,
@@ -199,8 +196,13 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
     write_json(metrics_path, metrics)
     with atomic_path(results_dir / "per_neuron.csv", suffix=".csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
+    # what was run (configuration, not metrics: `dvc params` and MLflow hold it too)
+    write_json(results_dir / "run.json", {"device": str(device), "seeds": [int(s) for s in train_cfg.seeds],
+                                          "model": as_dict(model_cfg), "lr": train_cfg.lr,
+                                          "batch_size": train_cfg.batch_size})
     write_json(results_dir / "history.json",
                {str(r.seed): [{k: _json_safe(v) for k, v in h.items()} for h in r.history] for r in results})
+    _write_plot_data(results, ds, test, ensemble_pred, results_dir)
     save_figure(_learning_curves_figure(results), results_dir / "learning_curves.png")
     save_figure(_pred_vs_obs_figure(ds, test, ensemble_pred, ln_pred, cnn["corr_to_avg"], lin["corr_to_avg"]),
                 results_dir / "pred_vs_obs.png")
@@ -212,7 +214,8 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
             if value is not None:
                 final[f"member_{seed}/test_corr_to_avg_mean"] = value
         log.log_metrics(final)
-        for path in (metrics_path, results_dir / "per_neuron.csv", results_dir / "learning_curves.png",
+        for path in (metrics_path, results_dir / "run.json", results_dir / "per_neuron.csv",
+                     results_dir / "learning_curves.png",
                      results_dir / "pred_vs_obs.png", out_dir / "ensemble.json",
                      *[member_path(out_dir, s) for s in train_cfg.seeds]):
             log.log_artifact(str(path))
@@ -245,6 +248,29 @@ def _fresh_scores(members: list, ln: Any, images: np.ndarray, truth: Callable[[n
 # --------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------
+def _write_plot_data(results: list[TrainResult], ds: ResponseDataset, test: np.ndarray, ensemble_pred: np.ndarray,
+                     results_dir: Path) -> None:
+    """The data behind the figures as CSV, for `dvc plots` (declared in dvc.yaml, overlaid across experiments).
+
+    ``history/seed_<s>.csv``: one row per epoch of a member; ``pred_vs_obs.csv``: one row per
+    (test image, neuron), observed image mean and ensemble prediction (dF/F).
+    """
+    history_dir = results_dir / "history"
+    history_dir.mkdir(parents=True, exist_ok=True)
+    for stale in history_dir.glob("seed_*.csv"):
+        stale.unlink()
+    for r in results:
+        frame = pd.DataFrame([{k: _json_safe(v) for k, v in h.items()} for h in r.history])
+        with atomic_path(history_dir / f"seed_{r.seed}.csv", suffix=".csv") as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+    observed = ds.image_means()[test]
+    rows, cols = np.meshgrid(np.arange(len(test)), np.arange(ds.n_neurons), indexing="ij")
+    table = pd.DataFrame({"image": ds.image_ids[test][rows.ravel()], "cell_id": ds.cell_ids[cols.ravel()],
+                          "observed": observed.ravel(), "predicted": ensemble_pred[test].ravel()})
+    with atomic_path(results_dir / "pred_vs_obs.csv", suffix=".csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+
+
 def _learning_curves_figure(results: list[TrainResult]) -> Any:
     """Train loss and validation correlation per epoch, one line per member (best epoch marked)."""
     from matplotlib.figure import Figure

@@ -281,31 +281,67 @@ def summarise(study: Any, cfg: TuneConfig) -> dict[str, Any]:
         "n_complete": states.count(TrialState.COMPLETE),
         "n_pruned": states.count(TrialState.PRUNED),
         "n_failed": states.count(TrialState.FAIL),
-        "objective": cfg.objective,
     }
-    if summary["n_complete"]:
-        summary.update(best_value=study.best_value, best_trial=study.best_trial.number,
-                       best_params=study.best_params)
+    if summary["n_complete"]:  # the winning configuration itself is in results/tune/best_model.yaml
+        summary.update(best_value=study.best_value, best_trial=study.best_trial.number)
     first = study.trials[0] if study.trials else None
     if first is not None and first.state == TrialState.COMPLETE:
         summary["default_value"] = first.value
     return summary
 
 
+# a pruned trial is stopped early: MLflow's KILLED (not a green "Finished"); a crashed one FAILED
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED", "RUNNING": "RUNNING"}
+
+
+def _ms(moment: Any) -> int | None:
+    return int(moment.timestamp() * 1000) if moment is not None else None
+
+
 def log_trials(mlflow: Any, study: Any, numbers: list[int], parent_run_id: str, cfg: TuneConfig) -> None:
-    """One nested MLflow child run per trial: params, per-epoch curve, value and state."""
+    """One nested MLflow child run per trial, with the trial's own start and end times and its state.
+
+    Logged after the workers finish (see the module docstring), so each run is created with the
+    trial's recorded times rather than the moment of logging.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow.MlflowClient()
+    experiment_id = mlflow.get_run(parent_run_id).info.experiment_id
     by_number = {t.number: t for t in study.trials}
     for number in numbers:
         t = by_number[number]
-        with mlflow.start_run(run_name=f"trial-{number:03d}", nested=True, parent_run_id=parent_run_id,
-                              tags={"stage": "tune-trial", "trial_number": str(number), "state": t.state.name}):
-            mlflow.log_params(t.params)
-            for epoch, value in sorted(t.intermediate_values.items()):
-                mlflow.log_metric(cfg.objective, value, step=epoch)
-            if t.value is not None:
-                mlflow.log_metric(f"final_{cfg.objective}", t.value)
-            if FAIL_REASON in t.user_attrs:
-                mlflow.set_tag(FAIL_REASON, t.user_attrs[FAIL_REASON])
+        tags = {"stage": "tune-trial", "trial_number": str(number), "state": t.state.name,
+                "mlflow.parentRunId": parent_run_id, "optuna_study": study.study_name}
+        if FAIL_REASON in t.user_attrs:
+            tags[FAIL_REASON] = str(t.user_attrs[FAIL_REASON])
+        run = client.create_run(experiment_id, start_time=_ms(t.datetime_start), tags=tags,
+                                run_name=f"trial-{number:03d} {t.state.name.lower()}")
+        end = _ms(t.datetime_complete) or _ms(t.datetime_start)
+        metrics = [Metric(cfg.objective, float(v), end or 0, int(step)) for step, v in sorted(t.intermediate_values.items())]
+        if t.value is not None:
+            metrics.append(Metric(f"final_{cfg.objective}", float(t.value), end or 0, 0))
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, str(v)) for k, v in t.params.items()],
+                         tags=[RunTag(k, str(v)) for k, v in t.user_attrs.items() if k != FAIL_REASON])
+        client.set_terminated(run.info.run_id, status=RUN_STATUS.get(t.state.name, "FINISHED"), end_time=end)
+
+
+def write_history(study: Any, path: Path) -> None:
+    """``history.csv`` for `dvc plots`: trial number, state, value and the best value so far."""
+    import pandas as pd
+
+    from meiscope.atomic import atomic_path
+
+    rows, best = [], -np.inf
+    for t in sorted(study.trials, key=lambda t: t.number):
+        value = t.value if t.value is not None else (max(t.intermediate_values.values())
+                                                     if t.intermediate_values else None)
+        if t.state.name == "COMPLETE" and value is not None:
+            best = max(best, value)
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": value,
+                     "best_so_far": best if np.isfinite(best) else None})
+    with atomic_path(path, suffix=".csv") as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False, float_format="%.6g")
 
 
 def plot_study(study: Any, out_dir: Path) -> list[Path]:

@@ -81,6 +81,10 @@ class Ensemble:
             images = images.unsqueeze(1)
         return torch.stack([m(images) for m in self.members]).mean(0)
 
+    def as_module(self) -> torch.nn.Module:
+        """The ensemble as one ``torch.nn.Module`` (mean of the members), e.g. for MLflow's model format."""
+        return EnsembleModule(self.members)
+
     def to_dff(self, output: torch.Tensor) -> torch.Tensor:
         """Normalised output ``(..., n_neurons)`` -> dF/F."""
         return self.members[0].to_dff(output)
@@ -105,6 +109,19 @@ class Ensemble:
         if not len(hits):
             raise ModelError(f"cell {cell_id} is not modelled by this ensemble")
         return int(hits[0])
+
+
+class EnsembleModule(torch.nn.Module):
+    """Mean of the members' outputs: ``(N, 1, H, W)`` or ``(N, H, W)`` model space -> ``(N, n_neurons)``."""
+
+    def __init__(self, members: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 3:
+            images = images.unsqueeze(1)
+        return torch.stack([m(images) for m in self.members]).mean(0)
 
 
 def save_ensemble(out_dir: str | Path, members: Sequence[ResponseModel], model_cfg: ModelConfig,

@@ -74,10 +74,15 @@ def load_photographs() -> list[np.ndarray]:
 
 
 def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize (antialiased when shrinking) of a 2-D float32 array."""
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    """Bilinear resize (antialiased when shrinking) of a 2-D array, computed in float64.
+
+    float64 on purpose: in float32 the vectorised kernel's rounding depends on the CPU's SIMD
+    width (AVX2 vs AVX-512), and a pixel that lands on .5 then rounds to another integer, so the
+    scenes (and every file after them) would differ between machines. Returns float32.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None, None]
     out = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    return out[0, 0].numpy()
+    return out[0, 0].numpy().astype(np.float32)
 
 
 def _photo_crop(photo: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
