@@ -32,9 +32,12 @@ class SquareNeurons(torch.nn.Module):
         half = pixels.shape[-1] // 2
         return torch.stack([(c[..., :half] ** 2).sum((-1, -2)), (c[..., half:] ** 2).sum((-1, -2))], dim=1)
 
-    def forward(self, pixels):
+    def rate_above_baseline(self, pixels):
         d = self.drive(pixels)
-        return 1.0 + self.rate_max * d / (d + self.semisaturation)
+        return self.rate_max * d / (d + self.semisaturation)
+
+    def forward(self, pixels):
+        return 1.0 + self.rate_above_baseline(pixels)
 
 
 def test_true_neurons_in_model_space_map_pixels_and_pick_each_neurons_own_image():

@@ -317,9 +317,8 @@ def report(params: Params, root: Path) -> Path:
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
-    metrics = {stage: load_metrics(layout.metrics_file(stage))
-               for stage in ("ranking", "tune", "train", "mei", "gabor", "validate", "replicates")}
     stages = ("ranking", "tune", "train", "mei", "gabor", "validate")
+    metrics = {stage: load_metrics(layout.metrics_file(stage)) for stage in (*stages, "replicates")}
     if not any(metrics[stage] for stage in stages) and not metrics["replicates"].get("figures"):
         raise MeiscopeError(f"report: no results in {layout.metrics} yet: run the study first "
                             "(`make run`, or `dvc repro` after `meiscope data`)")

@@ -98,13 +98,12 @@ def model_space_subunits(population: Any, columns: Sequence[int], pixel_mean: fl
 
 
 def drive_from_subunits(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The drive of a cell of ``kind`` for subunit values ``a``, ``b`` (any shape, float64)."""
-    if kind == "simple":
-        return np.maximum(a, 0) ** 2
-    if kind == "complex":
-        return a * a + b * b
-    if kind == "conjunction":
-        return np.maximum(a, 0) * np.maximum(b, 0)
+    """The drive of a cell of ``kind`` for subunit values ``a``, ``b`` (any shape, float64); 0 for a
+    kind the image does not drive. The formulas are the population's own (:func:`kind_drive`)."""
+    from meiscope.synthetic.population import DRIVEN_KINDS, kind_drive
+
+    if kind in DRIVEN_KINDS:
+        return kind_drive(kind, np.asarray(a), np.asarray(b))
     return np.zeros(np.broadcast(a, b).shape)
 
 

@@ -293,23 +293,13 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
     return fig
 
 
-def _working_tree_clean(root: Path) -> Optional[bool]:
-    """Whether the code that ran is exactly ``git_commit`` (None outside a git repository)."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() == "" if out.returncode == 0 else None
-
-
 def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, device: Optional[str] = None,
               progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every replicate, then write ``metrics/replicates.json`` and the interval figure."""
     from tqdm import tqdm
 
     from meiscope.atomic import save_figure
-    from meiscope.tracking import git_commit
+    from meiscope.tracking import git_commit, git_dirty
 
     if params.data.source != "synthetic":
         raise MeiscopeError("replicate: data.source must be 'synthetic' (only the synthetic cortex has a "
@@ -321,7 +311,8 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
         metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
     summary = summarise_replicates(metrics, params.replicate.confidence)
     summary["git_commit"] = git_commit(Path(root))
-    summary["git_working_tree_clean"] = _working_tree_clean(Path(root))
+    dirty = git_dirty(Path(root))
+    summary["git_working_tree_clean"] = None if dirty == "unknown" else dirty == "false"
     write_json(Path(root) / "metrics" / "replicates.json", summary)
     save_figure(intervals_figure(summary), Path(root) / params.replicate.folder / "intervals.png")
     return summary

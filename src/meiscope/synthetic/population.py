@@ -63,6 +63,24 @@ CONJUNCTION_ANGLE_DEG = (60.0, 90.0)
 KINDS = ("simple", "complex", "conjunction", "unresponsive")
 
 
+DRIVEN_KINDS = KINDS[:3]  # the kinds whose drive depends on the image
+
+
+def kind_drive(kind: str, a: Any, b: Any) -> Any:
+    """The drive ``D`` of a cell of a driven ``kind`` from its two subunit outputs ``a``, ``b``.
+
+    The one definition of the cell kinds (module docstring), for numpy arrays and torch tensors
+    alike: the population module uses it, and so does the exact optimum search (:mod:`meiscope.optima`).
+    """
+    if kind == "simple":
+        return a.clip(min=0) ** 2
+    if kind == "complex":
+        return a ** 2 + b ** 2
+    if kind == "conjunction":
+        return a.clip(min=0) * b.clip(min=0)
+    raise ValueError(f"a {kind!r} cell has no image-dependent drive (driven kinds: {DRIVEN_KINDS})")
+
+
 class GroundTruthError(MeiscopeError, FileNotFoundError):
     """A session has no (readable) ground truth: it was not written by the synthetic cortex."""
 
@@ -276,11 +294,15 @@ class TruePopulation(torch.nn.Module):
     def drive(self, pixels: torch.Tensor) -> torch.Tensor:
         """Stimulus drive ``D``: ``(N, n_cells)``, >= 0 (0 for unresponsive cells and for gray)."""
         a, b = self.subunits(pixels)
-        code = self.kind_code
-        out = torch.where(code == 0, F.relu(a) ** 2, torch.zeros_like(a))
-        out = torch.where(code == 1, a ** 2 + b ** 2, out)
-        out = torch.where(code == 2, F.relu(a) * F.relu(b), out)
+        out = torch.zeros_like(a)
+        for kind in DRIVEN_KINDS:
+            out = torch.where(self.kind_code == KINDS.index(kind), kind_drive(kind, a, b), out)
         return out
+
+    def rate_above_baseline(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Firing rate minus the baseline ``(N, n_cells)``, Hz: exactly 0 when the image does not drive a cell."""
+        d = self.drive(pixels)
+        return self.rate_max * d / (d + self.semisaturation)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """Firing rates.
@@ -292,8 +314,7 @@ class TruePopulation(torch.nn.Module):
         Returns:
             ``(N, n_cells)`` rates in Hz (float32, on the module's device).
         """
-        d = self.drive(pixels)
-        return self.baseline + self.rate_max * d / (d + self.semisaturation)
+        return self.baseline + self.rate_above_baseline(pixels)
 
 
 def _max_drive(population: TruePopulation, scenes: np.ndarray, device: Any, batch: int = 16) -> np.ndarray:
