@@ -55,8 +55,8 @@ def architectures() -> dict[str, ModelConfig]:
     return {
         "default": ModelConfig(),
         # what `tune` picks on the default synthetic session (results/tune/best_model.yaml)
-        "tuned": ModelConfig(channels=[21, 18, 17], first_kernel=7, hidden_kernel=5, depth_separable=True,
-                             batch_norm=False),
+        "tuned": ModelConfig(layers=4, channels=[9, 19, 9, 30], first_kernel=9, hidden_kernel=3,
+                             depth_separable=False, batch_norm=True),
         "largest": ModelConfig(**largest, readout="gaussian"),
         "largest-factorized": ModelConfig(**largest, readout="factorized"),
     }

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_mei.py", "bench_gabor.py", "bench_train.py", "bench_pipeline.py"]
+SCRIPTS = ["bench_mei.py", "bench_gabor.py", "bench_insilico.py", "bench_train.py", "bench_pipeline.py"]
 
 
 def main() -> int:

@@ -35,3 +35,14 @@ def test_gabor_benchmark_counts_the_whole_grid(tmp_path):
                        "--refine-steps", "2", "--batch-sizes", "16", "64")
     assert result["n_candidates"] == 1 * 2 * 8 * 5 * 4 * 4  # positions x orientations x wavelengths x sigmas x phases
     assert [row["batch_size"] for row in result["rows"]] == [16, 64]
+
+
+@pytest.mark.slow
+def test_insilico_benchmark_counts_flops_and_compares_windows(tmp_path):
+    result = run_bench("bench_insilico.py", tmp_path / "insilico.json", "--stand-in", "3", "--steps", "10",
+                       "--positions", "1", "2")
+    assert [r["variant"] for r in result["mei"]] == ["before", "+ folded BN", "+ windows", "+ converged stop"]
+    assert all(r["gflop"] > 0 and r["seconds"] > 0 for r in result["mei"] + result["gabor_grid"] + result["gabor_refine"])
+    assert result["mei"][2]["gflop"] < result["mei"][1]["gflop"] / 3  # windows do a fraction of the work
+    assert result["mei_window_vs_full_corr_median"] > 0.999
+    assert result["peak_gflop_per_s"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,6 +15,7 @@ from meiscope.config import GaborConfig, MeiConfig
 from meiscope.gabor import (GaborError, benjamini_hochberg, canonical_params, fit_gabor, gabor_grid, gabor_images,
                             optimal_gabors, paired_wilcoxon)
 from meiscope.mei import MeiError, synthesize_meis
+from planted import local_models
 
 H, W = 24, 32
 DEVICE = "cpu"
@@ -150,6 +152,38 @@ def test_conjunction_neuron_mei_beats_its_optimal_gabor():
     assert mei.activations[0] > 1.5 * gabor.activations[0]
     with pytest.raises(MeiError, match="out of range"):
         optimal_gabors([model], [1], (H, W), cfg, NORM, WIDE, DEVICE, progress=False)
+
+
+def test_translation_shortcut_finds_the_exhaustive_grid_winners_and_windows_change_nothing():
+    models = local_models(6, (H, W))
+    neurons = [0, 1, 2, 3, 4, 5]
+    cfg = dataclasses.replace(SMALL_GRID, refine_steps=30, window=False)
+    exhaustive = optimal_gabors(models, neurons, (H, W), dataclasses.replace(cfg, preselect=0), NORM, (-1.5, 2.0),
+                                DEVICE, progress=False)
+    # scoring all candidates exactly after the shortcut's ranking is the exhaustive grid
+    n_grid = exhaustive.n_candidates_evaluated
+    everything = optimal_gabors(models, neurons, (H, W), dataclasses.replace(cfg, preselect=n_grid), NORM,
+                                (-1.5, 2.0), DEVICE, progress=False)
+    assert np.allclose(everything.grid_activations, exhaustive.grid_activations, rtol=1e-5)
+    assert np.allclose(everything.grid_params, exhaustive.grid_params, atol=1e-5)
+    # the shortcut's ranking puts the winners among its first 5% (the corner neuron 0 included)
+    shortcut = optimal_gabors(models, neurons, (H, W), dataclasses.replace(cfg, preselect=n_grid // 20), NORM,
+                              (-1.5, 2.0), DEVICE, progress=False)
+    assert np.allclose(shortcut.grid_activations, exhaustive.grid_activations, rtol=1e-5)
+    windowed = optimal_gabors(models, neurons, (H, W), dataclasses.replace(cfg, window=True, preselect=n_grid // 20),
+                              NORM, (-1.5, 2.0), DEVICE, progress=False)
+    assert np.allclose(windowed.params, shortcut.params, atol=1e-3)
+    assert np.allclose(windowed.activations, shortcut.activations, rtol=1e-4)
+
+
+def test_refinement_stops_when_it_stops_gaining():
+    model = PlantedLN(TRUE_PARAMS)
+    full = optimal_gabors([model], [0, 1, 2], (H, W), SMALL_GRID, NORM, WIDE, DEVICE, progress=False)
+    early = optimal_gabors([model], [0, 1, 2], (H, W), dataclasses.replace(SMALL_GRID, converge_tol=1e-4), NORM,
+                           WIDE, DEVICE, progress=False)
+    assert (full.refine_steps_run == SMALL_GRID.refine_steps).all()
+    assert (early.refine_steps_run < SMALL_GRID.refine_steps).all() and (early.refine_steps_run % 10 == 0).all()
+    assert np.all(early.activations >= 0.999 * full.activations)
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from torch import nn
 from meiscope.config import ConfigError, MeiConfig, parse_params
 from meiscope.errors import MeiscopeError
 from meiscope.gabor import gabor_images
+from planted import local_models
 from meiscope.mei import (MeiError, best_natural_images, blur, blur_sigmas, check_budget, contrast_sweep,
                           project_to_budget, roll_images, score_images, synthesize_meis, synthesize_meis_looped)
 
@@ -184,6 +185,37 @@ def test_batched_equals_one_neuron_at_a_time_in_train_mode_models():
     first = synthesize_meis(models, [4], (H, W), dataclasses.replace(cfg, steps=1), 6.0, (-1.5, 2.0), DEVICE,
                             seed=7, progress=False)
     assert not np.allclose(other.all_starts, first.all_starts)
+
+
+def test_window_mei_equals_the_full_image_mei():
+    models = local_models(5, (H, W))
+    assert models[0].response_windows(torch.arange(5))[1] == (8, 8)  # 5x5 + 3x3: radius 3
+    cfg = MeiConfig(n_starts=2, steps=40, jitter=1)
+    full = synthesize_meis(models, [0, 2, 4], (H, W), dataclasses.replace(cfg, window=False), NORM, (-1.5, 2.0),
+                           DEVICE, seed=1, progress=False)
+    window = synthesize_meis(models, [0, 2, 4], (H, W), cfg, NORM, (-1.5, 2.0), DEVICE, seed=1, progress=False)
+    assert np.allclose(window.all_starts, full.all_starts, atol=1e-4)
+    assert np.allclose(window.start_activations, full.start_activations, rtol=1e-4)
+    assert np.allclose(score_images(models, window.meis, [0, 2, 4], DEVICE),  # scored on whole images
+                       window.activations, rtol=1e-4)
+
+
+def test_converged_starts_stop_early_and_lose_nothing():
+    model = planted()
+    cfg = MeiConfig(n_starts=2, steps=200)
+    full = synthesize_meis([model], [0, 1, 2], (H, W), dataclasses.replace(cfg, converge_tol=0.0), NORM, WIDE,
+                           DEVICE, seed=0, progress=False)
+    assert (full.steps_run == 200).all()
+    early = synthesize_meis([model], [0, 1, 2], (H, W), dataclasses.replace(cfg, converge_tol=1e-3), NORM, WIDE,
+                            DEVICE, seed=0, progress=False)
+    assert early.steps_run.max() < 200 and early.steps_run.min() >= 10 and (early.steps_run % 10 == 0).all()
+    assert np.all(early.activations >= 0.999 * full.activations)
+    for k in range(3):
+        assert corr(early.meis[k], full.meis[k]) > 0.999
+    assert not np.isnan(early.history).any()  # a stopped start keeps its last activation
+    for k, start in enumerate(early.best_start):
+        stop = early.steps_run[k, start] // 10
+        assert (early.history[stop - 1:, k] == early.history[stop - 1, k]).all()
 
 
 # --------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ from meiscope.model.data import batch_indices, fit_normalisation
 from meiscope.model.ensemble import load_ensemble, member_path, save_ensemble
 from meiscope.model.evaluation import (corr_to_average, feve, noise_variance, oracle_corr, pearson_columns, predict,
                                        single_trial_corr)
-from meiscope.model.network import ModelError, build_model, place_model
+from meiscope.model.network import ModelError, build_model, inference_copy, place_model
 from meiscope.model.readouts import FactorizedReadout, GaussianReadout, map_peaks, rf_position_map
 from meiscope.model.training import response_loss
-from planted import make_dataset
+from planted import local_models, make_dataset
 
 
 
@@ -146,6 +146,72 @@ def test_gaussian_position_moves_to_the_right_place_by_gradient():
         opt.step()
         readout.constrain_()
     assert torch.allclose(readout.positions()[0], torch.tensor(peak), atol=0.25)
+
+
+def _model_with_spread_neurons(cfg: ModelConfig, shape=(20, 27), seed=0):
+    """An eval-mode model whose neurons sit at corners, edges, exact pixel centres and in between."""
+    torch.manual_seed(seed)
+    model = build_model(cfg, 8, shape)
+    with torch.no_grad():
+        for module in model.modules():  # non-trivial batch-norm statistics
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+    positions = torch.tensor([[0, 0], [shape[0] - 1, shape[1] - 1], [0, shape[1] - 1], [9.5, 13.25],
+                              [3.7, 24.9], [17.2, 1.4], [10, 13], [18.99, 12.01]])
+    model.readout.init_positions_(positions)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("cfg", [ModelConfig(layers=3, channels=[4, 5, 6], first_kernel=5, hidden_kernel=3),
+                                 ModelConfig(layers=2, channels=[3, 4], first_kernel=3, hidden_kernel=5,
+                                             depth_separable=True, batch_norm=False)])
+def test_window_responses_equal_the_full_image_and_nothing_outside_matters(cfg):
+    model = _model_with_spread_neurons(cfg)
+    radius = model.core.receptive_field_radius()
+    assert radius == (cfg.first_kernel // 2 + (cfg.layers - 1) * (cfg.hidden_kernel // 2))
+    neurons = torch.arange(8)
+    origins, size = model.response_windows(neurons)
+    assert size == (2 * radius + 2, 2 * radius + 2)
+    images = torch.randn(8, 1, 20, 27, requires_grad=True)
+    full = model(images)[neurons, neurons]
+    (grad,) = torch.autograd.grad(full.sum(), images)
+    crops = torch.stack([images[b, :, r:r + size[0], c:c + size[1]] for b, (r, c) in enumerate(origins.tolist())])
+    windowed = model.window_responses(crops, neurons, origins)
+    assert torch.allclose(windowed, full, atol=1e-5, rtol=1e-5)
+    inside = torch.zeros_like(grad, dtype=torch.bool)
+    for b, (r, c) in enumerate(origins.tolist()):
+        assert 0 <= r <= 20 - size[0] and 0 <= c <= 27 - size[1]
+        inside[b, :, r:r + size[0], c:c + size[1]] = True
+    assert (grad[~inside] == 0).all()  # the response cannot depend on a pixel outside its window
+    assert (grad[inside] != 0).float().mean() > 0.5  # and the window is not much larger than needed
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_folded_batch_norm_gives_the_same_responses(separable):
+    cfg = ModelConfig(layers=3, channels=[4, 5, 6], first_kernel=5, hidden_kernel=3, depth_separable=separable)
+    (model,) = local_models(4, (14, 17), seeds=(3,), cfg=cfg)
+    folded = inference_copy(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    images = torch.randn(5, 1, 14, 17)
+    assert torch.allclose(folded(images), model(images), atol=1e-5, rtol=1e-5)
+
+
+def test_translated_responses_are_exact_away_from_the_border():
+    (model,) = local_models(2, (30, 34), seeds=(2,))  # neuron 1 in the middle, radius 3
+    canvas = torch.zeros(1, 1, 59, 67)
+    canvas[0, 0, 27:32, 31:36] = torch.randn(5, 5)  # a blob around the anchor (29, 33)
+    shifts = torch.tensor([[13.0, 15.0], [16.0, 18.0], [15.0, 14.0]])
+    fast = model.translated_responses(canvas, (29, 33), torch.tensor([1]), shifts)[0, 0]
+    for k, (row, col) in enumerate(shifts.long().tolist()):
+        image = canvas[:, :, 29 - row:29 - row + 30, 33 - col:33 - col + 34]
+        assert torch.allclose(fast[k], model(image)[0, 1], atol=1e-5)
+
+
+def test_factorized_readout_has_no_window():
+    model = build_model(ModelConfig(readout="factorized", layers=1, channels=[3]), 2, (12, 14))
+    assert model.response_windows(torch.tensor([0, 1])) is None
 
 
 def test_factorized_readout_shape_and_centre_of_mass():

@@ -351,6 +351,8 @@ class MeiConfig:
     norm: Optional[float] = None  # L2 budget in model space; None = norm_fraction x median natural-image norm
     norm_fraction: float = 0.25  # a whole scene's contrast concentrated in one receptive field would clip
     init_std: float = 0.1
+    window: bool = True  # run each model only on the receptive-field window of its neuron (exact)
+    converge_tol: float = 0.001  # a start stops when one step changes its image by less than this (relative)
     agree_threshold: float = 0.8  # starts whose phase-aware similarity is below this "disagree"
     n_val_models: int = 1  # ensemble members held out to score the MEIs
     n_show: int = 12  # neurons in the gallery
@@ -368,6 +370,8 @@ class MeiConfig:
             _positive(self.norm, "mei.norm")
         _fraction(self.norm_fraction, "mei.norm_fraction", low_open=True)
         _positive(self.init_std, "mei.init_std")
+        _require(isinstance(self.window, bool), "mei.window", "must be true or false")
+        _require(0 <= self.converge_tol < 1, "mei.converge_tol", "must be in [0, 1) (0 = never stop early)")
         _fraction(self.agree_threshold, "mei.agree_threshold")
 
 
@@ -380,7 +384,10 @@ class GaborConfig:
     wavelengths: list[float] = field(default_factory=lambda: [4.0, 7.0, 10.0, 15.0, 20.0])
     sigmas: list[float] = field(default_factory=lambda: [2.0, 3.0, 5.0, 7.0])
     phases: int = 4
+    preselect: int = 128  # grid candidates per neuron scored exactly after ranking by translation (0: score all)
     refine_steps: int = 200
+    converge_tol: float = 0.0  # a neuron's refinement stops when its best response gains less than this in 10 steps
+    window: bool = True  # refine on each neuron's receptive-field window (exact, see mei.window)
     batch_size: int = 128  # candidates per forward pass (CPU caches: 128 is ~3x faster per image than 4096)
     fit_steps: int = 300  # least-squares fit of a Gabor to each MEI
 
@@ -390,6 +397,9 @@ class GaborConfig:
         for key in ("orientations", "phases", "batch_size"):
             _positive(getattr(self, key), f"gabor.{key}")
         _require(self.refine_steps >= 0 and self.fit_steps >= 0, "gabor.refine_steps", "steps must be >= 0")
+        _require(self.preselect >= 0, "gabor.preselect", f"must be >= 0 (got {self.preselect})")
+        _require(0 <= self.converge_tol < 1, "gabor.converge_tol", "must be in [0, 1) (0 = never stop early)")
+        _require(isinstance(self.window, bool), "gabor.window", "must be true or false")
         _require(all(w > 0 for w in self.wavelengths) and self.wavelengths, "gabor.wavelengths", "must be > 0")
         _require(all(s > 0 for s in self.sigmas) and self.sigmas, "gabor.sigmas", "must be > 0")
 

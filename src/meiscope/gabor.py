@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -41,6 +41,14 @@ PARAM_NAMES = ("x", "y", "theta", "wavelength", "sigma", "phase")
 
 class GaborError(MeiscopeError, ValueError):
     """Bad input to the Gabor functions or the statistics helpers."""
+
+
+@runtime_checkable
+class TranslatableModel(Protocol):
+    """A model that scores translated copies of an image from one pass (see :func:`shortcut_grid`)."""
+
+    def translated_responses(self, canvases: torch.Tensor, anchor: tuple[float, float], neurons: torch.Tensor,
+                             shifts: torch.Tensor) -> torch.Tensor | None: ...
 
 
 # --------------------------------------------------------------------------------------
@@ -140,6 +148,7 @@ class GaborResult:
         grid_params: ``(n_neurons, 6)`` best grid candidate before refinement.
         grid_activations: ``(n_neurons,)`` its response.
         n_candidates_evaluated: grid candidates scored (each scores every neuron at once).
+        refine_steps_run: ``(n_neurons,)`` refinement steps before the neuron converged.
     """
 
     neuron_indices: np.ndarray
@@ -149,6 +158,7 @@ class GaborResult:
     grid_params: np.ndarray
     grid_activations: np.ndarray
     n_candidates_evaluated: int
+    refine_steps_run: np.ndarray
 
 
 def optimal_gabors(models: Sequence[nn.Module], neuron_indices: Sequence[int], image_shape: tuple[int, int],
@@ -156,13 +166,15 @@ def optimal_gabors(models: Sequence[nn.Module], neuron_indices: Sequence[int], i
                    progress: bool = True, refine_lr: float = 0.2) -> GaborResult:
     """The Gabor each neuron responds to most, at the MEI norm budget and pixel range.
 
-    1. Grid: every candidate of :func:`gabor_grid` is drawn, projected to ``norm`` / ``bounds``
-       (:func:`meiscope.mei.project_to_budget`) and scored by the ensemble in batches of
-       ``cfg.batch_size``; one forward pass scores a candidate for all neurons, and a running
-       per-neuron argmax keeps the best.
-    2. Refinement: ``cfg.refine_steps`` of Adam (cosine-decayed ``refine_lr``) on the 6
-       parameters of all neurons jointly (image ``b`` is neuron ``b``'s own Gabor), keeping the
-       best parameters seen per neuron, so refinement never loses to the grid.
+    1. Grid: the candidates of :func:`gabor_grid`, each drawn and projected to ``norm`` /
+       ``bounds`` (:func:`meiscope.mei.project_to_budget`). With ``cfg.preselect > 0`` and
+       models that allow it, :func:`shortcut_grid` ranks them all by translation and scores
+       the best ``cfg.preselect`` per neuron exactly; otherwise :func:`exhaustive_grid` scores
+       every candidate for every neuron. Either way the winner's response is exact.
+    2. Refinement (:func:`refine_gabors`): ``cfg.refine_steps`` of Adam (cosine-decayed
+       ``refine_lr``) on the 6 parameters of all neurons jointly (image ``b`` is neuron ``b``'s
+       own Gabor), keeping the best parameters seen per neuron, so refinement never loses to
+       the grid. With ``cfg.window`` the models see only each neuron's receptive-field window.
 
     Args:
         models: ensemble ``(N, 1, H, W) -> (N, n_neurons)`` on ``device``.
@@ -176,46 +188,126 @@ def optimal_gabors(models: Sequence[nn.Module], neuron_indices: Sequence[int], i
     neurons = check_neurons(models, neuron_indices, (height, width), device)
     cols = torch.from_numpy(neurons).to(device)
     grid = gabor_grid(cfg, (height, width)).to(device)
-    n_neurons = len(neurons)
 
-    best_act = torch.full((n_neurons,), -torch.inf, device=device)
-    best_idx = torch.zeros(n_neurons, dtype=torch.long, device=device)
+    best_idx, best_act = None, None
+    if cfg.preselect > 0:
+        best_idx, best_act = shortcut_grid(models, cols, grid, cfg, norm, (low, high), (height, width), progress)
+    if best_idx is None:
+        best_idx, best_act = exhaustive_grid(models, cols, grid, cfg, norm, (low, high), (height, width), progress)
+    grid_params = grid[best_idx].clone()
+
+    kept_params, kept_act, steps_run = refine_gabors(models, cols, grid_params, best_act, cfg, norm, (low, high),
+                                               (height, width), progress, refine_lr)
+    with torch.inference_mode(), eval_mode(models):
+        final = project_to_budget(gabor_images(kept_params, (height, width), device), norm, (low, high))
+        final_act = own_neuron_response(models, final, cols, cfg.window)
+    return GaborResult(neuron_indices=neurons, params=canonical_params(kept_params),
+                       images=final.cpu().numpy(), activations=final_act.cpu().numpy(),
+                       grid_params=canonical_params(grid_params), grid_activations=best_act.cpu().numpy(),
+                       n_candidates_evaluated=int(len(grid)), refine_steps_run=steps_run.cpu().numpy())
+
+
+def exhaustive_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch.Tensor, cfg: GaborConfig,
+                     norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
+                     progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every candidate drawn, projected to the budget and scored for all neurons: best ``(n,)`` index and response."""
+    best_act = torch.full((len(cols),), -torch.inf, device=cols.device)
+    best_idx = torch.zeros(len(cols), dtype=torch.long, device=cols.device)
     with torch.inference_mode(), eval_mode(models):
         for start in tqdm(range(0, len(grid), cfg.batch_size), disable=not progress, desc="Gabor grid", leave=False):
-            images = project_to_budget(gabor_images(grid[start:start + cfg.batch_size], (height, width), device),
-                                       norm, (low, high)).unsqueeze(1)
+            images = project_to_budget(gabor_images(grid[start:start + cfg.batch_size], image_shape, cols.device),
+                                       norm, bounds).unsqueeze(1)
             responses = sum(model(images)[:, cols] for model in models) / len(models)  # (batch, n_neurons)
             act, idx = responses.max(dim=0)
             better = act > best_act
             best_act = torch.where(better, act, best_act)
             best_idx = torch.where(better, idx + start, best_idx)
-    grid_params = grid[best_idx].clone()
+    return best_idx, best_act
 
-    local = _LocalParams(grid_params, (height, width))
-    optimiser = torch.optim.Adam([local.u], lr=refine_lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(cfg.refine_steps, 1), eta_min=refine_lr * 0.01)
-    kept_params, kept_act = grid_params.clone(), best_act.clone()
+
+def shortcut_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch.Tensor, cfg: GaborConfig,
+                   norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
+                   progress: bool) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    """The grid ranked by translation, its ``cfg.preselect`` best per neuron scored exactly.
+
+    The grid is every Gabor shape (orientation, wavelength, envelope, phase) at every position.
+    The models' cores are translation-equivariant, so each shape is drawn once, centred on a
+    canvas twice the image's size, and the core runs once per shape; each neuron then reads
+    the response to every position off that feature map
+    (:meth:`meiscope.model.network.ResponseModel.translated_responses`: positions rounded to
+    whole pixels, image borders ignored). Those approximate responses only rank the
+    candidates: the best ``cfg.preselect`` of each neuron are drawn in the image, projected to
+    the budget and scored exactly, and the best of them is the neuron's grid winner.
+    ``(None, None)`` when a model cannot take the shortcut.
+    """
+    height, width = image_shape
+    n_positions = cfg.n_positions[0] * cfg.n_positions[1]
+    shapes = grid[:len(grid) // n_positions, 2:]  # the grid lists every shape at one position, then the next
+    centres = grid[::len(shapes), :2]  # (K, 2) as (x, y)
+    anchor = (height - 1, width - 1)
+    shifts = torch.stack([centres[:, 1], centres[:, 0]], dim=1).round()  # (K, 2) as (row, col)
+    canvas = (2 * height - 1, 2 * width - 1)
+    per_pass = max(1, cfg.batch_size * height * width // (canvas[0] * canvas[1]))  # as many pixels as batch_size images
+    scores = torch.zeros(len(shapes), len(cols), n_positions, device=cols.device)  # (shape, neuron, position)
+    with torch.inference_mode(), eval_mode(models):
+        for start in tqdm(range(0, len(shapes), per_pass), disable=not progress, desc="Gabor grid", leave=False):
+            part = shapes[start:start + per_pass]
+            centred = torch.cat([torch.tensor(anchor[::-1], device=part.device).expand(len(part), 2), part], dim=1)
+            canvases = project_to_budget(gabor_images(centred, canvas, cols.device), norm, bounds).unsqueeze(1)
+            for model in models:
+                found = model.translated_responses(canvases, anchor, cols, shifts) \
+                    if isinstance(model, TranslatableModel) else None
+                if found is None:
+                    return None, None
+                scores[start:start + len(part)] += found / len(models)
+        ranked = scores.permute(1, 2, 0).reshape(len(cols), -1)  # (neuron, candidate in grid order)
+        top = ranked.topk(min(cfg.preselect, ranked.shape[1]), dim=1).indices  # (n, k)
+        images = project_to_budget(gabor_images(grid[top.flatten()], image_shape, cols.device), norm, bounds)
+        exact = own_neuron_response(models, images, cols.repeat_interleave(top.shape[1]), cfg.window)
+        best_act, best = exact.view(top.shape).max(dim=1)
+    return top.gather(1, best[:, None])[:, 0], best_act
+
+
+def refine_gabors(models: Sequence[nn.Module], cols: torch.Tensor, start: torch.Tensor, start_act: torch.Tensor,
+            cfg: GaborConfig, norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
+            progress: bool, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam on the Gabor parameters ``start (n, 6)`` of every neuron; the best seen per neuron.
+
+    Returns the best parameters ``(n, 6)``, their responses ``(n,)`` and the steps each
+    neuron took ``(n,)``: a neuron stops when its best response grew by at most
+    ``cfg.converge_tol`` (relative) over the last 10 steps.
+    """
+    local = _LocalParams(start, image_shape)
+    optimiser = torch.optim.Adam([local.u], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(cfg.refine_steps, 1), eta_min=lr * 0.01)
+    kept_params, kept_act = start.clone(), start_act.clone()
+    steps_run = torch.full_like(cols, cfg.refine_steps)
+    active = torch.arange(len(cols), device=cols.device)
+    checkpoint = kept_act.clone()
     with eval_mode(models):
-        for _ in tqdm(range(cfg.refine_steps + 1), disable=not progress, desc="Gabor refine", leave=False):
-            params = local.params()
-            images = project_to_budget(gabor_images(params, (height, width), device), norm, (low, high))
-            act = own_neuron_response(models, images, cols)
+        for step in tqdm(range(cfg.refine_steps + 1), disable=not progress, desc="Gabor refine", leave=False):
+            params = local.params()[active]
+            images = project_to_budget(gabor_images(params, image_shape, cols.device), norm, bounds)
+            act = own_neuron_response(models, images, cols[active], cfg.window)
             with torch.no_grad():  # keep the best parameters seen (the last pass only evaluates)
-                better = act > kept_act
-                kept_act = torch.where(better, act, kept_act)
-                kept_params = torch.where(better[:, None], params, kept_params)
-            if cfg.refine_steps == 0 or _ == cfg.refine_steps:
+                better = act > kept_act[active]
+                kept_act[active] = torch.where(better, act, kept_act[active])
+                kept_params[active] = torch.where(better[:, None], params, kept_params[active])
+            if step == cfg.refine_steps:
                 break
+            if cfg.converge_tol > 0 and step > 0 and step % 10 == 0:
+                gain = kept_act[active] - checkpoint[active]
+                moving = gain > cfg.converge_tol * kept_act[active].abs()
+                steps_run[active[~moving]] = step
+                checkpoint[active] = kept_act[active]
+                act, active = act[moving], active[moving]
+                if active.numel() == 0:
+                    break
+            # stopped rows get no gradient; Adam's momentum may still move them, unread
             (local.u.grad,) = torch.autograd.grad(-act.sum(), local.u)
             optimiser.step()
             schedule.step()
-        with torch.inference_mode():
-            final = project_to_budget(gabor_images(kept_params, (height, width), device), norm, (low, high))
-            final_act = own_neuron_response(models, final, cols)
-    return GaborResult(neuron_indices=neurons, params=canonical_params(kept_params),
-                       images=final.cpu().numpy(), activations=final_act.cpu().numpy(),
-                       grid_params=canonical_params(grid_params), grid_activations=best_act.cpu().numpy(),
-                       n_candidates_evaluated=int(len(grid)))
+    return kept_params, kept_act, steps_run
 
 
 # --------------------------------------------------------------------------------------

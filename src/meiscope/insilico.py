@@ -63,6 +63,7 @@ def load_setup(params: Params, root: Path, device: str | None) -> InSilicoSetup:
     """Load the ensemble and the studied dataset, and split the members into optimisation / held-out."""
     from meiscope.model import resolve_device
     from meiscope.model.ensemble import load_ensemble
+    from meiscope.model.network import inference_copy
     from meiscope.pipeline import load_study_dataset
 
     layout = Layout.from_params(params, root)
@@ -75,7 +76,8 @@ def load_setup(params: Params, root: Path, device: str | None) -> InSilicoSetup:
     ds = load_study_dataset(layout)
     low, high = (0.0 - ensemble.pixel_mean) / ensemble.pixel_std, (255.0 - ensemble.pixel_mean) / ensemble.pixel_std
     return InSilicoSetup(
-        opt_models=ensemble.members[:-n_val], val_models=ensemble.members[-n_val:],
+        opt_models=[inference_copy(m) for m in ensemble.members[:-n_val]],
+        val_models=[inference_copy(m) for m in ensemble.members[-n_val:]],
         cell_ids=np.asarray(ensemble.cell_ids), natural_images=ds.images,
         image_shape=tuple(ensemble.image_shape), pixel_mean=ensemble.pixel_mean, pixel_std=ensemble.pixel_std,
         norm=params.mei.norm or params.mei.norm_fraction * natural_image_norm(ds.images), bounds=(low, high),
@@ -153,6 +155,8 @@ def mei(params: Params, root: Path, device: str | None = None) -> dict:
             "seed_consistency_phase_median": float(table.seed_consistency_phase.median()),
             "frac_starts_disagree": float((table.seed_consistency_phase < params.mei.agree_threshold).mean()),
             "contrast_sweep_monotonic_frac": float(np.mean(np.all(np.diff(sweep, axis=1) >= -1e-6, axis=1))),
+            "steps_run_mean": float(result.steps_run.mean()),
+            "frac_starts_converged": float((result.steps_run < params.mei.steps).mean()),
         }
         write_json(layout.metrics_file("mei"), metrics)
         _log(mlf, metrics, out, {f"mei_cell_{c}": s.to_pixels(m) for c, m in
@@ -230,6 +234,7 @@ def gabor(params: Params, root: Path, device: str | None = None) -> dict:
                           f"similarity {similarity[i]:.2f}"] for i in range(n_show)])
         metrics = {
             "n_neurons": int(len(s.cell_ids)), "n_candidates": int(best.n_candidates_evaluated),
+            "refine_steps_run_mean": float(best.refine_steps_run.mean()),
             "mei_over_gabor_median": float(table.mei_over_gabor.median()),
             "mei_val_over_gabor_median": float(table.mei_val_over_gabor.median()),
             "mei_gabor_similarity_median": float(np.median(similarity)),

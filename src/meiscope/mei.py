@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -162,13 +162,55 @@ def _scale_by_segments(mag: torch.Tensor, cap: torch.Tensor, breaks: torch.Tenso
 # --------------------------------------------------------------------------------------
 # objective
 # --------------------------------------------------------------------------------------
-def own_neuron_response(models: Sequence[nn.Module], images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+@runtime_checkable
+class LocalModel(Protocol):
+    """A model that can say which image window each neuron's response depends on.
+
+    :class:`meiscope.model.network.ResponseModel` is one; any other module is scored on the
+    whole image.
+    """
+
+    def response_windows(self, neurons: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None: ...
+
+    def window_responses(self, crops: torch.Tensor, neurons: torch.Tensor,
+                         origins: torch.Tensor) -> torch.Tensor: ...
+
+
+def crop_windows(images: torch.Tensor, origins: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(B, h, w)`` window of each image ``(B, H, W)`` whose top-left pixel is ``origins (B, 2)`` ``(row, col)``.
+
+    Differentiable: the gradient lands on the window's pixels of the full image.
+    """
+    rows = origins[:, :1] + torch.arange(size[0], device=images.device)  # (B, h)
+    cols = origins[:, 1:] + torch.arange(size[1], device=images.device)  # (B, w)
+    batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+    return images[batch, rows[:, :, None], cols[:, None, :]]
+
+
+def _window_response(model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """``(N,)`` response of each image's own neuron computed on its receptive-field window only.
+
+    ``None`` where the model cannot say (not a :class:`LocalModel`) or the window is the whole image.
+    """
+    if not isinstance(model, LocalModel):
+        return None
+    found = model.response_windows(targets)
+    if found is None or found[1][0] * found[1][1] >= images.shape[-2] * images.shape[-1]:
+        return None
+    origins, size = found
+    return model.window_responses(crop_windows(images, origins, size).unsqueeze(1), targets, origins)
+
+
+def own_neuron_response(models: Sequence[nn.Module], images: torch.Tensor, targets: torch.Tensor,
+                        window: bool = False) -> torch.Tensor:
     """Ensemble-mean response of each image for its own neuron.
 
     Args:
         models: modules mapping ``(N, 1, H, W) -> (N, n_neurons)``, in eval mode.
         images: ``(N, H, W)`` model-space images.
         targets: ``(N,)`` long, the neuron (model output column) of each image.
+        window: run each :class:`LocalModel` only on the window its neuron depends on (the same
+            value and gradient, far fewer pixels); other models see the whole image.
 
     Returns:
         ``(N,)`` mean over ``models`` of ``response[b, targets[b]]``.
@@ -176,11 +218,13 @@ def own_neuron_response(models: Sequence[nn.Module], images: torch.Tensor, targe
     rows = torch.arange(images.shape[0], device=images.device)
     total = None
     for model in models:
-        out = model(images.unsqueeze(1))
-        if out.ndim != 2 or out.shape[0] != images.shape[0]:
-            raise MeiError(f"mei: a model returned shape {tuple(out.shape)}; "
-                           f"expected (N, n_neurons) for N={images.shape[0]}")
-        picked = out[rows, targets]
+        picked = _window_response(model, images, targets) if window else None
+        if picked is None:
+            out = model(images.unsqueeze(1))
+            if out.ndim != 2 or out.shape[0] != images.shape[0]:
+                raise MeiError(f"mei: a model returned shape {tuple(out.shape)}; "
+                               f"expected (N, n_neurons) for N={images.shape[0]}")
+            picked = out[rows, targets]
         total = picked if total is None else total + picked
     return total / len(models)
 
@@ -331,7 +375,10 @@ class MeiResult:
             (:func:`meiscope.similarity.phase_aware_consistency`): equally good optima of a
             phase-invariant neuron at different phases are not counted as disagreement.
         history: ``(steps // 10, n_neurons)`` activation of the best start every 10 steps
-            (measured on the jittered input of that step, before its update).
+            (measured on the jittered input of that step, before its update; after a start
+            has converged, its last value).
+        steps_run: ``(n_neurons, n_starts)`` ascent steps each start took (fewer than
+            ``cfg.steps`` where it converged first).
     """
 
     neuron_indices: np.ndarray
@@ -343,6 +390,7 @@ class MeiResult:
     seed_consistency: np.ndarray
     seed_consistency_phase: np.ndarray
     history: np.ndarray
+    steps_run: np.ndarray
 
 
 def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], image_shape: tuple[int, int],
@@ -354,6 +402,16 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
     own neuron -> gradient w.r.t. the image -> Gaussian blur (sigma ``cfg.blur_sigma[0] ->
     [1]``, geometric) -> divide by mean |gradient| per image -> SGD ascent step with size
     ``cfg.lr * cfg.lr_decay ** (t / (steps - 1))`` -> :func:`project_to_budget`.
+
+    Every 10 steps, a start whose step moved it by less than ``cfg.converge_tol`` (relative L2
+    change of the image) has converged: the projection onto the budget undoes its ascent
+    step, and it stops there (``converge_tol = 0``: every start runs all steps). The
+    activation is no test of convergence here: under the decaying step size it stalls for
+    tens of steps while large steps overshoot, and climbs again once they shrink.
+    With ``cfg.window`` each model that knows its neurons' receptive fields
+    (:class:`LocalModel`) runs only on the window its neuron depends on: the same objective and
+    gradient (zero outside the window either way), on a fraction of the pixels. The budget,
+    blur and step still act on the whole image, so the MEIs are those of the full-image ascent.
 
     Image ``b`` is scored only on its own neuron and the models run in eval mode, so its
     gradient depends on image ``b`` alone. Its initial noise and its jitter (a circular shift of
@@ -397,40 +455,76 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
     targets = torch.from_numpy(np.repeat(neurons, n_starts)).to(device)
     kernels = [gaussian_kernel(float(s), device) for s in blur_sigmas(*cfg.blur_sigma, steps)]
     step_sizes = cfg.lr * cfg.lr_decay ** (np.arange(steps) / max(steps - 1, 1))
-    history = torch.zeros(steps // 10, x.shape[0], device=device)
+    history = torch.full((steps // 10, x.shape[0]), torch.nan, device=device)
+    steps_run = torch.full((x.shape[0],), steps, dtype=torch.long, device=device)
+    active = torch.arange(x.shape[0], device=device)  # images still ascending
 
     with eval_mode(models):
         x = project_to_budget(x, norm, (low, high))
-        chunks = [slice(i, i + (max_batch or len(x))) for i in range(0, len(x), max_batch or len(x))]
         for t in trange(steps, disable=not progress, desc="MEI", leave=False):
-            activation, grad = _ascent_direction(models, x, targets, shifts[t] if cfg.jitter > 0 else None, chunks)
+            every = active.numel() == x.shape[0]
+            x_active = x if every else x[active]
+            activation, grad = _ascent_direction(models, x_active, targets[active],
+                                                 shifts[t][active] if cfg.jitter > 0 else None,
+                                                 _chunks(len(active), max_batch), cfg.window)
             with torch.no_grad():
                 grad = normalise_gradient(blur(grad, kernels[t]))
-                x = project_to_budget(x.detach() + float(step_sizes[t]) * grad, norm, (low, high))
-            if (t + 1) % 10 == 0:
-                history[t // 10] = activation
+                x_new = project_to_budget(x_active + float(step_sizes[t]) * grad, norm, (low, high))
+                x = x_new if every else x.index_copy(0, active, x_new)
+                if (t + 1) % 10 == 0:
+                    history[t // 10, active] = activation
+                    if cfg.converge_tol > 0:
+                        moving = _relative_change(x_new, x_active) >= cfg.converge_tol
+                        steps_run[active[~moving]] = t + 1
+                        active = active[moving]
+            if active.numel() == 0:
+                break
         with torch.inference_mode():
-            final = torch.cat([own_neuron_response(models, x[part], targets[part]) for part in chunks])
+            final = torch.cat([own_neuron_response(models, x[part], targets[part], cfg.window)
+                               for part in _chunks(len(x), max_batch)])
 
     all_starts = x.detach().cpu().numpy().reshape(len(neurons), n_starts, height, width)
     start_act = final.cpu().numpy().reshape(len(neurons), n_starts)
     best = start_act.argmax(axis=1)
     rows = np.arange(len(neurons))
-    trace = history.cpu().numpy().reshape(-1, len(neurons), n_starts)[:, rows, best]
+    # a stopped image keeps its last activation in the later rows
+    trace = _forward_fill(history.cpu().numpy()).reshape(-1, len(neurons), n_starts)[:, rows, best]
     return MeiResult(neuron_indices=neurons, meis=all_starts[rows, best], all_starts=all_starts,
                      activations=start_act[rows, best], start_activations=start_act, best_start=best,
                      seed_consistency=seed_consistency(all_starts),
-                     seed_consistency_phase=phase_aware_consistency(all_starts), history=trace)
+                     seed_consistency_phase=phase_aware_consistency(all_starts), history=trace,
+                     steps_run=steps_run.cpu().numpy().reshape(len(neurons), n_starts))
+
+
+def _relative_change(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` ``||after - before|| / ||before||`` per image of ``(B, H, W)``."""
+    return (after - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-30)
+
+
+def _chunks(n: int, max_batch: int | None) -> list[slice]:
+    """Slices of ``range(n)`` of at most ``max_batch`` (all at once for ``None``)."""
+    size = max_batch or max(n, 1)
+    return [slice(i, i + size) for i in range(0, n, size)]
+
+
+def _forward_fill(rows: np.ndarray) -> np.ndarray:
+    """``rows (T, B)`` with each NaN replaced by the last earlier value of its column (leading NaNs stay)."""
+    filled = rows.copy()
+    for t in range(1, len(filled)):
+        gap = np.isnan(filled[t])
+        filled[t, gap] = filled[t - 1, gap]
+    return filled
 
 
 def _ascent_direction(models: Sequence[nn.Module], x: torch.Tensor, targets: torch.Tensor,
-                      shifts: torch.Tensor | None, chunks: list[slice]) -> tuple[torch.Tensor, torch.Tensor]:
+                      shifts: torch.Tensor | None, chunks: list[slice],
+                      window: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective ``(B,)`` and its raw gradient ``(B, H, W)`` w.r.t. the images, chunk by chunk."""
     activations, grads = [], []
     for part in chunks:
         images = x[part].detach().requires_grad_(True)
         seen = roll_images(images, shifts[part]) if shifts is not None else images
-        activation = own_neuron_response(models, seen, targets[part])
+        activation = own_neuron_response(models, seen, targets[part], window)
         (grad,) = torch.autograd.grad(activation.sum(), images)
         activations.append(activation.detach())
         grads.append(grad)

@@ -6,6 +6,8 @@ readouts can then address a neuron's receptive field directly in image pixels.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,6 +65,16 @@ class ConvCore(nn.Module):
         """The first layer's convolution (its filters see pixels directly)."""
         return self.blocks[0][0]
 
+    def receptive_field_radius(self) -> int:
+        """Pixels a feature depends on on each side of its own position (Chebyshev radius).
+
+        Every layer is a 'same'-padded convolution followed by pointwise operations, so a
+        feature at ``(r, c)`` depends only on the input pixels within this many pixels of it:
+        the sum of each convolution's half-width.
+        """
+        return sum((conv.kernel_size[0] - 1) // 2 * conv.dilation[0]
+                   for conv in self.modules() if isinstance(conv, nn.Conv2d))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, C_in, H, W)`` -> feature map ``(N, C_out, H, W)``."""
         return self.blocks(images)
@@ -81,3 +93,34 @@ class ConvCore(nn.Module):
         kernel = _LAPLACE_3x3.to(device=weight.device, dtype=weight.dtype).view(1, 1, 3, 3)
         rough = F.conv2d(flat, kernel, padding=1)
         return rough.pow(2).sum() / weight.pow(2).sum().clamp_min(1e-12)
+
+
+def fold_batch_norm(core: ConvCore) -> ConvCore:
+    """A copy of ``core`` for evaluation, each batch norm folded into the convolution before it.
+
+    In eval mode a batch norm is the per-channel affine map ``y = (x - mean) / sqrt(var + eps)
+    * gamma + beta``, so ``conv -> BN`` equals one convolution with scaled weights and a bias.
+    The same outputs up to float rounding, one pass over the activations fewer per layer (the
+    in-silico stages run the models hundreds of times per image). Training would need the
+    batch norms back: use the original for that.
+    """
+    folded = copy.deepcopy(core).eval()
+    for block in folded.blocks:
+        if len(block) < 3 or not isinstance(block[1], nn.BatchNorm2d):
+            continue
+        conv = block[0][-1] if isinstance(block[0], nn.Sequential) else block[0]
+        norm = block[1]
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                              padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True)
+            fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+            fused.weight.copy_(conv.weight * scale[:, None, None, None])
+            shift = norm.bias - norm.running_mean * scale
+            fused.bias.copy_(shift + (conv.bias * scale if conv.bias is not None else 0))
+        if isinstance(block[0], nn.Sequential):
+            block[0][-1] = fused
+        else:
+            block[0] = fused
+        block[1] = nn.Identity()
+    return folded.requires_grad_(False)

@@ -110,6 +110,46 @@ class GaussianReadout(nn.Module):
                                 padding_mode="border", align_corners=True)  # (N, C, n, 1)
         return torch.einsum("bcn,nc->bn", sampled.squeeze(-1), self.features) + self.bias
 
+    def read_at(self, feature_crops: torch.Tensor, neurons: torch.Tensor, origins: torch.Tensor) -> torch.Tensor:
+        """Neuron ``neurons[b]`` read from ``feature_crops[b]``, a window of the feature map.
+
+        Args:
+            feature_crops: ``(B, C, h, w)`` feature map of a window whose top-left pixel is
+                ``origins[b]`` ``(row, col)`` of the full map; the window must hold the 2 x 2
+                pixels around the neuron's position (eval mode: the mean position is read).
+            neurons: ``(B,)`` long.
+
+        Returns:
+            ``(B,)`` the same value as column ``neurons[b]`` of :meth:`forward` on the full map.
+        """
+        mu = self.mu.clamp(-1.0, 1.0)[neurons]  # (B, 2) as (x, y)
+        col = (mu[:, 0] + 1) / 2 * (self.width - 1) - origins[:, 1]
+        row = (mu[:, 1] + 1) / 2 * (self.height - 1) - origins[:, 0]
+        height, width = feature_crops.shape[-2:]
+        grid = torch.stack([col / max(width - 1, 1) * 2 - 1, row / max(height - 1, 1) * 2 - 1], dim=1)
+        sampled = F.grid_sample(feature_crops, grid.view(-1, 1, 1, 2).to(feature_crops.dtype), mode="bilinear",
+                                padding_mode="border", align_corners=True).flatten(1)  # (B, C)
+        return (sampled * self.features[neurons]).sum(1) + self.bias[neurons]
+
+    def read_points(self, feature_map: torch.Tensor, neurons: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Each neuron read at each of its own points of every map (before the output nonlinearity).
+
+        Args:
+            feature_map: ``(S, C, h, w)``.
+            neurons: ``(n,)`` long.
+            points: ``(n, K, 2)`` pixel ``(row, col)`` positions in the map (zeros outside it).
+
+        Returns:
+            ``(S, n, K)``.
+        """
+        n_maps, channels, height, width = feature_map.shape
+        n, k = points.shape[:2]
+        grid = torch.stack([points[..., 1] / max(width - 1, 1) * 2 - 1, points[..., 0] / max(height - 1, 1) * 2 - 1],
+                           dim=-1).to(feature_map.dtype)
+        sampled = F.grid_sample(feature_map, grid.view(1, n * k, 1, 2).expand(n_maps, -1, -1, -1), mode="bilinear",
+                                padding_mode="zeros", align_corners=True).view(n_maps, channels, n, k)
+        return torch.einsum("scnk,nc->snk", sampled, self.features[neurons]) + self.bias[neurons][None, :, None]
+
     def regularizer(self) -> torch.Tensor:
         """L1 of the feature weights, averaged over neurons (sparse use of core channels)."""
         return self.features.abs().sum() / self.n_neurons
