@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--stand-in", type=int, default=0, help="random models for this many neurons instead")
     parser.add_argument("--steps", type=int, default=None, help="MEI steps (default: the recipe's)")
     parser.add_argument("--positions", type=int, nargs=2, default=None, help="Gabor grid positions (rows cols)")
+    parser.add_argument("--refine-steps", type=int, default=None, help="Gabor refinement steps (default: params')")
     parser.add_argument("--skip-gabor", action="store_true")
     add_machine_args(parser, "insilico")
     args = parser.parse_args()
@@ -159,6 +160,8 @@ def main() -> None:
     raw, neurons, norm, bounds, recipe, gabor_cfg = setup(args, device)
     if args.positions:
         gabor_cfg = dataclasses.replace(gabor_cfg, n_positions=args.positions)
+    if args.refine_steps is not None:
+        gabor_cfg = dataclasses.replace(gabor_cfg, refine_steps=args.refine_steps)
     peak = matmul_peak() if device.type == "cpu" else float("nan")
     info = machine(device)
     print(f"{describe(info)}; {len(neurons)} neurons, {len(raw)} optimisation models, "

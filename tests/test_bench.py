@@ -40,9 +40,31 @@ def test_gabor_benchmark_counts_the_whole_grid(tmp_path):
 @pytest.mark.slow
 def test_insilico_benchmark_counts_flops_and_compares_windows(tmp_path):
     result = run_bench("bench_insilico.py", tmp_path / "insilico.json", "--stand-in", "3", "--steps", "10",
-                       "--positions", "1", "2")
+                       "--positions", "1", "2", "--refine-steps", "10")
     assert [r["variant"] for r in result["mei"]] == ["before", "+ folded BN", "+ windows", "+ converged stop"]
     assert all(r["gflop"] > 0 and r["seconds"] > 0 for r in result["mei"] + result["gabor_grid"] + result["gabor_refine"])
     assert result["mei"][2]["gflop"] < result["mei"][1]["gflop"] / 3  # windows do a fraction of the work
     assert result["mei_window_vs_full_corr_median"] > 0.999
     assert result["peak_gflop_per_s"] > 0
+
+
+def test_compare_replicates_flags_a_changed_conclusion_and_disjoint_intervals(tmp_path):
+    def replicates(verdicts, low, high):
+        return {"git_commit": "abc", "conclusions": {"simple": {"MEI vs optimal Gabor, in truth": {
+            "conclusion": verdicts[0] if len(set(verdicts)) == 1 else "inconsistent", "per_replicate": verdicts}}},
+            "figures": {"train.gt_fresh_corr_mean": {"mean": (low + high) / 2, "ci_low": low, "ci_high": high}}}
+
+    def run(old, new):
+        (tmp_path / "old.json").write_text(json.dumps(old))
+        (tmp_path / "new.json").write_text(json.dumps(new))
+        return subprocess.run([sys.executable, str(BENCH / "compare_replicates.py"), str(tmp_path / "old.json"),
+                               str(tmp_path / "new.json"), "--out", str(tmp_path / "cmp.json")],
+                              capture_output=True, text=True, timeout=60)
+
+    same = run(replicates(["ties"] * 3, 0.1, 0.5), replicates(["ties"] * 3, 0.4, 0.6))
+    assert same.returncode == 0 and "overlap" in same.stdout
+    assert json.loads((tmp_path / "cmp.json").read_text())["same"] is True
+    changed = run(replicates(["ties"] * 3, 0.1, 0.5), replicates(["beats"] * 3, 0.1, 0.5))
+    assert changed.returncode == 1 and "CHANGED" in changed.stdout
+    apart = run(replicates(["ties"] * 3, 0.1, 0.3), replicates(["ties"] * 3, 0.4, 0.6))
+    assert apart.returncode == 1 and "NO OVERLAP" in apart.stdout
