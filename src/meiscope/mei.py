@@ -435,6 +435,8 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
         max_batch: images per forward/backward pass (``None`` = all at once, best on a GPU). The
             images are independent, so chunking changes no result; on a CPU chunks of ~64 keep
             the activations in cache (1024 images at once cost ~1.5x more per image there).
+            With windows it counts whole images' worth of pixels: as many windows go in a pass
+            as hold the pixels of ``max_batch`` images.
     """
     models = check_models(models)
     height, width = int(image_shape[0]), int(image_shape[1])
@@ -458,6 +460,9 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
     history = torch.full((steps // 10, x.shape[0]), torch.nan, device=device)
     steps_run = torch.full((x.shape[0],), steps, dtype=torch.long, device=device)
     active = torch.arange(x.shape[0], device=device)  # images still ascending
+
+    if max_batch is not None and cfg.window:
+        max_batch = max_batch * _window_shrink(models, targets, (height, width))
 
     with eval_mode(models):
         x = project_to_budget(x, norm, (low, high))
@@ -494,6 +499,16 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
                      seed_consistency=seed_consistency(all_starts),
                      seed_consistency_phase=phase_aware_consistency(all_starts), history=trace,
                      steps_run=steps_run.cpu().numpy().reshape(len(neurons), n_starts))
+
+
+def _window_shrink(models: Sequence[nn.Module], targets: torch.Tensor, image_shape: tuple[int, int]) -> int:
+    """How many receptive-field windows hold the pixels of one whole image (1 if any model lacks windows)."""
+    pixels = image_shape[0] * image_shape[1]
+    largest = 0
+    for model in models:
+        found = model.response_windows(targets[:1]) if isinstance(model, LocalModel) else None
+        largest = max(largest, pixels if found is None else found[1][0] * found[1][1])
+    return max(pixels // max(largest, 1), 1)
 
 
 def _relative_change(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
