@@ -252,7 +252,8 @@ def shortcut_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch.T
     with torch.inference_mode(), eval_mode(models):
         for start in tqdm(range(0, len(shapes), per_pass), disable=not progress, desc="Gabor grid", leave=False):
             part = shapes[start:start + per_pass]
-            centred = torch.cat([torch.tensor(anchor[::-1], device=part.device).expand(len(part), 2), part], dim=1)
+            centre = torch.tensor(anchor[::-1], dtype=part.dtype, device=part.device)  # (x, y)
+            centred = torch.cat([centre.expand(len(part), 2), part], dim=1)
             canvases = project_to_budget(gabor_images(centred, canvas, cols.device), norm, bounds).unsqueeze(1)
             for model in models:
                 found = model.translated_responses(canvases, anchor, cols, shifts) \
@@ -262,10 +263,21 @@ def shortcut_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch.T
                 scores[start:start + len(part)] += found / len(models)
         ranked = scores.permute(1, 2, 0).reshape(len(cols), -1)  # (neuron, candidate in grid order)
         top = ranked.topk(min(cfg.preselect, ranked.shape[1]), dim=1).indices  # (n, k)
-        images = project_to_budget(gabor_images(grid[top.flatten()], image_shape, cols.device), norm, bounds)
-        exact = own_neuron_response(models, images, cols.repeat_interleave(top.shape[1]), cfg.window)
+        exact = _exact_responses(models, grid[top.flatten()], cols.repeat_interleave(top.shape[1]), norm, bounds,
+                                 image_shape, cfg.window)
         best_act, best = exact.view(top.shape).max(dim=1)
     return top.gather(1, best[:, None])[:, 0], best_act
+
+
+def _exact_responses(models: Sequence[nn.Module], params: torch.Tensor, targets: torch.Tensor, norm: float,
+                     bounds: tuple[float, float], image_shape: tuple[int, int], window: bool,
+                     chunk: int = 1024) -> torch.Tensor:
+    """``(n,)`` response of each Gabor ``params (n, 6)``, drawn and projected, for its neuron ``targets (n,)``."""
+    parts = []
+    for i in range(0, len(params), chunk):
+        images = project_to_budget(gabor_images(params[i:i + chunk], image_shape, targets.device), norm, bounds)
+        parts.append(own_neuron_response(models, images, targets[i:i + chunk], window))
+    return torch.cat(parts)
 
 
 def refine_gabors(models: Sequence[nn.Module], cols: torch.Tensor, start: torch.Tensor, start_act: torch.Tensor,
