@@ -146,6 +146,20 @@ def gabor_rows(raw: list, neurons: list, norm: float, bounds: tuple, config: Gab
     return grid_rows, refine_rows
 
 
+def print_table(title: str, rows: list[dict], peak: float, steps: bool = False) -> None:
+    """Print ``rows`` under ``title`` and add each row's ``fraction_of_peak`` (nothing for no rows)."""
+    if not rows:
+        return
+    print(f"\n{title}")
+    print(f"{'variant':<18} {'s':>7} {'s/neuron':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'of peak':>8}"
+          + (f" {'steps':>6}" if steps else ""))
+    for r in rows:
+        r["fraction_of_peak"] = r["gflop_per_s"] * 1e9 / peak
+        last = f" {r['steps_mean']:>6.0f}" if steps else ""
+        print(f"{r['variant']:<18} {r['seconds']:>7.1f} {r['s_per_neuron']:>9.3f} {r['gflop']:>8.0f} "
+              f"{r['gflop_per_s']:>8.1f} {r['fraction_of_peak']:>8.1%}{last}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1]))
@@ -168,22 +182,11 @@ def main() -> None:
           f"peak (2048^2 sgemm) {peak / 1e9:.0f} GFLOP/s", flush=True)
 
     mei, window_corr = mei_rows(raw, neurons, norm, bounds, recipe, device, args.steps or recipe.steps)
-    print(f"\nMEI ({recipe.n_starts} starts, {args.steps or recipe.steps} steps)")
-    print(f"{'variant':<18} {'s':>7} {'s/neuron':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'of peak':>8} {'steps':>6}")
-    for r in mei:
-        r["fraction_of_peak"] = r["gflop_per_s"] * 1e9 / peak
-        print(f"{r['variant']:<18} {r['seconds']:>7.1f} {r['s_per_neuron']:>9.3f} {r['gflop']:>8.0f} "
-              f"{r['gflop_per_s']:>8.1f} {r['fraction_of_peak']:>8.1%} {r['steps_mean']:>6.0f}")
+    print_table(f"MEI ({recipe.n_starts} starts, {args.steps or recipe.steps} steps)", mei, peak, steps=True)
     print(f"windowed vs whole-image MEIs (every start): median correlation {window_corr:.5f}")
     grid, refine = ([], []) if args.skip_gabor else gabor_rows(raw, neurons, norm, bounds, gabor_cfg, device)
-    for title, rows in [("optimal-Gabor grid", grid), (f"Gabor refinement ({gabor_cfg.refine_steps} steps)", refine)]:
-        if rows:
-            print(f"\n{title}")
-            print(f"{'variant':<18} {'s':>7} {'s/neuron':>9} {'GFLOP':>8} {'GFLOP/s':>8} {'of peak':>8}")
-        for r in rows:
-            r["fraction_of_peak"] = r["gflop_per_s"] * 1e9 / peak
-            print(f"{r['variant']:<18} {r['seconds']:>7.1f} {r['s_per_neuron']:>9.3f} {r['gflop']:>8.0f} "
-                  f"{r['gflop_per_s']:>8.1f} {r['fraction_of_peak']:>8.1%}")
+    print_table("optimal-Gabor grid", grid, peak)
+    print_table(f"Gabor refinement ({gabor_cfg.refine_steps} steps)", refine, peak)
     write_json(out, dict(machine=info, n_neurons=len(neurons), stand_in=bool(args.stand_in),
                          peak_gflop_per_s=peak / 1e9,
                          mei=mei, mei_window_vs_full_corr_median=window_corr, gabor_grid=grid,

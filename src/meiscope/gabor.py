@@ -197,7 +197,7 @@ def optimal_gabors(models: Sequence[nn.Module], neuron_indices: Sequence[int], i
     grid_params = grid[best_idx].clone()
 
     kept_params, kept_act, steps_run = refine_gabors(models, cols, grid_params, best_act, cfg, norm, (low, high),
-                                               (height, width), progress, refine_lr)
+                                                     (height, width), progress, refine_lr)
     with torch.inference_mode(), eval_mode(models):
         final = project_to_budget(gabor_images(kept_params, (height, width), device), norm, (low, high))
         final_act = own_neuron_response(models, final, cols, cfg.window)
@@ -208,8 +208,8 @@ def optimal_gabors(models: Sequence[nn.Module], neuron_indices: Sequence[int], i
 
 
 def exhaustive_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch.Tensor, cfg: GaborConfig,
-                     norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
-                     progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
+                    progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every candidate drawn, projected to the budget and scored for all neurons: best ``(n,)`` index and response."""
     best_act = torch.full((len(cols),), -torch.inf, device=cols.device)
     best_idx = torch.zeros(len(cols), dtype=torch.long, device=cols.device)
@@ -226,8 +226,8 @@ def exhaustive_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch
 
 
 def shortcut_grid(models: Sequence[nn.Module], cols: torch.Tensor, grid: torch.Tensor, cfg: GaborConfig,
-                   norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
-                   progress: bool) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+                  norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
+                  progress: bool) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
     """The grid ranked by translation, its ``cfg.preselect`` best per neuron scored exactly.
 
     The grid is every Gabor shape (orientation, wavelength, envelope, phase) at every position.
@@ -281,8 +281,8 @@ def _exact_responses(models: Sequence[nn.Module], params: torch.Tensor, targets:
 
 
 def refine_gabors(models: Sequence[nn.Module], cols: torch.Tensor, start: torch.Tensor, start_act: torch.Tensor,
-            cfg: GaborConfig, norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
-            progress: bool, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  cfg: GaborConfig, norm: float, bounds: tuple[float, float], image_shape: tuple[int, int],
+                  progress: bool, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adam on the Gabor parameters ``start (n, 6)`` of every neuron; the best seen per neuron.
 
     Returns the best parameters ``(n, 6)``, their responses ``(n,)`` and the steps each

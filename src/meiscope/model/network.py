@@ -47,7 +47,12 @@ class ResponseModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 1, H, W)`` -> ``(N, n_neurons)``, positive, normalised units."""
-        return F.elu(self.readout(self.core(images))) + 1.0
+        return self.positive(self.readout(self.core(images)))
+
+    @staticmethod
+    def positive(readout: torch.Tensor) -> torch.Tensor:
+        """The output nonlinearity ``ELU(x) + 1`` (positive), shared by every way of reading the core."""
+        return F.elu(readout) + 1.0
 
     def response_windows(self, neurons: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """The image window each neuron's response depends on, or ``None`` if that is the whole image.
@@ -82,7 +87,7 @@ class ResponseModel(nn.Module):
         Equals ``forward(full_images)[b, neurons[b]]`` for any full image holding ``crops[b]`` at
         ``origins[b]`` (float rounding aside).
         """
-        return F.elu(self.readout.read_at(self.core(crops), neurons, origins)) + 1.0
+        return self.positive(self.readout.read_at(self.core(crops), neurons, origins))
 
     def translated_responses(self, canvases: torch.Tensor, anchor: tuple[float, float], neurons: torch.Tensor,
                              shifts: torch.Tensor) -> torch.Tensor | None:
@@ -110,7 +115,7 @@ class ResponseModel(nn.Module):
             return None
         positions = self.readout.positions()[neurons]  # (n, 2)
         points = positions[:, None, :] - shifts[None].to(positions) + torch.tensor(anchor).to(positions)
-        return F.elu(self.readout.read_points(self.core(canvases), neurons, points)) + 1.0
+        return self.positive(self.readout.read_points(self.core(canvases), neurons, points))
 
     def to_dff(self, output: torch.Tensor) -> torch.Tensor:
         """Normalised output ``(..., n_neurons)`` -> dF/F."""
@@ -190,7 +195,8 @@ def inference_copy(model: ResponseModel) -> ResponseModel:
     """A frozen eval-mode copy of ``model`` with its batch norms folded into the convolutions.
 
     What the in-silico stages optimise and score on: the same responses (float rounding
-    aside), 1.4-1.9x faster on a CPU (``bench/bench_mei.py``). Placed as :func:`place_model` places models.
+    aside), 1.4-1.9x faster on a CPU (``bench/bench_insilico.py``). Placed as :func:`place_model` places
+    models.
     """
     folded = copy.deepcopy(model)
     folded.core = fold_batch_norm(model.core)

@@ -71,6 +71,15 @@ def map_peaks(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack([flat // width, flat % width], dim=1).to(maps.dtype)
 
 
+def _sampling_grid(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pixel ``(row, col)`` points ``(..., 2)`` of an ``height x width`` map -> ``grid_sample``'s ``(x, y)`` in [-1, 1].
+
+    ``align_corners=True`` convention: -1 is the centre of the first pixel and +1 that of the last.
+    """
+    return torch.stack([points[..., 1] / max(width - 1, 1) * 2 - 1, points[..., 0] / max(height - 1, 1) * 2 - 1],
+                       dim=-1)
+
+
 class GaussianReadout(nn.Module):
     """Read each neuron's response at one learned point of the feature map.
 
@@ -122,11 +131,7 @@ class GaussianReadout(nn.Module):
         Returns:
             ``(B,)`` the same value as column ``neurons[b]`` of :meth:`forward` on the full map.
         """
-        mu = self.mu.clamp(-1.0, 1.0)[neurons]  # (B, 2) as (x, y)
-        col = (mu[:, 0] + 1) / 2 * (self.width - 1) - origins[:, 1]
-        row = (mu[:, 1] + 1) / 2 * (self.height - 1) - origins[:, 0]
-        height, width = feature_crops.shape[-2:]
-        grid = torch.stack([col / max(width - 1, 1) * 2 - 1, row / max(height - 1, 1) * 2 - 1], dim=1)
+        grid = _sampling_grid(self.positions()[neurons] - origins, *feature_crops.shape[-2:])  # (B, 2)
         sampled = F.grid_sample(feature_crops, grid.view(-1, 1, 1, 2).to(feature_crops.dtype), mode="bilinear",
                                 padding_mode="border", align_corners=True).flatten(1)  # (B, C)
         return (sampled * self.features[neurons]).sum(1) + self.bias[neurons]
@@ -144,8 +149,7 @@ class GaussianReadout(nn.Module):
         """
         n_maps, channels, height, width = feature_map.shape
         n, k = points.shape[:2]
-        grid = torch.stack([points[..., 1] / max(width - 1, 1) * 2 - 1, points[..., 0] / max(height - 1, 1) * 2 - 1],
-                           dim=-1).to(feature_map.dtype)
+        grid = _sampling_grid(points, height, width).to(feature_map.dtype)
         sampled = F.grid_sample(feature_map, grid.view(1, n * k, 1, 2).expand(n_maps, -1, -1, -1), mode="bilinear",
                                 padding_mode="zeros", align_corners=True).view(n_maps, channels, n, k)
         return torch.einsum("scnk,nc->snk", sampled, self.features[neurons]) + self.bias[neurons][None, :, None]
