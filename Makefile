@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run test bench clean-results mlflow-ui optuna-dashboard push pull
+.PHONY: install run test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
 
 install: $(STAMP)
 
@@ -45,6 +45,13 @@ mlflow-ui: $(STAMP)
 
 optuna-dashboard: $(STAMP)
 	$(BIN)/optuna-dashboard --storage-class JournalFileStorage .optuna/journal.log
+
+## the team stack on this machine: PostgreSQL + an MLflow tracking server on it (all under .services/)
+services: $(STAMP)
+	$(BIN)/meiscope services start
+
+services-stop: $(STAMP)
+	$(BIN)/meiscope services stop
 
 clean-results:
 	rm -rf results metrics models report

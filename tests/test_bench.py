@@ -68,3 +68,22 @@ def test_compare_replicates_flags_a_changed_conclusion_and_disjoint_intervals(tm
     assert changed.returncode == 1 and "CHANGED" in changed.stdout
     apart = run(replicates(["ties"] * 3, 0.1, 0.3), replicates(["ties"] * 3, 0.4, 0.6))
     assert apart.returncode == 1 and "NO OVERLAP" in apart.stdout
+
+
+@pytest.mark.slow
+def test_sessions_benchmark_scores_the_studied_session_as_sessions_join_the_core(tmp_path):
+    tiny = {"synthetic": {"n_cells": 30, "n_images": 24, "repeats": 8, "image_height": 92, "image_width": 118,
+                          "spontaneous_s": 5.0, "peak_rate_hz": [6.0, 30.0],
+                          "kinds": {"simple": 0.3, "complex": 0.3, "conjunction": 0.2, "unresponsive": 0.2}},
+            "extract": {"image_height": 18, "image_width": 23, "split": {"val_fraction": 0.2, "test_fraction": 0.2}},
+            "rank": {"max_p_anova": 0.01, "top_k": 8},
+            "train": {"seeds": [1, 2], "fresh_scenes": 16, "architecture_file": "no/tuned.yaml"}}
+    (tmp_path / "params.yaml").write_text(json.dumps(tiny))  # JSON is YAML
+    result = run_bench("bench_sessions.py", tmp_path / "sessions.json", "--params", str(tmp_path / "params.yaml"),
+                       "--sessions", "1", "2", "--max-epochs", "2", "--root", str(tmp_path / "root"),
+                       "--figure", str(tmp_path / "sessions.png"))
+    assert [r["n_sessions"] for r in result["rows"]] == [1, 2]
+    assert result["rows"][1]["sessions"] == [900000001, 900000002] and len(result["rows"][1]["n_neurons"]) == 2
+    assert all(-1 <= r["gt_fresh_corr_mean"] <= 1 and r["s_per_epoch_median"] > 0 for r in result["rows"])
+    assert all(len(r["member_gt_fresh_corr_mean"]) == 2 for r in result["rows"])
+    assert (tmp_path / "sessions.png").is_file()

@@ -90,3 +90,19 @@ def test_cli_help_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-m", "meiscope.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("synthesize", "download", "extract", "rank", "train", "tune", "mei", "gabor", "validate", "report"):
         assert command in out.stdout
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"sessions": {"shared": [0]}}, "sessions.shared[0]"),
+    ({"sessions": {"shared": [900000002, 900000002]}}, "sessions.shared"),
+    ({"sessions": {"shared": "all"}}, "sessions.shared"),
+    ({"sessions": {"shared": [2.5]}}, "sessions.shared[0]"),
+    ({"sessions": {"ids": [2]}}, "sessions.ids"),
+    ({"extract": {"experiment_id": 7}, "sessions": {"shared": [3, 7]}}, "sessions.shared"),
+])
+def test_the_sessions_sharing_the_core_are_validated_naming_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
+    assert parse_params({}).sessions.shared == []  # default: the studied session alone
+    assert load_params(ROOT / "params.yaml").sessions.shared == []

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
@@ -162,6 +163,7 @@ def test_a_killed_run_is_resumed_without_repeating_finished_work(setup):
     params, path, root = setup
     study, first = tuning.run_study(path, params.tune, params.model, params.train, "cpu", root)
     finished = {_config(t) for t in study.trials}
+    study.sampler = optuna.samplers.TPESampler(seed=99)  # the dead worker's own sampler (not a replay of seed 0)
     killed = study.ask()
     tuning.suggest_setup(killed, params.tune.space, params.model)  # it had drawn its configuration, then died
     killed_config = _config(study.trials[-1])

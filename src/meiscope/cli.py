@@ -70,6 +70,8 @@ def main() -> None:
       synthesize | download   raw sessions in allensdk's cache layout (data/synthetic/ | data/allen/)
       extract                 per-trial responses and model-space images
       rank                    reliability metrics, the most expressive neurons
+      sessions                the sessions whose cells share the model's core (sessions.shared;
+                              extract / rank --session ID each of them)
       tune                    Optuna search over the CNN architecture
       train                   CNN ensemble (+ LN baseline), test accuracy vs noise ceiling
       mei                     Most Exciting Inputs by gradient ascent on the ensemble
@@ -80,6 +82,7 @@ def main() -> None:
     \b
       replicate               (optional, slow) the synthetic study on K new cortices,
                               with confidence intervals; not part of `dvc repro`
+      services start|stop     (optional) PostgreSQL + MLflow tracking server for a team
 
     Every command reads params.yaml (see --params) and logs an MLflow run.
     """
@@ -118,23 +121,44 @@ def data(params: Any, root: Path) -> None:
     pipeline.ensure_data(params, root)
 
 
+SESSION_OPTION = click.option("--session", type=int, default=None, metavar="ID",
+                              help="A session of sessions.shared instead of the studied one: its own outputs in "
+                                   "results/sessions/ID/ (the DVC stages extract-session@ID, rank-session@ID).")
+
+
 @main.command()
 @PARAMS_OPTION
+@SESSION_OPTION
 @_stage
-def extract(params: Any, root: Path) -> Any:
+def extract(params: Any, root: Path, session: int | None) -> Any:
     """Per-trial responses (dF/F in a window after onset minus baseline) and model-space images."""
     from meiscope import pipeline
 
+    if session is not None:
+        return pipeline.extract_session(params, root, session)
     return pipeline.extract(params, root)
 
 
 @main.command()
 @PARAMS_OPTION
 @_stage
-def rank(params: Any, root: Path) -> Any:
+def sessions(params: Any, root: Path) -> Any:
+    """Check and record the sessions that share the model's core: the studied one and sessions.shared."""
+    from meiscope import pipeline
+
+    return pipeline.sessions(params, root)
+
+
+@main.command()
+@PARAMS_OPTION
+@SESSION_OPTION
+@_stage
+def rank(params: Any, root: Path, session: int | None) -> Any:
     """Score every cell's reliability and select the most expressive neurons."""
     from meiscope import pipeline
 
+    if session is not None:
+        return pipeline.rank_session(params, root, session)
     return pipeline.rank(params, root)
 
 
@@ -159,7 +183,8 @@ def train(params: Any, root: Path, device: str | None, resume: bool) -> Any:
 @PARAMS_OPTION
 @DEVICE_OPTION
 @click.option("--workers", type=int, default=None, help="Local worker processes on one study (default: tune.workers).")
-@click.option("--storage", default=None, help="Optuna storage URL (e.g. postgresql://...); default: tune.storage or the local journal file.")
+@click.option("--storage", default=None, envvar="MEISCOPE_TUNE_STORAGE", show_envvar=True,
+              help="Optuna storage URL (postgresql://... joins a study shared by hosts); default: tune.storage or the local journal file.")
 @click.option("--n-trials", type=int, default=None, help="Trial budget of the study (default: tune.n_trials).")
 @_stage
 def tune(params: Any, root: Path, device: str | None, workers: int | None, storage: str | None,
@@ -235,6 +260,35 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
     for kind, found in summary["conclusions"].items():
         for label, c in found.items():
             click.echo(f"{kind} cells, {label}: {format_conclusion(c)}")
+
+
+@main.command()
+@PARAMS_OPTION
+@click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@_stage
+def services(params: Any, root: Path, action: str) -> None:
+    """The local team stack: a PostgreSQL server and an MLflow tracking server on it (`make services`).
+
+    Everything they write stays in services.dir. meiscope uses them only when told:
+    MEISCOPE_TUNE_STORAGE (or tune --storage) and MLFLOW_TRACKING_URI.
+    """
+    from meiscope import services as stack
+
+    cfg = params.services
+    if action == "stop":
+        stopped = stack.stop(cfg, root)
+        click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+        return
+    if action == "start":
+        stack.start(cfg, root)
+    up = {"postgresql": stack.postgres_running(cfg, root), "mlflow server": stack.mlflow_healthy(cfg)}
+    urls = stack.urls(cfg)
+    click.echo(f"postgresql     {'up' if up['postgresql'] else 'down'}   {urls.optuna_storage}")
+    click.echo(f"mlflow server  {'up' if up['mlflow server'] else 'down'}   {urls.tracking_uri}")
+    if all(up.values()):
+        click.echo("use them in this shell:")
+        click.echo(f"  export MEISCOPE_TUNE_STORAGE={urls.optuna_storage}")
+        click.echo(f"  export MLFLOW_TRACKING_URI={urls.tracking_uri}")
 
 
 @main.command()

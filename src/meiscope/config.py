@@ -191,6 +191,28 @@ class ExtractConfig:
 
 
 # --------------------------------------------------------------------------------------
+# sessions: many sessions, one core
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SessionsConfig:
+    """The other sessions whose cells train the model's core together with the studied session's.
+
+    Each listed session gets its own extract and rank (DVC ``extract-session@<id>`` /
+    ``rank-session@<id>``: its cells are ranked and selected on their own) and its own readout;
+    the core is shared. The studied session (``extract.experiment_id``) is always in and is not
+    listed. Ids are listed explicitly because DVC needs the stage list before any data is read.
+    """
+
+    shared: list[int] = field(default_factory=list)  # experiment ids; [] = the studied session alone
+
+    def __post_init__(self) -> None:
+        for i, experiment_id in enumerate(self.shared):
+            _require(experiment_id > 0, f"sessions.shared[{i}]", f"must be an experiment id > 0 (got {experiment_id})")
+        repeated = sorted({e for e in self.shared if self.shared.count(e) > 1})
+        _require(not repeated, "sessions.shared", f"lists {repeated} more than once")
+
+
+# --------------------------------------------------------------------------------------
 # rank
 # --------------------------------------------------------------------------------------
 RANK_METRICS = ("reliability", "explainable_var", "oracle_corr", "frac_sig_trials", "peak_response")
@@ -432,6 +454,23 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ServicesConfig:
+    """The local team stack of `make services`: a PostgreSQL server and an MLflow tracking server."""
+
+    dir: str = ".services"  # everything the servers write (database, logs, artifacts); under the repository
+    host: str = "127.0.0.1"
+    postgres_port: int = 5433
+    mlflow_port: int = 5001
+
+    def __post_init__(self) -> None:
+        for key in ("postgres_port", "mlflow_port"):
+            _require(1024 <= getattr(self, key) <= 65535, f"services.{key}", "must be a port in 1024..65535")
+        _require(self.postgres_port != self.mlflow_port, "services.mlflow_port", "must differ from postgres_port")
+        _require(not Path(self.dir).is_absolute() and ".." not in Path(self.dir).parts, "services.dir",
+                 "must be a folder inside the repository (a relative path without '..')")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml."""
 
@@ -439,6 +478,7 @@ class Params:
     allen: AllenConfig = field(default_factory=AllenConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
     rank: RankConfig = field(default_factory=RankConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -447,6 +487,12 @@ class Params:
     gabor: GaborConfig = field(default_factory=GaborConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
+
+    def __post_init__(self) -> None:
+        studied = self.extract.experiment_id
+        _require(studied is None or studied not in self.sessions.shared, "sessions.shared",
+                 f"lists {studied}, the studied session (extract.experiment_id): list only the other sessions")
 
 
 # --------------------------------------------------------------------------------------

@@ -58,6 +58,24 @@ class Layout:
         return self.results / "ranking"
 
     @property
+    def sessions(self) -> Path:
+        """The other sessions that share the model's core (``sessions.shared``), one folder each."""
+        return self.results / "sessions"
+
+    @property
+    def sessions_index(self) -> Path:
+        """Names the studied session and the sessions sharing its core (written by ``meiscope sessions``)."""
+        return self.sessions / "index.json"
+
+    def session_dataset(self, experiment_id: int) -> Path:
+        """The dataset of a session of ``sessions.shared`` (``meiscope extract --session``)."""
+        return self.sessions / str(int(experiment_id)) / "responses" / f"{int(experiment_id)}.npz"
+
+    def session_ranking(self, experiment_id: int) -> Path:
+        """The ranking folder of a session of ``sessions.shared`` (``meiscope rank --session``)."""
+        return self.sessions / str(int(experiment_id)) / "ranking"
+
+    @property
     def ensemble(self) -> Path:
         return self.root / "models" / "ensemble"
 

@@ -20,6 +20,7 @@ from meiscope.paths import Layout
 log = logging.getLogger(__name__)
 
 SYNTHETIC_STAMP = "synthetic_params.json"
+SESSION_RANK_METRICS = "metrics.json"  # in results/sessions/<id>/ranking/
 
 
 # --------------------------------------------------------------------------------------
@@ -100,25 +101,46 @@ def extract(params: Params, root: Path) -> Path:
     Only that session is read. The new outputs are written beside the previous ones and swapped in
     only when complete, so a corrupt or swapped NWB never costs the last good extract.
     """
+    from meiscope import responses
+
+    layout = Layout.from_params(params, root)
+    study_id = responses.study_session(layout.cache_dir, params.extract)
+    return _extract_to(params, root, study_id, layout.dataset(study_id), names_study=True)
+
+
+def extract_session(params: Params, root: Path, experiment_id: int) -> Path:
+    """Build the dataset file of one session of ``sessions.shared`` (``results/sessions/<id>/responses``).
+
+    The DVC stage ``extract-session@<id>``: one per listed session, so adding a session adds a stage
+    and reruns nothing that was extracted before. Same extraction (``extract`` params) as the studied session.
+    """
+    layout = Layout.from_params(params, root)
+    _check_shared_session(params, layout, experiment_id)
+    return _extract_to(params, root, experiment_id, layout.session_dataset(experiment_id), names_study=False)
+
+
+def _extract_to(params: Params, root: Path, experiment_id: int, dataset_path: Path, names_study: bool) -> Path:
+    """Extract one session into ``dataset_path`` (its folder swapped in whole); ``names_study`` adds study.json."""
     from meiscope import responses, truth
     from meiscope.atomic import atomic_dir
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
-    study_id = responses.study_session(layout.cache_dir, params.extract)
-    out_dir = layout.dataset(study_id).parent
-    with start_run(params, "extract", root, sections=("data", "extract")) as mlf, atomic_dir(out_dir) as tmp:
-        source = "synthetic" if truth.is_synthetic(layout.cache_dir, study_id) else "allen"
-        ds = responses.extract_session(layout.cache_dir, study_id, params.extract, source)
-        ds.save(tmp / layout.dataset(study_id).name)
-        write_json(tmp / layout.study_file.name, {"experiment_id": study_id})
+    tags = None if names_study else {"session": str(experiment_id)}
+    with start_run(params, "extract", root, sections=("data", "extract"), tags=tags) as mlf, \
+            atomic_dir(dataset_path.parent) as tmp:
+        source = "synthetic" if truth.is_synthetic(layout.cache_dir, experiment_id) else "allen"
+        ds = responses.extract_session(layout.cache_dir, experiment_id, params.extract, source)
+        ds.save(tmp / dataset_path.name)
+        if names_study:
+            write_json(tmp / layout.study_file.name, {"experiment_id": experiment_id})
         summary = {"n_cells": ds.n_neurons, "n_images": ds.n_images, "n_trials": len(ds.trial_image),
                    "n_dropped_nan_cells": int(ds.dropped_cell_ids.size)}
-        log.info("experiment %d: %d cells, %d images, %d trials", study_id, ds.n_neurons, ds.n_images,
+        log.info("experiment %d: %d cells, %d images, %d trials", experiment_id, ds.n_neurons, ds.n_images,
                  len(ds.trial_image))
         if mlf is not None:
             mlf.log_metrics(summary)
-    return layout.dataset(study_id)
+    return dataset_path
 
 
 def load_study_dataset(layout: Layout) -> Any:
@@ -136,22 +158,102 @@ def load_study_dataset(layout: Layout) -> Any:
 # --------------------------------------------------------------------------------------
 def rank(params: Params, root: Path) -> dict:
     """Rank the studied session's cells; score the selection against the truth when synthetic."""
+    layout = Layout.from_params(params, root)
+    return _rank_into(params, root, load_study_dataset(layout), layout.ranking, layout.metrics_file("ranking"))
+
+
+def rank_session(params: Params, root: Path, experiment_id: int) -> dict:
+    """Rank the cells of one session of ``sessions.shared`` on their own (``results/sessions/<id>/ranking``).
+
+    The DVC stage ``rank-session@<id>``; its metrics go to ``ranking/metrics.json`` in that folder.
+    """
+    from meiscope.dataset import ResponseDataset
+
+    layout = Layout.from_params(params, root)
+    _check_shared_session(params, layout, experiment_id)
+    path = layout.session_dataset(experiment_id)
+    if not path.is_file():
+        raise MeiscopeError(f"{path}: missing (run `meiscope extract --session {experiment_id}` first)")
+    out_dir = layout.session_ranking(experiment_id)
+    return _rank_into(params, root, ResponseDataset.load(path), out_dir, out_dir / SESSION_RANK_METRICS,
+                      tags={"session": str(experiment_id)})
+
+
+def _rank_into(params: Params, root: Path, ds: Any, out_dir: Path, metrics_path: Path,
+               tags: dict[str, str] | None = None) -> dict:
+    """Rank ``ds``'s cells into ``out_dir``; score the selection against the truth when synthetic."""
     from meiscope import ranking, truth
     from meiscope.allen import load_cell_metrics
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
-    ds = load_study_dataset(layout)
     population = truth.load_population(layout.cache_dir, ds.experiment_id)
     responsive = truth.responsive_ids(population) if population is not None else None
     allen_metrics = load_cell_metrics(layout.cache_dir, ds.experiment_id)
-    with start_run(params, "rank", root, sections=("rank",)) as mlf:
-        metrics = ranking.run_rank(ds, params.rank, layout.ranking, layout.metrics_file("ranking"),
+    with start_run(params, "rank", root, sections=("rank",), tags=tags) as mlf:
+        metrics = ranking.run_rank(ds, params.rank, out_dir, metrics_path,
                                    allen_metrics=allen_metrics, truth_responsive_ids=responsive)
         if mlf is not None:
             mlf.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-            mlf.log_artifacts(str(layout.ranking), artifact_path="ranking")
+            mlf.log_artifacts(str(out_dir), artifact_path="ranking")
     return metrics
+
+
+# --------------------------------------------------------------------------------------
+# sessions: many sessions, one core
+# --------------------------------------------------------------------------------------
+def sessions(params: Params, root: Path) -> dict:
+    """Name the sessions that share the model's core: the studied one and ``sessions.shared``.
+
+    Checks every listed session before any work on it (in the cache, not the studied one) and
+    writes ``results/sessions/index.json``. ``train`` depends on the folder ``results/sessions``
+    (DVC cannot list the per-session outputs in its deps), and this file makes that folder exist
+    when no other session is listed.
+    """
+    from meiscope import responses
+
+    layout = Layout.from_params(params, root)
+    study_id = responses.study_session(layout.cache_dir, params.extract)
+    in_cache = responses.find_sessions(layout.cache_dir)
+    for experiment_id in params.sessions.shared:
+        _check_shared_session(params, layout, experiment_id, study_id)
+        if experiment_id not in in_cache:
+            raise MeiscopeError(f"sessions.shared lists {experiment_id}, which has no NWB file in {layout.cache_dir} "
+                                f"(sessions there: {in_cache})")
+    write_json(layout.sessions_index, {"study": study_id, "shared": list(params.sessions.shared)})
+    return {"study": study_id, "shared": list(params.sessions.shared), "in_cache": in_cache}
+
+
+def _check_shared_session(params: Params, layout: Layout, experiment_id: int, study_id: int | None = None) -> None:
+    """Refuse a session that ``sessions.shared`` does not list, or that is the studied session."""
+    from meiscope import responses
+
+    if experiment_id not in params.sessions.shared:
+        raise MeiscopeError(f"session {experiment_id} is not in sessions.shared {params.sessions.shared} "
+                            "(params.yaml): list it there first")
+    if study_id is None:
+        study_id = responses.study_session(layout.cache_dir, params.extract)
+    if experiment_id == study_id:
+        raise MeiscopeError(f"sessions.shared lists {experiment_id}, the studied session (extract.experiment_id, "
+                            "or the smallest id in the cache): list only the other sessions")
+
+
+def shared_session_datasets(params: Params, layout: Layout, study_id: int) -> list[Any]:
+    """The sessions of ``sessions.shared``, each restricted to the cells its own ranking selected (rank order)."""
+    from meiscope.dataset import ResponseDataset
+    from meiscope.ranking import RANKING_FILE, load_selected
+
+    datasets = []
+    for experiment_id in params.sessions.shared:
+        _check_shared_session(params, layout, experiment_id, study_id)
+        path, ranking = layout.session_dataset(experiment_id), layout.session_ranking(experiment_id)
+        if not path.is_file() or not (ranking / RANKING_FILE).is_file():
+            missing = "ranking" if path.is_file() else "dataset"
+            raise MeiscopeError(f"session {experiment_id} of sessions.shared has no {missing} yet: run `meiscope "
+                                f"extract --session {experiment_id}` and `meiscope rank --session {experiment_id}` "
+                                "(or `dvc repro`)")
+        datasets.append(ResponseDataset.load(path).select_neurons(load_selected(ranking)))
+    return datasets
 
 
 # --------------------------------------------------------------------------------------
@@ -170,12 +272,12 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
     ds = _selected_dataset(layout)
     device = device or params.train.device
     with start_run(params, "tune", root, sections=("tune", "model", "train")) as mlf:
-        if mlf is not None:  # create the store before any worker could race to migrate it
-            parent_id = mlf.active_run().info.run_id
         tmp_dataset = layout.tune / "selected.npz"
         ds.save(tmp_dataset)
         cfg = tuning.keyed_study(params.tune, params.model, params.train, file_hash(tmp_dataset))
         log.info("tune: study %s in %s", cfg.study_name, storage or cfg.storage or cfg.journal_file)
+        if mlf is not None:  # the study's one parent run: this run, unless another process set one
+            parent_id = _tune_parent_run(mlf, cfg, root, storage)
         try:  # the workers read the selected neurons from this file
             study, new = tuning.run_study(tmp_dataset, cfg, params.model, params.train, device, root,
                                           storage_url=storage, workers=workers or params.tune.workers,
@@ -198,6 +300,19 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
                 mlf.log_artifact(str(fig), artifact_path="figures")
             mlf.log_artifact(str(layout.tune / "best_model.yaml"))
     return summary
+
+
+def _tune_parent_run(mlf: Any, cfg: Any, root: Path, storage: str | None) -> str:
+    """The MLflow run the study's trials nest under, on every host (see :mod:`meiscope.shared_study`)."""
+    from meiscope import shared_study, tuning
+    from meiscope.tracking import run_exists
+
+    own = mlf.active_run().info.run_id
+    study = tuning.open_study(cfg, root, storage)
+    with tuning.study_lock(cfg, root, storage):
+        parent = shared_study.parent_run(study, own, run_exists)
+    mlf.set_tags({"optuna_study": cfg.study_name, "optuna_parent_run_id": parent})
+    return parent
 
 
 def _selected_dataset(layout: Layout) -> Any:
@@ -231,7 +346,11 @@ def tuned_configs(params: Params, layout: Layout) -> tuple[Any, Any, bool]:
 
 
 def train(params: Params, root: Path, device: str | None = None, resume: bool = False) -> dict:
-    """Train the ensemble on the selected neurons and evaluate it (and the LN baseline) on test images."""
+    """Train the ensemble on the selected neurons and evaluate it (and the LN baseline) on test images.
+
+    With ``sessions.shared``, every member's core is trained with those sessions' selected cells too
+    (one readout per session); the ensemble written is the studied session's, as without them.
+    """
     from meiscope import truth
     from meiscope.config import flat_dict
     from meiscope.tracking import file_hash, start_run
@@ -239,6 +358,7 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
 
     layout = Layout.from_params(params, root)
     ds = _selected_dataset(layout)
+    others = shared_session_datasets(params, layout, ds.experiment_id)  # their readouts share the core
     model_cfg, train_cfg, tuned = tuned_configs(params, layout)
     population = truth.load_population(layout.cache_dir, ds.experiment_id)
     truth_fn, fresh, kinds = None, None, None
@@ -251,13 +371,15 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
     tags = {"architecture": "tuned" if tuned else "params.yaml",
             "ranking_md5": file_hash(layout.ranking / "ranking.csv"),
             "dataset_md5": file_hash(layout.dataset(ds.experiment_id))}
+    if others:
+        tags["shared_sessions"] = ",".join(str(o.experiment_id) for o in others)
     with start_run(params, "train", root, sections=("train",), tags=tags) as mlf:
         if mlf is not None:
             mlf.log_params({k: str(v) for k, v in flat_dict(model_cfg, "model.").items()})
             mlf.log_params({"effective.lr": train_cfg.lr, "effective.batch_size": train_cfg.batch_size})
         metrics = run_train(ds, model_cfg, train_cfg, layout.ensemble, layout.train, layout.metrics_file("train"),
                             device=device or train_cfg.device, resume=resume, truth=truth_fn, log=mlf,
-                            fresh_images=fresh, kinds=kinds)
+                            fresh_images=fresh, kinds=kinds, other_sessions=others)
         if mlf is not None:
             from meiscope.tracking import log_ensemble, log_training_data
 

@@ -78,8 +78,15 @@ def _validate(m: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _sessions(m: dict) -> list[tuple[str, str]]:
+    shared = ", ".join(str(s) for s in m["shared"]) or "none (sessions.shared is empty)"
+    return [("studied session", str(m["study"])), ("sharing its core", shared),
+            ("sessions in the cache", ", ".join(str(s) for s in m["in_cache"]))]
+
+
 STAGES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
-    "rank": _rank, "tune": _tune, "train": _train, "mei": _mei, "gabor": _gabor, "validate": _validate}
+    "rank": _rank, "sessions": _sessions, "tune": _tune, "train": _train, "mei": _mei, "gabor": _gabor,
+    "validate": _validate}
 
 
 def summary_lines(stage: str, result: Any) -> list[str]:

@@ -18,12 +18,35 @@ from typing import Any, Iterator
 from meiscope.config import Params, TrackingConfig, flat_dict
 
 
+# MLFLOW_TRACKING_URI as it was when this process started. mlflow.set_tracking_uri() writes the
+# variable too, so reading it later would give the store of whichever project logged last.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
-    """The store URI with a relative sqlite path made absolute under ``root``."""
+    """The store URI: ``MLFLOW_TRACKING_URI`` when the user set it (e.g. a team's tracking server,
+    see `make services`), else ``tracking.uri``, with a relative sqlite path made absolute under ``root``."""
+    uri = USER_TRACKING_URI or cfg.uri
     prefix = "sqlite:///"
-    if cfg.uri.startswith(prefix) and not cfg.uri[len(prefix):].startswith("/"):
-        return prefix + str((root / cfg.uri[len(prefix):]).resolve())
-    return cfg.uri
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        return prefix + str((root / uri[len(prefix):]).resolve())
+    return uri
+
+
+def is_server(uri: str) -> bool:
+    """True for a tracking server (``http(s)://``), which stores artifacts itself."""
+    return uri.startswith(("http://", "https://"))
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the current tracking store holds run ``run_id``."""
+    import mlflow
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
 
 
 def git_commit(root: Path) -> str:
@@ -96,11 +119,17 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
     """
     import mlflow
 
-    location = (Path(root).resolve() / "mlruns").as_uri()
+    # a tracking server keeps the artifacts of every host in its own store
+    location = None if is_server(uri) else (Path(root).resolve() / "mlruns").as_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:  # a model-training experiment, so the UI opens it on its training runs
-        return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+        except mlflow.exceptions.MlflowException:  # another host created it a moment ago (shared server)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
     if EXPERIMENT_KIND not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     store = _own_sqlite_file(uri, root)

@@ -5,7 +5,9 @@ on the train images with early stopping on the validation images; the ensemble p
 mean of its members. A linear-nonlinear baseline is fitted on the same split. All models are
 scored on the held-out test images against single trials (correlation to the average over
 repeats, single-trial correlation, FEVE), next to the leave-one-out oracle (noise ceiling) and,
-for synthetic data, against the true firing rates.
+for synthetic data, against the true firing rates. With other sessions (``sessions.shared``) each
+member's core also learns from their selected cells, one readout per session; only the studied
+session's model is saved and scored.
 
 Outputs: ``out_dir`` (``models/ensemble``: member weights + ``ensemble.json``), ``metrics_path``
 (JSON summary), ``results_dir`` (``per_neuron.csv``, ``history.json``, ``learning_curves.png``,
@@ -29,7 +31,7 @@ from meiscope.model.ensemble import member_path, save_ensemble
 from meiscope.model.evaluation import (corr_to_average, feve, finite_or_none, oracle_corr, pearson_columns, predict,
                                        single_trial_corr, trial_mask)
 from meiscope.model.network import check_model_config
-from meiscope.model.training import TrainingError, TrainResult, train_one
+from meiscope.model.training import TrainingError, TrainResult, train_shared
 
 
 def _epoch_logger(log: Any, seed: int, seen: set[int]) -> Callable[[int, dict], None]:
@@ -86,7 +88,7 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
               results_dir: Path, metrics_path: Path, device: Any = "auto", resume: bool = False,
               truth: Optional[Callable[[np.ndarray], np.ndarray]] = None, progress: bool = True,
               log: Any = None, fresh_images: Optional[np.ndarray] = None,
-              kinds: Optional[Sequence[str]] = None) -> dict:
+              kinds: Optional[Sequence[str]] = None, other_sessions: Sequence[ResponseDataset] = ()) -> dict:
     """Train one member per seed, fit the LN baseline, evaluate on test images, write everything.
 
     Args:
@@ -104,6 +106,9 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
             training or selection): with ``truth``, the models are scored against the true rates on
             them (``gt_fresh_corr_*``), far more images than the test split holds.
         kinds: optional ``(n_neurons,)`` true cell kinds, for per-kind fresh-scene scores.
+        other_sessions: other sessions (each restricted to its own selected cells) whose readouts
+            train every member's core together with ``ds``'s (:func:`~meiscope.model.training.train_shared`).
+            Only ``ds``'s model is saved and scored.
 
     Returns the metrics dict that is also written to ``metrics_path``.
     """
@@ -116,9 +121,9 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
     results: list[TrainResult] = []
     for seed in train_cfg.seeds:
         seen: set[int] = set()
-        result = train_one(model_cfg, train_cfg, ds, seed, device,
-                           checkpoint_path=results_dir / "checkpoints" / f"seed_{seed}.pt", resume=resume,
-                           on_epoch=_epoch_logger(log, seed, seen), progress=progress)
+        result = train_shared(model_cfg, train_cfg, [ds, *other_sessions], seed, device,
+                              checkpoint_path=results_dir / "checkpoints" / f"seed_{seed}.pt", resume=resume,
+                              on_epoch=_epoch_logger(log, seed, seen), progress=progress)
         if log is not None:  # epochs restored from a checkpoint were not seen by the callback
             for record in result.history:
                 if record["epoch"] not in seen:
@@ -178,6 +183,9 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
         "test_fraction_of_oracle": (single_mean / oracle_mean if single_mean is not None and oracle_mean
                                     else None),
     }
+    if other_sessions:  # absent for one session, so the default study's metrics stay as they were
+        metrics["shared_core_sessions"] = [int(ds.experiment_id), *(int(o.experiment_id) for o in other_sessions)]
+        metrics["shared_core_n_neurons"] = [int(ds.n_neurons), *(int(o.n_neurons) for o in other_sessions)]
     if truth is not None:
         true_rates = np.asarray(truth(ds.images[test]), dtype=np.float64)
         if true_rates.shape != (len(test), ds.n_neurons):
@@ -197,9 +205,11 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
     with atomic_path(results_dir / "per_neuron.csv", suffix=".csv") as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     # what was run (configuration, not metrics: `dvc params` and MLflow hold it too)
-    write_json(results_dir / "run.json", {"device": str(device), "seeds": [int(s) for s in train_cfg.seeds],
-                                          "model": as_dict(model_cfg), "lr": train_cfg.lr,
-                                          "batch_size": train_cfg.batch_size})
+    run = {"device": str(device), "seeds": [int(s) for s in train_cfg.seeds], "model": as_dict(model_cfg),
+           "lr": train_cfg.lr, "batch_size": train_cfg.batch_size}
+    if other_sessions:
+        run["shared_core_sessions"] = metrics["shared_core_sessions"]
+    write_json(results_dir / "run.json", run)
     write_json(results_dir / "history.json",
                {str(r.seed): [{k: _json_safe(v) for k, v in h.items()} for h in r.history] for r in results})
     _write_plot_data(results, ds, test, ensemble_pred, results_dir)

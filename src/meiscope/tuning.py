@@ -7,30 +7,35 @@
   the search beat the hand-made design.
 * Objective: best validation score (correlation to average or FEVE) of a short training on the
   train split, reported per epoch and pruned by a median pruner. Never the test split.
-* Storage: a local Optuna journal file (safe for several local processes) by default, or any
-  RDB URL to spread one study over machines. A rerun resumes the study and only adds the
-  trials missing from the budget; only finished trials (complete or pruned) count against it.
-  A trial an earlier run left running (killed) is marked failed and its configuration is tried
-  once more.
-* Sampling: the first run of a study with one worker samples with ``tune.seed`` (reproducible);
-  every other worker and every resumed run gets a seed of its own (:func:`sampler_seed`), so no
-  process replays another's start-up sequence of configurations.
-* MLflow: the caller opens one parent run; every trial of this invocation becomes a nested
-  child run, logged from the study's records after the workers finish (MLflow's fluent API is
-  neither thread- nor process-safe on one sqlite store).
+* Storage: a local Optuna journal file by default (one `tune` invocation at a time, with any
+  number of ``--workers``), or a PostgreSQL URL that `tune` processes on many hosts share (see
+  :mod:`meiscope.shared_study` for the lock, the budget claims and the heartbeats). A rerun
+  resumes the study and only adds the trials missing from the budget; only finished trials
+  (complete or pruned) count against it. A trial an earlier run left running (killed) is marked
+  failed and its configuration is tried once more.
+* Sampling: each worker that joins a study takes the next worker number, which seeds its sampler
+  (:func:`sampler_seed`): the first worker of a new study samples with ``tune.seed`` (a
+  one-worker study is reproducible); no other worker, on any host, replays its start-up sequence.
+* MLflow: every trial becomes a nested child run under the study's one parent run (the first
+  `tune` run of the study, recorded in the study), logged by the invocation that ran it after its
+  workers finish (MLflow's fluent API is neither thread- nor process-safe on one sqlite store).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import multiprocessing
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from meiscope import shared_study
 from meiscope.config import ModelConfig, SearchSpace, TrainConfig, TuneConfig, as_dict, build_section
 from meiscope.dataset import ResponseDataset
 
@@ -186,8 +191,20 @@ def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None, seed
 
 def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
     url = storage_url or cfg.storage
+    shared_study.require_shared_storage(url)
     if url:
-        return url
+        import warnings
+
+        import optuna
+
+        # the first connection creates Optuna's tables: two hosts doing so at once collide in PostgreSQL
+        schema = (shared_study.postgres_lock(url, "optuna-schema") if shared_study.is_postgresql(url)
+                  else contextlib.nullcontext())
+        with warnings.catch_warnings(), schema:  # heartbeat_interval is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=shared_study.HEARTBEAT_S, grace_period=shared_study.GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -196,48 +213,83 @@ def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
-            device: str, root: str, storage_url: str | None, n_trials: int, progress: bool = True,
-            seed: int | None = None) -> None:
-    """One process of the study: runs ``n_trials`` trials (a share of the missing budget)."""
-    import optuna
+def lock_file(cfg: TuneConfig, root: Path) -> Path:
+    """The lock file of a study on this host's storage (beside the journal)."""
+    return Path(root) / Path(cfg.journal_file).parent / f"{cfg.study_name}.lock"
 
-    # per-trial INFO lines would break the progress bar; each trial is in MLflow and optuna-dashboard
+
+def study_lock(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
+    """The study's lock: PostgreSQL advisory lock or this host's lock file (see :mod:`meiscope.shared_study`)."""
+    return shared_study.study_lock(storage_url or cfg.storage, lock_file(cfg, root), cfg.study_name)
+
+
+def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
+            device: str, root: str, storage_url: str | None, budget: int, tuner: str,
+            progress: bool = True, threads: int | None = None) -> None:
+    """One worker of the study: claims and runs trials until the study's budget is met.
+
+    ``tuner`` stamps the trials this invocation of `tune` runs (it logs them to MLflow);
+    ``threads``: torch's CPU threads (the local workers share the cores).
+    """
+    import optuna
+    import torch
+    from tqdm import tqdm
+
+    if threads:
+        torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ds = ResponseDataset.load(dataset_path)
-    study = open_study(cfg, Path(root), storage_url, seed=seed)
-    study.optimize(make_objective(ds, cfg, base_model, base_train, device), n_trials=n_trials,
-                   catch=(Exception,), gc_after_trial=False, show_progress_bar=progress)
+    study = open_study(cfg, Path(root), storage_url)
+    lock = functools.partial(study_lock, cfg, Path(root), storage_url)
+    with lock():
+        number, finished = shared_study.join_study(study)
+    study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg.seed, number, finished))
+    objective = make_objective(ds, cfg, base_model, base_train, device)
+    bar = tqdm(total=budget, initial=min(finished, budget), desc=f"tune worker {number}", unit="trial",
+               position=number % 8, leave=False, disable=not progress)
+    for _ in range(budget):  # at most the budget: a worker whose every trial crashes still stops
+        with lock():
+            trial = shared_study.claim_trial(study, budget)
+            if trial is not None:
+                trial.set_user_attr(shared_study.TUNER, tuner)
+        if trial is None:
+            break
+        shared_study.run_claimed_trial(study, trial, objective, study._storage)
+        bar.n = min(budget, sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False)))
+        bar.refresh()
+    bar.close()
 
 
 def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
               device: str, root: Path, storage_url: str | None = None, workers: int = 1,
               n_trials: int | None = None, progress: bool = False) -> tuple[Any, list[int]]:
-    """Run the study up to its budget. Returns the study and the numbers of the trials run now.
+    """Run the study up to its budget with ``workers`` processes. Returns the study and the
+    numbers of the trials this call ran.
 
-    The missing budget is split among ``workers`` processes up front, so that parallel workers
-    neither overshoot nor lose trials. A local journal is assumed to have no other tuner
-    running: trials left RUNNING by an interrupted earlier run are marked failed.
+    On a PostgreSQL storage, `tune` processes on other hosts may work on the same study at the
+    same time: the budget is claimed trial by trial under the study lock
+    (:mod:`meiscope.shared_study`), so all of them together run it exactly. A local journal
+    serves one invocation (and its workers): trials left RUNNING in it by an interrupted earlier
+    run are marked failed and retried once; on an RDB storage missing heartbeats do that.
     """
+    import uuid
+
     budget = n_trials or cfg.n_trials
-    study = open_study(cfg, root, storage_url)
-    if not (storage_url or cfg.storage):
-        _retry_interrupted(study)
-    before = {t.number for t in study.trials}
-    if not study.trials:
-        study.enqueue_trial(default_trial_params(base_model, base_train))
-    finished = sum(t.state.name in FINISHED for t in study.trials)
-    missing = max(0, budget - finished)  # an enqueued trial (default, retry) is among the next ones run
-    shares = [missing // workers + (1 if i < missing % workers else 0) for i in range(workers)]
-    seeds = [sampler_seed(cfg.seed, i, len(before)) for i in range(workers)]
-    args = (str(dataset_path), cfg, base_model, base_train, device, str(root), storage_url)
+    url = storage_url or cfg.storage
+    study = open_study(cfg, root, url)
+    with study_lock(cfg, root, url):
+        if not url:
+            _retry_interrupted(study)
+        if not study.trials:
+            study.enqueue_trial(default_trial_params(base_model, base_train))
+    tuner = uuid.uuid4().hex
+    args = (str(dataset_path), cfg, base_model, base_train, device, str(root), url, budget, tuner, progress)
     if workers == 1:
-        if missing:
-            _worker(*args, missing, progress, seeds[0])
+        _worker(*args)
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(*args, share, progress, seed))
-                 for share, seed in zip(shares, seeds) if share]
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)  # oversubscribed cores slow every worker down
+        procs = [ctx.Process(target=_worker, args=(*args, threads)) for _ in range(workers)]
         for p in procs:
             p.start()
         for p in procs:
@@ -245,9 +297,9 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
         bad = [p.exitcode for p in procs if p.exitcode]
         if bad:
             log.warning("%d tuning worker(s) exited with codes %s", len(bad), bad)
-    study = open_study(cfg, root, storage_url)
-    new = sorted(t.number for t in study.trials if t.number not in before)
-    return study, new
+    study = open_study(cfg, root, url)
+    mine = sorted(t.number for t in study.trials if t.user_attrs.get(shared_study.TUNER) == tuner)
+    return study, mine
 
 
 def _retry_interrupted(study: Any) -> None:

@@ -6,7 +6,10 @@ Modules, one concept each:
 - ``readouts``: Gaussian (learned position per neuron) and factorized (mask x features) readouts.
 - ``network``: :class:`~meiscope.model.network.ResponseModel` and ``build_model`` (validates the config).
 - ``data``: response normalisation and in-memory tensors for training.
-- ``training``: ``train_one`` (one seeded member: Adam, early stopping, resumable checkpoints).
+- ``sessions``: :class:`~meiscope.model.sessions.SharedCoreModel`, one core shared by several
+  sessions (one readout each), and its plain single-session ``ResponseModel`` views.
+- ``training``: ``train_one`` (one seeded member: Adam, early stopping, resumable checkpoints) and
+  ``train_shared`` (the same member with its core trained on several sessions).
 - ``evaluation``: correlation-to-average, single-trial correlation, FEVE, oracle, ``predict``.
 - ``baseline``: the linear-nonlinear (LN) baseline.
 - ``ensemble``: save / load the trained members as one ensemble.

@@ -164,16 +164,26 @@ def build_model(cfg: ModelConfig, n_neurons: int, image_shape: Sequence[int]) ->
     for a reproducible initialisation.
     """
     height, width = check_model_config(cfg, n_neurons, image_shape)
-    core = ConvCore(in_channels=1, layers=cfg.layers, channels=list(cfg.channels), first_kernel=cfg.first_kernel,
+    core = build_core(cfg)
+    return ResponseModel(core, build_readout(cfg, n_neurons, core.out_channels, (height, width)))
+
+
+def build_core(cfg: ModelConfig) -> ConvCore:
+    """A fresh :class:`ConvCore` of ``cfg`` (draws its weights from torch's global generator)."""
+    return ConvCore(in_channels=1, layers=cfg.layers, channels=list(cfg.channels), first_kernel=cfg.first_kernel,
                     hidden_kernel=cfg.hidden_kernel, depth_separable=cfg.depth_separable,
                     batch_norm=cfg.batch_norm)
+
+
+def build_readout(cfg: ModelConfig, n_neurons: int, in_channels: int, image_shape: tuple[int, int]) -> nn.Module:
+    """A fresh readout of ``cfg.readout`` for ``n_neurons`` reading ``in_channels`` core features."""
+    height, width = image_shape
     if cfg.readout == "gaussian":
-        readout: nn.Module = GaussianReadout(n_neurons, core.out_channels, height, width)
-    elif cfg.readout == "factorized":
-        readout = FactorizedReadout(n_neurons, core.out_channels, height, width)
-    else:  # ModelConfig already refuses this; kept for configs built around its validation
-        raise ModelError(f"model.readout {cfg.readout!r} is not one of 'gaussian', 'factorized'")
-    return ResponseModel(core, readout)
+        return GaussianReadout(n_neurons, in_channels, height, width)
+    if cfg.readout == "factorized":
+        return FactorizedReadout(n_neurons, in_channels, height, width)
+    # ModelConfig already refuses this; kept for configs built around its validation
+    raise ModelError(f"model.readout {cfg.readout!r} is not one of 'gaussian', 'factorized'")
 
 
 def place_model(model: nn.Module, device: torch.device | str) -> nn.Module:

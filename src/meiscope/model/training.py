@@ -1,5 +1,8 @@
 """Train one seeded ensemble member: Adam, LR-on-plateau, early stopping, resumable checkpoints.
 
+A member is trained on one session (:func:`train_one`) or with its core shared by several
+sessions, one readout each (:func:`train_shared`; one batch = one session's images).
+
 The loop, per epoch: shuffle the train images (seeded generator), take Adam steps on the
 repeat-weighted loss of image means plus penalties, score the validation images
 (correlation to the average over repeats, FEVE), step the LR scheduler on that correlation,
@@ -14,6 +17,7 @@ weights after 10 epochs on an H100) but not bit for bit.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import warnings
 import json
@@ -21,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +38,13 @@ from meiscope.model import resolve_device
 from meiscope.model.data import ResponseNormalisation, SplitTensors, batch_indices, fit_normalisation, split_tensors
 from meiscope.model.ensemble import save_torch
 from meiscope.model.evaluation import corr_to_average, feve
-from meiscope.model.network import ResponseModel, build_model, check_model_config, place_model
+from meiscope.model.network import ResponseModel, check_model_config, place_model
 from meiscope.model.readouts import map_peaks, rf_position_map
+from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
 
 # Poisson log(0) guard: the model output ELU(x)+1 can approach 0.
 _EPS = 1e-6
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the state of a SharedCoreModel (core + one readout per session)
 
 
 class TrainingError(MeiscopeError, ValueError):
@@ -51,7 +56,8 @@ class TrainResult:
     """One trained member.
 
     Attributes:
-        model: the member with its best (highest validation correlation) weights, in eval mode.
+        model: the member (of the studied session) with its best (highest validation correlation)
+            weights, in eval mode.
         history: one dict per epoch: ``epoch``, ``train_loss``, ``val_corr_to_avg``, ``val_feve``, ``lr``.
         normalisation: the dF/F <-> normalised-unit map the member was trained with.
         seed: its seed.
@@ -59,6 +65,8 @@ class TrainResult:
         best_val_corr: their mean validation correlation to the average.
         stop_reason: ``patience`` | ``max_epochs`` | ``callback``.
         epochs_run: epochs computed by this call (others were loaded from the checkpoint).
+        shared_model: the whole :class:`~meiscope.model.sessions.SharedCoreModel` (every session's
+            readout; ``model`` is its studied-session view), same weights and mode.
     """
 
     model: ResponseModel
@@ -69,6 +77,7 @@ class TrainResult:
     best_val_corr: float
     stop_reason: str
     epochs_run: list[int] = field(default_factory=list)
+    shared_model: Optional[SharedCoreModel] = None
 
 
 def response_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str) -> torch.Tensor:
@@ -105,13 +114,17 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, ds: ResponseDataset) -> str:
-    """What a checkpoint must match to be resumed (configuration and data, not max_epochs)."""
+def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
+                 datasets: Sequence[ResponseDataset]) -> str:
+    """What a checkpoint must match to be resumed (configuration and every session's data, not max_epochs)."""
     digest = hashlib.md5()
-    for array in (ds.images, ds.responses, ds.trial_image, ds.cell_ids, ds.split.astype(str)):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    for ds in datasets:
+        for array in (ds.images, ds.responses, ds.trial_image, ds.cell_ids, ds.split.astype(str)):
+            digest.update(np.ascontiguousarray(array).tobytes())
     key = {"model": as_dict(model_cfg), "seed": int(seed), "lr": train_cfg.lr, "batch_size": train_cfg.batch_size,
            "weight_decay": train_cfg.weight_decay, "patience": train_cfg.patience, "data": digest.hexdigest()}
+    if len(datasets) > 1:
+        key["sessions"] = [int(ds.experiment_id) for ds in datasets]
     return json.dumps(key, sort_keys=True)
 
 
@@ -145,9 +158,117 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # truncated / foreign file
         raise TrainingError(f"{path}: unreadable checkpoint ({type(err).__name__}); delete it to start over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or "format" not in state:
         raise TrainingError(f"{path}: not a meiscope training checkpoint (format {CHECKPOINT_FORMAT}); delete it")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path}: a checkpoint of format {state['format']} (this meiscope writes and resumes "
+                            f"format {CHECKPOINT_FORMAT}); delete it or train without resume")
     return state
+
+
+@dataclass
+class _Session:
+    """One session's training data on the device, as the loop uses it.
+
+    Attributes:
+        key: its :func:`~meiscope.model.sessions.session_key`.
+        ds: the dataset (restricted to the modelled neurons).
+        normalisation: its dF/F <-> normalised-unit map (fitted on its train images).
+        train, val: its train and validation images and targets.
+        val_responses, val_trial_image: its validation trials (see :func:`_val_trials`).
+    """
+
+    key: str
+    ds: ResponseDataset
+    normalisation: ResponseNormalisation
+    train: SplitTensors
+    val: SplitTensors
+    val_responses: np.ndarray
+    val_trial_image: np.ndarray
+
+
+def _check_trainable(ds: ResponseDataset, model_cfg: ModelConfig) -> None:
+    """Refuse a session that cannot train or early-stop a model (one-line :class:`TrainingError`)."""
+    check_model_config(model_cfg, ds.n_neurons, ds.images.shape[1:])
+    repeats = ds.repeats()
+    n_train = int((repeats[ds.image_indices("train")] > 0).sum())
+    n_val = int((repeats[ds.image_indices("val")] > 0).sum())
+    if n_train < 2:
+        raise TrainingError(f"dataset {ds.experiment_id}: needs >= 2 train images with trials (has {n_train})")
+    if n_val < 2:
+        raise TrainingError(f"dataset {ds.experiment_id}: needs >= 2 validation images with trials for early "
+                            f"stopping (has {n_val}; see extract.split.val_fraction)")
+
+
+def _check_sessions(datasets: Sequence[ResponseDataset], model_cfg: ModelConfig) -> None:
+    """Refuse sessions that cannot share one core: none, repeated ids, other image sizes, too few images."""
+    if not datasets:
+        raise TrainingError("training needs at least one session")
+    ids = [int(ds.experiment_id) for ds in datasets]
+    if len(set(ids)) != len(ids):
+        raise TrainingError(f"sessions sharing a core must be distinct experiments (got {ids})")
+    shape = datasets[0].images.shape[1:]
+    for ds in datasets:
+        if ds.images.shape[1:] != shape:
+            raise TrainingError(f"dataset {ds.experiment_id}: images of {ds.images.shape[1:]} cannot share a core "
+                                f"with the studied session's {shape} (same extract.image_height / image_width)")
+        _check_trainable(ds, model_cfg)
+
+
+def without_scenes_of(ds: ResponseDataset, scene_ids: np.ndarray) -> ResponseDataset:
+    """``ds`` with every image showing one of ``scene_ids`` (template ids) moved to its ``test`` split.
+
+    The sessions of a study see the same scenes (the same template): a scene that is a test image
+    of the studied session must not be trained on, or validated on, through another session.
+    With the same ``extract.split`` and the same scenes the splits agree and nothing moves.
+    """
+    hidden = np.isin(ds.image_ids, scene_ids) & (ds.split != "test")
+    if not hidden.any():
+        return ds
+    split = ds.split.copy()
+    split[hidden] = "test"
+    return dataclasses.replace(ds, split=split)
+
+
+def _prepare_session(ds: ResponseDataset, model_cfg: ModelConfig, device: torch.device) -> _Session:
+    """Normalisation (from the train image means), device tensors and validation trials of one session."""
+    repeats = ds.repeats()
+    train_rows = ds.image_indices("train")
+    normalisation = fit_normalisation(ds.image_means()[train_rows[repeats[train_rows] > 0]])
+    train = split_tensors(ds, "train", normalisation, device, clip_at_zero=model_cfg.loss == "poisson")
+    val = split_tensors(ds, "val", normalisation, device)
+    val_responses, val_trial_image = _val_trials(ds, val)
+    return _Session(key=session_key(ds.experiment_id), ds=ds, normalisation=normalisation, train=train, val=val,
+                    val_responses=val_responses, val_trial_image=val_trial_image)
+
+
+def _epoch_batches(sizes: Sequence[int], batch_size: int, generator: torch.Generator) -> list[tuple[int, torch.Tensor]]:
+    """One epoch as ``(session index, image rows)`` batches: every train image of every session once.
+
+    Each session's images are shuffled and cut as for one session (:func:`batch_indices`), so a
+    batch never mixes sessions (each has its own readout and loss); the batches of all sessions
+    are then put in one random order, so the core sees the sessions interleaved through the epoch
+    rather than one after another. With one session nothing more is drawn from ``generator``:
+    the batch order, and so the training, of a one-session run is exactly the single-session one.
+    """
+    batches = [(i, rows) for i, n in enumerate(sizes) for rows in batch_indices(n, batch_size, generator)]
+    if len(sizes) == 1:
+        return batches
+    return [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _val_scores(model: ResponseModel, session: _Session) -> tuple[float, np.ndarray]:
+    """Mean validation correlation to the average over repeats, and the per-neuron FEVE, of one session."""
+    pred = session.normalisation.to_dff(_predict_units(model, session.val.images).double().cpu().numpy())
+    corr = float(np.mean(corr_to_average(pred, session.val_responses, session.val_trial_image)))
+    return corr, feve(pred, session.val_responses, session.val_trial_image)
+
+
+def _set_training(shared: SharedCoreModel, views: Sequence[ResponseModel], training: bool) -> None:
+    """Train / eval mode for the shared model and its session views (the views share its modules)."""
+    shared.train(training)
+    for view in views:
+        view.train(training)
 
 
 def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDataset, seed: int,
@@ -169,43 +290,65 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
         progress: show a tqdm bar over epochs.
 
     Bad configurations (kernel larger than the image, too few images) raise before any training.
+    The one-session case of :func:`train_shared`.
+    """
+    return train_shared(model_cfg, train_cfg, [ds], seed, device=device, checkpoint_path=checkpoint_path,
+                        resume=resume, max_epochs=max_epochs, on_epoch=on_epoch, progress=progress)
+
+
+def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Sequence[ResponseDataset], seed: int,
+                 device: torch.device | str = "cpu", checkpoint_path: Optional[str | Path] = None,
+                 resume: bool = False, max_epochs: Optional[int] = None,
+                 on_epoch: Optional[Callable[[int, dict], Any]] = None, progress: bool = True) -> TrainResult:
+    """Train one member whose core is shared by several sessions, each with its own readout.
+
+    ``datasets[0]`` is the studied session: its validation correlation alone steps the LR
+    scheduler and decides early stopping and the restored weights, because the member is kept
+    for that session's MEIs (the other sessions are extra data for the core; their mean could
+    peak at an epoch that is worse for the studied cells). Its view is ``TrainResult.model``.
+    Every session keeps its own train / val split; images showing a test scene of the studied
+    session are never trained on through another session (:func:`without_scenes_of`). Each
+    Adam step takes one batch of one session (:func:`_epoch_batches`) with that session's loss
+    (mean over its neurons) plus the penalties of the core and of its readout.
+
+    With one dataset this is exactly :func:`train_one` as it was before sessions were shared
+    (same draws, same steps, bit-identical weights on the CPU). Arguments as :func:`train_one`;
+    epoch records of the other sessions add ``session_<id>_train_loss`` and
+    ``session_<id>_val_corr_to_avg``. ``TrainResult.shared_model`` holds every session's readout.
     """
     device = resolve_device(device)
-    check_model_config(model_cfg, ds.n_neurons, ds.images.shape[1:])
-    repeats = ds.repeats()
-    n_train = int((repeats[ds.image_indices("train")] > 0).sum())
-    n_val = int((repeats[ds.image_indices("val")] > 0).sum())
-    if n_train < 2:
-        raise TrainingError(f"dataset {ds.experiment_id}: needs >= 2 train images with trials (has {n_train})")
-    if n_val < 2:
-        raise TrainingError(f"dataset {ds.experiment_id}: needs >= 2 validation images with trials for early "
-                            f"stopping (has {n_val}; see extract.split.val_fraction)")
+    datasets = list(datasets)
+    _check_sessions(datasets, model_cfg)
+    test_scenes = datasets[0].image_ids[datasets[0].image_indices("test")]
+    datasets = datasets[:1] + [without_scenes_of(ds, test_scenes) for ds in datasets[1:]]
+    for ds in datasets[1:]:  # moving images to test can leave a session too few to train on
+        _check_trainable(ds, model_cfg)
     limit = int(max_epochs) if max_epochs is not None else train_cfg.max_epochs
     checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-    fingerprint = _fingerprint(model_cfg, train_cfg, seed, ds)
-
-    train_means = ds.image_means()[ds.image_indices("train")[repeats[ds.image_indices("train")] > 0]]
-    normalisation = fit_normalisation(train_means)
-    clip = model_cfg.loss == "poisson"
-    train = split_tensors(ds, "train", normalisation, device, clip_at_zero=clip)
-    val = split_tensors(ds, "val", normalisation, device)
-    val_responses, val_trial_image = _val_trials(ds, val)
+    fingerprint = _fingerprint(model_cfg, train_cfg, seed, datasets)
+    sessions = [_prepare_session(ds, model_cfg, device) for ds in datasets]
+    study = sessions[0]
 
     with _deterministic(device):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = place_model(build_model(model_cfg, ds.n_neurons, ds.images.shape[1:]), device)
-        model.set_normalisation(normalisation.offset, normalisation.scale)
-        _init_bias(model, train.targets, train.weights)
-        # Start each readout at its neuron's receptive-field estimate: gradient steps only
-        # refine a position locally (see meiscope.model.readouts).
-        model.readout.init_positions_(map_peaks(rf_position_map(train.images, train.targets)))
-        optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        shared = build_shared_model(model_cfg, [(s.key, s.ds.n_neurons) for s in sessions], study.ds.images.shape[1:])
+        shared = place_model(shared, device)
+        views = []
+        for s in sessions:
+            shared.set_normalisation(s.key, s.normalisation.offset, s.normalisation.scale)
+            view = shared.session_model(s.key)
+            _init_bias(view, s.train.targets, s.train.weights)
+            # Start each readout at its neuron's receptive-field estimate: gradient steps only
+            # refine a position locally (see meiscope.model.readouts).
+            view.readout.init_positions_(map_peaks(rf_position_map(s.train.images, s.train.targets)))
+            views.append(view)
+        optimizer = torch.optim.Adam(shared.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=0.3, patience=max(1, train_cfg.patience // 4), min_lr=train_cfg.lr * 1e-3)
 
         epoch, best_val, best_epoch, bad_epochs = 0, -math.inf, 0, 0
-        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_state = {k: v.detach().clone() for k, v in shared.state_dict().items()}
         history: list[dict] = []
         stop_reason = "max_epochs"
         if resume and checkpoint_path is not None and checkpoint_path.is_file():
@@ -213,7 +356,7 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
             if state["fingerprint"] != fingerprint:
                 raise TrainingError(f"{checkpoint_path}: written for another configuration or dataset; "
                                     "delete it or train without resume")
-            model.load_state_dict(state["model"])
+            shared.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"].cpu())
@@ -230,32 +373,36 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
         bar = tqdm(range(epoch + 1, limit + 1), initial=epoch, total=max(limit, epoch),
                    desc=f"train seed {seed}", disable=not progress, leave=False)
         for epoch in bar:
-            model.train()
-            total = torch.zeros((), device=device)
-            for idx in batch_indices(len(train), train_cfg.batch_size, generator):
+            _set_training(shared, views, True)
+            # summed on the device: one sync per epoch
+            totals = [torch.zeros((), device=device) for _ in sessions]
+            for i, idx in _epoch_batches([len(s.train) for s in sessions], train_cfg.batch_size, generator):
+                session, view = sessions[i], views[i]
                 idx = idx.to(device)
-                pred = model(train.images[idx])
-                data = response_loss(pred, train.targets[idx], train.weights[idx], model_cfg.loss)
-                loss = data + model.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
+                pred = view(session.train.images[idx])
+                data = response_loss(pred, session.train.targets[idx], session.train.weights[idx], model_cfg.loss)
+                loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
+                # the other sessions' readouts get no gradient (None), so Adam leaves them alone
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                model.constrain_()
-                total = total + data.detach() * len(idx)  # summed on the device: one sync per epoch
+                view.constrain_()
+                totals[i] = totals[i] + data.detach() * len(idx)
 
-            pred_val = normalisation.to_dff(_predict_units(model, val.images).double().cpu().numpy())
-            val_corr = float(np.mean(corr_to_average(pred_val, val_responses, val_trial_image)))
-            val_feve = feve(pred_val, val_responses, val_trial_image)
-            record = {"epoch": epoch, "train_loss": float(total) / len(train), "val_corr_to_avg": val_corr,
+            val_corr, val_feve = _val_scores(views[0], study)
+            record = {"epoch": epoch, "train_loss": float(totals[0]) / len(study.train), "val_corr_to_avg": val_corr,
                       "val_feve": float(np.nanmedian(val_feve)) if np.isfinite(val_feve).any() else float("nan"),
                       "lr": float(optimizer.param_groups[0]["lr"])}
+            for session, view, total in zip(sessions[1:], views[1:], totals[1:]):
+                record[f"session_{session.key}_train_loss"] = float(total) / len(session.train)
+                record[f"session_{session.key}_val_corr_to_avg"] = _val_scores(view, session)[0]
             history.append(record)
             epochs_run.append(epoch)
 
             scheduler.step(val_corr)
             if val_corr > best_val:
                 best_val, best_epoch, bad_epochs = val_corr, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in shared.state_dict().items()}
             else:
                 bad_epochs += 1
             stopped = False
@@ -267,7 +414,7 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
 
             if checkpoint_path is not None:
                 state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "model": shared.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                          "generator": generator.get_state(), "best_state": best_state, "best_val": best_val,
                          "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
@@ -279,8 +426,8 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
                 break
         bar.close()
 
-    model.load_state_dict(best_state)
-    model.eval()
-    return TrainResult(model=model, history=history, normalisation=normalisation, seed=int(seed),
-                       best_epoch=best_epoch, best_val_corr=float(best_val), stop_reason=stop_reason,
-                       epochs_run=epochs_run)
+    shared.load_state_dict(best_state)
+    _set_training(shared, views, False)
+    return TrainResult(model=shared.session_model(study.key), history=history, normalisation=study.normalisation,
+                       seed=int(seed), best_epoch=best_epoch, best_val_corr=float(best_val), stop_reason=stop_reason,
+                       epochs_run=epochs_run, shared_model=shared)
