@@ -45,11 +45,16 @@ def stack():
     cfg = ServicesConfig(postgres_port=_free_port(), mlflow_port=_free_port())
     (root / "params.yaml").write_text(yaml.safe_dump({"services": {"postgres_port": cfg.postgres_port,
                                                                    "mlflow_port": cfg.mlflow_port}}))
-    try:
-        yield cfg, root, services.start(cfg, root)
-    finally:
-        services.stop(cfg, root)
+    command = ["services", "--params", str(root / "params.yaml")]
+    try:  # as `make services` does
+        started = CliRunner().invoke(main, [*command[:1], "start", *command[1:]])
+        assert started.exit_code == 0, started.output
+        assert f"export MLFLOW_TRACKING_URI={services.urls(cfg).tracking_uri}" in started.output
+        yield cfg, root, services.urls(cfg)
+    finally:  # as `make services-stop` does
+        stopped = CliRunner().invoke(main, [*command[:1], "stop", *command[1:]])
         shutil.rmtree(root, ignore_errors=True)
+    assert stopped.output.strip() == "stopped: mlflow server, postgresql"
 
 
 @needs_postgres
@@ -171,3 +176,28 @@ def test_hosts_that_open_a_new_database_at_once_do_not_collide(stack):
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0, 0], errors
     engine.dispose()
+
+
+@needs_postgres
+def test_a_stage_run_logs_into_the_tracking_server_and_its_artifact_store(stack, tmp_path, monkeypatch):
+    """With MLFLOW_TRACKING_URI set, a stage's run and its artifacts land on the server, none in the checkout."""
+    import mlflow
+
+    from meiscope import tracking
+    from meiscope.config import parse_params
+
+    cfg, root, urls = stack
+    monkeypatch.setattr(tracking, "USER_TRACKING_URI", urls.tracking_uri)  # as exported before the process started
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", urls.tracking_uri)  # mlflow writes it too: undone after the test
+    (tmp_path / "figure.txt").write_text("a figure")
+    with tracking.start_run(parse_params({"tracking": {"experiment": "server-check"}}), "rank", tmp_path) as mlf:
+        mlf.log_metric("n_selected", 3.0)
+        mlf.log_artifact(str(tmp_path / "figure.txt"))
+        run_id = mlf.active_run().info.run_id
+    client = mlflow.MlflowClient(tracking_uri=urls.tracking_uri)
+    experiment = client.get_experiment_by_name("server-check")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")
+    assert client.get_run(run_id).data.metrics == {"n_selected": 3.0}
+    assert [a.path for a in client.list_artifacts(run_id)] == ["figure.txt"]
+    assert not (tmp_path / "mlruns").exists()
+    assert list((root / cfg.dir / "mlflow-artifacts").rglob("figure.txt"))
