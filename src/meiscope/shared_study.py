@@ -37,6 +37,7 @@ from meiscope.errors import MeiscopeError
 WORKERS_JOINED = "workers_joined"  # study user attribute: how many workers have joined
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the MLflow run every trial nests under
 TUNER = "tuner"  # trial user attribute: the `tune` invocation that ran it (each logs its own trials)
+FINISHED = ("COMPLETE", "PRUNED")  # trial states that have used up their share of the budget
 HEARTBEAT_S = 20  # a running trial's heartbeat on an RDB storage...
 GRACE_S = 90  # ...and how long without one before another worker declares it dead
 
@@ -89,8 +90,12 @@ def join_study(study: Any) -> tuple[int, int]:
     """Take the next worker number (call under the lock). Returns (number, trials finished so far)."""
     number = int(study.user_attrs.get(WORKERS_JOINED, 0))
     study.set_user_attr(WORKERS_JOINED, number + 1)
-    finished = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
-    return number, finished
+    return number, count_finished(study)
+
+
+def count_finished(study: Any) -> int:
+    """Trials complete or pruned: the search done so far."""
+    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
 
 
 def claim_trial(study: Any, budget: int) -> Any | None:
@@ -110,7 +115,7 @@ def claim_trial(study: Any, budget: int) -> Any | None:
         warnings.filterwarnings("ignore", message="Heartbeat of storage")  # we beat ourselves (heartbeat())
         fail_stale_trials(study)
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        counted = sum(s in ("COMPLETE", "PRUNED", "RUNNING", "WAITING") for s in states)
+        counted = sum(s in (*FINISHED, "RUNNING", "WAITING") for s in states)
         if "WAITING" not in states and counted >= budget:
             return None
         return study.ask()  # pops the oldest waiting trial, else creates one
@@ -139,8 +144,8 @@ def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
-def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float], storage: Any) -> str:
-    """Run ``objective`` on a claimed trial and tell the study how it ended. Returns the state's name.
+def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float]) -> None:
+    """Run ``objective`` on a claimed trial (beating its heartbeat) and tell the study how it ended.
 
     Pruned and crashed trials end in PRUNED / FAIL (the crash's reason is the objective's business);
     only an interrupt (Ctrl-C) propagates, leaving the trial failed.
@@ -149,7 +154,7 @@ def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float],
     from optuna.trial import TrialState
 
     try:
-        with heartbeat(storage, trial._trial_id):
+        with heartbeat(study._storage, trial._trial_id):
             value = objective(trial)
     except optuna.TrialPruned:
         state, value = TrialState.PRUNED, None
@@ -161,7 +166,6 @@ def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float],
     else:
         state = TrialState.COMPLETE
     study.tell(trial, value, state=state)
-    return state.name
 
 
 def parent_run(study: Any, own_run_id: str, run_exists: Callable[[str], bool]) -> str:

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FAIL_REASON = "fail_reason"
 RETRY_OF = "retry_of"  # user attribute of a trial that re-runs an interrupted trial's configuration
-FINISHED = ("COMPLETE", "PRUNED")  # trial states that count against the budget
 
 
 @dataclass(frozen=True)
@@ -254,8 +253,8 @@ def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_tr
                 trial.set_user_attr(shared_study.TUNER, tuner)
         if trial is None:
             break
-        shared_study.run_claimed_trial(study, trial, objective, study._storage)
-        bar.n = min(budget, sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False)))
+        shared_study.run_claimed_trial(study, trial, objective)
+        bar.n = min(budget, shared_study.count_finished(study))
         bar.refresh()
     bar.close()
 
