@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
+.PHONY: install run run-neuropixels test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)
 	$(BIN)/meiscope data
 	$(BIN)/dvc repro
+
+## the same study on the synthetic Neuropixels session (a DVC experiment: params.yaml is left edited)
+run-neuropixels: $(STAMP)
+	$(BIN)/meiscope data --set data.recording=neuropixels
+	$(BIN)/dvc exp run -S data.recording=neuropixels
 
 ## the test suite (end-to-end tests included)
 test: $(STAMP)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -27,16 +26,7 @@ from meiscope.errors import MeiscopeError
 # --------------------------------------------------------------------------------------
 # no network, ever
 # --------------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Any DNS lookup or connect fails, as on a machine without network."""
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest.py: every connection fails
 
 
 # --------------------------------------------------------------------------------------

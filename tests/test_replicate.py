@@ -38,7 +38,26 @@ def test_intervals_are_t_intervals_of_the_replicate_means():
     assert rep.interval([2.0, 0.0, None], 0.95, log_scale=True)["n"] == 1  # a zero ratio has no log
     missing = summary["figures"]["validate.gt_mei_corr_median_simple"]
     assert missing["mean"] is None and missing["n"] == 0  # absent everywhere: no number invented
+    assert "gabor.gabor_patch_frac_orientation_agrees" not in summary["figures"]  # Neuropixels only
     assert rep.format_interval(entry) == f"0.70 [{0.7 - half:.2f}, {0.7 + half:.2f}]"
+
+
+def test_the_two_recordings_replicates_sit_side_by_side_in_their_own_files(tmp_path):
+    from meiscope.report_sections import recordings_section
+
+    seeds = {1: fake_metrics(0.5, -1), 2: fake_metrics(0.7, -1)}
+    two_photon = rep.summarise_replicates(seeds, confidence=0.95)  # written before summaries named a recording
+    patched = {s: {**m, "gabor": {"gabor_patch_frac_orientation_agrees": 0.5 + s / 10}} for s, m in seeds.items()}
+    neuropixels = {**rep.summarise_replicates(patched, confidence=0.95), "recording": "neuropixels"}
+    section = recordings_section(neuropixels, two_photon)
+    assert section.metrics["ranking precision vs truth"] == ("two-photon dF/F: 0.60 [-0.67, 1.87] | "
+                                                             "Neuropixels spike counts: 0.60 [-0.67, 1.87]")
+    assert section.metrics["best patch orientation agrees with optimal Gabor"].startswith("two-photon dF/F: n/a | ")
+    assert "the same synthetic cortices" in section.intro
+    params = parse_params({"data": {"recording": "neuropixels"}})
+    assert rep.summary_file(tmp_path, "neuropixels").name == "replicates-neuropixels.json"
+    assert rep.summary_file(tmp_path, "two_photon").name == "replicates.json"
+    assert rep.replicate_dir(params, tmp_path, 7) == tmp_path / "replicates" / "neuropixels" / "seed_7"
 
 
 def test_a_conclusion_counts_only_when_every_replicate_agrees():
@@ -58,7 +77,7 @@ def test_a_conclusion_counts_only_when_every_replicate_agrees():
 def test_replicate_params_change_every_seed_and_nothing_else(tmp_path):
     params = parse_params({"tracking": {"uri": "sqlite:///mlflow.db"}})
     raw = rep.replicate_params(params, 102, tmp_path)
-    assert raw["synthetic"]["seed"] == 102 and raw["extract"]["split"]["seed"] == 102
+    assert raw["synthetic"]["seed"] == raw["synthetic_neuropixels"]["seed"] == raw["extract"]["split"]["seed"] == 102
     assert raw["rank"]["seed"] == raw["tune"]["seed"] == raw["mei"]["seed"] == raw["train"]["fresh_seed"] == 102
     assert raw["train"]["seeds"] == [102001, 102002, 102003]
     assert raw["tracking"]["uri"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
@@ -129,4 +148,4 @@ def test_two_tiny_replicates_end_to_end(tmp_path):
     assert entry["values"][0] != entry["values"][1]
     insilico.report(params, tmp_path)
     html = (tmp_path / "report" / "index.html").read_text()
-    assert "Replicates: what holds across new cortices" in html and "replicate intervals" in html
+    assert "Replicates (two-photon dF/F): what holds across new cortices" in html and "replicate intervals" in html

@@ -250,6 +250,25 @@ def test_default_session_layout_and_the_committed_data_hash(tmp_path):
 # --------------------------------------------------------------------------------------
 # scenes
 # --------------------------------------------------------------------------------------
+def test_cell_parameters_do_not_depend_on_numpys_avx512_code_paths():
+    """numpy's float64 exp / log give other last bits on AVX-512 CPUs; the generator must not see it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np; from meiscope.synthetic.population import sample_cells; "
+            "from meiscope.neuropixels.synthetic import unit_population; from meiscope.config import "
+            "SyntheticNeuropixelsConfig as C; rng = np.random.default_rng(3); "
+            "c = sample_cells(50, {'simple': .4, 'complex': .3, 'conjunction': .3, 'unresponsive': 0.}, (4., 8.), "
+            "(1., 30.), 0.5, np.arange(50), rng); p, _, _ = unit_population(c, C(), rng); "
+            "print(hashlib.sha256(b''.join(np.ascontiguousarray(getattr(p, k)).tobytes() for k in "
+            "('sf', 'peak_rate', 'saturation', 'baseline'))).hexdigest())")
+    no_avx512 = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL"
+    digests = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "NPY_DISABLE_CPU_FEATURES": env},
+                              capture_output=True, text=True, check=True).stdout for env in ("", no_avx512)}
+    assert len(digests) == 1
+
+
 def test_scenes_are_deterministic_integer_pixels_with_natural_spectra(scenes):
     again = make_scenes(TINY.n_images, H, W, TINY.seed)
     np.testing.assert_array_equal(scenes, again)

@@ -19,8 +19,18 @@ import click
 # cores (measured 17x on 2 cores); passive waiting costs nothing when the cores are free.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-PARAMS_OPTION = click.option("--params", "params_path", default="params.yaml", show_default=True,
-                             type=click.Path(dir_okay=False), help="The params file; its folder is the project root.")
+_PARAMS_FILE = click.option("--params", "params_path", default="params.yaml", show_default=True,
+                            type=click.Path(dir_okay=False), help="The params file; its folder is the project root.")
+_PARAMS_SET = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                           help="Override one value of the params file for this command (repeatable), e.g. "
+                                "--set data.recording=neuropixels, as `dvc exp run -S` does.")
+
+
+def PARAMS_OPTION(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--params FILE`` and ``--set SECTION.KEY=VALUE`` on a stage command."""
+    return _PARAMS_FILE(_PARAMS_SET(func))
+
+
 DEVICE_OPTION = click.option("--device", default=None,
                              help="auto (CUDA when available), cpu, cuda or cuda:N. Default: from params.yaml.")
 
@@ -40,7 +50,7 @@ def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
     """Load params, run the stage, print its summary, and turn user-fixable errors into one line + exit 1."""
 
     @functools.wraps(func)
-    def wrapper(params_path: str, **kwargs: Any) -> None:
+    def wrapper(params_path: str, overrides: tuple[str, ...] = (), **kwargs: Any) -> None:
         from meiscope.config import load_params
         from meiscope.errors import MeiscopeError
         from meiscope.summaries import summary_lines
@@ -48,7 +58,7 @@ def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         _quiet_libraries()
         try:
-            params = load_params(params_path)
+            params = load_params(params_path, overrides)
             result = func(params, Path(params_path).resolve().parent, **kwargs)
         except MeiscopeError as err:
             click.echo(f"error: {err}", err=True)
@@ -241,7 +251,8 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
     """Rerun the synthetic study on several new cortices; intervals for every headline figure.
 
     Slow (the whole study per seed) and resumable: a rerun continues where it stopped. Writes
-    metrics/replicates.json and <replicate.folder>/intervals.png; `meiscope report` shows them.
+    metrics/replicates.json (replicates-neuropixels.json for Neuropixels) and an interval figure;
+    `meiscope report` shows them.
     """
     from meiscope.errors import MeiscopeError
     from meiscope.replicate import HEADLINE, format_conclusion, format_interval, replicate as run
@@ -256,7 +267,8 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
         click.echo("\ninterrupted: run `meiscope replicate` again to continue where it stopped", err=True)
         sys.exit(130)
     for figure in HEADLINE:
-        click.echo(f"{figure.label:<55} {format_interval(summary['figures'][figure.name])}")
+        if figure.name in summary["figures"]:
+            click.echo(f"{figure.label:<55} {format_interval(summary['figures'][figure.name])}")
     for kind, found in summary["conclusions"].items():
         for label, c in found.items():
             click.echo(f"{kind} cells, {label}: {format_conclusion(c)}")

@@ -42,6 +42,10 @@ def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
 # --------------------------------------------------------------------------------------
 # data sources
 # --------------------------------------------------------------------------------------
+# each data.recording, as the report names its responses
+RECORDINGS = {"two_photon": "two-photon dF/F", "neuropixels": "Neuropixels spike counts"}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the raw sessions come from, and the two allensdk-layout caches (never mixed).
@@ -51,16 +55,40 @@ class DataConfig:
     """
 
     source: str = "synthetic"  # synthetic | allen
+    recording: str = "two_photon"  # two_photon (Brain Observatory, dF/F) | neuropixels (spike counts)
     allen_dir: str = "data/allen"  # real Allen downloads (meiscope download)
     synthetic_dir: str = "data/synthetic"  # the synthetic cortex (meiscope synthesize)
+    neuropixels_dir: str = "data/allen_ecephys"  # real Neuropixels downloads (EcephysProjectCache layout)
+    synthetic_neuropixels_dir: str = "data/synthetic_ecephys"  # the synthetic Neuropixels session
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("synthetic", "allen"), "data.source")
-        _require(self.allen_dir.strip() != "" and self.synthetic_dir.strip() != "", "data",
-                 "allen_dir and synthetic_dir must be folder names")
-        _require(Path(self.allen_dir) != Path(self.synthetic_dir), "data.synthetic_dir",
-                 f"must differ from data.allen_dir ({self.allen_dir}): synthetic data never shares a folder "
-                 "with downloads")
+        _one_of(self.recording, tuple(RECORDINGS), "data.recording")
+        folders = {"allen_dir": self.allen_dir, "synthetic_dir": self.synthetic_dir,
+                   "neuropixels_dir": self.neuropixels_dir, "synthetic_neuropixels_dir": self.synthetic_neuropixels_dir}
+        for key, folder in folders.items():
+            _require(folder.strip() != "", f"data.{key}", "must be a folder name")
+        seen: dict[Path, str] = {}
+        for key, folder in folders.items():
+            _require(Path(folder) not in seen, f"data.{key}",
+                     f"must differ from data.{seen.get(Path(folder))} ({folder}): each source has its own folder, "
+                     "so synthetic data never shares a folder with downloads")
+            seen[Path(folder)] = key
+
+    @property
+    def synthetic_folder(self) -> str:
+        """Where ``meiscope synthesize`` writes sessions of ``recording``."""
+        return self.synthetic_neuropixels_dir if self.recording == "neuropixels" else self.synthetic_dir
+
+    @property
+    def download_folder(self) -> str:
+        """Where ``meiscope download`` puts real sessions of ``recording``."""
+        return self.neuropixels_dir if self.recording == "neuropixels" else self.allen_dir
+
+    @property
+    def cache_dir_name(self) -> str:
+        """The folder the stages read: one per (source, recording)."""
+        return self.synthetic_folder if self.source == "synthetic" else self.download_folder
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,64 @@ class AllenConfig:
         _positive(self.max_experiments, "allen.max_experiments")
         _require(self.imaging_depth_min <= self.imaging_depth_max, "allen.imaging_depth_min",
                  "must be <= allen.imaging_depth_max")
+
+
+@dataclass(frozen=True)
+class NeuropixelsConfig:
+    """Selection of Allen Visual Coding - Neuropixels sessions, units and spike-count responses.
+
+    Unit filters follow allensdk's defaults (``UNIT_FILTER_DEFAULTS``: amplitude cutoff <= 0.1,
+    presence ratio >= 0.95, ISI violations <= 0.5, quality "good", in-brain); ``null`` disables one.
+    """
+
+    session_ids: list[int] = field(default_factory=list)  # explicit ids (e.g. 798911424) win over filters
+    session_type: str = "brain_observatory_1.1"  # the stimulus set with natural scenes
+    areas: list[str] = field(default_factory=lambda: ["VISp"])  # units kept; sessions must record them all
+    max_sessions: int = 1
+    count_window: list[float] = field(default_factory=lambda: [0.03, 0.25])  # s after onset
+    amplitude_cutoff_maximum: Optional[float] = 0.1
+    presence_ratio_minimum: Optional[float] = 0.95
+    isi_violations_maximum: Optional[float] = 0.5
+    snr_minimum: Optional[float] = None  # not filtered by allensdk; users often cut at 1-2
+
+    def __post_init__(self) -> None:
+        _positive(self.max_sessions, "neuropixels.max_sessions")
+        _one_of(self.session_type, ("brain_observatory_1.1", "functional_connectivity"), "neuropixels.session_type")
+        _require(len(self.areas) > 0, "neuropixels.areas", "must name at least one area (e.g. [VISp])")
+        _require(len(self.count_window) == 2 and 0 <= self.count_window[0] < self.count_window[1] <= 0.5,
+                 "neuropixels.count_window", f"must be [start, stop] seconds with 0 <= start < stop <= 0.5 "
+                 f"(got {self.count_window})")
+
+
+@dataclass(frozen=True)
+class SyntheticNeuropixelsConfig:
+    """The simulated Neuropixels session: the units are the synthetic cortex's first session's cells.
+
+    Same true neurons (``synthetic.seed``, same scenes), recorded as spikes instead of calcium,
+    plus units outside VISp and units that fail Allen's quality metrics.
+    """
+
+    session_id: int = 990000001
+    scene_repeats: int = 50  # natural scenes and the blank (Allen: 50)
+    grating_repeats: int = 50  # static gratings (Allen: ~50)
+    gabor_repeats: int = 15  # Gabor patches per (x, y, orientation) (Allen: 15)
+    baseline_rate_hz: list[float] = field(default_factory=lambda: [0.5, 8.0])  # per unit, log-uniform
+    refractory_ms: float = 2.0
+    other_area_units: int = 60  # units in CA1 and LP: they do not respond to the screen
+    poor_units: int = 40  # units that fail a quality metric (the unit filters must drop them)
+    spontaneous_s: float = 300.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("scene_repeats", "grating_repeats", "gabor_repeats"):
+            _require(getattr(self, key) >= 2, f"synthetic_neuropixels.{key}", "must be >= 2 (reliability needs repeats)")
+        _require(len(self.baseline_rate_hz) == 2 and 0 < self.baseline_rate_hz[0] <= self.baseline_rate_hz[1],
+                 "synthetic_neuropixels.baseline_rate_hz", f"must be [low, high] with 0 < low <= high "
+                 f"(got {self.baseline_rate_hz})")
+        _require(self.refractory_ms >= 0, "synthetic_neuropixels.refractory_ms", "must be >= 0")
+        _require(self.other_area_units >= 0 and self.poor_units >= 0, "synthetic_neuropixels",
+                 "other_area_units and poor_units must be >= 0")
+        _require(self.spontaneous_s >= 0, "synthetic_neuropixels.spontaneous_s", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -243,7 +329,7 @@ class RankConfig:
 # model and training
 # --------------------------------------------------------------------------------------
 READOUTS = ("gaussian", "factorized")
-LOSSES = ("mse", "poisson")
+LOSSES = ("auto", "mse", "poisson")  # auto: poisson for spike counts, mse for dF/F (can be negative)
 
 
 @dataclass(frozen=True)
@@ -259,7 +345,7 @@ class ModelConfig:
     laplace_weight: float = 0.001  # smoothness penalty on first-layer filters
     readout: str = "gaussian"
     readout_l1: float = 0.001  # sparsity of readout feature weights (and mask, factorized)
-    loss: str = "mse"
+    loss: str = "auto"
 
     def __post_init__(self) -> None:
         _positive(self.layers, "model.layers")
@@ -477,6 +563,8 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     allen: AllenConfig = field(default_factory=AllenConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    neuropixels: NeuropixelsConfig = field(default_factory=NeuropixelsConfig)
+    synthetic_neuropixels: SyntheticNeuropixelsConfig = field(default_factory=SyntheticNeuropixelsConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     rank: RankConfig = field(default_factory=RankConfig)
@@ -549,8 +637,29 @@ def parse_params(raw: dict | None) -> Params:
     return build_section(Params, raw, "")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; a missing or malformed file is a ConfigError."""
+def apply_overrides(raw: dict, overrides: "list[str] | tuple[str, ...]") -> dict:
+    """``raw`` with ``section.key=value`` overrides applied (values parsed as YAML), as ``dvc exp run -S`` does."""
+    import copy
+
+    import yaml
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"params: override {item!r} must read section.key=value")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"params: override {item!r}: '{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: "list[str] | tuple[str, ...]" = ()) -> Params:
+    """Read and validate ``params.yaml`` (plus ``section.key=value`` overrides); a missing or malformed file is a ConfigError."""
     import yaml
 
     path = Path(path)
@@ -566,7 +675,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not raw:  # an empty file would run the whole study on built-in defaults without a word
         raise ConfigError(f"{path}: empty; give at least one section (the repository's params.yaml lists them all)")
     try:
-        return parse_params(raw)
+        return parse_params(apply_overrides(raw, overrides))
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

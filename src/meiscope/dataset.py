@@ -28,13 +28,14 @@ class ResponseDataset:
         images: ``(n_images, height, width)`` float32, model space: ``(pixels - pixel_mean) / pixel_std``.
         image_ids: ``(n_images,)`` int, index of each image in the Allen template.
         trial_image: ``(n_trials,)`` int, row of ``images`` shown on each trial.
-        responses: ``(n_trials, n_neurons)`` float32, dF/F response of each trial.
+        responses: ``(n_trials, n_neurons)`` float32, dF/F response of each trial (two-photon) or its
+            spike count (Neuropixels).
         blank_responses: ``(n_blank_trials, n_neurons)`` float32, responses to the gray blank.
         cell_ids: ``(n_neurons,)`` int, Allen cell specimen ids.
         split: ``(n_images,)`` str, ``train`` / ``val`` / ``test`` per image.
         dropped_cell_ids: ``(n_dropped,)`` int, cells removed because their traces had NaNs.
         pixel_mean, pixel_std: the normalisation (of 0-255 screen pixels at model resolution).
-        source: ``synthetic`` or ``allen``.
+        source: ``synthetic`` or ``allen`` (two-photon), ``synthetic_neuropixels`` or ``allen_neuropixels``.
     """
 
     experiment_id: int
@@ -49,6 +50,11 @@ class ResponseDataset:
     pixel_mean: float
     pixel_std: float
     source: str
+
+    @property
+    def recording(self) -> str:
+        """``neuropixels`` (responses are spike counts) or ``two_photon`` (dF/F)."""
+        return "neuropixels" if self.source.endswith("_neuropixels") else "two_photon"
 
     @property
     def n_neurons(self) -> int:

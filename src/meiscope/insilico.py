@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from meiscope.atomic import atomic_path, write_json, write_npz
-from meiscope.config import Params
+from meiscope.config import RECORDINGS, Params
 from meiscope.errors import MeiscopeError
 from meiscope.paths import Layout
 
@@ -244,8 +244,33 @@ def gabor(params: Params, root: Path, device: str | None = None) -> dict:
             "wilcoxon_p_opt": float(p_opt), "wilcoxon_p_val": float(p_val),
             "wilcoxon_p_opt_bh": float(p_adj[0]), "wilcoxon_p_val_bh": float(p_adj[1]),
         }
+        metrics.update(_presented_gabor_check(params, layout, s, best.params, out))
         write_json(layout.metrics_file("gabor"), metrics)
         _log(mlf, metrics, out, {f"gabor_cell_{c}": px(g) for c, g in zip(s.cell_ids[:n_show], best.images[:n_show])})
+    return metrics
+
+
+def _presented_gabor_check(params: Params, layout: Layout, s: InSilicoSetup, optimal_params: np.ndarray,
+                           out: Path) -> dict:
+    """Neuropixels sessions: the best presented Gabor patch of each unit vs its optimal Gabor (else nothing)."""
+    from meiscope import truth
+    from meiscope.atomic import save_figure
+    from meiscope.neuropixels.gabor_check import gabor_patch_check, receptive_field_figure, scene_fraction_to_degrees
+    from meiscope.neuropixels.responses import load_other_stimuli, other_stimuli_path
+
+    patches = load_other_stimuli(other_stimuli_path(layout.dataset(s.experiment_id))).get("gabors")
+    if patches is None:
+        return {}
+    population = truth.load_population(layout.cache_dir, s.experiment_id)
+    true_xy = None
+    if population is not None:
+        columns = truth.cell_columns(population, s.cell_ids)
+        true_xy = scene_fraction_to_degrees(population.params.x[columns], population.params.y[columns])
+    table, metrics = gabor_patch_check(patches, s.cell_ids, np.asarray(optimal_params), params.extract.crop,
+                                       s.image_shape, true_xy)
+    with atomic_path(out / "presented_gabors.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    save_figure(receptive_field_figure(patches, table, params.mei.n_show), out / "receptive_fields.png")
     return metrics
 
 
@@ -318,17 +343,23 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
 # --------------------------------------------------------------------------------------
 def report(params: Params, root: Path) -> Path:
     """Write report/index.html from the metrics and figures of every stage (sections: report_sections.py)."""
+    from meiscope.replicate import summary_file
     from meiscope.report import load_metrics, write_report
     from meiscope.report_sections import headline_metrics, study_sections
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
     stages = ("ranking", "tune", "train", "mei", "gabor", "validate")
-    metrics = {stage: load_metrics(layout.metrics_file(stage)) for stage in (*stages, "replicates")}
+    metrics = {stage: load_metrics(layout.metrics_file(stage)) for stage in stages}
+    # the replicates of this recording's study, and of the other recording's (same cortices) to compare
+    metrics["replicates"] = load_metrics(summary_file(root, params.data.recording))
+    other = "two_photon" if params.data.recording == "neuropixels" else "neuropixels"
+    metrics["replicates_other"] = load_metrics(summary_file(root, other))
     if not any(metrics[stage] for stage in stages) and not metrics["replicates"].get("figures"):
         raise MeiscopeError(f"report: no results in {layout.metrics} yet: run the study first "
                             "(`make run`, or `dvc repro` after `meiscope data`)")
-    subtitle = (f"data source: {params.data.source}; {metrics['ranking'].get('n_selected', '?')} of "
+    subtitle = (f"data source: {params.data.source} ({RECORDINGS[params.data.recording]}); "
+                f"{metrics['ranking'].get('n_selected', '?')} of "
                 f"{metrics['ranking'].get('n_cells', '?')} cells selected and modelled")
     path = write_report(layout.report / "index.html", "meiscope study report", subtitle,
                         study_sections(params, layout, metrics))

@@ -14,28 +14,16 @@ class Layout:
 
     root: Path
     source: str = "synthetic"
-    allen_dir_name: str = "data/allen"
-    synthetic_dir_name: str = "data/synthetic"
+    cache_dir_name: str = "data/synthetic"  # data.cache_dir_name: one folder per (source, recording)
 
     @classmethod
     def from_params(cls, params: Params, root: Path) -> "Layout":
-        return cls(root=Path(root), source=params.data.source, allen_dir_name=params.data.allen_dir,
-                   synthetic_dir_name=params.data.synthetic_dir)
-
-    @property
-    def allen_dir(self) -> Path:
-        """allensdk's cache of real downloads."""
-        return self.root / self.allen_dir_name
-
-    @property
-    def synthetic_dir(self) -> Path:
-        """The synthetic cortex, in allensdk's cache layout."""
-        return self.root / self.synthetic_dir_name
+        return cls(root=Path(root), source=params.data.source, cache_dir_name=params.data.cache_dir_name)
 
     @property
     def cache_dir(self) -> Path:
-        """The cache of the configured ``data.source``: what the stages read."""
-        return self.synthetic_dir if self.source == "synthetic" else self.allen_dir
+        """The cache of the configured ``data.source`` and ``data.recording``: what the stages read."""
+        return self.root / self.cache_dir_name
 
     @property
     def results(self) -> Path:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from meiscope.atomic import write_json
-from meiscope.config import Params, as_dict
+from meiscope.config import Params
 from meiscope.errors import MeiscopeError
 from meiscope.paths import Layout
+from meiscope.recordings import Recording, recording_of
 
 log = logging.getLogger(__name__)
 
@@ -27,52 +28,59 @@ SESSION_RANK_METRICS = "metrics.json"  # in results/sessions/<id>/ranking/
 # raw data
 # --------------------------------------------------------------------------------------
 def synthesize(params: Params, root: Path) -> list[int]:
-    """Write the synthetic sessions into ``data.synthetic_dir``, replacing earlier synthetic sessions.
+    """Write the synthetic sessions of ``data.recording`` into its synthetic folder, replacing earlier ones.
 
     Only sessions meiscope wrote (they have a ground truth) are ever replaced or removed; a session
     file of any other origin in that folder stops the command before anything is written.
     """
-    from meiscope.synthetic.cortex import synthesize_sessions
-
-    layout = Layout.from_params(params, root)
-    folder = layout.synthetic_dir
-    _refuse_foreign_sessions(folder)
-    ids = synthesize_sessions(params.synthetic, folder)
-    _remove_other_synthetic_sessions(folder, keep=ids)
-    write_json(folder / SYNTHETIC_STAMP, as_dict(params.synthetic))
+    recording = recording_of(params)
+    folder = Path(root) / params.data.synthetic_folder
+    _refuse_foreign_sessions(recording, folder)
+    ids = recording.synthesize(params, folder)
+    _remove_other_synthetic_sessions(recording, folder, keep=ids)
+    write_json(folder / SYNTHETIC_STAMP, recording.synthetic_stamp(params))
     log.info("wrote %d synthetic session(s) to %s: %s", len(ids), folder, ids)
     return ids
 
 
-def _refuse_foreign_sessions(folder: Path) -> None:
+def sessions_in_cache(params: Params, cache_dir: Path) -> list[int]:
+    """Session ids whose NWB file is in ``cache_dir``, for ``data.recording``'s cache layout."""
+    return recording_of(params).find_sessions(cache_dir)
+
+
+def study_session_id(params: Params, layout: Layout) -> int:
+    """The session the later stages study (``extract.experiment_id``, or the smallest id in the cache)."""
+    from meiscope.responses import study_session
+
+    return study_session(layout.cache_dir, params.extract, sessions_in_cache(params, layout.cache_dir))
+
+
+def _refuse_foreign_sessions(recording: Recording, folder: Path) -> None:
     """Stop when the synthetic cache holds an NWB that ``meiscope synthesize`` did not write."""
-    from meiscope.responses import find_sessions, nwb_path
     from meiscope.truth import is_synthetic
 
-    foreign = [nwb_path(folder, e) for e in find_sessions(folder) if not is_synthetic(folder, e)]
+    foreign = [recording.session_file(folder, e) for e in recording.find_sessions(folder)
+               if not is_synthetic(folder, e)]
     if foreign:
         raise MeiscopeError(f"{foreign[0]}: not written by `meiscope synthesize` (it has no ground truth); meiscope "
-                            f"never deletes files it did not write: move real Allen sessions to data.allen_dir")
+                            f"never deletes files it did not write: move real Allen sessions to data.allen_dir "
+                            "(data.neuropixels_dir for Neuropixels)")
 
 
-def _remove_other_synthetic_sessions(folder: Path, keep: list[int]) -> None:
+def _remove_other_synthetic_sessions(recording: Recording, folder: Path, keep: list[int]) -> None:
     """Synthetic sessions of an earlier config (meiscope's own files) would otherwise be extracted too."""
-    from meiscope.responses import find_sessions, nwb_path
     from meiscope.truth import is_synthetic
 
-    for experiment_id in find_sessions(folder):
+    for experiment_id in recording.find_sessions(folder):
         if experiment_id not in keep and is_synthetic(folder, experiment_id):
-            nwb_path(folder, experiment_id).unlink()
+            recording.session_file(folder, experiment_id).unlink()
             for stale in (folder / "ground_truth").glob(f"{experiment_id}.*"):
                 stale.unlink()
 
 
 def download(params: Params, root: Path) -> list[int]:
-    """Download the Allen sessions selected by ``params.allen`` into ``data.allen_dir`` (lazily)."""
-    from meiscope.allen import download_experiments
-
-    layout = Layout.from_params(params, root)
-    return download_experiments(params.allen, layout.allen_dir)
+    """Download the Allen sessions that ``params.allen`` (two-photon) or ``params.neuropixels`` select (lazily)."""
+    return recording_of(params).download(params, Path(root) / params.data.download_folder)
 
 
 def ensure_data(params: Params, root: Path) -> None:
@@ -81,13 +89,11 @@ def ensure_data(params: Params, root: Path) -> None:
     if params.data.source == "allen":
         download(params, root)
         return
-    stamp = layout.synthetic_dir / SYNTHETIC_STAMP
-    expected = [params.synthetic.first_experiment_id + i for i in range(params.synthetic.n_sessions)]
-    from meiscope.responses import find_sessions
-
-    if stamp.is_file() and json.loads(stamp.read_text()) == as_dict(params.synthetic) \
-            and find_sessions(layout.synthetic_dir) == expected:
-        log.info("synthetic data in %s already matches params.yaml", layout.synthetic_dir)
+    recording = recording_of(params)
+    stamp = layout.cache_dir / SYNTHETIC_STAMP
+    if stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(recording.synthetic_stamp(params))) \
+            and recording.find_sessions(layout.cache_dir) == recording.synthetic_ids(params):
+        log.info("synthetic data in %s already matches params.yaml", layout.cache_dir)
         return
     synthesize(params, root)
 
@@ -101,10 +107,8 @@ def extract(params: Params, root: Path) -> Path:
     Only that session is read. The new outputs are written beside the previous ones and swapped in
     only when complete, so a corrupt or swapped NWB never costs the last good extract.
     """
-    from meiscope import responses
-
     layout = Layout.from_params(params, root)
-    study_id = responses.study_session(layout.cache_dir, params.extract)
+    study_id = study_session_id(params, layout)
     return _extract_to(params, root, study_id, layout.dataset(study_id), names_study=True)
 
 
@@ -121,7 +125,7 @@ def extract_session(params: Params, root: Path, experiment_id: int) -> Path:
 
 def _extract_to(params: Params, root: Path, experiment_id: int, dataset_path: Path, names_study: bool) -> Path:
     """Extract one session into ``dataset_path`` (its folder swapped in whole); ``names_study`` adds study.json."""
-    from meiscope import responses, truth
+    from meiscope import truth
     from meiscope.atomic import atomic_dir
     from meiscope.tracking import start_run
 
@@ -130,8 +134,7 @@ def _extract_to(params: Params, root: Path, experiment_id: int, dataset_path: Pa
     with start_run(params, "extract", root, sections=("data", "extract"), tags=tags) as mlf, \
             atomic_dir(dataset_path.parent) as tmp:
         source = "synthetic" if truth.is_synthetic(layout.cache_dir, experiment_id) else "allen"
-        ds = responses.extract_session(layout.cache_dir, experiment_id, params.extract, source)
-        ds.save(tmp / dataset_path.name)
+        ds = recording_of(params).extract(params, layout.cache_dir, experiment_id, source, tmp / dataset_path.name)
         if names_study:
             write_json(tmp / layout.study_file.name, {"experiment_id": experiment_id})
         summary = {"n_cells": ds.n_neurons, "n_images": ds.n_images, "n_trials": len(ds.trial_image),
@@ -210,11 +213,9 @@ def sessions(params: Params, root: Path) -> dict:
     (DVC cannot list the per-session outputs in its deps), and this file makes that folder exist
     when no other session is listed.
     """
-    from meiscope import responses
-
     layout = Layout.from_params(params, root)
-    study_id = responses.study_session(layout.cache_dir, params.extract)
-    in_cache = responses.find_sessions(layout.cache_dir)
+    study_id = study_session_id(params, layout)
+    in_cache = sessions_in_cache(params, layout.cache_dir)
     for experiment_id in params.sessions.shared:
         _check_shared_session(params, layout, experiment_id, study_id)
         if experiment_id not in in_cache:
@@ -226,13 +227,11 @@ def sessions(params: Params, root: Path) -> dict:
 
 def _check_shared_session(params: Params, layout: Layout, experiment_id: int, study_id: int | None = None) -> None:
     """Refuse a session that ``sessions.shared`` does not list, or that is the studied session."""
-    from meiscope import responses
-
     if experiment_id not in params.sessions.shared:
         raise MeiscopeError(f"session {experiment_id} is not in sessions.shared {params.sessions.shared} "
                             "(params.yaml): list it there first")
     if study_id is None:
-        study_id = responses.study_session(layout.cache_dir, params.extract)
+        study_id = study_session_id(params, layout)
     if experiment_id == study_id:
         raise MeiscopeError(f"sessions.shared lists {experiment_id}, the studied session (extract.experiment_id, "
                             "or the smallest id in the cache): list only the other sessions")

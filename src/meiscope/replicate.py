@@ -6,7 +6,8 @@ figure about MEIs counts when it holds across replicates. Replicate ``s`` (a see
 scenes), a new image split, new tuning, new training seeds and new MEI starts; every other
 setting is the project's ``params.yaml``.
 
-Layout: ``<replicate.folder>/seed_<s>/`` is a complete project root (its own ``params.yaml``,
+Layout: ``<replicate.folder>/seed_<s>/`` (``<replicate.folder>/neuropixels/seed_<s>/`` for
+``data.recording: neuropixels``: the two studies never share a folder) is a complete project root (its own ``params.yaml``,
 ``data/``, ``results/``, ``metrics/``, ``models/``), and every stage runs there unchanged, as the
 ``meiscope <stage> --params <that file>`` command in its own process (as ``dvc repro`` would), with
 its output in ``logs/<stage>.log``. MLflow runs go to the project's store, one experiment per
@@ -17,7 +18,7 @@ current replicate params; a rerun skips them (training resumes from its checkpoi
 interrupted ``meiscope replicate`` continues where it stopped. Changing ``params.yaml`` starts the
 affected replicates over.
 
-The summary (``metrics/replicates.json``): for every headline figure the values per replicate,
+The summary (``metrics/replicates.json``, ``metrics/replicates-neuropixels.json``): for every headline figure the values per replicate,
 their mean and standard deviation, and a ``replicate.confidence`` t-interval of the mean; for every
 conclusion per cell kind (MEI beats / ties / loses to the optimal Gabor, in truth and in the
 models) whether it holds in every replicate.
@@ -57,6 +58,7 @@ class Figure:
     key: str
     label: str
     panel: Optional[str] = None  # "accuracy" | "truth" | "ratio" (log axis) | None (table only)
+    only_some_data: bool = False  # measured on some kinds of data only: left out where no replicate has it
 
     @property
     def name(self) -> str:
@@ -95,6 +97,15 @@ HEADLINE: tuple[Figure, ...] = (
     *_per_kind("validate", "gt_n_zero_rate_gabor", "cells the optimal Gabor does not drive", None),
     *_per_kind("validate", "gt_n_zero_rate_mei", "cells the MEI does not drive", None),
     Figure("validate", "n_true_optimum_beaten", "stimuli beating the true optimum"),
+    # Neuropixels sessions only: the presented Gabor patches (units with a significant receptive field)
+    Figure("gabor", "gabor_patch_position_error_deg_median", "best presented Gabor patch to optimal Gabor (deg)",
+           only_some_data=True),
+    Figure("gabor", "gabor_patch_frac_orientation_agrees", "best patch orientation agrees with optimal Gabor",
+           only_some_data=True),
+    Figure("gabor", "gabor_patch_true_error_deg_median", "best presented Gabor patch to true centre (deg)",
+           only_some_data=True),
+    Figure("gabor", "optimal_gabor_true_error_deg_median", "optimal Gabor to true centre (deg)",
+           only_some_data=True),
 )
 CONCLUSIONS = (("MEI vs optimal Gabor, in truth", "gt_verdict_mei_vs_gabor"),
                ("MEI vs optimal Gabor, on the optimisation models", "model_verdict_mei_vs_gabor"),
@@ -111,6 +122,7 @@ def replicate_params(params: Params, seed: int, root: Path) -> dict[str, Any]:
 
     raw = as_dict(params)
     raw["synthetic"]["seed"] = seed
+    raw["synthetic_neuropixels"]["seed"] = seed  # new spike draws when data.recording is neuropixels
     raw["extract"]["split"]["seed"] = seed
     raw["rank"]["seed"] = seed
     raw["tune"]["seed"] = seed
@@ -130,8 +142,20 @@ def _params_hash(raw: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def replicates_dir(params: Params, root: Path) -> Path:
+    """Where the replicates of ``data.recording`` live (and their interval figure)."""
+    folder = Path(root) / params.replicate.folder
+    return folder / "neuropixels" if params.data.recording == "neuropixels" else folder
+
+
 def replicate_dir(params: Params, root: Path, seed: int) -> Path:
-    return Path(root) / params.replicate.folder / f"seed_{seed}"
+    return replicates_dir(params, root) / f"seed_{seed}"
+
+
+def summary_file(root: Path, recording: str) -> Path:
+    """``metrics/replicates.json`` (two-photon) or ``metrics/replicates-neuropixels.json``."""
+    suffix = "-neuropixels" if recording == "neuropixels" else ""
+    return Path(root) / "metrics" / f"replicates{suffix}.json"
 
 
 def _load_progress(folder: Path, digest: str) -> list[str]:
@@ -230,6 +254,8 @@ def summarise_replicates(metrics_by_seed: dict[int, dict[str, dict]], confidence
     seeds = sorted(metrics_by_seed)
     figures = {}
     for figure in HEADLINE:
+        if figure.only_some_data and not any(figure.key in metrics_by_seed[s].get(figure.stage, {}) for s in seeds):
+            continue
         values = [_value(metrics_by_seed[s], figure) for s in seeds]
         figures[figure.name] = {"label": figure.label, **interval(values, confidence, figure.log_scale)}
     conclusions: dict[str, dict] = {}
@@ -268,7 +294,7 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
 
     panels = (("accuracy", "Model and MEIs (0-1)", False), ("truth", "MEIs against the truth, per cell kind", False),
               ("ratio", "Ratios (log scale; 1 = equal)", True))
-    rows = {p: [f for f in HEADLINE if f.panel == p and summary["figures"][f.name]["mean"] is not None]
+    rows = {p: [f for f in HEADLINE if f.panel == p and summary["figures"].get(f.name, {}).get("mean") is not None]
             for p, _, _ in panels}
     fig = MplFigure(figsize=(16, 0.32 * max(len(r) for r in rows.values()) + 1.6))
     axes = fig.subplots(1, 3)
@@ -295,7 +321,7 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
 
 def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, device: Optional[str] = None,
               progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every replicate, then write ``metrics/replicates.json`` and the interval figure."""
+    """Run (or resume) every replicate, then write the summary (:func:`summary_file`) and the interval figure."""
     from tqdm import tqdm
 
     from meiscope.atomic import save_figure
@@ -310,9 +336,10 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
     with tqdm(total=len(seeds) * len(STAGES), desc="replicates", disable=not progress) as bar:
         metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
     summary = summarise_replicates(metrics, params.replicate.confidence)
+    summary["recording"] = params.data.recording
     summary["git_commit"] = git_commit(Path(root))
     dirty = git_dirty(Path(root))
     summary["git_working_tree_clean"] = None if dirty == "unknown" else dirty == "false"
-    write_json(Path(root) / "metrics" / "replicates.json", summary)
-    save_figure(intervals_figure(summary), Path(root) / params.replicate.folder / "intervals.png")
+    write_json(summary_file(root, params.data.recording), summary)
+    save_figure(intervals_figure(summary), replicates_dir(params, root) / "intervals.png")
     return summary

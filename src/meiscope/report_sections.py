@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from meiscope.comparison import VERDICT_WORDS
-from meiscope.config import Params
+from meiscope.config import RECORDINGS, Params
 from meiscope.paths import Layout
 from meiscope.report import Section, figure_png
 
@@ -75,13 +75,32 @@ def replicate_section(summary: dict) -> Any:
     for kind, found in summary["conclusions"].items():
         for label, c in found.items():
             rows[f"{kind} cells: {label}"] = format_conclusion(c)
-    intro = (f"The synthetic study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
+    recording = RECORDINGS[summary.get("recording", "two_photon")]  # older summaries: two-photon
+    intro = (f"The synthetic {recording} study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
              f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
              "(geometric mean and log-scale interval for ratios) "
              "over replicates. Only conclusions that hold in every replicate are conclusions; the single run above "
              "is one draw. Written by `meiscope replicate` (not part of `dvc repro`).")
-    return Section("Replicates: what holds across new cortices", intro, rows,
+    return Section(f"Replicates ({recording}): what holds across new cortices", intro, rows,
                    inline_figures=[("replicate intervals", figure_png(intervals_figure(summary)))])
+
+
+def recordings_section(summary: dict, other: dict) -> Section:
+    """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds match)."""
+    from meiscope.replicate import HEADLINE, format_interval
+
+    pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
+    names = [RECORDINGS[s.get("recording", "two_photon")] for s in pair]
+    rows = {}
+    for f in HEADLINE:
+        if any(f.name in s["figures"] for s in pair):
+            rows[f.label] = " | ".join(f"{n}: {format_interval(s['figures'].get(f.name, {}))}" for n, s in zip(names, pair))
+    same = pair[0]["seeds"] == pair[1]["seeds"]
+    intro = (f"Replicates of the {names[0]} study (seeds {pair[0]['seeds']}) and of the {names[1]} study (seeds "
+             f"{pair[1]['seeds']})" + (": the same synthetic cortices, so the same true cells, recorded two ways. "
+                                       if same else ": different cortices, so not a paired comparison. ")
+             + "Mean [t-interval] over replicates (metrics/replicates.json, metrics/replicates-neuropixels.json).")
+    return Section("Two-photon vs Neuropixels: the same study, two recordings", intro, rows)
 
 
 
@@ -89,6 +108,7 @@ def replicate_section(summary: dict) -> Any:
 def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[Section]:
     """Every section of the report, in pipeline order; ``m`` maps each metrics file's stem to its contents."""
     validate_note = m["validate"].get("note", "") if m["validate"].get("skipped") else target_note(m)
+    neuropixels = params.data.recording == "neuropixels"
     sections = [
         Section("Most expressive neurons (rank)",
                 f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
@@ -107,8 +127,11 @@ def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
                 m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"]),
         Section("MEI vs optimal Gabor (gabor)",
                 "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
-                "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction.",
-                m["gabor"], [layout.gabor / "gallery.png"]),
+                "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction."
+                + (" Neuropixels: gabor_patch_* compare each unit's best presented Gabor patch (its receptive-field "
+                   "map) with the optimal Gabor." if neuropixels else ""),
+                m["gabor"], [layout.gabor / "gallery.png"] + ([layout.gabor / "receptive_fields.png"] if neuropixels
+                                                               else [])),
         Section("Closed loop on the true neurons (validate)",
                 "Synthetic sessions only: every MEI start, the optimal Gabors and the best natural images shown to "
                 "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
@@ -119,6 +142,8 @@ def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
     ]
     if m.get("replicates", {}).get("figures"):
         sections.append(replicate_section(m["replicates"]))
+        if m.get("replicates_other", {}).get("figures"):
+            sections.append(recordings_section(m["replicates"], m["replicates_other"]))
     return sections
 
 

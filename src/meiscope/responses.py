@@ -223,9 +223,12 @@ def extract_session(cache_dir: Path, experiment_id: int, cfg: ExtractConfig, sou
         pixel_mean=pixel_mean, pixel_std=pixel_std, source=source)
 
 
-def study_session(cache_dir: Path, cfg: ExtractConfig) -> int:
-    """The experiment later stages study: ``extract.experiment_id`` or the smallest id in the cache."""
-    ids = find_sessions(cache_dir)
+def study_session(cache_dir: Path, cfg: ExtractConfig, ids: list[int] | None = None) -> int:
+    """The experiment later stages study: ``extract.experiment_id`` or the smallest id in the cache.
+
+    ``ids``: the sessions in the cache when they are not two-photon NWB files (Neuropixels sessions).
+    """
+    ids = find_sessions(cache_dir) if ids is None else ids
     if cfg.experiment_id is not None:
         if cfg.experiment_id not in ids:
             raise SessionError(f"extract.experiment_id {cfg.experiment_id} has no NWB file in {cache_dir}")

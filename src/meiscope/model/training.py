@@ -80,6 +80,13 @@ class TrainResult:
     shared_model: Optional[SharedCoreModel] = None
 
 
+def loss_kind(model_cfg: ModelConfig, ds: ResponseDataset) -> str:
+    """``model.loss``, with ``auto`` resolved: Poisson for spike counts, MSE for dF/F (which can be negative)."""
+    if model_cfg.loss != "auto":
+        return model_cfg.loss
+    return "poisson" if ds.recording == "neuropixels" else "mse"
+
+
 def response_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str) -> torch.Tensor:
     """Repeat-weighted loss of image means (scalar).
 
@@ -235,7 +242,7 @@ def _prepare_session(ds: ResponseDataset, model_cfg: ModelConfig, device: torch.
     repeats = ds.repeats()
     train_rows = ds.image_indices("train")
     normalisation = fit_normalisation(ds.image_means()[train_rows[repeats[train_rows] > 0]])
-    train = split_tensors(ds, "train", normalisation, device, clip_at_zero=model_cfg.loss == "poisson")
+    train = split_tensors(ds, "train", normalisation, device, clip_at_zero=loss_kind(model_cfg, ds) == "poisson")
     val = split_tensors(ds, "val", normalisation, device)
     val_responses, val_trial_image = _val_trials(ds, val)
     return _Session(key=session_key(ds.experiment_id), ds=ds, normalisation=normalisation, train=train, val=val,
@@ -380,7 +387,8 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
                 session, view = sessions[i], views[i]
                 idx = idx.to(device)
                 pred = view(session.train.images[idx])
-                data = response_loss(pred, session.train.targets[idx], session.train.weights[idx], model_cfg.loss)
+                data = response_loss(pred, session.train.targets[idx], session.train.weights[idx],
+                                     loss_kind(model_cfg, session.ds))
                 loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
                 # the other sessions' readouts get no gradient (None), so Adam leaves them alone
                 optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ Same config -> byte-identical files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from scipy.signal import lfilter
 
 from meiscope.config import SyntheticConfig
 from meiscope.synthetic import fluorescence as fl
+from meiscope.synthetic import portable
 from meiscope.synthetic.nwb import SessionArrays, SessionMetadata, write_session_nwb
-from meiscope.synthetic.population import (TruePopulation, calibrate, sample_cells,
+from meiscope.synthetic.population import (CellParams, TruePopulation, calibrate, sample_cells,
                                            save_ground_truth)
 from meiscope.synthetic.scenes import make_scenes
 
@@ -108,14 +110,14 @@ def shared_gain(n_segments: int, sd: float, tau_s: float, rng: np.random.Generat
     """
     if sd == 0:
         return np.ones(n_segments)
-    a = np.exp(-PRESENTATION_S / tau_s)
+    a = math.exp(-PRESENTATION_S / tau_s)
     white = rng.standard_normal(n_segments)
     drive = white * np.sqrt(1 - a * a)
     drive[0] = white[0]  # start the slow process at its stationary variance
     slow = lfilter([1.0], [1.0, -a], drive)
     fast = rng.standard_normal(n_segments)
     log_gain = sd * np.sqrt(0.5) * (slow + fast)
-    return np.exp(log_gain - sd * sd / 2)
+    return portable.exp(log_gain - sd * sd / 2)
 
 
 def segment_rates(population: TruePopulation, image_rates: np.ndarray, codes: np.ndarray,
@@ -176,6 +178,21 @@ def _max_projection(n_cells: int, brightness: np.ndarray, rng: np.random.Generat
     return np.rint(np.clip(image, 0, 4095)).astype(np.float32)
 
 
+def session_rngs(cfg: SyntheticConfig, index: int) -> list[np.random.Generator]:
+    """The four generators of session ``index``: population, schedule, traces, extras."""
+    seeds = np.random.SeedSequence(entropy=cfg.seed, spawn_key=(index,)).spawn(4)
+    return [np.random.default_rng(s) for s in seeds]
+
+
+def session_cells(cfg: SyntheticConfig, index: int, scenes: np.ndarray, device: Any = "cpu") -> CellParams:
+    """The calibrated true cells of session ``index`` (also recorded by the synthetic Neuropixels session)."""
+    experiment_id = cfg.first_experiment_id + index
+    params = sample_cells(cfg.n_cells, asdict(cfg.kinds), tuple(cfg.rf_sigma_deg), tuple(cfg.peak_rate_hz),
+                          cfg.baseline_rate_hz, cell_ids_for(experiment_id, cfg.n_cells), session_rngs(cfg, index)[0],
+                          saturation=tuple(cfg.saturation))
+    return calibrate(params, scenes, device=device)
+
+
 def simulate_session(cfg: SyntheticConfig, index: int, scenes: np.ndarray, device: Any = "cpu"
                      ) -> tuple[SessionArrays, TruePopulation, fl.Traces]:
     """Simulate session ``index`` of ``cfg`` (nothing is written).
@@ -190,13 +207,8 @@ def simulate_session(cfg: SyntheticConfig, index: int, scenes: np.ndarray, devic
     import torch
 
     experiment_id = cfg.first_experiment_id + index
-    seeds = np.random.SeedSequence(entropy=cfg.seed, spawn_key=(index,)).spawn(4)
-    pop_rng, schedule_rng, trace_rng, extra_rng = (np.random.default_rng(s) for s in seeds)
-
-    params = sample_cells(cfg.n_cells, asdict(cfg.kinds), tuple(cfg.rf_sigma_deg), tuple(cfg.peak_rate_hz),
-                          cfg.baseline_rate_hz, cell_ids_for(experiment_id, cfg.n_cells), pop_rng,
-                          saturation=tuple(cfg.saturation))
-    params = calibrate(params, scenes, device=device)
+    _, schedule_rng, trace_rng, extra_rng = session_rngs(cfg, index)
+    params = session_cells(cfg, index, scenes, device=device)
     # the rates that drive the simulation are computed in float64 (thread-count independent bytes)
     population = TruePopulation(params).to(device=device, dtype=torch.float64)
     with torch.no_grad():

@@ -29,10 +29,13 @@ rate per cell. The chain, vectorised over cells:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import lfilter
+
+from meiscope.synthetic import portable
 
 FRAME_RATE_HZ = 30.0  # two-photon acquisition clock
 RESPONSE_LATENCY_S = 0.05  # mouse V1 onset latency
@@ -115,8 +118,8 @@ def calcium_dff(cell: np.ndarray, times: np.ndarray, n_cells: int, timestamps: n
     """
     n_frames = len(timestamps)
     dt = 1.0 / FRAME_RATE_HZ
-    t_peak = tau_decay_s * tau_rise_s / (tau_decay_s - tau_rise_s) * np.log(tau_decay_s / tau_rise_s)
-    scale = amplitude / (np.exp(-t_peak / tau_decay_s) - np.exp(-t_peak / tau_rise_s))
+    t_peak = tau_decay_s * tau_rise_s / (tau_decay_s - tau_rise_s) * math.log(tau_decay_s / tau_rise_s)
+    scale = amplitude / (math.exp(-t_peak / tau_decay_s) - math.exp(-t_peak / tau_rise_s))
     # a spike at time s first shows in frame k = first frame at or after s, already decayed by
     # exp(-(t_k - s) / tau); from there each exponential decays by exp(-dt / tau) per frame
     frame = np.searchsorted(timestamps, times, side="left")
@@ -124,9 +127,9 @@ def calcium_dff(cell: np.ndarray, times: np.ndarray, n_cells: int, timestamps: n
     frame, cell, lag = frame[keep], cell[keep], timestamps[frame[keep]] - times[keep]
     out = np.zeros((n_cells, n_frames))
     for tau, sign in ((tau_decay_s, 1.0), (tau_rise_s, -1.0)):
-        impulses = np.bincount(cell * n_frames + frame, weights=np.exp(-lag / tau),
+        impulses = np.bincount(cell * n_frames + frame, weights=portable.exp(-lag / tau),
                                minlength=n_cells * n_frames).reshape(n_cells, n_frames)
-        out += sign * lfilter([1.0], [1.0, -np.exp(-dt / tau)], impulses, axis=1)
+        out += sign * lfilter([1.0], [1.0, -math.exp(-dt / tau)], impulses, axis=1)
     return scale * out
 
 
@@ -136,7 +139,7 @@ def smooth_noise(shape: tuple[int, int], tau_s: float, rng: np.random.Generator)
     Returns:
         ``shape`` = ``(n_series, n_frames)`` float64.
     """
-    a = np.exp(-1.0 / (FRAME_RATE_HZ * tau_s))
+    a = math.exp(-1.0 / (FRAME_RATE_HZ * tau_s))
     white = rng.standard_normal(shape) * np.sqrt(1 - a * a)
     return lfilter([1.0], [1.0, -a], white, axis=1)
 
@@ -209,9 +212,9 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarra
     cell, times = poisson_spikes(onsets_s, duration_s, rates_hz, rng)
     calcium = calcium_dff(cell, times, n_cells, timestamps, tau_rise_s, tau_decay_s, spike_amplitude_dff)
 
-    f0 = np.exp(rng.uniform(np.log(F0_RANGE[0]), np.log(F0_RANGE[1]), n_cells))[:, None]
+    f0 = portable.log_uniform(rng, F0_RANGE[0], F0_RANGE[1], n_cells)[:, None]
     bleach_tau = rng.uniform(0.5, 1.5) * n_frames / FRAME_RATE_HZ
-    bleach = (1 - BLEACH_FRACTION) + BLEACH_FRACTION * np.exp(-timestamps / bleach_tau)[None, :]
+    bleach = (1 - BLEACH_FRACTION) + BLEACH_FRACTION * portable.exp(-timestamps / bleach_tau)[None, :]
     f_cell = f0 * bleach * (1 + calcium)
 
     shared = 0.06 * smooth_noise((1, n_frames), 20.0, rng) + 0.03 * smooth_noise((1, n_frames), 2.0, rng)

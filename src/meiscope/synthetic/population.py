@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from meiscope.atomic import write_json, write_npz
 from meiscope.errors import MeiscopeError
+from meiscope.synthetic import portable
 
 SCENE_HEIGHT_PX = 918
 SCENE_WIDTH_PX = 1174
@@ -161,7 +162,7 @@ def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[
     sigma_deg = rng.uniform(rf_sigma_deg[0], rf_sigma_deg[1], n_cells)
     sf_low = np.maximum(SF_RANGE_CPD[0], MIN_CYCLES_PER_SIGMA / sigma_deg)
     sf_high = np.maximum(SF_RANGE_CPD[1], sf_low)
-    sf_cpd = np.exp(rng.uniform(np.log(sf_low), np.log(sf_high)))
+    sf_cpd = portable.log_uniform(rng, sf_low, sf_high)
     orientation = rng.uniform(0, np.pi, n_cells)
     phase = rng.uniform(0, 2 * np.pi, n_cells)
     lo, hi = np.deg2rad(CONJUNCTION_ANGLE_DEG)
@@ -170,8 +171,8 @@ def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[
     is_complex, is_conj = kinds == "complex", kinds == "conjunction"
     orientation2 = np.where(is_conj, np.mod(orientation + turn, np.pi), orientation)
     phase2 = np.where(is_complex, phase + np.pi / 2, np.where(is_conj, phase_b, phase))
-    peak = np.exp(rng.uniform(np.log(peak_rate_hz[0]), np.log(peak_rate_hz[1]), n_cells))
-    sat = np.exp(rng.uniform(np.log(saturation[0]), np.log(saturation[1]), n_cells))
+    peak = portable.log_uniform(rng, peak_rate_hz[0], peak_rate_hz[1], n_cells)
+    sat = portable.log_uniform(rng, saturation[0], saturation[1], n_cells)
     responsive = kinds != "unresponsive"
     return CellParams(
         cell_ids=np.asarray(cell_ids, dtype=np.int64), kinds=kinds,

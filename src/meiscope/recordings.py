@@ -1,0 +1,133 @@
+"""The two kinds of recording behind one small interface: two-photon (dF/F) and Neuropixels (spikes).
+
+A recording kind knows its cache layout (where a session's file lies), how to synthesize and to
+download sessions, and how to turn one session into the :class:`~meiscope.dataset.ResponseDataset`
+that every later stage reads. ``data.recording`` picks the kind (:func:`recording_of`) and
+``data.source`` picks synthetic or real data within it; the stages never ask which kind they got.
+
+- :class:`TwoPhoton`: Allen Brain Observatory (``BrainObservatoryCache``), :mod:`meiscope.responses`,
+  :mod:`meiscope.allen`, :mod:`meiscope.synthetic`.
+- :class:`Neuropixels`: Allen Visual Coding - Neuropixels (``EcephysProjectCache``),
+  :mod:`meiscope.neuropixels`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Union
+
+from meiscope.config import Params, as_dict
+
+if TYPE_CHECKING:
+    from meiscope.dataset import ResponseDataset
+
+
+class Recording(Protocol):
+    """What the pipeline needs from a recording kind (the methods of :class:`TwoPhoton`)."""
+
+    name: str
+
+    def find_sessions(self, cache_dir: Path) -> list[int]: ...
+    def session_file(self, cache_dir: Path, session_id: int) -> Path: ...
+    def synthesize(self, params: Params, folder: Path) -> list[int]: ...
+    def synthetic_ids(self, params: Params) -> list[int]: ...
+    def synthetic_stamp(self, params: Params) -> dict: ...
+    def download(self, params: Params, folder: Path) -> list[int]: ...
+    def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
+                dataset_path: Path) -> "ResponseDataset": ...
+
+
+class TwoPhoton:
+    """Allen Brain Observatory two-photon sessions: ``ophys_experiment_data/<id>.nwb``, dF/F trial responses."""
+
+    name = "two_photon"
+
+    def find_sessions(self, cache_dir: Path) -> list[int]:
+        """Session ids whose NWB file is in ``cache_dir``, sorted."""
+        from meiscope.responses import find_sessions
+
+        return find_sessions(cache_dir)
+
+    def session_file(self, cache_dir: Path, session_id: int) -> Path:
+        from meiscope.responses import nwb_path
+
+        return nwb_path(cache_dir, session_id)
+
+    def synthesize(self, params: Params, folder: Path) -> list[int]:
+        """Write the synthetic cortex's sessions into ``folder``; return their ids."""
+        from meiscope.synthetic.cortex import synthesize_sessions
+
+        return synthesize_sessions(params.synthetic, folder)
+
+    def synthetic_ids(self, params: Params) -> list[int]:
+        return [params.synthetic.first_experiment_id + i for i in range(params.synthetic.n_sessions)]
+
+    def synthetic_stamp(self, params: Params) -> dict:
+        """The params that made the synthetic data (data synthesized under others is rewritten)."""
+        return as_dict(params.synthetic)
+
+    def download(self, params: Params, folder: Path) -> list[int]:
+        """The experiments ``params.allen`` selects, into ``folder`` (lazily)."""
+        from meiscope.allen import download_experiments
+
+        return download_experiments(params.allen, folder)
+
+    def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
+                dataset_path: Path) -> "ResponseDataset":
+        """Trial responses of one session, saved to ``dataset_path``."""
+        from meiscope.responses import extract_session
+
+        ds = extract_session(cache_dir, session_id, params.extract, source)
+        ds.save(dataset_path)
+        return ds
+
+
+class Neuropixels:
+    """Visual Coding - Neuropixels sessions: ``session_<id>/session_<id>.nwb``, spike counts per presentation."""
+
+    name = "neuropixels"
+
+    def find_sessions(self, cache_dir: Path) -> list[int]:
+        from meiscope.neuropixels.cache import find_sessions
+
+        return find_sessions(cache_dir)
+
+    def session_file(self, cache_dir: Path, session_id: int) -> Path:
+        from meiscope.neuropixels.cache import session_nwb
+
+        return session_nwb(cache_dir, session_id)
+
+    def synthesize(self, params: Params, folder: Path) -> list[int]:
+        """Write the synthetic Neuropixels session (the cortex's cells, as spikes) into ``folder``."""
+        from meiscope.neuropixels.synthetic import synthesize_neuropixels_session
+
+        return [synthesize_neuropixels_session(params.synthetic, params.synthetic_neuropixels, folder)]
+
+    def synthetic_ids(self, params: Params) -> list[int]:
+        return [params.synthetic_neuropixels.session_id]
+
+    def synthetic_stamp(self, params: Params) -> dict:
+        """The cortex and the Neuropixels recording of it."""
+        return {"synthetic": as_dict(params.synthetic), "synthetic_neuropixels": as_dict(params.synthetic_neuropixels)}
+
+    def download(self, params: Params, folder: Path) -> list[int]:
+        """The sessions ``params.neuropixels`` selects, into ``folder`` (lazily)."""
+        from meiscope.neuropixels.download import download_sessions
+
+        return download_sessions(params.neuropixels, folder)
+
+    def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
+                dataset_path: Path) -> "ResponseDataset":
+        """Natural-scene spike counts saved to ``dataset_path``; gratings and Gabor patches beside it."""
+        from meiscope.neuropixels import responses
+
+        ds, other = responses.extract_session(cache_dir, session_id, params.extract, params.neuropixels,
+                                              f"{source}_neuropixels")
+        ds.save(dataset_path)
+        responses.save_other_stimuli(responses.other_stimuli_path(dataset_path), other)
+        return ds
+
+
+def recording_of(params: Params) -> Union[TwoPhoton, Neuropixels]:
+    """The recording kind ``params.data.recording`` names."""
+    return Neuropixels() if params.data.recording == "neuropixels" else TwoPhoton()

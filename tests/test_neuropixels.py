@@ -1,0 +1,218 @@
+"""The Neuropixels source: stimuli geometry, spike simulation, extraction and the whole study on a tiny session."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from meiscope import insilico, pipeline
+from meiscope.config import SyntheticNeuropixelsConfig, load_params
+from meiscope.neuropixels import gabor_check, stimuli
+from meiscope.neuropixels.synthetic import draw_spikes, make_schedule, unit_population
+from meiscope.synthetic.population import SCENE_HEIGHT_PX, SCENE_WIDTH_PX, sample_cells
+from test_pipeline import TINY as TWO_PHOTON_TINY
+
+# the two-photon pipeline test's tiny study, recorded as spikes (stronger cells: 10 scene repeats, not 8)
+TINY = {**TWO_PHOTON_TINY, "data": {"recording": "neuropixels"},
+        "synthetic": {**TWO_PHOTON_TINY["synthetic"], "peak_rate_hz": [10.0, 40.0]},
+        "synthetic_neuropixels": {"scene_repeats": 10, "grating_repeats": 2, "gabor_repeats": 3, "other_area_units": 6,
+                                  "poor_units": 8, "spontaneous_s": 5.0}}
+
+
+# --------------------------------------------------------------------------------------
+# stimuli and the visual field
+# --------------------------------------------------------------------------------------
+def test_neuropixels_gabor_patch_lands_where_its_degrees_say():
+    shape = (SCENE_HEIGHT_PX // 2, SCENE_WIDTH_PX // 2)
+    image = stimuli.gabor_patch_pixels(20.0, -10.0, 0.0, 0.0, shape)
+    rows, cols = np.nonzero(np.abs(image - stimuli.GRAY) > 1e-3)
+    x_frac, y_frac = stimuli.degrees_to_scene_fraction(20.0, -10.0)
+    assert abs((cols.mean() + 0.5) / shape[1] - x_frac) < 0.01  # the aperture is centred there
+    assert abs((rows.mean() + 0.5) / shape[0] - y_frac) < 0.01
+    assert y_frac > 0.5  # y = -10 deg is below the screen centre (rows grow downwards)
+    radius_px = 0.5 * (cols.max() - cols.min() + 1)
+    assert abs(radius_px * 2 * SCENE_WIDTH_PX / shape[1] / 9.68 - stimuli.GABOR_SIZE_DEG) < 0.5
+
+
+def test_neuropixels_grating_orientation_follows_the_truth_convention():
+    # orientation 0: the carrier varies along x (vertical bars); 90: along y
+    vertical = stimuli.grating_pixels(0.0, 0.04, 0.0, (64, 82))
+    horizontal = stimuli.grating_pixels(90.0, 0.04, 0.0, (64, 82))
+    assert np.ptp(vertical[:, 10]) < 1e-3 < np.ptp(vertical[10, :])
+    assert np.ptp(horizontal[10, :]) < 1e-3 < np.ptp(horizontal[:, 10])
+    assert len(stimuli.grating_conditions()) == 120 and len(stimuli.gabor_conditions()) == 243
+
+
+def test_neuropixels_model_pixels_and_screen_degrees_agree():
+    crop, shape = [0.1, 0.9, 0.2, 0.8], (36, 46)
+    x_frac, y_frac = stimuli.degrees_to_scene_fraction(np.array([-30.0, 0.0, 25.0]), np.array([15.0, 0.0, -5.0]))
+    col = (x_frac - crop[2]) / (crop[3] - crop[2]) * shape[1] - 0.5
+    row = (y_frac - crop[0]) / (crop[1] - crop[0]) * shape[0] - 0.5
+    x, y = gabor_check.model_pixels_to_degrees(col, row, crop, shape)
+    np.testing.assert_allclose(x, [-30.0, 0.0, 25.0], atol=1e-9)
+    np.testing.assert_allclose(y, [15.0, 0.0, -5.0], atol=1e-9)
+    np.testing.assert_allclose(gabor_check.scene_fraction_to_degrees(x_frac, y_frac), ([-30, 0, 25], [15, 0, -5]),
+                               atol=1e-9)
+
+
+def test_neuropixels_gabor_check_finds_a_planted_preference():
+    conditions = stimuli.gabor_conditions()
+    rng = np.random.default_rng(0)
+    repeats = np.full(len(conditions), 15)
+    rates = np.ones((len(conditions), 3))  # unit 13 has no receptive field: a flat map
+    pref = [(20.0, -10.0, 45.0), (-30.0, 30.0, 90.0)]
+    for unit, (x, y, ori) in enumerate(pref):
+        here = (conditions.x_position == x) & (conditions.y_position == y)
+        rates[here.to_numpy(), unit] = 2.0
+        rates[(here & (conditions.orientation == ori)).to_numpy(), unit] = 4.0
+    counts = rng.poisson(rates[:, None, :] * np.ones((1, 15, 1))).mean(axis=1)  # 15 presentations each
+    patches = {**{c: conditions[c].to_numpy() for c in conditions}, "mean_counts": counts, "repeats": repeats,
+               "unit_ids": np.array([11, 12, 13])}
+    crop, shape = [0.0, 1.0, 0.0, 1.0], (36, 46)
+    # optimal Gabors: unit 11 exactly at its patch (45 deg); unit 12 12 deg away, oriented 130 deg
+    params = np.zeros((3, 6), dtype=np.float32)
+    for unit, (x, y, theta) in enumerate([(20.0, -10.0, 45.0), (-30.0 + 12.0, 30.0, 130.0), (0.0, 0.0, 0.0)]):
+        xf, yf = stimuli.degrees_to_scene_fraction(x, y)
+        params[unit, :3] = [xf * shape[1] - 0.5, yf * shape[0] - 0.5, np.deg2rad(theta)]
+    table, metrics = gabor_check.gabor_patch_check(patches, np.array([11, 12, 13]), params, crop, shape)
+    assert table.has_rf.tolist() == [True, True, False]
+    assert table.rf_p_value[2] > 0.01 and table.rf_p_value[:2].max() < 1e-6
+    np.testing.assert_allclose(table.position_error_deg[:2], [0.0, 12.0], atol=1e-4)
+    assert table.best_patch_orientation[:2].tolist() == [45.0, 90.0]
+    assert table.orientation_agrees[:2].tolist() == [True, True]  # 130 deg is nearest to 90 of {0, 45, 90}
+    assert metrics["gabor_patch_n_units_with_rf"] == 2 and metrics["gabor_patch_frac_within_grid_step"] == 0.5
+    params[1, 2] = np.deg2rad(10.0)
+    table, _ = gabor_check.gabor_patch_check(patches, np.array([11, 12, 13]), params, crop, shape)
+    assert table.orientation_agrees[:2].tolist() == [True, False]
+
+
+def test_neuropixels_rf_map_test_rejects_at_its_nominal_rate_on_flat_maps():
+    conditions = stimuli.gabor_conditions()
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(1.5, size=(len(conditions), 15, 400)).mean(axis=1)  # 400 units, no receptive field
+    patches = {**{c: conditions[c].to_numpy() for c in conditions}, "mean_counts": counts,
+               "repeats": np.full(len(conditions), 15)}
+    positions, maps, p_values = gabor_check.receptive_field_maps(patches, np.arange(400))
+    assert positions.shape == (81, 2) and maps.shape == (81, 400)
+    np.testing.assert_allclose(maps.mean(axis=0), counts.mean(axis=0), rtol=1e-9)
+    assert (p_values < 0.01).mean() < 0.03  # ~1% expected
+
+
+# --------------------------------------------------------------------------------------
+# spikes
+# --------------------------------------------------------------------------------------
+def test_neuropixels_spikes_follow_the_rates_with_a_refractory_period():
+    rng = np.random.default_rng(0)
+    starts = np.arange(4000) * 0.25
+    rates = np.tile([2.0, 40.0], (4000, 1))
+    rates[::2, 1] = 5.0  # the second unit alternates between 5 and 40 Hz
+    trains = draw_spikes(starts, rates, 0.002, rng)
+    assert all(np.all(np.diff(t) >= 0.002) for t in trains)
+    assert abs(len(trains[0]) / 1000.0 - 2.0) < 0.2  # 1000 s at 2 Hz
+    odd = ((trains[1] - 0.04) // 0.25).astype(int) % 2 == 1
+    # 40 Hz minus what a 2-ms dead time removes (~8%)
+    assert 34.0 < odd.sum() / 500.0 < 40.5 and 4.0 < (~odd).sum() / 500.0 < 6.0
+
+
+def test_neuropixels_poor_units_are_scaled_copies_of_visp_units():
+    rng = np.random.default_rng(1)
+    cells = sample_cells(20, {"simple": 0.5, "complex": 0.5, "conjunction": 0.0, "unresponsive": 0.0}, (4.0, 8.0),
+                         (5.0, 20.0), 0.5, np.arange(20), rng)
+    cfg = SyntheticNeuropixelsConfig(other_area_units=5, poor_units=4)
+    params, source, keep = unit_population(cells, cfg, rng)
+    assert params.n_cells == 29 and len(np.unique(params.cell_ids)) == 29
+    assert (params.kinds[20:25] == "unresponsive").all() and (params.rate_max[20:25] == 0).all()
+    poor = np.flatnonzero(source >= 0)
+    np.testing.assert_array_equal(poor, np.arange(25, 29))
+    np.testing.assert_allclose(params.rate_max[poor], params.rate_max[source[poor]] * keep[poor])
+    np.testing.assert_allclose(params.x[poor], params.x[source[poor]])
+
+
+def test_neuropixels_schedule_shows_every_condition_its_repeats():
+    cfg = SyntheticNeuropixelsConfig(scene_repeats=3, grating_repeats=2, gabor_repeats=2, spontaneous_s=10.0)
+    schedule = make_schedule(5, cfg, np.random.default_rng(0))
+    scenes = schedule.condition[schedule.stimulus == "natural_scenes"]
+    assert np.bincount(scenes + 1).tolist() == [3] * 6  # 5 scenes + the blank
+    gabors = schedule.condition[schedule.stimulus == "gabors"]
+    assert np.bincount(gabors).tolist() == [2] * 243
+    assert np.all(np.diff(schedule.start) == 0.25)
+
+
+# --------------------------------------------------------------------------------------
+# the whole study on a tiny synthetic Neuropixels session
+# --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def npx_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("npx")
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY))
+    params = load_params(root / "params.yaml")
+    pipeline.ensure_data(params, root)
+    pipeline.extract(params, root)
+    return root, params
+
+
+def test_neuropixels_session_is_read_by_allensdk_and_filtered(npx_study):
+    from meiscope.dataset import ResponseDataset
+    from meiscope.neuropixels.cache import session_nwb
+    from meiscope.synthetic.population import load_true_population
+
+    root, params = npx_study
+    cache_dir = root / "data" / "synthetic_ecephys"
+    session_id = params.synthetic_neuropixels.session_id
+    assert session_nwb(cache_dir, session_id).is_file()
+    ds = ResponseDataset.load(root / "results" / "responses" / f"{session_id}.npz")
+    truth = load_true_population(cache_dir, session_id)
+    assert truth.n_cells == 30 + 6 + 8
+    # kept: exactly the 30 VISp units; the CA1/LP units and the 8 poorly isolated copies are dropped
+    np.testing.assert_array_equal(ds.cell_ids, truth.cell_ids[:30])
+    assert ds.recording == "neuropixels" and ds.source == "synthetic_neuropixels"
+    assert ds.n_images == 24 and len(ds.trial_image) == 24 * 10 and len(ds.blank_responses) == 10
+    assert np.all(ds.responses == np.round(ds.responses)) and ds.responses.min() >= 0
+
+
+def test_neuropixels_counts_equal_counts_from_the_spike_times(npx_study):
+    import pynwb
+
+    from meiscope.dataset import ResponseDataset
+    from meiscope.neuropixels.cache import session_nwb
+
+    root, params = npx_study
+    session_id = params.synthetic_neuropixels.session_id
+    ds = ResponseDataset.load(root / "results" / "responses" / f"{session_id}.npz")
+    with pynwb.NWBHDF5IO(str(session_nwb(root / "data" / "synthetic_ecephys", session_id)), "r",
+                         load_namespaces=True) as io:
+        nwb = io.read()
+        units = nwb.units.to_dataframe().set_index("id") if "id" in nwb.units.colnames else nwb.units.to_dataframe()
+        table = nwb.intervals["natural_scenes_presentations"].to_dataframe().sort_values("start_time")
+    start, frame = table.start_time.to_numpy(), table.frame.to_numpy().astype(int)
+    lo, hi = params.neuropixels.count_window
+    shown = frame >= 0
+    for column, unit in enumerate(ds.cell_ids[:10]):
+        spikes = np.asarray(units.loc[unit, "spike_times"])
+        counts = np.searchsorted(spikes, start + hi, side="left") - np.searchsorted(spikes, start + lo, side="left")
+        np.testing.assert_array_equal(ds.responses[:, column], counts[shown])
+        np.testing.assert_array_equal(ds.blank_responses[:, column], counts[~shown])
+
+
+def test_neuropixels_whole_study_runs_and_checks_the_presented_gabors(npx_study):
+    root, params = npx_study
+    pipeline.rank(params, root)
+    pipeline.tune(params, root, device="cpu")
+    pipeline.train(params, root, device="cpu")
+    insilico.mei(params, root, device="cpu")
+    gabor = insilico.gabor(params, root, device="cpu")
+    insilico.validate(params, root, device="cpu")
+    insilico.report(params, root)
+    ranking = json.loads((root / "metrics" / "ranking.json").read_text())
+    assert ranking["n_selected"] == 8 and "gt_precision" in json.dumps(ranking)
+    train = json.loads((root / "metrics" / "train.json").read_text())
+    assert -1 <= train["gt_fresh_corr_mean"] <= 1
+    run = json.loads((root / "results" / "train" / "run.json").read_text())
+    assert run["model"]["loss"] == "auto"
+    assert gabor["gabor_patch_n_units"] == 8 and 0 <= gabor["gabor_patch_n_units_with_rf"] <= 8
+    table = pd.read_csv(root / "results" / "gabor" / "presented_gabors.csv")
+    assert len(table) == 8 and table.best_patch_true_error_deg.notna().all() and table.rf_p_value.between(0, 1).all()
+    assert (root / "results" / "gabor" / "receptive_fields.png").stat().st_size > 10_000
+    assert "Neuropixels spike counts" in (root / "report" / "index.html").read_text()
