@@ -269,6 +269,17 @@ def test_neuropixels_download_layout_templates_and_unit_metrics(tables_only, tmp
     assert load_unit_metrics(tables_only, 103)["unit_id"].tolist() == _units_of(103)
     assert load_unit_metrics(tables_only, 102) is None
     assert _leftovers(tables_only) == []
+    # the rank stage sets Allen's quality metrics beside its own (a unit Allen does not list gets NaN)
+    from meiscope.ranking import join_allen_metrics
+    from meiscope.recordings import UNIT_METRIC_COLUMNS, Neuropixels
+
+    picked = table["unit_id"].to_numpy()[::-1][:2]
+    joined = join_allen_metrics(pd.DataFrame({"cell_id": np.append(picked, 12345)}),
+                                Neuropixels().allen_metrics(tables_only, 101))
+    assert list(joined.columns[1:]) == [f"allen_{c}" for c in UNIT_METRIC_COLUMNS]
+    np.testing.assert_allclose(joined["allen_snr"].to_numpy()[:2],
+                               table.set_index("unit_id").loc[picked, "snr"].to_numpy(dtype=float))
+    assert joined.iloc[2, 1:].isna().all() and Neuropixels().allen_metrics(tables_only, 102) is None
 
 
 def test_neuropixels_everything_cached_makes_no_network_call(cache, tmp_path_factory, monkeypatch):
@@ -360,3 +371,4 @@ def test_neuropixels_unreadable_unit_metrics_file(tmp_path):
     path.write_text("")
     with pytest.raises(DownloadError, match="5.csv"):
         load_unit_metrics(tmp_path, 5)
+

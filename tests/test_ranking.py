@@ -11,8 +11,9 @@ from scipy import stats
 
 from meiscope.config import RankConfig
 from meiscope.dataset import ResponseDataset
-from meiscope.ranking import (RankError, anova_p_value, compute_metrics, explainable_variance_fraction,
-                              frac_significant_trials, join_allen_metrics, load_selected, oracle_correlation,
+from meiscope.ranking import (AllenMetrics, RankError, anova_p_value, compute_metrics,
+                              explainable_variance_fraction, frac_significant_trials, join_allen_metrics,
+                              load_selected, oracle_correlation,
                               peak_response, preferred_image, run_rank, score_against_truth, select_neurons,
                               split_half_reliability)
 
@@ -204,7 +205,7 @@ def test_join_allen_metrics():
     allen = pd.DataFrame({"cell_specimen_id": [9, 7, 100], "p_ns": [0.01, None, 0.5],
                           "reliability_ns": [0.3, 0.1, 0.0], "peak_dff_ns": [5.0, 1.0, 0.0],
                           "image_sel_ns": [0.5, 0.2, 0.1], "area": ["VISp"] * 3})
-    out = join_allen_metrics(table, allen)
+    out = join_allen_metrics(table, AllenMetrics(allen))
     assert out["cell_id"].tolist() == [7, 8, 9]
     assert list(out.columns) == ["cell_id", "reliability", "allen_p_ns", "allen_reliability_ns",
                                  "allen_peak_dff_ns", "allen_image_sel_ns"]
@@ -212,9 +213,9 @@ def test_join_allen_metrics():
     assert np.isnan(out["allen_p_ns"].iloc[0]) and out["allen_p_ns"].iloc[2] == 0.01
     assert join_allen_metrics(table, None) is table
     with pytest.raises(RankError, match="p_ns"):
-        join_allen_metrics(table, allen.drop(columns="p_ns"))
+        join_allen_metrics(table, AllenMetrics(allen.drop(columns="p_ns")))
     with pytest.raises(RankError, match="more than once"):
-        join_allen_metrics(table, pd.concat([allen, allen.iloc[:1]]))
+        join_allen_metrics(table, AllenMetrics(pd.concat([allen, allen.iloc[:1]])))
 
 
 # --------------------------------------------------------------------------------------

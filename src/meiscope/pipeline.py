@@ -186,13 +186,12 @@ def _rank_into(params: Params, root: Path, ds: Any, out_dir: Path, metrics_path:
                tags: dict[str, str] | None = None) -> dict:
     """Rank ``ds``'s cells into ``out_dir``; score the selection against the truth when synthetic."""
     from meiscope import ranking, truth
-    from meiscope.allen import load_cell_metrics
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
     population = truth.load_population(layout.cache_dir, ds.experiment_id)
     responsive = truth.responsive_ids(population) if population is not None else None
-    allen_metrics = load_cell_metrics(layout.cache_dir, ds.experiment_id)
+    allen_metrics = recording_of(params).allen_metrics(layout.cache_dir, ds.experiment_id)
     with start_run(params, "rank", root, sections=("rank",), tags=tags) as mlf:
         metrics = ranking.run_rank(ds, params.rank, out_dir, metrics_path,
                                    allen_metrics=allen_metrics, truth_responsive_ids=responsive)

@@ -15,6 +15,7 @@ and a small metrics JSON.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,7 @@ from meiscope.errors import MeiscopeError
 
 METRIC_COLUMNS = ("reliability", "explainable_var", "oracle_corr", "p_anova", "frac_sig_trials",
                   "peak_response")
-ALLEN_COLUMNS = ("p_ns", "reliability_ns", "peak_dff_ns", "image_sel_ns")
+ALLEN_COLUMNS = ("p_ns", "reliability_ns", "peak_dff_ns", "image_sel_ns")  # two-photon natural-scene metrics
 RANKING_FILE = "ranking.csv"
 
 
@@ -349,30 +350,41 @@ def select_neurons(table: pd.DataFrame, cfg: RankConfig) -> pd.DataFrame:
     return out.sort_values("rank").reset_index(drop=True)
 
 
-def join_allen_metrics(table: pd.DataFrame, allen_metrics: Optional[pd.DataFrame]) -> pd.DataFrame:
-    """Left-join Allen's natural-scenes metrics (``allen_p_ns``, ``allen_reliability_ns``,
-    ``allen_peak_dff_ns``, ``allen_image_sel_ns``) on ``cell_id == cell_specimen_id``.
+@dataclass(frozen=True)
+class AllenMetrics:
+    """Allen's own metrics of a session's cells, to set beside meiscope's in the ranking table.
 
-    ``allen_metrics`` is (a subset of) ``BrainObservatoryCache.get_cell_specimens()``; None returns
-    ``table`` unchanged. Cells Allen does not list get NaN.
+    Two-photon: rows of ``BrainObservatoryCache.get_cell_specimens()`` keyed by ``cell_specimen_id``
+    (natural-scene metrics :data:`ALLEN_COLUMNS`); Neuropixels: the units table keyed by ``unit_id``
+    (quality metrics).
+    """
+
+    table: pd.DataFrame
+    id_column: str = "cell_specimen_id"
+    columns: tuple[str, ...] = ALLEN_COLUMNS
+
+
+def join_allen_metrics(table: pd.DataFrame, allen_metrics: Optional[AllenMetrics]) -> pd.DataFrame:
+    """Left-join Allen's metrics as ``allen_<column>`` on ``cell_id == allen_metrics.id_column``.
+
+    None returns ``table`` unchanged. Cells Allen does not list get NaN.
     """
     if allen_metrics is None:
         return table
-    needed = ("cell_specimen_id", *ALLEN_COLUMNS)
-    missing = [c for c in needed if c not in allen_metrics.columns]
+    key, columns = allen_metrics.id_column, allen_metrics.columns
+    missing = [c for c in (key, *columns) if c not in allen_metrics.table.columns]
     if missing:
         raise RankError(f"Allen cell metrics table lacks columns {missing}")
-    allen = allen_metrics.loc[:, list(needed)]
-    dup = allen["cell_specimen_id"].duplicated()
+    allen = allen_metrics.table.loc[:, [key, *columns]]
+    dup = allen[key].duplicated()
     if dup.any():
-        raise RankError(f"Allen cell metrics list cell_specimen_id "
-                        f"{allen['cell_specimen_id'][dup].iloc[:5].tolist()} more than once")
-    allen = allen.rename(columns={c: f"allen_{c}" for c in ALLEN_COLUMNS})
-    allen["cell_specimen_id"] = allen["cell_specimen_id"].astype(np.int64)
-    for c in ALLEN_COLUMNS:  # Allen's JSON has None for missing values
+        raise RankError(f"Allen cell metrics list {key} {allen[key][dup].iloc[:5].tolist()} more than once")
+    allen = allen.rename(columns={c: f"allen_{c}" for c in columns})
+    allen[key] = allen[key].astype(np.int64)
+    for c in columns:  # Allen's JSON has None for missing values
         allen[f"allen_{c}"] = pd.to_numeric(allen[f"allen_{c}"], errors="coerce").astype(np.float64)
-    merged = table.merge(allen, how="left", left_on="cell_id", right_on="cell_specimen_id")
-    return merged.drop(columns="cell_specimen_id")
+    merged = table.merge(allen, how="left", left_on="cell_id", right_on=key)
+    return merged.drop(columns=key)
 
 
 def score_against_truth(table: pd.DataFrame, responsive_ids: np.ndarray) -> dict:
@@ -482,7 +494,7 @@ def _json_number(value: float) -> Optional[float]:
 
 
 def run_rank(ds: ResponseDataset, cfg: RankConfig, out_dir: Path, metrics_path: Path,
-             allen_metrics: Optional[pd.DataFrame] = None,
+             allen_metrics: Optional[AllenMetrics] = None,
              truth_responsive_ids: Optional[np.ndarray] = None) -> dict:
     """Score, rank and select the neurons of one session.
 
@@ -516,7 +528,7 @@ def run_rank(ds: ResponseDataset, cfg: RankConfig, out_dir: Path, metrics_path: 
     plot_tuning(ds, table, out_dir / "tuning.png")
 
     chosen = table[table["selected"]]
-    medians = [c for c in (*METRIC_COLUMNS, *(f"allen_{c}" for c in ALLEN_COLUMNS)) if c in table.columns]
+    medians = [c for c in table.columns if c in METRIC_COLUMNS or c.startswith("allen_")]
     metrics: dict = {"n_cells": int(len(table)), "n_selected": int(len(chosen)), "metric": cfg.metric}
     for col in medians:
         values = chosen[col].to_numpy(dtype=np.float64)

@@ -14,12 +14,16 @@ that every later stage reads. ``data.recording`` picks the kind (:func:`recordin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import TYPE_CHECKING, Optional, Protocol, Union
 
 from meiscope.config import Params, as_dict
 
 if TYPE_CHECKING:
     from meiscope.dataset import ResponseDataset
+    from meiscope.ranking import AllenMetrics
+
+# Allen's unit quality metrics set beside meiscope's ranking metrics for real Neuropixels sessions
+UNIT_METRIC_COLUMNS = ("snr", "firing_rate", "amplitude_cutoff", "presence_ratio", "isi_violations")
 
 
 class Recording(Protocol):
@@ -35,6 +39,7 @@ class Recording(Protocol):
     def download(self, params: Params, folder: Path) -> list[int]: ...
     def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
                 dataset_path: Path) -> "ResponseDataset": ...
+    def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]": ...
 
 
 class TwoPhoton:
@@ -81,6 +86,14 @@ class TwoPhoton:
         ds.save(dataset_path)
         return ds
 
+    def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]":
+        """Allen's natural-scene metrics of the session's cells (downloaded sessions only)."""
+        from meiscope.allen import load_cell_metrics
+        from meiscope.ranking import AllenMetrics
+
+        table = load_cell_metrics(cache_dir, session_id)
+        return None if table is None else AllenMetrics(table)
+
 
 class Neuropixels:
     """Visual Coding - Neuropixels sessions: ``session_<id>/session_<id>.nwb``, spike counts per presentation."""
@@ -126,6 +139,14 @@ class Neuropixels:
         ds.save(dataset_path)
         responses.save_other_stimuli(responses.other_stimuli_path(dataset_path), other)
         return ds
+
+    def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]":
+        """Allen's quality metrics of the session's units (downloaded sessions only)."""
+        from meiscope.neuropixels.download import load_unit_metrics
+        from meiscope.ranking import AllenMetrics
+
+        table = load_unit_metrics(cache_dir, session_id)
+        return None if table is None else AllenMetrics(table, "unit_id", UNIT_METRIC_COLUMNS)
 
 
 def recording_of(params: Params) -> Union[TwoPhoton, Neuropixels]:
