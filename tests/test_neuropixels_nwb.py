@@ -235,6 +235,22 @@ def test_neuropixels_nwb_rewrite_keeps_other_sessions(tmp_path):
     assert len(pd.read_csv(table_csv(tmp_path, "channels"))) == 16
 
 
+def test_neuropixels_nwb_same_arrays_same_bytes_with_distinct_object_ids(tmp_path):
+    import h5py
+
+    first, second = nwb.write_session_nwb(tmp_path / "a.nwb", make_session()), tmp_path / "b.nwb"
+    nwb.write_session_nwb(second, make_session())
+    assert first.read_bytes() == second.read_bytes()  # hdmf's object ids are random unless derived
+    ids = []
+    with h5py.File(first, "r") as f:
+        f.visititems(lambda name, obj: ids.append(obj.attrs["object_id"]) if "object_id" in obj.attrs else None)
+    assert len(ids) > 10 and len(set(ids)) == len(ids)
+    other = make_session(session_id=900000002, id_offset=10000)
+    nwb.write_session_nwb(tmp_path / "c.nwb", other)
+    with h5py.File(tmp_path / "c.nwb", "r") as f, h5py.File(first, "r") as g:
+        assert f.attrs["object_id"] != g.attrs["object_id"]  # derived from the session id
+
+
 def test_neuropixels_nwb_rejects_inconsistent_arrays(tmp_path):
     arrays = make_session()
     arrays.units.peak_channel_ids = arrays.units.peak_channel_ids.copy()

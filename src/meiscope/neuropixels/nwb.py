@@ -33,6 +33,8 @@ not this module's business. It writes allensdk 2.16.2's ``EcephysProjectCache`` 
 from __future__ import annotations
 
 import io
+import itertools
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -176,7 +178,25 @@ def _build_nwbfile(arrays: EcephysSessionArrays) -> Any:
     nwbfile.units = _units_table(arrays)
     for name in sorted(arrays.presentations):
         nwbfile.add_time_intervals(_presentation_intervals(name, arrays.presentations[name]))
+    _derive_object_ids(nwbfile, int(arrays.session_id))
     return nwbfile
+
+
+def _derive_object_ids(nwbfile: Any, session_id: int) -> None:
+    """Replace hdmf's random object ids (uuid4 per container) with ids derived from the session id.
+
+    The same arrays then write the same bytes. hdmf draws the ids from ``hdmf.container.uuid4``;
+    ``generate_new_id`` walks the containers in their (deterministic) child order.
+    """
+    import hdmf.container
+
+    counter = itertools.count()
+    random_uuid4 = hdmf.container.uuid4
+    hdmf.container.uuid4 = lambda: uuid.uuid5(uuid.NAMESPACE_URL, f"meiscope:ecephys:{session_id}:{next(counter)}")
+    try:
+        nwbfile.generate_new_id()
+    finally:
+        hdmf.container.uuid4 = random_uuid4
 
 
 def _add_probes(nwbfile: Any, probes: Probes, ecephys_nwb: Any) -> dict[int, Any]:
