@@ -325,11 +325,15 @@ def download_experiments(cfg: AllenConfig, cache_dir: Path, progress: bool = Tru
 
 def load_cell_metrics(cache_dir: Path, experiment_id: int) -> Optional[pd.DataFrame]:
     """``cache_dir/cell_metrics/<id>.csv`` as a DataFrame (one row per cell), or None if absent."""
-    path = cell_metrics_file(cache_dir, experiment_id)
+    return read_metrics_csv(cell_metrics_file(cache_dir, experiment_id), "cell metrics")
+
+
+def read_metrics_csv(path: Path, what: str) -> Optional[pd.DataFrame]:
+    """A metrics table that ``meiscope download`` wrote, or None if absent; a broken one is a one-line error."""
     if not path.is_file():
         return None
     try:
         return pd.read_csv(path)
     except (ValueError, OSError) as err:  # pandas' EmptyDataError / ParserError are ValueErrors
-        raise DownloadError(f"{path}: unreadable cell metrics ({_reason(err)}); "
+        raise DownloadError(f"{path}: unreadable {what} ({_reason(err)}); "
                             "delete it and run `meiscope download` again") from None

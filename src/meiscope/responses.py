@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -204,9 +205,22 @@ def extract_session(cache_dir: Path, experiment_id: int, cfg: ExtractConfig, sou
         log.warning("%s: %d trials too close to the recording's edges were skipped", path, (~in_range).sum())
     onsets, frames = onsets[in_range], session.table_frame[in_range]
     responses = trial_responses(dff, onsets, cfg.response_window, cfg.baseline_window)
+    return dataset_from_trials(experiment_id, frames, responses, lambda shown: session.template[shown], cell_ids,
+                               cfg, source, dropped)
 
+
+def dataset_from_trials(experiment_id: int, frames: np.ndarray, responses: np.ndarray,
+                        templates: Callable[[np.ndarray], np.ndarray], cell_ids: np.ndarray, cfg: ExtractConfig,
+                        source: str, dropped_cell_ids: np.ndarray | None = None) -> ResponseDataset:
+    """The :class:`ResponseDataset` of a natural-scenes session's presentations (any recording).
+
+    Args:
+        frames: ``(n_presentations,)`` template index shown (-1 = blank).
+        responses: ``(n_presentations, n_cells)`` the response to each presentation.
+        templates: the 0-255 template images ``(n, H, W)`` of the given template indices.
+    """
     shown = np.unique(frames[frames >= 0])  # template images that were presented
-    pixels = prepare_images(session.template[shown], cfg.crop, (cfg.image_height, cfg.image_width))
+    pixels = prepare_images(templates(shown), cfg.crop, (cfg.image_height, cfg.image_width))
     pixel_mean, pixel_std = float(pixels.mean()), float(pixels.std())
     row_of_image = {int(img): row for row, img in enumerate(shown)}
     is_image = frames >= 0
@@ -219,7 +233,7 @@ def extract_session(cache_dir: Path, experiment_id: int, cfg: ExtractConfig, sou
         blank_responses=responses[~is_image],
         cell_ids=cell_ids,
         split=split_images(len(shown), cfg.split),
-        dropped_cell_ids=dropped.astype(np.int64),
+        dropped_cell_ids=(np.zeros(0) if dropped_cell_ids is None else dropped_cell_ids).astype(np.int64),
         pixel_mean=pixel_mean, pixel_std=pixel_std, source=source)
 
 

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 # allen.py's private helpers are shared on purpose: one wording of errors, one byte-count bar
 from meiscope.allen import (API_HOST, OFFLINE_HINT, DownloadError, SelectionError, _GrowthBar, _reason, _remove,
-                            is_readable_hdf5)
+                            is_readable_hdf5, read_metrics_csv)
 from meiscope.atomic import atomic_path
 from meiscope.config import NeuropixelsConfig
 from meiscope.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
@@ -247,14 +247,7 @@ def _write_unit_metrics(cache_dir: Path, session_ids: list[int]) -> None:
 
 def load_unit_metrics(cache_dir: Path, session_id: int) -> Optional[pd.DataFrame]:
     """``cache_dir/unit_metrics/<sid>.csv`` as a DataFrame (one row per unit), or None if absent."""
-    path = unit_metrics_file(cache_dir, session_id)
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path)
-    except (ValueError, OSError) as err:  # pandas' EmptyDataError / ParserError are ValueErrors
-        raise DownloadError(f"{path}: unreadable unit metrics ({_reason(err)}); "
-                            "delete it and run `meiscope download` again") from None
+    return read_metrics_csv(unit_metrics_file(cache_dir, session_id), "unit metrics")
 
 
 # --------------------------------------------------------------------------------------

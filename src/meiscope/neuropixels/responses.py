@@ -94,7 +94,7 @@ def extract_session(cache_dir: Path, session_id: int, extract_cfg: ExtractConfig
         ``(dataset, other)`` where ``other`` maps ``static_gratings`` / ``gabors`` to
         :func:`stimulus_counts` arrays (only the stimuli the session holds).
     """
-    from meiscope.responses import prepare_images, split_images
+    from meiscope.responses import dataset_from_trials
 
     path = session_nwb(cache_dir, session_id)
     cache, session = open_session(cache_dir, session_id, cfg)
@@ -106,19 +106,11 @@ def extract_session(cache_dir: Path, session_id: int, extract_cfg: ExtractConfig
     table = _stimulus_table(session, SCENES, path)
     frames = table["frame"].astype(float).astype(np.int64).to_numpy()
     counts = spike_counts(session, table, unit_ids, cfg.count_window)
-    shown = np.unique(frames[frames >= 0])
-    template = np.stack([np.asarray(cache.get_natural_scene_template(int(f)), dtype=np.float32) for f in shown])
-    pixels = prepare_images(template, extract_cfg.crop, (extract_cfg.image_height, extract_cfg.image_width))
-    pixel_mean, pixel_std = float(pixels.mean()), float(pixels.std())
-    row_of_image = {int(img): row for row, img in enumerate(shown)}
-    is_image = frames >= 0
-    dataset = ResponseDataset(
-        experiment_id=session_id, images=((pixels - pixel_mean) / pixel_std).astype(np.float32),
-        image_ids=shown.astype(np.int64),
-        trial_image=np.array([row_of_image[int(f)] for f in frames[is_image]], dtype=np.int64),
-        responses=counts[is_image], blank_responses=counts[~is_image], cell_ids=unit_ids,
-        split=split_images(len(shown), extract_cfg.split), dropped_cell_ids=np.zeros(0, dtype=np.int64),
-        pixel_mean=pixel_mean, pixel_std=pixel_std, source=source)
+
+    def templates(shown: np.ndarray) -> np.ndarray:
+        return np.stack([np.asarray(cache.get_natural_scene_template(int(f)), dtype=np.float32) for f in shown])
+
+    dataset = dataset_from_trials(session_id, frames, counts, templates, unit_ids, extract_cfg, source)
     other = {name: stimulus_counts(session, _stimulus_table(session, name, path), unit_ids, cfg.count_window, name)
              for name in PARAMETERS if (session.stimulus_presentations["stimulus_name"] == name).any()}
     return dataset, other
