@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run run-neuropixels test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
+.PHONY: install run run-neuropixels run-container test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ run: $(STAMP)
 run-neuropixels: $(STAMP)
 	$(BIN)/meiscope data --set data.recording=neuropixels
 	$(BIN)/dvc exp run -S data.recording=neuropixels
+
+## the same study trained on every stimulus of the experiment container (sessions A, B, C; a DVC experiment)
+run-container: $(STAMP)
+	$(BIN)/meiscope data --set data.recording=container
+	$(BIN)/dvc exp run -S data.recording=container
 
 ## the test suite (end-to-end tests included)
 test: $(STAMP)

@@ -17,7 +17,8 @@ import requests
 
 import allensdk.api.api as sdk_api
 import allensdk.core.json_utilities as sdk_json
-from meiscope.allen import (DownloadError, SelectionError, cell_metrics_file, download_experiments,
+from meiscope.allen import (DownloadError, SelectionError, cell_metrics_file, download_containers,
+                            download_experiments,
                             is_readable_hdf5, load_cell_metrics, nwb_file, open_cache, select_experiments)
 from meiscope.config import AllenConfig
 from meiscope.errors import MeiscopeError
@@ -56,7 +57,7 @@ EXPERIMENTS = [
     _experiment(107, 1, session="three_session_C2"),  # no natural scenes
 ]
 # Cells stored in each session's NWB, in trace order (999 has no metrics row).
-NWB_CELLS = {101: [12, 11, 999], 103: [21], 104: [31], 105: [41, 42]}
+NWB_CELLS = {101: [12, 11, 999], 102: [11, 13], 103: [21], 104: [31], 105: [41, 42], 107: [13, 12]}
 
 
 def _cell(cid, container, p_ns):
@@ -162,6 +163,21 @@ def test_truncated_experiment_list_is_fetched_again(cache, monkeypatch):
 # --------------------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------------------
+def test_download_containers_fetches_the_other_sessions_of_the_studied_cells(cache, monkeypatch):
+    api = FakeApi(monkeypatch)
+    # 101 is container 1's session B; 102 (A) and 107 (C2) hold the same cells under the same ids
+    assert download_containers(AllenConfig(experiment_ids=[101, 103]), ["A", "B", "C"], cache,
+                               progress=False) == [101, 102, 103, 107]
+    for eid in (101, 102, 103, 107):
+        assert is_readable_hdf5(nwb_file(cache, eid))
+    assert h5py.File(nwb_file(cache, 107))["processing/brain_observatory_pipeline/ImageSegmentation/"
+                                           "cell_specimen_ids"][()].tolist() == [13, 12]
+    streamed = len(api.streams)
+    # only the sessions asked for; files already cached are not fetched again
+    assert download_containers(AllenConfig(experiment_ids=[101]), ["B", "C"], cache, progress=False) == [101, 107]
+    assert len(api.streams) == streamed
+
+
 def test_download_layout_and_cell_metrics(cache, monkeypatch):
     api = FakeApi(monkeypatch)
     ids = download_experiments(AllenConfig(experiment_ids=[103, 101]), cache, progress=False)

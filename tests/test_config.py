@@ -33,6 +33,14 @@ def test_shipped_params_file_is_valid_and_matches_defaults_where_documented():
     ({"data": {"source": "s3"}}, "data.source"),
     ({"rank": {"top_k": "ten"}}, "rank.top_k"),
     ({"bogus": {}}, "bogus"),
+    ({"container": {"sessions": ["A", "C"]}}, "container.sessions"),
+    ({"container": {"sessions": ["A", "B", "D"]}}, "container.sessions"),
+    ({"container": {"stimuli": ["static_gratings"]}}, "container.stimuli"),
+    ({"container": {"stimuli": ["natural_scenes", "drifting_gratings"]}}, "container.stimuli"),
+    ({"synthetic_container": {"match_fraction": 0.0}}, "synthetic_container.match_fraction"),
+    ({"synthetic_container": {"movie_repeats": 1}}, "synthetic_container.movie_repeats"),
+    ({"train": {"batches_per_source": -1}}, "train.batches_per_source"),
+    ({"data": {"recording": "container", "synthetic_container_dir": "data/synthetic"}}, "data.synthetic_container_dir"),
 ])
 def test_bad_values_are_refused_naming_the_key(raw, key):
     with pytest.raises(ConfigError) as err:

@@ -144,6 +144,16 @@ def open_cache(cache_dir: Path) -> Any:
                             "delete it and run `meiscope download` again") from None
 
 
+def _experiment_list(boc: Any) -> list[dict]:
+    """Every ophys experiment (allensdk's full dicts), from the cache or fetched once."""
+    from allensdk.api.warehouse_cache.cache import Cache
+
+    path = Path(boc.get_cache_path(None, boc.EXPERIMENTS_KEY))
+    # The cached list, without boc.get_ophys_experiments' uncached eye-tracking query
+    return _cached_fetch(path, "list experiments", lambda: boc.api.get_ophys_experiments(
+        path=str(path), strategy="lazy", **Cache.cache_json()))
+
+
 def select_experiments(boc: Any, cfg: AllenConfig) -> list[dict]:
     """Natural-scenes experiments (session ``three_session_B``) chosen by ``cfg``, sorted by id.
 
@@ -157,12 +167,7 @@ def select_experiments(boc: Any, cfg: AllenConfig) -> list[dict]:
     ``targeted_structure``, ``cre_line``, ``experiment_container_id``, ``session_type``, ...).
     Raises :class:`DownloadError` if the experiment list is not cached and the API is unreachable.
     """
-    from allensdk.api.warehouse_cache.cache import Cache
-
-    path = Path(boc.get_cache_path(None, boc.EXPERIMENTS_KEY))
-    # The cached list, without boc.get_ophys_experiments' uncached eye-tracking query
-    experiments = _cached_fetch(path, "list experiments", lambda: boc.api.get_ophys_experiments(
-        path=str(path), strategy="lazy", **Cache.cache_json()))
+    experiments = _experiment_list(boc)
     explicit = sorted({int(i) for i in cfg.experiment_ids})
     # allensdk refuses bare strings: every filter goes in as a list (or None = no filter)
     selected = boc.api.filter_ophys_experiments(
@@ -321,6 +326,32 @@ def download_experiments(cfg: AllenConfig, cache_dir: Path, progress: bool = Tru
             with atomic_path(cell_metrics_file(cache_dir, experiment["id"]), suffix=".csv") as tmp:
                 table.to_csv(tmp, index=False)
     return [int(e["id"]) for e in experiments]
+
+
+def download_containers(cfg: AllenConfig, sessions: list[str], cache_dir: Path, progress: bool = True) -> list[int]:
+    """The natural-scenes experiments ``cfg`` selects (:func:`download_experiments`) and the other
+    sessions (``sessions``: letters A, B, C; C includes C2) of their experiment containers.
+
+    Returns every experiment id fetched, sorted. The cells of a container keep their
+    ``cell_specimen_id`` in every session (Allen's matching); the NWB files carry them.
+    """
+    studied = download_experiments(cfg, cache_dir, progress)
+    boc = open_cache(cache_dir)
+    experiments = _experiment_list(boc)
+    container_of = {int(e["id"]): int(e["experiment_container_id"]) for e in experiments}
+    wanted = {container_of[i] for i in studied if i in container_of}
+    siblings = sorted(int(e["id"]) for e in experiments
+                      if container_of[int(e["id"])] in wanted and int(e["id"]) not in studied
+                      and _session_letter(e) in sessions)
+    for experiment_id in tqdm(siblings, desc="container sessions", unit="exp", disable=not progress):
+        _fetch_nwb(boc, experiment_id, progress)
+    return sorted([*studied, *siblings])
+
+
+def _session_letter(experiment: dict) -> str:
+    """``A``, ``B`` or ``C`` (C2 counts as C) of an experiment dict's session type."""
+    session_type = str(experiment.get("stimulus_name") or experiment.get("session_type") or "")
+    return session_type.replace("three_session_", "")[:1]
 
 
 def load_cell_metrics(cache_dir: Path, experiment_id: int) -> Optional[pd.DataFrame]:

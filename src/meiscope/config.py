@@ -43,7 +43,8 @@ def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
 # data sources
 # --------------------------------------------------------------------------------------
 # each data.recording, as the report names its responses
-RECORDINGS = {"two_photon": "two-photon dF/F", "neuropixels": "Neuropixels spike counts"}
+RECORDINGS = {"two_photon": "two-photon dF/F", "neuropixels": "Neuropixels spike counts",
+              "container": "two-photon dF/F, every stimulus of the experiment container"}
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,19 @@ class DataConfig:
     """
 
     source: str = "synthetic"  # synthetic | allen
-    recording: str = "two_photon"  # two_photon (Brain Observatory, dF/F) | neuropixels (spike counts)
+    recording: str = "two_photon"  # two_photon (Brain Observatory, dF/F) | neuropixels (spike counts) | container
     allen_dir: str = "data/allen"  # real Allen downloads (meiscope download)
     synthetic_dir: str = "data/synthetic"  # the synthetic cortex (meiscope synthesize)
     neuropixels_dir: str = "data/allen_ecephys"  # real Neuropixels downloads (EcephysProjectCache layout)
     synthetic_neuropixels_dir: str = "data/synthetic_ecephys"  # the synthetic Neuropixels session
+    synthetic_container_dir: str = "data/synthetic_container"  # the synthetic experiment container (sessions A/B/C)
 
     def __post_init__(self) -> None:
         _one_of(self.source, ("synthetic", "allen"), "data.source")
         _one_of(self.recording, tuple(RECORDINGS), "data.recording")
         folders = {"allen_dir": self.allen_dir, "synthetic_dir": self.synthetic_dir,
-                   "neuropixels_dir": self.neuropixels_dir, "synthetic_neuropixels_dir": self.synthetic_neuropixels_dir}
+                   "neuropixels_dir": self.neuropixels_dir, "synthetic_neuropixels_dir": self.synthetic_neuropixels_dir,
+                   "synthetic_container_dir": self.synthetic_container_dir}
         for key, folder in folders.items():
             _require(folder.strip() != "", f"data.{key}", "must be a folder name")
         seen: dict[Path, str] = {}
@@ -78,7 +81,8 @@ class DataConfig:
     @property
     def synthetic_folder(self) -> str:
         """Where ``meiscope synthesize`` writes sessions of ``recording``."""
-        return self.synthetic_neuropixels_dir if self.recording == "neuropixels" else self.synthetic_dir
+        return {"neuropixels": self.synthetic_neuropixels_dir,
+                "container": self.synthetic_container_dir}.get(self.recording, self.synthetic_dir)
 
     @property
     def download_folder(self) -> str:
@@ -164,6 +168,58 @@ class SyntheticNeuropixelsConfig:
         _require(self.other_area_units >= 0 and self.poor_units >= 0, "synthetic_neuropixels",
                  "other_area_units and poor_units must be >= 0")
         _require(self.spontaneous_s >= 0, "synthetic_neuropixels.spontaneous_s", "must be >= 0")
+
+
+CONTAINER_SESSIONS = ("A", "B", "C")  # Allen's three_session_A / B / C of one experiment container
+CONTAINER_STIMULI = ("natural_scenes", "static_gratings", "natural_movies", "locally_sparse_noise")
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """What the model trains on when ``data.recording: container`` (README: Every stimulus the cells saw).
+
+    The natural scenes of session B are always the studied dataset (ranking, splits, test scenes);
+    the other stimuli of the same cells, in the container's other sessions, add training data.
+    """
+
+    sessions: list[str] = field(default_factory=lambda: list(CONTAINER_SESSIONS))
+    stimuli: list[str] = field(default_factory=lambda: list(CONTAINER_STIMULI))
+
+    def __post_init__(self) -> None:
+        for name in self.sessions:
+            _one_of(name, CONTAINER_SESSIONS, "container.sessions")
+        _require("B" in self.sessions, "container.sessions", "must include B (the natural scenes' session)")
+        for name in self.stimuli:
+            _one_of(name, CONTAINER_STIMULI, "container.stimuli")
+        _require("natural_scenes" in self.stimuli, "container.stimuli",
+                 "must include natural_scenes (the studied responses and their test split)")
+
+
+@dataclass(frozen=True)
+class SyntheticContainerConfig:
+    """The simulated experiment container: the synthetic cortex's cells in sessions A, B and C.
+
+    Session B's experiment ids are ``synthetic.first_experiment_id + i`` (as without a container);
+    A and C add ``session_id_step`` and twice it. Sizes default to Allen's.
+    """
+
+    match_fraction: float = 0.85  # share of the container's cells also found in sessions A and C
+    static_grating_repeats: int = 50  # 120 conditions + blank (Allen: ~50)
+    drifting_grating_repeats: int = 15  # 40 conditions + blank, 2 s + 1 s gray (Allen: 15)
+    sparse_noise_frames: int = 8880  # 250 ms each (37 min; our choice, not checked against Allen's count)
+    movie_repeats: int = 10  # every movie (Allen: 10)
+    movie_one_frames: int = 900  # 30 Hz (Allen: 900 / 900 / 3600)
+    movie_two_frames: int = 900
+    movie_three_frames: int = 3600
+    session_id_step: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        _fraction(self.match_fraction, "synthetic_container.match_fraction", low_open=True)
+        for key in ("static_grating_repeats", "drifting_grating_repeats", "movie_repeats"):
+            _require(getattr(self, key) >= 2, f"synthetic_container.{key}", "must be >= 2 (reliability needs repeats)")
+        for key in ("sparse_noise_frames", "movie_one_frames", "movie_two_frames", "movie_three_frames",
+                    "session_id_step"):
+            _positive(getattr(self, key), f"synthetic_container.{key}")
 
 
 @dataclass(frozen=True)
@@ -377,6 +433,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fresh_scenes: int = 1000  # synthetic data: new scenes on which the models are scored against the truth
     fresh_seed: int = 0
+    batches_per_source: int = 4  # data.recording container: batches of each other stimulus per epoch
 
     def __post_init__(self) -> None:
         _require(len(self.seeds) >= 2, "train.seeds",
@@ -387,6 +444,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
         _require(self.ln_l2 >= 0, "train.ln_l2", "must be >= 0")
         _require(self.fresh_scenes >= 0, "train.fresh_scenes", f"must be >= 0 (got {self.fresh_scenes})")
+        _require(self.batches_per_source >= 0, "train.batches_per_source", "must be >= 0")
 
 
 # --------------------------------------------------------------------------------------
@@ -565,6 +623,8 @@ class Params:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     neuropixels: NeuropixelsConfig = field(default_factory=NeuropixelsConfig)
     synthetic_neuropixels: SyntheticNeuropixelsConfig = field(default_factory=SyntheticNeuropixelsConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
+    synthetic_container: SyntheticContainerConfig = field(default_factory=SyntheticContainerConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     rank: RankConfig = field(default_factory=RankConfig)

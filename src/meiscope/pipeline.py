@@ -52,7 +52,7 @@ def study_session_id(params: Params, layout: Layout) -> int:
     """The session the later stages study (``extract.experiment_id``, or the smallest id in the cache)."""
     from meiscope.responses import study_session
 
-    return study_session(layout.cache_dir, params.extract, sessions_in_cache(params, layout.cache_dir))
+    return study_session(layout.cache_dir, params.extract, recording_of(params).studied_sessions(layout.cache_dir))
 
 
 def _refuse_foreign_sessions(recording: Recording, folder: Path) -> None:
@@ -266,13 +266,20 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
 
     import yaml
 
+    from meiscope.container.responses import container_path
+
     layout = Layout.from_params(params, root)
     ds = _selected_dataset(layout)
+    extra = recording_of(params).training_extras(layout.dataset(ds.experiment_id), ds.cell_ids)
     device = device or params.train.device
     with start_run(params, "tune", root, sections=("tune", "model", "train")) as mlf:
         tmp_dataset = layout.tune / "selected.npz"
         ds.save(tmp_dataset)
-        cfg = tuning.keyed_study(params.tune, params.model, params.train, file_hash(tmp_dataset))
+        data_hash = file_hash(tmp_dataset)
+        if extra is not None:  # the workers read the container's stimuli from beside the dataset
+            extra.save(container_path(tmp_dataset))
+            data_hash += file_hash(container_path(tmp_dataset))
+        cfg = tuning.keyed_study(params.tune, params.model, params.train, data_hash)
         log.info("tune: study %s in %s", cfg.study_name, storage or cfg.storage or cfg.journal_file)
         if mlf is not None:  # the study's one parent run: this run, unless another process set one
             parent_id = _tune_parent_run(mlf, cfg, root, storage)
@@ -282,6 +289,7 @@ def tune(params: Params, root: Path, device: str | None = None, workers: int | N
                                           n_trials=n_trials, progress=True)
         finally:
             tmp_dataset.unlink()
+            container_path(tmp_dataset).unlink(missing_ok=True)
         summary = tuning.summarise(study, cfg)
         if summary["n_complete"] == 0:
             raise MeiscopeError(f"tune: none of the {summary['n_trials']} trials completed; "
@@ -357,6 +365,7 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
     layout = Layout.from_params(params, root)
     ds = _selected_dataset(layout)
     others = shared_session_datasets(params, layout, ds.experiment_id)  # their readouts share the core
+    extra = recording_of(params).training_extras(layout.dataset(ds.experiment_id), ds.cell_ids)
     model_cfg, train_cfg, tuned = tuned_configs(params, layout)
     population = truth.load_population(layout.cache_dir, ds.experiment_id)
     truth_fn, fresh, kinds = None, None, None
@@ -377,7 +386,7 @@ def train(params: Params, root: Path, device: str | None = None, resume: bool = 
             mlf.log_params({"effective.lr": train_cfg.lr, "effective.batch_size": train_cfg.batch_size})
         metrics = run_train(ds, model_cfg, train_cfg, layout.ensemble, layout.train, layout.metrics_file("train"),
                             device=device or train_cfg.device, resume=resume, truth=truth_fn, log=mlf,
-                            fresh_images=fresh, kinds=kinds, other_sessions=others)
+                            fresh_images=fresh, kinds=kinds, other_sessions=others, extra=extra)
         if mlf is not None:
             from meiscope.tracking import log_ensemble, log_training_data
 

@@ -7,6 +7,8 @@ that every later stage reads. ``data.recording`` picks the kind (:func:`recordin
 
 - :class:`TwoPhoton`: Allen Brain Observatory (``BrainObservatoryCache``), :mod:`meiscope.responses`,
   :mod:`meiscope.allen`, :mod:`meiscope.synthetic`.
+- :class:`Container`: the same, plus the other sessions of each studied session's experiment
+  container (every stimulus the cells saw), :mod:`meiscope.container`.
 - :class:`Neuropixels`: Allen Visual Coding - Neuropixels (``EcephysProjectCache``),
   :mod:`meiscope.neuropixels`.
 """
@@ -19,6 +21,9 @@ from typing import TYPE_CHECKING, Optional, Protocol, Union
 from meiscope.config import Params, as_dict
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from meiscope.container.responses import ContainerStimuli
     from meiscope.dataset import ResponseDataset
     from meiscope.ranking import AllenMetrics
 
@@ -32,6 +37,7 @@ class Recording(Protocol):
     name: str
 
     def find_sessions(self, cache_dir: Path) -> list[int]: ...
+    def studied_sessions(self, cache_dir: Path) -> list[int]: ...
     def session_file(self, cache_dir: Path, session_id: int) -> Path: ...
     def synthesize(self, params: Params, folder: Path) -> list[int]: ...
     def synthetic_ids(self, params: Params) -> list[int]: ...
@@ -40,6 +46,7 @@ class Recording(Protocol):
     def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
                 dataset_path: Path) -> "ResponseDataset": ...
     def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]": ...
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]": ...
 
 
 class TwoPhoton:
@@ -52,6 +59,14 @@ class TwoPhoton:
         from meiscope.responses import find_sessions
 
         return find_sessions(cache_dir)
+
+    def studied_sessions(self, cache_dir: Path) -> list[int]:
+        """The sessions a study can take (``extract.experiment_id`` or the smallest of them)."""
+        return self.find_sessions(cache_dir)
+
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
+        """More training data for the studied cells beside the dataset (none: natural scenes only)."""
+        return None
 
     def session_file(self, cache_dir: Path, session_id: int) -> Path:
         from meiscope.responses import nwb_path
@@ -95,6 +110,57 @@ class TwoPhoton:
         return None if table is None else AllenMetrics(table)
 
 
+class Container(TwoPhoton):
+    """Whole Brain Observatory experiment containers: session B's natural scenes are studied, and every
+    stimulus of sessions A, B and C (``container`` params) trains the model too (:mod:`meiscope.container`)."""
+
+    name = "container"
+
+    def studied_sessions(self, cache_dir: Path) -> list[int]:
+        """The cached sessions with natural scenes (three_session_B)."""
+        from meiscope.container.responses import session_info
+
+        return [i for i in self.find_sessions(cache_dir) if session_info(cache_dir, i)[1] == "B"]
+
+    def synthesize(self, params: Params, folder: Path) -> list[int]:
+        """Write the synthetic containers (sessions ``container.sessions`` of each) into ``folder``."""
+        from meiscope.container.synthetic import synthesize_containers
+
+        return synthesize_containers(params.synthetic, params.synthetic_container, params.container.sessions, folder)
+
+    def synthetic_ids(self, params: Params) -> list[int]:
+        from meiscope.container.synthetic import container_ids
+
+        return container_ids(params.synthetic, params.synthetic_container, params.container.sessions)
+
+    def synthetic_stamp(self, params: Params) -> dict:
+        """The cortex, the container's stimuli and the sessions written."""
+        return {"synthetic": as_dict(params.synthetic), "synthetic_container": as_dict(params.synthetic_container),
+                "sessions": list(params.container.sessions)}
+
+    def download(self, params: Params, folder: Path) -> list[int]:
+        """The experiments ``params.allen`` selects and the other sessions of their containers."""
+        from meiscope.allen import download_containers
+
+        return download_containers(params.allen, params.container.sessions, folder)
+
+    def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
+                dataset_path: Path) -> "ResponseDataset":
+        """Session B's natural-scene trials (the dataset) and the container's other stimuli beside it."""
+        from meiscope.container.responses import container_path, extract_container
+
+        ds = super().extract(params, cache_dir, session_id, source, dataset_path)
+        stimuli = extract_container(cache_dir, ds, self.find_sessions(cache_dir), params.extract, params.container)
+        stimuli.save(container_path(dataset_path))
+        return ds
+
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
+        """The container's other stimuli of ``cell_ids``, from beside the dataset."""
+        from meiscope.container.responses import ContainerStimuli, container_path
+
+        return ContainerStimuli.load(container_path(dataset_path)).select_neurons(cell_ids)
+
+
 class Neuropixels:
     """Visual Coding - Neuropixels sessions: ``session_<id>/session_<id>.nwb``, spike counts per presentation."""
 
@@ -104,6 +170,12 @@ class Neuropixels:
         from meiscope.neuropixels.cache import find_sessions
 
         return find_sessions(cache_dir)
+
+    def studied_sessions(self, cache_dir: Path) -> list[int]:
+        return self.find_sessions(cache_dir)
+
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
+        return None
 
     def session_file(self, cache_dir: Path, session_id: int) -> Path:
         from meiscope.neuropixels.cache import session_nwb
@@ -149,6 +221,6 @@ class Neuropixels:
         return None if table is None else AllenMetrics(table, "unit_id", UNIT_METRIC_COLUMNS)
 
 
-def recording_of(params: Params) -> Union[TwoPhoton, Neuropixels]:
+def recording_of(params: Params) -> Union[TwoPhoton, Container, Neuropixels]:
     """The recording kind ``params.data.recording`` names."""
-    return Neuropixels() if params.data.recording == "neuropixels" else TwoPhoton()
+    return {"neuropixels": Neuropixels, "container": Container}.get(params.data.recording, TwoPhoton)()

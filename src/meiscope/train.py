@@ -88,7 +88,8 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
               results_dir: Path, metrics_path: Path, device: Any = "auto", resume: bool = False,
               truth: Optional[Callable[[np.ndarray], np.ndarray]] = None, progress: bool = True,
               log: Any = None, fresh_images: Optional[np.ndarray] = None,
-              kinds: Optional[Sequence[str]] = None, other_sessions: Sequence[ResponseDataset] = ()) -> dict:
+              kinds: Optional[Sequence[str]] = None, other_sessions: Sequence[ResponseDataset] = (),
+              extra: Any = None) -> dict:
     """Train one member per seed, fit the LN baseline, evaluate on test images, write everything.
 
     Args:
@@ -109,6 +110,8 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
         other_sessions: other sessions (each restricted to its own selected cells) whose readouts
             train every member's core together with ``ds``'s (:func:`~meiscope.model.training.train_shared`).
             Only ``ds``'s model is saved and scored.
+        extra: the container's other stimuli of ``ds``'s cells (a
+            :class:`~meiscope.container.responses.ContainerStimuli`), trained on with the scenes.
 
     Returns the metrics dict that is also written to ``metrics_path``.
     """
@@ -123,7 +126,7 @@ def run_train(ds: ResponseDataset, model_cfg: ModelConfig, train_cfg: TrainConfi
         seen: set[int] = set()
         result = train_shared(model_cfg, train_cfg, [ds, *other_sessions], seed, device,
                               checkpoint_path=results_dir / "checkpoints" / f"seed_{seed}.pt", resume=resume,
-                              on_epoch=_epoch_logger(log, seed, seen), progress=progress)
+                              on_epoch=_epoch_logger(log, seed, seen), progress=progress, extra=extra)
         if log is not None:  # epochs restored from a checkpoint were not seen by the callback
             for record in result.history:
                 if record["epoch"] not in seen:

@@ -101,7 +101,7 @@ def objective_value(record: dict, objective: str) -> float:
 
 
 def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
-                   device: str) -> Any:
+                   device: str, extra: Any = None) -> Any:
     """The Optuna objective: a short training, reported per epoch, pruned when behind."""
     import optuna
 
@@ -122,7 +122,7 @@ def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig
                     raise optuna.TrialPruned(f"pruned at epoch {epoch} with {cfg.objective}={value:.3f}")
 
             result = train_one(setup.model, train_cfg, ds, seed=cfg.seed + trial.number, device=device,
-                               on_epoch=on_epoch, progress=False)
+                               on_epoch=on_epoch, progress=False, extra=extra)
             curve = [objective_value(r, cfg.objective) for r in result.history]
             # shown in optuna-dashboard beside the trial (the full curve is its intermediate values)
             trial.set_user_attr("best_epoch", int(result.best_epoch))
@@ -237,13 +237,17 @@ def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_tr
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from meiscope.container.responses import ContainerStimuli, container_path
+
     ds = ResponseDataset.load(dataset_path)
+    extra_path = container_path(Path(dataset_path))  # the container's other stimuli, when training on them
+    extra = ContainerStimuli.load(extra_path) if extra_path.is_file() else None
     study = open_study(cfg, Path(root), storage_url)
     lock = functools.partial(study_lock, cfg, Path(root), storage_url)
     with lock():
         number, finished = shared_study.join_study(study)
     study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg.seed, number, finished))
-    objective = make_objective(ds, cfg, base_model, base_train, device)
+    objective = make_objective(ds, cfg, base_model, base_train, device, extra)
     bar = tqdm(total=budget, initial=min(finished, budget), desc=f"tune worker {number}", unit="trial",
                position=number % 8, leave=False, disable=not progress)
     for _ in range(budget):  # at most the budget: a worker whose every trial crashes still stops

@@ -160,14 +160,14 @@ def round_mantissa(x: np.ndarray, bits: int = TRACE_MANTISSA_BITS) -> np.ndarray
     return np.where(np.isnan(x), np.float32(np.nan), out)
 
 
-def _running_speed(n_frames: int, rng: np.random.Generator) -> np.ndarray:
+def running_speed_trace(n_frames: int, rng: np.random.Generator) -> np.ndarray:
     """cm/s: slow running bouts plus jitter, never negative."""
     drive = fl.smooth_noise((1, n_frames), 20.0, rng)[0]
     jitter = fl.smooth_noise((1, n_frames), 0.3, rng)[0]
     return np.clip(25.0 * np.clip(drive - 0.3, 0, None) + 1.5 * jitter, 0, None)
 
 
-def _max_projection(n_cells: int, brightness: np.ndarray, rng: np.random.Generator, size: int = 512) -> np.ndarray:
+def max_projection_image(n_cells: int, brightness: np.ndarray, rng: np.random.Generator, size: int = 512) -> np.ndarray:
     """A 512 x 512 maximum-intensity projection: blurred somata on a dim background."""
     from scipy.ndimage import gaussian_filter
 
@@ -243,8 +243,8 @@ def simulate_session(cfg: SyntheticConfig, index: int, scenes: np.ndarray, devic
         timestamps=traces.timestamps, dff=quantise(dff), demixed=round_mantissa(traces.demixed),
         neuropil=round_mantissa(traces.neuropil), r=traces.r, natural_scenes=schedule.natural_scenes,
         template=scenes, spontaneous=schedule.spontaneous,
-        running_speed=np.round(_running_speed(schedule.n_frames, extra_rng), 3),
-        max_projection=_max_projection(cfg.n_cells, np.nanmean(traces.demixed, axis=1), extra_rng),
+        running_speed=np.round(running_speed_trace(schedule.n_frames, extra_rng), 3),
+        max_projection=max_projection_image(cfg.n_cells, np.nanmean(traces.demixed, axis=1), extra_rng),
         motion_correction=np.rint(2.0 * fl.smooth_noise((2, schedule.n_frames), 30.0, extra_rng).T) + 0.0)
     return arrays, population, traces
 

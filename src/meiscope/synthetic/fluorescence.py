@@ -85,23 +85,26 @@ def frame_times(n_frames: int, offset_s: float = 0.01) -> np.ndarray:
     return offset_s + np.arange(n_frames, dtype=np.float64) / FRAME_RATE_HZ
 
 
-def poisson_spikes(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarray, rng: np.random.Generator,
-                   latency_s: float = RESPONSE_LATENCY_S) -> tuple[np.ndarray, np.ndarray]:
+def poisson_spikes(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_hz: np.ndarray,
+                   rng: np.random.Generator, latency_s: float = RESPONSE_LATENCY_S) -> tuple[np.ndarray, np.ndarray]:
     """Poisson spikes of every cell in every segment.
 
     Args:
         onsets_s: ``(n_segments,)`` segment start times (s).
-        duration_s: length of each segment (s).
+        duration_s: length of every segment (s), or ``(n_segments,)`` lengths.
         rates_hz: ``(n_segments, n_cells)`` rate of each cell in each segment (Hz).
 
     Returns:
         ``(cell, time_s)``: ``(n_spikes,)`` int cell index and float64 spike time.
     """
-    counts = rng.poisson(np.clip(rates_hz, 0, None) * duration_s)  # (S, n)
+    per_segment = np.ndim(duration_s) > 0
+    expected = np.clip(rates_hz, 0, None) * (np.asarray(duration_s)[:, None] if per_segment else duration_s)
+    counts = rng.poisson(expected)  # (S, n)
     seg, cell = np.nonzero(counts)
     k = counts[seg, cell]
     seg, cell = np.repeat(seg, k), np.repeat(cell, k)
-    times = onsets_s[seg] + latency_s + duration_s * rng.random(len(seg))
+    length = np.asarray(duration_s)[seg] if per_segment else duration_s
+    times = onsets_s[seg] + latency_s + length * rng.random(len(seg))
     return cell, times
 
 
@@ -189,7 +192,7 @@ def running_median_baseline(trace: np.ndarray, window_s: float = BASELINE_WINDOW
     return np.stack([np.interp(frames, centres, s) for s in smooth])
 
 
-def simulate_traces(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarray, n_frames: int,
+def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_hz: np.ndarray, n_frames: int,
                     rng: np.random.Generator, *, tau_rise_s: float, tau_decay_s: float,
                     spike_amplitude_dff: float, noise_std_dff: float, neuropil_r: float,
                     neuropil_r_sd: float = 0.0, neuropil_r_error_sd: float = 0.0) -> Traces:
@@ -197,7 +200,7 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float, rates_hz: np.ndarra
 
     Args:
         onsets_s: ``(n_segments,)`` start (s) of each stimulus segment; segments tile the recording.
-        duration_s: segment length (s).
+        duration_s: segment length (s), or ``(n_segments,)`` lengths.
         rates_hz: ``(n_segments, n_cells)`` rate of every cell in every segment.
         n_frames: number of two-photon frames.
         neuropil_r, neuropil_r_sd: mean and spread over cells of the TRUE contamination ratio.

@@ -57,6 +57,26 @@ class SessionMetadata:
 
 
 @dataclass
+class StimulusTable:
+    """One more stimulus of a session, as ``get_stimulus_table`` / ``get_stimulus_template`` read it.
+
+    Attributes:
+        name: allensdk's stimulus name (``static_gratings``, ``natural_movie_one``, ``locally_sparse_noise``...).
+        data: ``(n,)`` template frame per presentation (indexed stimuli: movies, sparse noise) or
+            ``(n, n_features)`` float feature values (gratings; NaN = blank sweep).
+        frame_duration: ``(n, 2)`` int start / end acquisition frames.
+        features: the feature names of ``data``'s columns (gratings only).
+        template: ``(n_frames, H, W)`` image stack (uint8), or None (gratings have none).
+    """
+
+    name: str
+    data: np.ndarray
+    frame_duration: np.ndarray
+    features: tuple[str, ...] = ()
+    template: Optional[np.ndarray] = None
+
+
+@dataclass
 class SessionArrays:
     """Everything written to one NWB file. Traces are ``(n_cells, n_frames)``.
 
@@ -76,6 +96,7 @@ class SessionArrays:
         running_speed: ``(n_frames,)`` float cm/s.
         max_projection: ``(h, w)`` float32 maximum-intensity projection of the field of view.
         motion_correction: ``(n_frames, 2)`` float x, y translation (pixels).
+        stimuli: the session's other stimuli (:class:`StimulusTable`), written after the natural scenes.
     """
 
     metadata: SessionMetadata
@@ -92,6 +113,7 @@ class SessionArrays:
     running_speed: Optional[np.ndarray] = None
     max_projection: Optional[np.ndarray] = None
     motion_correction: Optional[np.ndarray] = None
+    stimuli: tuple[StimulusTable, ...] = ()
     extra: dict = field(default_factory=dict)  # path -> array, written as-is (for tests)
 
 
@@ -151,6 +173,20 @@ def _write_stimulus_table(f: h5py.File, group: str, data: np.ndarray, frame_dura
     starts = np.clip(frame_duration[:, 0], 0, max(len(timestamps) - 1, 0))
     _array(f, f"{group}/timestamps", timestamps[starts] if len(timestamps) else np.zeros(len(data)))
     _array(f, f"{group}/num_samples", np.int64(len(data)))
+
+
+def _write_other_stimulus(f: h5py.File, stimulus: StimulusTable, timestamps: np.ndarray) -> None:
+    group = f"stimulus/presentation/{stimulus.name}_stimulus"
+    if stimulus.template is not None:
+        template_group = f"stimulus/templates/{stimulus.name}_image_stack"
+        template = np.ascontiguousarray(stimulus.template)
+        _array(f, f"{template_group}/data", template, compress=True, chunks=(1, *template.shape[1:]))
+    _write_stimulus_table(f, group, np.asarray(stimulus.data), np.asarray(stimulus.frame_duration), timestamps)
+    if stimulus.features:
+        width = max(len(name) for name in stimulus.features)
+        _array(f, f"{group}/features", np.array([n.encode("utf-8") for n in stimulus.features], dtype=f"S{width}"))
+    if stimulus.template is not None:  # a soft link: a hard one would be searched for `data` too
+        f[f"{group}/indexed_timeseries"] = h5py.SoftLink(f"/{template_group}")
 
 
 def write_session_nwb(path: Path, arrays: SessionArrays, include_natural_scenes: bool = True) -> Path:
@@ -215,6 +251,8 @@ def write_session_nwb(path: Path, arrays: SessionArrays, include_natural_scenes:
                 events = np.tile(np.array([1, -1], dtype=np.int32), len(epochs))
                 frames = epochs.reshape(-1)
                 _write_stimulus_table(f, SPONTANEOUS_GROUP, events, np.stack([frames, frames], axis=1), ts)
+            for stimulus in a.stimuli:
+                _write_other_stimulus(f, stimulus, ts)
             if "stimulus/presentation" not in f:
                 f.create_group("stimulus/presentation")  # list_stimuli() needs the group
 

@@ -1,0 +1,62 @@
+"""Training sources beyond the natural scenes: trial stimuli and movies through a calcium kernel."""
+
+import numpy as np
+import pytest
+import torch
+
+from meiscope.model.data import ResponseNormalisation
+from meiscope.model.sources import MOVIE_WINDOW, MovieHead, masked_mse, movie_source, trial_source
+
+NORM = ResponseNormalisation(offset=np.zeros(3, dtype=np.float32), scale=np.full(3, 0.5, dtype=np.float32))
+
+
+def test_the_movie_head_convolves_rates_with_the_kernel_causally():
+    kernel = np.array([0.0, 0.5, 0.3, 0.2])
+    head = MovieHead(1, 2, kernel)
+    rates = torch.zeros(10, 2)
+    rates[3, 0] = 1.0  # an impulse at frame 3 for neuron 0; a step for neuron 1 from frame 5 on
+    rates[5:, 1] = 2.0
+    trace = head(rates, 0).detach().numpy()  # valid part: frames 3..9 (kernel length 4)
+    assert trace.shape == (7, 2)
+    np.testing.assert_allclose(trace[:, 0], [0.0, 0.5, 0.3, 0.2, 0.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(trace[:, 1], [0.0, 0.0, 0.0, 1.0, 1.6, 2.0, 2.0], atol=1e-6)
+
+
+def test_trial_sources_average_trials_skip_unrecorded_cells_and_weigh_single_trials_down():
+    responses = np.array([[1.0, np.nan, 2.0], [3.0, np.nan, 2.0], [5.0, np.nan, 4.0]])
+    source = trial_source("x", np.zeros((3, 4, 4), np.float32), np.array([0, 0, 2]), responses, NORM, "cpu",
+                          scene_repeats=50)
+    assert len(source) == 2  # image 1 was never shown
+    np.testing.assert_allclose(source.targets.numpy(), [[4.0, 0.0, 4.0], [10.0, 0.0, 8.0]])  # dF/F / 0.5
+    np.testing.assert_array_equal(source.mask.numpy(), [[1, 0, 1], [1, 0, 1]])
+    np.testing.assert_array_equal(source.weights.numpy(), [2, 1])
+    assert source.loss_weight == pytest.approx(1.5 / 50)
+    repeated = trial_source("y", np.zeros((1, 4, 4), np.float32), np.zeros(60, int), np.ones((60, 3)), NORM, "cpu",
+                            scene_repeats=50)
+    assert repeated.loss_weight == 1.0
+
+
+def test_masked_loss_ignores_unrecorded_entries():
+    pred = torch.tensor([[1.0, 100.0], [2.0, -50.0]])
+    target = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert float(masked_mse(pred, target, mask)) == pytest.approx(2.5)
+    assert float(masked_mse(pred, target, mask, torch.tensor([3.0, 1.0]))) == pytest.approx((3 * 1 + 4) / 4)
+
+
+def test_movie_windows_cover_every_frame_after_the_kernel_history_once():
+    n_frames, taps = 200, 30
+    trace = np.random.default_rng(0).standard_normal((n_frames, 3))
+    trace[:, 2] = np.nan  # a cell this session did not record
+    source = movie_source("m", np.zeros((n_frames, 4, 4), np.float32), trace, 0, taps, "cpu")
+    covered = []
+    for i in range(len(source)):
+        frames_in, targets_out = source.window(i)
+        assert frames_in.stop == targets_out.stop and targets_out.start - frames_in.start == taps - 1
+        assert targets_out.stop - targets_out.start <= MOVIE_WINDOW
+        covered += list(range(targets_out.start, targets_out.stop))
+    assert covered == list(range(taps - 1, n_frames))
+    # standardised per recorded neuron; the unrecorded one is masked out
+    np.testing.assert_allclose(source.targets.numpy()[:, :2].mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(source.targets.numpy()[:, :2].std(0), 1.0, atol=1e-4)
+    assert source.mask.numpy()[:, 2].sum() == 0
