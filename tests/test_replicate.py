@@ -58,6 +58,10 @@ def test_the_two_recordings_replicates_sit_side_by_side_in_their_own_files(tmp_p
     assert rep.summary_file(tmp_path, "neuropixels").name == "replicates-neuropixels.json"
     assert rep.summary_file(tmp_path, "two_photon").name == "replicates.json"
     assert rep.replicate_dir(params, tmp_path, 7) == tmp_path / "replicates" / "neuropixels" / "seed_7"
+    # the container study never shares a folder or a summary with the two-photon one
+    container = parse_params({"data": {"recording": "container"}})
+    assert rep.replicate_dir(container, tmp_path, 7) == tmp_path / "replicates" / "container" / "seed_7"
+    assert rep.summary_file(tmp_path, "container").name == "replicates-container.json"
 
 
 def test_a_conclusion_counts_only_when_every_replicate_agrees():

@@ -8,7 +8,7 @@ setting is the project's ``params.yaml``.
 
 Layout: ``<replicate.folder>/seed_<s>/`` (``<replicate.folder>/neuropixels/seed_<s>/`` for
 ``data.recording: neuropixels``: the two studies never share a folder) is a complete project root (its own ``params.yaml``,
-``data/``, ``results/``, ``metrics/``, ``models/``), and every stage runs there unchanged, as the
+``data/``, ``results/``, ``metrics/``, ``models/``; ``<replicate.folder>/container/seed_<s>/`` for the container), and every stage runs there unchanged, as the
 ``meiscope <stage> --params <that file>`` command in its own process (as ``dvc repro`` would), with
 its output in ``logs/<stage>.log``. MLflow runs go to the project's store, one experiment per
 replicate (``<tracking.experiment>-replicate-<s>``).
@@ -145,7 +145,7 @@ def _params_hash(raw: dict[str, Any]) -> str:
 def replicates_dir(params: Params, root: Path) -> Path:
     """Where the replicates of ``data.recording`` live (and their interval figure)."""
     folder = Path(root) / params.replicate.folder
-    return folder / "neuropixels" if params.data.recording == "neuropixels" else folder
+    return folder if params.data.recording == "two_photon" else folder / params.data.recording
 
 
 def replicate_dir(params: Params, root: Path, seed: int) -> Path:
@@ -153,8 +153,8 @@ def replicate_dir(params: Params, root: Path, seed: int) -> Path:
 
 
 def summary_file(root: Path, recording: str) -> Path:
-    """``metrics/replicates.json`` (two-photon) or ``metrics/replicates-neuropixels.json``."""
-    suffix = "-neuropixels" if recording == "neuropixels" else ""
+    """``metrics/replicates.json`` (two-photon), else ``metrics/replicates-<recording>.json``."""
+    suffix = "" if recording == "two_photon" else f"-{recording}"
     return Path(root) / "metrics" / f"replicates{suffix}.json"
 
 
