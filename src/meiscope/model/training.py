@@ -41,8 +41,8 @@ from meiscope.model.evaluation import corr_to_average, feve
 from meiscope.model.network import ResponseModel, check_model_config, place_model
 from meiscope.model.readouts import map_peaks, rf_position_map
 from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
-from meiscope.model.sources import (MovieHead, MovieSource, TrialSource, movie_loss, movie_source, trial_loss,
-                                    trial_source)
+from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, rf_init_data,
+                                    scene_statistics, trial_loss)
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 # Poisson log(0) guard: the model output ELU(x)+1 can approach 0.
 _EPS = 1e-6
 CHECKPOINT_FORMAT = 2  # 2: the state of a SharedCoreModel (core + one readout per session)
-RF_INIT_TRIALS = 3000  # at most this many extra-stimulus conditions enter the readouts' receptive-field estimate
 
 
 class TrainingError(MeiscopeError, ValueError):
@@ -283,85 +282,6 @@ def _val_scores(model: ResponseModel, session: _Session) -> tuple[float, np.ndar
     return corr, feve(pred, session.val_responses, session.val_trial_image)
 
 
-def _extra_sources(extra: "ContainerStimuli", study: _Session, device: torch.device
-                   ) -> tuple[list[TrialSource | MovieSource], Optional[MovieHead]]:
-    """The container's stimuli as training sources of the studied session (and the movies' head)."""
-    sources: list[TrialSource | MovieSource] = [
-        trial_source(f"{t.session}:{t.name}", t.images, t.trial_image, t.responses, study.normalisation, device,
-                     scene_repeats=float(study.train.weights.mean()))
-        for t in extra.trials]
-    taps = len(extra.kernel)
-    movies = [movie_source(f"{m.session}:{m.name}", m.frames, m.trace, i, taps, device)
-              for i, m in enumerate(extra.movies)]
-    head = None
-    if movies:
-        head = MovieHead(len(movies), study.ds.n_neurons, extra.kernel).to(device)
-        with torch.no_grad():  # traces are standardised: start at 0 = minus the readouts' starting output
-            start = (study.train.targets * study.train.weights[:, None]).sum(0) / study.train.weights.sum()
-            head.offset.copy_(-start.expand_as(head.offset))
-    return sources + [m for m in movies if len(m)], head
-
-
-def _rf_init_data(study: _Session, sources: Sequence[TrialSource | MovieSource]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and targets for the readouts' receptive-field estimate: the train scenes and the extra
-    static stimuli shown repeatedly (at most :data:`RF_INIT_TRIALS` conditions of those).
-
-    Single trials (sparse noise: each frame is shown once) are left out: in calcium data they
-    are so noisy that they pull the map's peaks away from the receptive fields (measured on the
-    synthetic container: a fresh-scene correlation of 0.20 instead of 0.34).
-    """
-    images, targets = [study.train.images], [study.train.targets]
-    budget = RF_INIT_TRIALS
-    for source in sources:
-        repeated = isinstance(source, TrialSource) and float(source.weights.mean()) >= 2
-        if repeated and budget > 0:
-            take = min(len(source), budget)
-            mean = (source.targets * source.mask).sum(0) / source.mask.sum(0).clamp_min(1)
-            images.append(source.images[:take])
-            # cells not recorded in the source's session sit at their mean: no pull on their map
-            targets.append(torch.where(source.mask[:take] > 0, source.targets[:take], mean))
-            budget -= take
-    return torch.cat(images), torch.cat(targets)
-
-
-def _extra_batches(sources: Sequence[TrialSource | MovieSource], per_source: int, batch_size: int,
-                   generator: torch.Generator) -> list[tuple[int, torch.Tensor]]:
-    """``per_source`` random batches of every extra source: ``(source index, rows)`` for trial
-    sources, ``(source index, [window])`` for movies.
-
-    Every source gets the same number whatever its size: 8880 single sparse-noise trials hold
-    less than 120 gratings seen 50 times, and a fixed number per source keeps the scenes' share
-    of the steps, and so how fast the validation scenes move, the same as sources are added.
-    """
-    batches = []
-    for i, source in enumerate(sources):
-        for _ in range(per_source):
-            if isinstance(source, MovieSource):
-                batches.append((i, torch.randint(len(source), (1,), generator=generator)))
-            else:
-                rows = torch.randperm(len(source), generator=generator)
-                batches.append((i, rows[:max(min(batch_size, len(source)), 2)]))
-    return batches
-
-
-@contextlib.contextmanager
-def _scene_statistics(model: torch.nn.Module) -> Iterator[None]:
-    """Batch norm with the running (natural-scene) statistics, left unchanged, for other stimuli's batches.
-
-    A batch of sparse noise or movie frames has other pixel and feature statistics than the scenes;
-    normalising it by its own (train mode) and updating the running statistics with it would make
-    the evaluation-mode network, which sees scenes, normalise by a mixture of the stimuli.
-    """
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-    for m in norms:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m in norms:
-            m.train()
-
-
 def _set_training(shared: SharedCoreModel, views: Sequence[ResponseModel], training: bool) -> None:
     """Train / eval mode for the shared model and its session views (the views share its modules)."""
     shared.train(training)
@@ -430,7 +350,8 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
     fingerprint = _fingerprint(model_cfg, train_cfg, seed, datasets, extra)
     sessions = [_prepare_session(ds, model_cfg, device) for ds in datasets]
     study = sessions[0]
-    sources, movie_head = _extra_sources(extra, study, device) if extra is not None else ([], None)
+    sources, movie_head = (build_sources(extra, study.normalisation, study.train, study.ds.n_neurons, device)
+                           if extra is not None else ([], None))
 
     with _deterministic(device):
         torch.manual_seed(seed)
@@ -444,7 +365,7 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
             _init_bias(view, s.train.targets, s.train.weights)
             # Start each readout at its neuron's receptive-field estimate: gradient steps only
             # refine a position locally (see meiscope.model.readouts).
-            rf_images, rf_targets = _rf_init_data(s, sources) if s is study else (s.train.images, s.train.targets)
+            rf_images, rf_targets = rf_init_data(s.train, sources if s is study else [])
             view.readout.init_positions_(map_peaks(rf_position_map(rf_images, rf_targets)))
             views.append(view)
         parameters = list(shared.parameters()) + (list(movie_head.parameters()) if movie_head is not None else [])
@@ -485,14 +406,13 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
             totals = [torch.zeros((), device=device) for _ in sessions]
             batches = _epoch_batches([len(s.train) for s in sessions], train_cfg.batch_size, generator)
             if sources:  # the container's other stimuli, interleaved with the scenes (source index offset)
-                extra_batches = [(len(sessions) + j, rows) for j, rows in _extra_batches(
+                batches = batches + [(len(sessions) + j, rows) for j, rows in extra_batches(
                     sources, train_cfg.batches_per_source, train_cfg.batch_size, generator)]
-                batches = batches + extra_batches
                 batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
             for i, idx in batches:
                 if i >= len(sessions):
                     source, view = sources[i - len(sessions)], views[0]
-                    with _scene_statistics(view):
+                    with scene_statistics(view):
                         data = (movie_loss(view, movie_head, source, int(idx)) if isinstance(source, MovieSource)
                                 else trial_loss(view, source, idx.to(device)))
                     loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
