@@ -251,7 +251,7 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
     """Rerun the synthetic study on several new cortices; intervals for every headline figure.
 
     Slow (the whole study per seed) and resumable: a rerun continues where it stopped. Writes
-    metrics/replicates.json (replicates-neuropixels.json for Neuropixels) and an interval figure;
+    metrics/replicates.json (replicates-<recording>.json for neuropixels or container) and an interval figure;
     `meiscope report` shows them.
     """
     from meiscope.errors import MeiscopeError

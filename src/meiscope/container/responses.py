@@ -30,13 +30,14 @@ import numpy as np
 from meiscope import visual_field as vf
 from meiscope.atomic import write_npz
 from meiscope.config import ContainerConfig, ExtractConfig
+from meiscope.container.layout import MOVIES
 from meiscope.dataset import DatasetError, ResponseDataset
+from meiscope.neuropixels.stimuli import CONTRAST
 from meiscope.responses import SessionError, nwb_path, trial_responses
 
 log = logging.getLogger(__name__)
 
 KERNEL_FRAMES = 30  # 1 s of calcium kernel at 30 Hz (GCaMP6f decays in ~0.3-0.5 s)
-MOVIES = ("natural_movie_one", "natural_movie_two", "natural_movie_three")
 STATIC = ("static_gratings", "locally_sparse_noise", "locally_sparse_noise_4deg", "locally_sparse_noise_8deg")
 
 
@@ -183,7 +184,7 @@ def _grating_images(table, field: vf.VisualField) -> tuple[np.ndarray, np.ndarra
     keys = [tuple(np.round(p, 6)) if np.isfinite(p).all() else None for p in params]
     distinct = list(dict.fromkeys(keys))
     images = np.stack([np.full(field.shape, vf.GRAY, dtype=np.float32) if k is None
-                       else vf.grating_to_field(k[0], k[1], k[2], 0.8, field) for k in distinct])
+                       else vf.grating_to_field(k[0], k[1], k[2], CONTRAST, field) for k in distinct])
     row = {k: i for i, k in enumerate(distinct)}
     return images, np.array([row[k] for k in keys], dtype=np.int64)
 
