@@ -49,7 +49,20 @@ class Recording(Protocol):
     def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]": ...
 
 
-class TwoPhoton:
+class _ScenesOnly:
+    """Defaults of a recording studied on its natural scenes alone: every session can be studied, and
+    nothing but the scenes trains the model (:class:`Container` overrides both)."""
+
+    def studied_sessions(self, cache_dir: Path) -> list[int]:
+        """The sessions a study can take (``extract.experiment_id`` or the smallest of them)."""
+        return self.find_sessions(cache_dir)
+
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
+        """More training data for the studied cells beside the dataset (none: natural scenes only)."""
+        return None
+
+
+class TwoPhoton(_ScenesOnly):
     """Allen Brain Observatory two-photon sessions: ``ophys_experiment_data/<id>.nwb``, dF/F trial responses."""
 
     name = "two_photon"
@@ -59,14 +72,6 @@ class TwoPhoton:
         from meiscope.responses import find_sessions
 
         return find_sessions(cache_dir)
-
-    def studied_sessions(self, cache_dir: Path) -> list[int]:
-        """The sessions a study can take (``extract.experiment_id`` or the smallest of them)."""
-        return self.find_sessions(cache_dir)
-
-    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
-        """More training data for the studied cells beside the dataset (none: natural scenes only)."""
-        return None
 
     def session_file(self, cache_dir: Path, session_id: int) -> Path:
         from meiscope.responses import nwb_path
@@ -161,7 +166,7 @@ class Container(TwoPhoton):
         return ContainerStimuli.load(container_path(dataset_path)).select_neurons(cell_ids)
 
 
-class Neuropixels:
+class Neuropixels(_ScenesOnly):
     """Visual Coding - Neuropixels sessions: ``session_<id>/session_<id>.nwb``, spike counts per presentation."""
 
     name = "neuropixels"
@@ -170,12 +175,6 @@ class Neuropixels:
         from meiscope.neuropixels.cache import find_sessions
 
         return find_sessions(cache_dir)
-
-    def studied_sessions(self, cache_dir: Path) -> list[int]:
-        return self.find_sessions(cache_dir)
-
-    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
-        return None
 
     def session_file(self, cache_dir: Path, session_id: int) -> Path:
         from meiscope.neuropixels.cache import session_nwb

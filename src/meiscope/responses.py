@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -66,8 +66,8 @@ def find_sessions(cache_dir: Path) -> list[int]:
     return sorted(int(p.stem) for p in folder.glob("*.nwb") if p.stem.isdigit())
 
 
-def read_session(cache_dir: Path, experiment_id: int) -> RawSession:
-    """Open one session through allensdk and check every field the pipeline uses."""
+def open_session(cache_dir: Path, experiment_id: int) -> Any:
+    """allensdk's ``BrainObservatoryNwbDataSet`` of a cached session (a one-line SessionError if it cannot be)."""
     path = nwb_path(cache_dir, experiment_id)
     if not path.is_file():
         raise SessionError(f"{path}: no such session file (run `meiscope synthesize` or `meiscope download`)")
@@ -77,9 +77,15 @@ def read_session(cache_dir: Path, experiment_id: int) -> RawSession:
     manifest = Path(cache_dir) / "manifest.json"
     try:
         # The file exists, so allensdk opens it without any network access.
-        data_set = BrainObservatoryCache(manifest_file=str(manifest)).get_ophys_experiment_data(experiment_id)
+        return BrainObservatoryCache(manifest_file=str(manifest)).get_ophys_experiment_data(experiment_id)
     except Exception as err:
         raise SessionError(f"{path}: allensdk cannot open the session ({type(err).__name__}: {err})") from None
+
+
+def read_session(cache_dir: Path, experiment_id: int) -> RawSession:
+    """Open one session through allensdk and check every field the pipeline uses."""
+    path = nwb_path(cache_dir, experiment_id)
+    data_set = open_session(cache_dir, experiment_id)
     try:
         stimuli = data_set.list_stimuli()
         if STIMULUS not in stimuli:
@@ -184,6 +190,11 @@ def split_images(n_images: int, cfg: SplitConfig) -> np.ndarray:
     return split
 
 
+def within_recording(onsets: np.ndarray, n_frames: int, cfg: ExtractConfig) -> np.ndarray:
+    """``(n_trials,)`` bool: the trial's baseline and response windows lie inside the ``n_frames`` recorded."""
+    return (onsets + cfg.baseline_window[0] >= 0) & (onsets + cfg.response_window[1] <= n_frames)
+
+
 def extract_session(cache_dir: Path, experiment_id: int, cfg: ExtractConfig, source: str) -> ResponseDataset:
     """Read one session and build its :class:`ResponseDataset`."""
     session = read_session(cache_dir, experiment_id)
@@ -200,7 +211,7 @@ def extract_session(cache_dir: Path, experiment_id: int, cfg: ExtractConfig, sou
     if past_end:
         raise SessionError(f"{path}: {past_end} of {len(onsets)} natural-scenes presentations start at or after the "
                            f"last dF/F frame ({n_frames} frames): the stimulus table does not belong to these traces")
-    in_range = (onsets + cfg.baseline_window[0] >= 0) & (onsets + cfg.response_window[1] <= n_frames)
+    in_range = within_recording(onsets, n_frames, cfg)
     if not in_range.all():
         log.warning("%s: %d trials too close to the recording's edges were skipped", path, (~in_range).sum())
     onsets, frames = onsets[in_range], session.table_frame[in_range]

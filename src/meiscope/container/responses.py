@@ -33,7 +33,7 @@ from meiscope.config import ContainerConfig, ExtractConfig
 from meiscope.container.layout import MOVIES
 from meiscope.dataset import DatasetError, ResponseDataset
 from meiscope.neuropixels.stimuli import CONTRAST
-from meiscope.responses import SessionError, nwb_path, trial_responses
+from meiscope.responses import SessionError, nwb_path, open_session, trial_responses, within_recording
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +123,6 @@ def container_path(dataset_path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # reading the sessions
 # ---------------------------------------------------------------------------------------------
-def _open(cache_dir: Path, experiment_id: int):
-    from allensdk.core.brain_observatory_cache import BrainObservatoryCache
-
-    path = nwb_path(cache_dir, experiment_id)
-    if not path.is_file():
-        raise SessionError(f"{path}: no such session file")
-    try:
-        return BrainObservatoryCache(manifest_file=str(Path(cache_dir) / "manifest.json")).get_ophys_experiment_data(
-            experiment_id)
-    except Exception as err:
-        raise SessionError(f"{path}: allensdk cannot open the session ({type(err).__name__}: {err})") from None
-
-
 def session_info(cache_dir: Path, experiment_id: int) -> tuple[int, str]:
     """``(experiment_container_id, session letter)`` of a cached session, read from its NWB metadata."""
     import h5py
@@ -200,7 +187,7 @@ def _read_trials(data_set, name: str, dff: np.ndarray, cfg: ExtractConfig, field
         pixels = vf.sparse_noise_to_field(template, field, name)
         trial_image = table["frame"].to_numpy(dtype=np.int64)
     onsets = table["start"].to_numpy(dtype=np.int64)
-    keep = (onsets + cfg.baseline_window[0] >= 0) & (onsets + cfg.response_window[1] <= dff.shape[1])
+    keep = within_recording(onsets, dff.shape[1], cfg)
     responses = trial_responses(dff, onsets[keep], cfg.response_window, cfg.baseline_window)
     return pixels, trial_image[keep], responses
 
@@ -301,7 +288,7 @@ def extract_container(cache_dir: Path, ds: ResponseDataset, ids: list[int], extr
         if letter not in sessions:
             log.warning("container of %d: no cached session %s (its stimuli are left out)", ds.experiment_id, letter)
             continue
-        data_set = _open(cache_dir, sessions[letter])
+        data_set = open_session(cache_dir, sessions[letter])
         _, dff = data_set.get_dff_traces()
         dff = np.asarray(dff, dtype=np.float32)
         bad = np.isnan(dff).any(axis=1)

@@ -19,7 +19,7 @@ template are the same in every session and container, as Allen's are.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,19 +118,16 @@ def segment_rates(timeline: layout.Timeline, rates: dict[str, np.ndarray], basel
     return baseline + gain[bins][:, None] * (out - baseline)
 
 
-def _frames_of(timeline: layout.Timeline, timestamps: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``(n_trials, 2)`` start / end acquisition frames of the trials made of segments ``rows``."""
+def _trials_of(timeline: layout.Timeline, timestamps: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The trials of stimulus ``name``: each one's condition ``(n_trials,)`` and its start / end
+    acquisition frames ``(n_trials, 2)`` (a trial may span several segments)."""
+    rows = np.flatnonzero(timeline.stimulus == name)
     trials, first = np.unique(timeline.trial[rows], return_index=True)
     last = np.searchsorted(timeline.trial[rows], trials, side="right") - 1
     start = np.searchsorted(timestamps, timeline.onsets_s[rows][first], side="left")
     end_s = timeline.onsets_s[rows][last] + timeline.durations_s[rows][last]
-    return np.stack([start, np.searchsorted(timestamps, end_s, side="left")], axis=1).astype(np.int64)
-
-
-def _first_segments(timeline: layout.Timeline, name: str) -> np.ndarray:
-    rows = np.flatnonzero(timeline.stimulus == name)
-    _, first = np.unique(timeline.trial[rows], return_index=True)
-    return rows[first]
+    frames = np.stack([start, np.searchsorted(timestamps, end_s, side="left")], axis=1).astype(np.int64)
+    return timeline.condition[rows[first]], frames
 
 
 def stimulus_tables(timeline: layout.Timeline, timestamps: np.ndarray, templates: ContainerTemplates
@@ -147,9 +144,7 @@ def stimulus_tables(timeline: layout.Timeline, timestamps: np.ndarray, templates
     for name in dict.fromkeys(timeline.stimulus):  # in order of first appearance
         if name in (layout.GRAY_CODE, layout.SPONTANEOUS):
             continue
-        rows = np.flatnonzero(timeline.stimulus == name)
-        frames = _frames_of(timeline, timestamps, rows)
-        condition = timeline.condition[_first_segments(timeline, name)]
+        condition, frames = _trials_of(timeline, timestamps, name)
         blank = condition < 0
         if name == "natural_scenes":
             natural_scenes = np.column_stack([condition, frames])
@@ -180,10 +175,6 @@ def session_id(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, index:
     return synthetic.first_experiment_id + index + offset
 
 
-def _subset(params: CellParams, keep: np.ndarray) -> CellParams:
-    return CellParams(**{f.name: getattr(params, f.name)[keep] for f in fields(CellParams)})
-
-
 def simulate_container_session(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, index: int, session: str,
                                cells: CellParams, rates: dict[str, np.ndarray], templates: ContainerTemplates
                                ) -> tuple[SessionArrays, CellParams]:
@@ -192,7 +183,7 @@ def simulate_container_session(synthetic: SyntheticConfig, cfg: SyntheticContain
     match_rng, schedule_rng, trace_rng, extra_rng = [np.random.default_rng(s) for s in seeds]
     keep = (np.ones(cells.n_cells, dtype=bool) if session == "B"
             else match_rng.random(cells.n_cells) < cfg.match_fraction)
-    recorded = _subset(cells, keep)
+    recorded = cells.rows(keep)
     timeline = layout.session_timeline(session, synthetic, cfg, schedule_rng)
     n_frames = int(np.floor(timeline.end_s * fl.FRAME_RATE_HZ))
     gain = cortex.shared_gain(int(np.ceil(timeline.end_s / layout.STATIC_S)), synthetic.shared_gain_sd,

@@ -71,10 +71,6 @@ def unit_ids_for(session_id: int, n_units: int) -> np.ndarray:
     return 950_000_000 + (int(session_id) % 10_000) * 10_000 + np.arange(n_units, dtype=np.int64)
 
 
-def _rows(params: CellParams, index: np.ndarray) -> CellParams:
-    return CellParams(**{f.name: getattr(params, f.name)[index] for f in fields(CellParams)})
-
-
 def _concat(parts: list[CellParams]) -> CellParams:
     return CellParams(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(CellParams)})
 
@@ -92,13 +88,13 @@ def unit_population(cells: CellParams, cfg: SyntheticNeuropixelsConfig, rng: np.
     baseline = portable.log_uniform(rng, low, high, n_visp)
     visp = replace(cells, baseline=baseline, peak_rate=np.where(cells.responsive, cells.peak_rate, baseline))
     # other areas: copies of random cells made unresponsive, with their own spontaneous rates
-    other = _rows(visp, rng.integers(0, n_visp, cfg.other_area_units))
+    other = visp.rows(rng.integers(0, n_visp, cfg.other_area_units))
     other_rate = portable.log_uniform(rng, low, high, cfg.other_area_units)
     other = replace(other, kinds=np.full(cfg.other_area_units, "unresponsive", dtype=cells.kinds.dtype),
                     rate_max=np.zeros(cfg.other_area_units), baseline=other_rate, peak_rate=other_rate)
     source = rng.integers(0, n_visp, cfg.poor_units)
     keep = rng.uniform(0.3, 0.7, cfg.poor_units)
-    poor = _rows(visp, source)
+    poor = visp.rows(source)
     poor = replace(poor, baseline=poor.baseline * keep, rate_max=poor.rate_max * keep, peak_rate=poor.peak_rate * keep)
     params = _concat([visp, other, poor])
     n_units = params.n_cells
@@ -288,7 +284,7 @@ def simulate_neuropixels_session(synth: SyntheticConfig, cfg: SyntheticNeuropixe
     cells = session_cells(synth, 0, scenes, device=device)
     params, source, keep = unit_population(cells, cfg, unit_rng)
     n_clean = cells.n_cells + cfg.other_area_units
-    population = TruePopulation(_rows(params, np.arange(n_clean))).to(device=device, dtype=torch.float64)
+    population = TruePopulation(params.rows(np.arange(n_clean))).to(device=device, dtype=torch.float64)
     rates = condition_rates(population, scenes, device)
     schedule = make_schedule(len(scenes), cfg, schedule_rng)
     gain = shared_gain(len(schedule.start), synth.shared_gain_sd, synth.shared_gain_tau_s, schedule_rng)

@@ -137,6 +137,10 @@ class CellParams:
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def rows(self, index: np.ndarray) -> "CellParams":
+        """The cells ``index`` selects (integer rows or a boolean mask), in that order."""
+        return CellParams(**{name: values[index] for name, values in self.arrays().items()})
+
 
 def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[float, float],
                  peak_rate_hz: tuple[float, float], baseline_rate_hz: float, cell_ids: np.ndarray,
