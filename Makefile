@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run run-neuropixels run-container test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
+.PHONY: install run run-neuropixels run-container ablation test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ run-neuropixels: $(STAMP)
 run-container: $(STAMP)
 	$(BIN)/meiscope data --set data.recording=container
 	$(BIN)/dvc exp run -S data.recording=container
+
+## what each stimulus of the container buys: replicates x arms (slow: about 1 h per replicate on 2 cores)
+ablation: $(STAMP)
+	$(BIN)/meiscope ablation --set data.recording=container
 
 ## the test suite (end-to-end tests included)
 test: $(STAMP)

@@ -6,7 +6,10 @@ forces every DVC stage in order (`dvc repro -f -s <stage>`, which together are `
 The clone's own ``src/`` is imported, so the figures belong to that commit. Peak RSS is the
 largest resident set of any process of the stage (``os.wait4``'s ``ru_maxrss``).
 
-    .venv/bin/python bench/bench_pipeline.py [--device cpu] [--keep]
+    .venv/bin/python bench/bench_pipeline.py [--device cpu] [--keep] [--set data.recording=container]
+
+``--set SECTION.KEY=VALUE`` (repeatable) edits the clone's params.yaml first: with
+``data.recording=container`` it times the whole-container study at full size.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="sets train.device and mei.device in the clone's params")
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone and print its path")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a params.yaml setting of the clone (YAML value), e.g. data.recording=container")
+    parser.add_argument("--out", default=None, help="default: bench/results/pipeline[-<recording>].json")
     args = parser.parse_args()
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -60,10 +65,19 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="meiscope-bench-"))
     clone = workdir / "repo"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
     if args.device:
-        params = yaml.safe_load((clone / "params.yaml").read_text())
         params["train"]["device"] = params["mei"]["device"] = args.device
-        (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for override in args.overrides:
+        key, _, value = override.partition("=")
+        section, _, name = key.partition(".")
+        if not name or section not in params:
+            raise SystemExit(f"--set {override}: expected SECTION.KEY=VALUE with a section of params.yaml")
+        params[section][name] = yaml.safe_load(value)
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    recording = params["data"]["recording"]
+    out = args.out or str(Path(__file__).parent / "results" /
+                          ("pipeline.json" if recording == "two_photon" else f"pipeline-{recording}.json"))
 
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -83,10 +97,10 @@ def main() -> None:
     peak = max(r["peak_rss_mb"] for r in rows)
     print(f"{'total':<12} {total:>8.1f} {peak:>12.0f}   (dvc repro -f alone: {repro:.1f} s = {repro / 60:.1f} min)")
 
-    write_json(args.out, dict(commit=commit, cpus=os.cpu_count(), machine=platform.machine(), device=args.device,
-                              rows=rows, total_s=total, dvc_repro_s=repro, peak_rss_mb=peak,
-                              load_average_after=os.getloadavg()))
-    print(f"wrote {args.out}")
+    write_json(out, dict(commit=commit, cpus=os.cpu_count(), machine=platform.machine(), device=args.device,
+                         overrides=args.overrides, rows=rows, total_s=total, dvc_repro_s=repro, peak_rss_mb=peak,
+                         load_average_after=os.getloadavg()))
+    print(f"wrote {out}")
     if args.keep:
         print(f"kept {clone}")
     else:

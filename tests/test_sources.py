@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from meiscope.model.data import ResponseNormalisation
-from meiscope.model.sources import MOVIE_WINDOW, MovieHead, masked_mse, movie_source, trial_source
+from meiscope.model.sources import (MOVIE_WINDOW, MovieHead, masked_mse, movie_source, scaled_learning_rate,
+                                    trial_source, warmup_factor)
 
 NORM = ResponseNormalisation(offset=np.zeros(3, dtype=np.float32), scale=np.full(3, 0.5, dtype=np.float32))
 
@@ -60,3 +61,19 @@ def test_movie_windows_cover_every_frame_after_the_kernel_history_once():
     np.testing.assert_allclose(source.targets.numpy()[:, :2].mean(0), 0.0, atol=1e-5)
     np.testing.assert_allclose(source.targets.numpy()[:, :2].std(0), 1.0, atol=1e-4)
     assert source.mask.numpy()[:, 2].sum() == 0
+
+
+def test_other_stimuli_join_the_training_gradually():
+    assert [warmup_factor(epoch, 4) for epoch in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert warmup_factor(1, 0) == 1.0  # no warm-up
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([weight], lr=0.1)
+    weight.sum().backward()
+    with scaled_learning_rate(optimizer, 0.0):
+        assert optimizer.param_groups[0]["lr"] == 0.0
+        optimizer.step()
+    assert torch.equal(weight.detach(), torch.ones(3))  # a zero-rate step moves nothing
+    assert optimizer.param_groups[0]["lr"] == 0.1  # and the rate is back for the scenes' steps
+    with scaled_learning_rate(optimizer, 0.5):
+        optimizer.step()
+    assert torch.allclose(weight.detach(), torch.full((3,), 1 - 0.05), atol=1e-6)  # Adam's first step: lr x sign

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import socket
 from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
+from scipy.signal import lfilter
 import pytest
 import torch
 
@@ -387,6 +389,14 @@ def test_calcium_is_the_exact_double_exponential():
     kern *= 0.15 / (np.exp(-t_peak / 0.3) - np.exp(-t_peak / 0.05))
     expected = np.stack([kern[cell == c].sum(0) for c in range(2)])
     np.testing.assert_allclose(out, expected, atol=1e-10)
+
+
+def test_smooth_noise_drawn_a_few_rows_at_a_time_is_one_full_draw():
+    """The memory-lean row blocks give the numbers of one ``(n, n_frames)`` draw (so the same bytes)."""
+    a = math.exp(-1.0 / (fl.FRAME_RATE_HZ * 2.0))
+    expected = lfilter([1.0], [1.0, -a], np.random.default_rng(4).standard_normal((37, 500)) * np.sqrt(1 - a * a),
+                       axis=1)
+    assert np.array_equal(fl.smooth_noise((37, 500), 2.0, np.random.default_rng(4)), expected)
 
 
 def test_poisson_spikes_follow_rates():

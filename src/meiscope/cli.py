@@ -92,6 +92,8 @@ def main() -> None:
     \b
       replicate               (optional, slow) the synthetic study on K new cortices,
                               with confidence intervals; not part of `dvc repro`
+      ablation                (optional, slower) what each stimulus of the container buys,
+                              over the replicates (data.recording: container)
       services start|stop     (optional) PostgreSQL + MLflow tracking server for a team
 
     Every command reads params.yaml (see --params) and logs an MLflow run.
@@ -254,13 +256,9 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
     metrics/replicates.json (replicates-<recording>.json for neuropixels or container) and an interval figure;
     `meiscope report` shows them.
     """
-    from meiscope.errors import MeiscopeError
     from meiscope.replicate import HEADLINE, format_conclusion, format_interval, replicate as run
 
-    try:
-        chosen = [int(s) for s in seeds.split(",")] if seeds else None
-    except ValueError:
-        raise MeiscopeError(f"--seeds: expected comma-separated integers (got {seeds!r})") from None
+    chosen = _seed_list(seeds)
     try:
         summary = run(params, root, seeds=chosen, device=device)
     except KeyboardInterrupt:
@@ -272,6 +270,38 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
     for kind, found in summary["conclusions"].items():
         for label, c in found.items():
             click.echo(f"{kind} cells, {label}: {format_conclusion(c)}")
+
+
+def _seed_list(seeds: str | None) -> list[int] | None:
+    from meiscope.errors import MeiscopeError
+
+    try:
+        return [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise MeiscopeError(f"--seeds: expected comma-separated integers (got {seeds!r})") from None
+
+
+@main.command()
+@PARAMS_OPTION
+@DEVICE_OPTION
+@click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: replicate.seeds).")
+@_stage
+def ablation(params: Any, root: Path, device: str | None, seeds: str | None) -> None:
+    """What each stimulus of the container buys: the container study's replicates, trained on each stimulus set.
+
+    Needs data.recording: container (e.g. --set data.recording=container). Runs (or resumes) the
+    replicates, then every arm (natural scenes only; + static gratings; + natural movies; + sparse
+    noise; all) on each replicate's data. Writes metrics/ablation-container.json and a figure;
+    `meiscope report` shows the table.
+    """
+    from meiscope.ablation import ablation as run, ablation_table
+
+    try:
+        summary = run(params, root, seeds=_seed_list(seeds), device=device)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: run `meiscope ablation` again to continue where it stopped", err=True)
+        sys.exit(130)
+    click.echo(ablation_table(summary))
 
 
 @main.command()

@@ -434,6 +434,7 @@ class TrainConfig:
     fresh_scenes: int = 1000  # synthetic data: new scenes on which the models are scored against the truth
     fresh_seed: int = 0
     batches_per_source: int = 4  # data.recording container: batches of each other stimulus per epoch
+    source_warmup_epochs: int = 4  # data.recording container: the other stimuli's learning rate ramps up over these epochs
 
     def __post_init__(self) -> None:
         _require(len(self.seeds) >= 2, "train.seeds",
@@ -445,6 +446,7 @@ class TrainConfig:
         _require(self.ln_l2 >= 0, "train.ln_l2", "must be >= 0")
         _require(self.fresh_scenes >= 0, "train.fresh_scenes", f"must be >= 0 (got {self.fresh_scenes})")
         _require(self.batches_per_source >= 0, "train.batches_per_source", "must be >= 0")
+        _require(self.source_warmup_epochs >= 0, "train.source_warmup_epochs", "must be >= 0")
 
 
 # --------------------------------------------------------------------------------------

@@ -343,6 +343,7 @@ def validate(params: Params, root: Path, device: str | None = None) -> dict:
 # --------------------------------------------------------------------------------------
 def report(params: Params, root: Path) -> Path:
     """Write report/index.html from the metrics and figures of every stage (sections: report_sections.py)."""
+    from meiscope.ablation import summary_path as ablation_path
     from meiscope.replicate import summary_file
     from meiscope.report import load_metrics, write_report
     from meiscope.report_sections import headline_metrics, study_sections
@@ -355,6 +356,7 @@ def report(params: Params, root: Path) -> Path:
     metrics["replicates"] = load_metrics(summary_file(root, params.data.recording))
     other = "two_photon" if params.data.recording == "neuropixels" else "neuropixels"
     metrics["replicates_other"] = load_metrics(summary_file(root, other))
+    metrics["ablation"] = load_metrics(ablation_path(root))  # the container's ablation, when it was run
     if not any(metrics[stage] for stage in stages) and not metrics["replicates"].get("figures"):
         raise MeiscopeError(f"report: no results in {layout.metrics} yet: run the study first "
                             "(`make run`, or `dvc repro` after `meiscope data`)")

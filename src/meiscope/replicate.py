@@ -186,19 +186,27 @@ def run_replicate(params: Params, root: Path, seed: int, device: Optional[str] =
 
     ``bar``: an optional tqdm bar, advanced by one per stage (run or skipped).
     """
+    header = f"# replicate {seed} of {Path(root).resolve() / 'params.yaml'} (written by meiscope replicate)"
+    return run_project(replicate_dir(params, root, seed), replicate_params(params, seed, Path(root)), STAGES,
+                       header, device, bar)
+
+
+def run_project(folder: Path, raw: dict[str, Any], stages: tuple[str, ...], header: str,
+                device: Optional[str] = None, bar: Any = None) -> dict[str, dict]:
+    """Run (or resume) ``stages`` in the project root ``folder`` with the params mapping ``raw``; its metrics.
+
+    ``progress.json`` records the stages done under these params (a change of params starts over).
+    """
     import yaml
 
-    folder = replicate_dir(params, root, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    raw = replicate_params(params, seed, Path(root))
     digest = _params_hash(raw)
-    write_text(folder / "params.yaml", f"# replicate {seed} of {Path(root).resolve() / 'params.yaml'} "
-               "(written by meiscope replicate)\n" + yaml.safe_dump(raw, sort_keys=False))
+    write_text(folder / "params.yaml", header + "\n" + yaml.safe_dump(raw, sort_keys=False))
     done = _load_progress(folder, digest)
-    for stage in STAGES:
+    for stage in stages:
         if stage not in done:
             if bar is not None:
-                bar.set_postfix_str(f"seed {seed}: {stage}")
+                bar.set_postfix_str(f"{folder.name}: {stage}")
             run_stage(folder, stage, device)
             done.append(stage)
             write_json(folder / "progress.json", {"params_hash": digest, "done": done})
@@ -288,6 +296,17 @@ def format_conclusion(conclusion: dict[str, Any]) -> str:
     return f"no conclusion ({words})"
 
 
+def draw_interval(ax: Any, entry: dict[str, Any], y: float, colour: str = "tab:blue", label: Optional[str] = None
+                  ) -> None:
+    """One figure's replicates (dots), mean (diamond) and interval (bar) at height ``y`` of ``ax``."""
+    values = [v for v in entry["values"] if v is not None and np.isfinite(v)]
+    ax.scatter(values, [y] * len(values), s=12, color=colour, alpha=0.45, zorder=2)
+    if entry["ci_low"] is not None:
+        ax.plot([entry["ci_low"], entry["ci_high"]], [y, y], color=colour, lw=2.5, alpha=0.5, zorder=1)
+    if entry["mean"] is not None:
+        ax.scatter([entry["mean"]], [y], s=30, color=colour, marker="D", zorder=3, label=label)
+
+
 def intervals_figure(summary: dict[str, Any]) -> Any:
     """Each headline figure: the replicates (dots) and the mean with its interval (bar), by panel."""
     from matplotlib.figure import Figure as MplFigure
@@ -300,12 +319,7 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
     axes = fig.subplots(1, 3)
     for ax, (panel, title, log_scale) in zip(axes, panels):
         for y, figure in enumerate(rows[panel]):
-            entry = summary["figures"][figure.name]
-            values = [v for v in entry["values"] if v is not None and np.isfinite(v)]
-            ax.scatter(values, [y] * len(values), s=14, color="tab:gray", zorder=2)
-            if entry["ci_low"] is not None:
-                ax.plot([entry["ci_low"], entry["ci_high"]], [y, y], color="tab:blue", lw=2.5, alpha=0.6, zorder=1)
-            ax.scatter([entry["mean"]], [y], s=30, color="tab:blue", marker="D", zorder=3)
+            draw_interval(ax, summary["figures"][figure.name], y)
         ax.set_yticks(range(len(rows[panel])), [f.label for f in rows[panel]], fontsize=7)
         ax.invert_yaxis()
         if log_scale:

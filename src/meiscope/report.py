@@ -22,6 +22,7 @@ class Section:
     figures: list[Path] = field(default_factory=list)
     note: str = ""
     inline_figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes) made on the fly
+    grid: list[list[str]] = field(default_factory=list)  # a table with columns: header row, then rows
 
 
 def _format(value: Any) -> str:
@@ -62,6 +63,10 @@ def render_section(section: Section) -> str:
         parts.append(f'<p class="note">{html.escape(section.note)}</p>')
     if rows:
         parts.append(f"<table>{rows}</table>")
+    if section.grid:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in section.grid[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in section.grid[1:])
+        parts.append(f"<table><tr>{head}</tr>{body}</table>")
     parts.append(f'<div class="figures">{figures}</div>')
     if missing:
         parts.append(f'<p class="note">Not produced: {html.escape(", ".join(missing))}</p>')

@@ -85,6 +85,18 @@ def replicate_section(summary: dict) -> Any:
                    inline_figures=[("replicate intervals", figure_png(intervals_figure(summary)))])
 
 
+def ablation_section(summary: dict) -> Section:
+    """What each stimulus of the container buys (``meiscope ablation``): one row per training set."""
+    from meiscope.ablation import ablation_figure, ablation_grid
+
+    intro = (f"The container study's replicates (seeds {summary['seeds']}), each retrained from extract on the same "
+             "data with only container.stimuli changed (tune, train, MEIs and the closed loop rerun per arm). "
+             f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the issue's targets are 0.8. "
+             "Written by `meiscope ablation` (metrics/ablation-container.json).")
+    return Section("What each stimulus buys (container ablation)", intro, grid=ablation_grid(summary),
+                   inline_figures=[("ablation", figure_png(ablation_figure(summary)))])
+
+
 def recordings_section(summary: dict, other: dict) -> Section:
     """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds match)."""
     from meiscope.replicate import HEADLINE, format_interval
@@ -144,6 +156,8 @@ def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
         sections.append(replicate_section(m["replicates"]))
         if m.get("replicates_other", {}).get("figures"):
             sections.append(recordings_section(m["replicates"], m["replicates_other"]))
+    if m.get("ablation", {}).get("arms"):
+        sections.append(ablation_section(m["ablation"]))
     return sections
 
 

@@ -19,6 +19,7 @@ template are the same in every session and container, as Allen's are.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,8 @@ class ContainerTemplates:
     """The stimuli shown in every container.
 
     Attributes:
-        scenes: ``(n_images, 918, 1174)`` float32 0-255 (the synthetic cortex's scenes).
+        scenes: ``(n_images, 918, 1174)`` uint8 (the synthetic cortex's scenes, integers 0-255: a quarter
+            of the float32 template's memory; the NWB gets Allen's float32).
         movies: movie name -> ``(n_frames, 304, 608)`` uint8.
         sparse_noise: ``(n_frames, 16, 28)`` uint8.
     """
@@ -66,17 +68,18 @@ def make_templates(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, pr
     lengths = {"natural_movie_one": cfg.movie_one_frames, "natural_movie_two": cfg.movie_two_frames,
                "natural_movie_three": cfg.movie_three_frames}
     movies = {name: natural_movie(lengths[name], rng) for name in layout.MOVIES}
-    return ContainerTemplates(scenes=scenes, movies=movies, sparse_noise=sparse_noise_frames(cfg.sparse_noise_frames, rng))
+    return ContainerTemplates(scenes=scenes.astype(np.uint8), movies=movies,
+                              sparse_noise=sparse_noise_frames(cfg.sparse_noise_frames, rng))
 
 
-def _rates(population: TruePopulation, frames: np.ndarray, to_field=None) -> np.ndarray:
+def _rates(population: TruePopulation, frames: np.ndarray, to_field=None, batch: int = BATCH) -> np.ndarray:
     """``(n, n_cells)`` float64 true rates of frames, drawn into the scene frame by ``to_field`` first."""
     import torch
 
     out = []
     with torch.no_grad():
-        for start in range(0, len(frames), BATCH):
-            chunk = frames[start:start + BATCH]
+        for start in range(0, len(frames), batch):
+            chunk = frames[start:start + batch]
             pixels = to_field(chunk, RENDER_FIELD) if to_field is not None else chunk
             x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float64))
             out.append(population(x).double().numpy())
@@ -96,7 +99,7 @@ def stimulus_rates(population: TruePopulation, templates: ContainerTemplates) ->
     dg = layout.drifting_grating_conditions().assign(spatial_frequency=layout.DG_SPATIAL_FREQUENCY)
     dg_rates = _rates(population, _grating_frames(dg, GRATING_PHASES)).reshape(len(dg), len(GRATING_PHASES), -1)
     rates = {
-        "natural_scenes": _rates(population, templates.scenes),
+        "natural_scenes": _rates(population, templates.scenes, batch=8),  # full-size scenes: small batches
         "static_gratings": _rates(population, _grating_frames(grating_conditions())),
         "drifting_gratings": dg_rates.mean(axis=1),
         "locally_sparse_noise": _rates(population, templates.sparse_noise, vf.sparse_noise_to_field),
@@ -207,7 +210,7 @@ def simulate_container_session(synthetic: SyntheticConfig, cfg: SyntheticContain
         metadata=metadata, cell_ids=recorded.cell_ids, roi_ids=np.array([str(i) for i in np.flatnonzero(keep)]),
         timestamps=traces.timestamps, dff=cortex.quantise(traces.dff), demixed=cortex.round_mantissa(traces.demixed),
         neuropil=cortex.round_mantissa(traces.neuropil), r=traces.r, natural_scenes=natural_scenes,
-        template=templates.scenes if natural_scenes is not None else None, spontaneous=spontaneous,
+        template=templates.scenes.astype(np.float32) if natural_scenes is not None else None, spontaneous=spontaneous,
         running_speed=np.round(cortex.running_speed_trace(n_frames, extra_rng), 3),
         max_projection=cortex.max_projection_image(recorded.n_cells, np.nanmean(traces.demixed, axis=1), extra_rng),
         motion_correction=np.rint(2.0 * fl.smooth_noise((2, n_frames), 30.0, extra_rng).T) + 0.0,
@@ -239,7 +242,7 @@ def synthesize_containers(synthetic: SyntheticConfig, cfg: SyntheticContainerCon
     config = {**asdict(synthetic), "synthetic_container": asdict(cfg)}  # the cortex at the top, as in session B
     ids = []
     for index in tqdm(range(synthetic.n_sessions), desc="containers", disable=not progress):
-        cells = cortex.session_cells(synthetic, index, templates.scenes, device=device)
+        cells = cortex.session_cells(synthetic, index, templates.scenes.astype(np.float32), device=device)
         population = TruePopulation(cells).to(dtype=torch.float64)  # float64: thread-count independent bytes
         rates = stimulus_rates(population, templates)
         for session in tqdm(sessions, desc="sessions", disable=not progress, leave=False):
@@ -248,5 +251,7 @@ def synthesize_containers(synthetic: SyntheticConfig, cfg: SyntheticContainerCon
             write_session_nwb(Path(cache.get_cache_path(None, cache.EXPERIMENT_DATA_KEY, experiment_id)), arrays)
             save_ground_truth(cache_dir, experiment_id, TruePopulation(recorded), {**config, "session": session})
             ids.append(experiment_id)
+            del arrays  # before the next session is simulated: a session's traces are ~1 GB
+            gc.collect()
     return sorted(ids)
 

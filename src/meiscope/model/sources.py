@@ -226,6 +226,29 @@ def extra_batches(sources: Sequence[TrialSource | MovieSource], per_source: int,
     return batches
 
 
+def warmup_factor(epoch: int, warmup_epochs: int) -> float:
+    """The fraction of the learning rate the other stimuli's steps take in ``epoch`` (from 1): ``epoch / warmup_epochs``, at most 1.
+
+    Their first gradients (an untrained movie head, a new kind of image) are 10-100x the scenes';
+    at the full rate they can wreck the core in the first epoch, from which a model never recovers
+    (measured on the synthetic container: README, "Every stimulus the cells saw").
+    """
+    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+@contextlib.contextmanager
+def scaled_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """The optimiser's learning rates times ``factor`` inside the block (restored after, whatever the scheduler set)."""
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor
+    try:
+        yield
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+
+
 @contextlib.contextmanager
 def scene_statistics(model: torch.nn.Module) -> Iterator[None]:
     """Batch norm with the running (natural-scene) statistics, left unchanged, for other stimuli's batches.

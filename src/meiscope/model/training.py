@@ -42,7 +42,7 @@ from meiscope.model.network import ResponseModel, check_model_config, place_mode
 from meiscope.model.readouts import map_peaks, rf_position_map
 from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
 from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, rf_init_data,
-                                    scene_statistics, trial_loss)
+                                    scaled_learning_rate, scene_statistics, trial_loss, warmup_factor)
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -143,6 +143,7 @@ def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
         key["sessions"] = [int(ds.experiment_id) for ds in datasets]
     if extra is not None:
         key["batches_per_source"] = train_cfg.batches_per_source
+        key["source_warmup_epochs"] = train_cfg.source_warmup_epochs
     return json.dumps(key, sort_keys=True)
 
 
@@ -418,7 +419,8 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
                     loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    optimizer.step()
+                    with scaled_learning_rate(optimizer, warmup_factor(epoch, train_cfg.source_warmup_epochs)):
+                        optimizer.step()
                     view.constrain_()
                     continue
                 session, view = sessions[i], views[i]

@@ -128,23 +128,38 @@ def calcium_dff(cell: np.ndarray, times: np.ndarray, n_cells: int, timestamps: n
     frame = np.searchsorted(timestamps, times, side="left")
     keep = frame < n_frames
     frame, cell, lag = frame[keep], cell[keep], timestamps[frame[keep]] - times[keep]
-    out = np.zeros((n_cells, n_frames))
-    for tau, sign in ((tau_decay_s, 1.0), (tau_rise_s, -1.0)):
+
+    def decaying(tau: float) -> np.ndarray:
         impulses = np.bincount(cell * n_frames + frame, weights=portable.exp(-lag / tau),
                                minlength=n_cells * n_frames).reshape(n_cells, n_frames)
-        out += sign * lfilter([1.0], [1.0, -math.exp(-dt / tau)], impulses, axis=1)
-    return scale * out
+        return lfilter([1.0], [1.0, -math.exp(-dt / tau)], impulses, axis=1)
+
+    out = decaying(tau_decay_s)  # in place from here: a one-hour session's arrays are ~250 MB each
+    out -= decaying(tau_rise_s)
+    out *= scale
+    return out
 
 
 def smooth_noise(shape: tuple[int, int], tau_s: float, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance noise low-pass filtered with time constant ``tau_s`` (AR(1) on the frame clock).
 
+    Drawn and filtered a few rows at a time (the same numbers as one ``(n_series, n_frames)`` draw:
+    the generator fills arrays row by row), so a long recording needs no second full-size array.
+
     Returns:
         ``shape`` = ``(n_series, n_frames)`` float64.
     """
     a = math.exp(-1.0 / (FRAME_RATE_HZ * tau_s))
-    white = rng.standard_normal(shape) * np.sqrt(1 - a * a)
-    return lfilter([1.0], [1.0, -a], white, axis=1)
+    out = np.empty(shape)
+    for rows in _row_blocks(shape[0]):
+        white = rng.standard_normal((rows.stop - rows.start, shape[1]))
+        white *= np.sqrt(1 - a * a)
+        out[rows] = lfilter([1.0], [1.0, -a], white, axis=1)
+    return out
+
+
+def _row_blocks(n_rows: int, size: int = 16) -> list[slice]:
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
 def _neighbour_calcium(calcium: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -189,7 +204,10 @@ def running_median_baseline(trace: np.ndarray, window_s: float = BASELINE_WINDOW
         smooth[:, b] = np.median(medians[:, max(b - half, 0): b + half + 1], axis=1)
     centres = (np.arange(n_blocks) + 0.5) * (used / n_blocks)
     frames = np.arange(n_frames)
-    return np.stack([np.interp(frames, centres, s) for s in smooth])
+    baseline = np.empty((n_cells, n_frames))
+    for row, block_medians in zip(baseline, smooth):
+        row[:] = np.interp(frames, centres, block_medians)
+    return baseline
 
 
 def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_hz: np.ndarray, n_frames: int,
@@ -215,30 +233,61 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_
     cell, times = poisson_spikes(onsets_s, duration_s, rates_hz, rng)
     calcium = calcium_dff(cell, times, n_cells, timestamps, tau_rise_s, tau_decay_s, spike_amplitude_dff)
 
+    # A one-hour session holds (n_cells, n_frames) float64 arrays of ~250 MB each, so the arrays are
+    # updated in place and freed as soon as they are used. Every in-place step computes the same
+    # float64 operation as the written-out formula in its comment (same operands, same order up to
+    # commutation), so the traces are the same bytes as with the plain expressions.
     f0 = portable.log_uniform(rng, F0_RANGE[0], F0_RANGE[1], n_cells)[:, None]
     bleach_tau = rng.uniform(0.5, 1.5) * n_frames / FRAME_RATE_HZ
     bleach = (1 - BLEACH_FRACTION) + BLEACH_FRACTION * portable.exp(-timestamps / bleach_tau)[None, :]
-    f_cell = f0 * bleach * (1 + calcium)
 
     shared = 0.06 * smooth_noise((1, n_frames), 20.0, rng) + 0.03 * smooth_noise((1, n_frames), 2.0, rng)
-    own = 0.03 * smooth_noise((n_cells, n_frames), 1.0, rng)
+    neuropil = smooth_noise((n_cells, n_frames), 1.0, rng)  # the neuropil's own fluctuations, 0.03 x
+    neuropil *= 0.03
     population = NEUROPIL_POPULATION_WEIGHT * calcium.mean(axis=0, keepdims=True)
     level = f0 * rng.uniform(*NEUROPIL_RATIO, (n_cells, 1)) * bleach
-    neuropil = level * (1 + shared + own + population)
+    neuropil += 1 + shared  # neuropil = level * (1 + shared + own + population)
+    neuropil += population
+    neuropil *= level
     # the soma's own neuropil: its nearest neighbours' calcium instead of the population's
     neighbours = _neighbour_calcium(calcium, rng)
-    local = neuropil + level * (0.02 * smooth_noise((n_cells, n_frames), 1.0, rng)
-                                + NEUROPIL_POPULATION_WEIGHT * neighbours - population)
+    calcium_out = calcium.astype(np.float32)
+    f_cell = calcium  # f_cell = f0 * bleach * (1 + calcium)
+    f_cell += 1
+    for rows in _row_blocks(n_cells):
+        f_cell[rows] *= f0[rows] * bleach
+    del calcium
+    local = smooth_noise((n_cells, n_frames), 1.0, rng)
+    local *= 0.02
+    neighbours *= NEUROPIL_POPULATION_WEIGHT  # local = neuropil + level * (0.02 noise + w neighbours - population)
+    local += neighbours
+    del neighbours
+    local -= population
+    local *= level
+    local += neuropil
 
     r_true = np.clip(neuropil_r + neuropil_r_sd * rng.standard_normal(n_cells), *R_TRUE_RANGE)
     r = np.clip(r_true + neuropil_r_error_sd * rng.standard_normal(n_cells), 0.0, 1.0)
     if neuropil_r == 0:  # no contamination at all: nothing to estimate or subtract
         r_true, r = np.zeros(n_cells), np.zeros(n_cells)
-    noise = noise_std_dff * f0 * rng.standard_normal((n_cells, n_frames))
-    demixed = f_cell + r_true[:, None] * local + noise
-    corrected = demixed - r[:, None] * neuropil
+    local *= r_true[:, None]  # demixed = f_cell + r_true * local + noise (noise drawn a few rows at a time)
+    demixed = f_cell
+    demixed += local
+    del f_cell, local
+    for rows in _row_blocks(n_cells):
+        noise = rng.standard_normal((rows.stop - rows.start, n_frames))
+        noise *= noise_std_dff * f0[rows]
+        demixed[rows] += noise
+    demixed_out, neuropil_out = demixed.astype(np.float32), neuropil.astype(np.float32)
+    neuropil *= r[:, None]  # corrected = demixed - r * neuropil
+    corrected = demixed
+    corrected -= neuropil
+    del demixed, neuropil
+    corrected_out = corrected.astype(np.float32)
     base = running_median_baseline(corrected)
-    dff = (corrected - base) / base
-    return Traces(timestamps=timestamps, calcium=calcium.astype(np.float32), demixed=demixed.astype(np.float32),
-                  neuropil=neuropil.astype(np.float32), r=r, r_true=r_true, corrected=corrected.astype(np.float32),
+    dff = corrected  # dff = (corrected - base) / base
+    dff -= base
+    dff /= base
+    return Traces(timestamps=timestamps, calcium=calcium_out, demixed=demixed_out,
+                  neuropil=neuropil_out, r=r, r_true=r_true, corrected=corrected_out,
                   dff=dff.astype(np.float32), n_spikes=np.bincount(cell, minlength=n_cells))

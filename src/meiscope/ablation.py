@@ -1,0 +1,176 @@
+"""``meiscope ablation``: what each stimulus of the experiment container buys, over the replicates.
+
+The arms train on: natural scenes only; + static gratings; + natural movies; + sparse noise;
+all four (``container.stimuli``). For every replicate seed the container study of
+``meiscope replicate`` (``data.recording: container``) is run first (or resumed); it is the arm
+whose stimuli are the project's ``container.stimuli``. Each other arm reruns the study from
+``extract`` on the SAME replicate's data (same cortex, split, tuning and training seeds, MEI
+starts) with only ``container.stimuli`` changed, in
+``<replicate.folder>/container/seed_<s>/ablation/<arm>/`` (a project root like the replicate's,
+resumable the same way). So the arms of a replicate differ only in what the model trained on
+(and the architecture ``tune`` finds for that data), and the interval over replicates says how
+much each stimulus set buys on new cortices.
+
+Writes ``metrics/ablation-container.json`` (per arm: every figure of :data:`FIGURES` with its
+values, mean and t-interval), the figure ``<replicate.folder>/container/ablation.png`` and, through
+:func:`ablation_table`, the table the report and the README show.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from meiscope.atomic import save_figure, write_json
+from meiscope.config import CONTAINER_STIMULI, Params
+from meiscope.errors import MeiscopeError
+from meiscope.replicate import (HEADLINE, STAGES, draw_interval, format_interval, interval, replicate_dir,
+                                replicate_params, replicates_dir, run_project, run_replicate)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training set of the ablation: ``stimuli`` is the ``container.stimuli`` it trains on."""
+
+    slug: str  # its folder
+    label: str
+    stimuli: tuple[str, ...]
+
+
+ARMS = (
+    Arm("scenes", "natural scenes only", ("natural_scenes",)),
+    Arm("gratings", "+ static gratings", ("natural_scenes", "static_gratings")),
+    Arm("movies", "+ natural movies", ("natural_scenes", "natural_movies")),
+    Arm("sparse_noise", "+ sparse noise", ("natural_scenes", "locally_sparse_noise")),
+    Arm("all", "all four", CONTAINER_STIMULI),
+)
+# the model against the truth, and the MEIs against the true optimum, per cell kind
+FIGURES = tuple(f for f in HEADLINE if f.name == "train.gt_fresh_corr_mean"
+                or f.key.startswith(("gt_mei_corr_median_", "gt_mei_rate_ratio_median_")))
+ARM_STAGES = tuple(s for s in STAGES if s != "data")  # the replicate's data, extracted again per arm
+
+
+def summary_path(root: Path) -> Path:
+    return Path(root) / "metrics" / "ablation-container.json"
+
+
+def is_replicate(params: Params, arm: Arm) -> bool:
+    """Whether ``arm`` trains on the project's own ``container.stimuli`` (then it IS the replicate)."""
+    return set(arm.stimuli) == set(params.container.stimuli)
+
+
+def arm_dir(params: Params, root: Path, seed: int, arm: Arm) -> Path:
+    """The arm's project root: the replicate's folder itself for the project's own stimuli."""
+    folder = replicate_dir(params, root, seed)
+    return folder if is_replicate(params, arm) else folder / "ablation" / arm.slug
+
+
+def arm_params(params: Params, root: Path, seed: int, arm: Arm) -> dict[str, Any]:
+    """Replicate ``seed``'s params with ``container.stimuli`` of ``arm``, reading the replicate's data."""
+    raw = replicate_params(params, seed, Path(root))
+    replicate_data = replicate_dir(params, root, seed) / params.data.synthetic_container_dir
+    raw["data"]["synthetic_container_dir"] = os.path.relpath(replicate_data, arm_dir(params, root, seed, arm))
+    raw["container"]["stimuli"] = list(arm.stimuli)
+    raw["tracking"]["experiment"] += f"-ablation-{arm.slug}"
+    return raw
+
+
+def run_arm(params: Params, root: Path, seed: int, arm: Arm, device: Optional[str] = None,
+            bar: Any = None) -> dict[str, dict]:
+    """Run (or resume) ``arm`` of replicate ``seed`` (the replicate must have its data); its metrics."""
+    if is_replicate(params, arm):
+        return run_replicate(params, root, seed, device, bar)
+    header = f"# ablation arm '{arm.label}' of replicate {seed} (written by meiscope ablation)"
+    return run_project(arm_dir(params, root, seed, arm), arm_params(params, root, seed, arm), ARM_STAGES, header,
+                       device, bar)
+
+
+def summarise_ablation(metrics: dict[str, dict[int, dict[str, dict]]], confidence: float) -> dict[str, Any]:
+    """Per arm (``metrics[arm slug][seed]``: that run's metrics files), every :data:`FIGURES` entry with its interval."""
+    arms = []
+    for arm in ARMS:
+        by_seed = metrics[arm.slug]
+        seeds = sorted(by_seed)
+        figures = {}
+        for figure in FIGURES:
+            values = [by_seed[s].get(figure.stage, {}).get(figure.key) for s in seeds]
+            values = [float(v) if isinstance(v, (int, float)) else None for v in values]
+            figures[figure.name] = {"label": figure.label, **interval(values, confidence, figure.log_scale)}
+        arms.append({"slug": arm.slug, "label": arm.label, "stimuli": list(arm.stimuli), "seeds": seeds,
+                     "figures": figures})
+    return {"confidence": confidence, "arms": arms}
+
+
+def ablation_grid(summary: dict[str, Any]) -> list[list[str]]:
+    """The ablation as a table: a header row, then one row per arm with the mean [t-interval] of every figure."""
+    header = ["training stimuli"] + [f["label"] for f in summary["arms"][0]["figures"].values()]
+    return [header] + [[arm["label"]] + [format_interval(entry) for entry in arm["figures"].values()]
+                       for arm in summary["arms"]]
+
+
+def ablation_table(summary: dict[str, Any]) -> str:
+    """:func:`ablation_grid` as markdown (the README's table)."""
+    grid = ablation_grid(summary)
+    lines = ["| " + " | ".join(row) + " |" for row in grid]
+    return "\n".join(lines[:1] + ["|" + "---|" * len(grid[0])] + lines[1:])
+
+
+PANELS = (("model vs true rates, fresh scenes", "train.gt_fresh_corr_mean"),
+          ("MEI vs true optimum, correlation", "validate.gt_mei_corr_median_"),
+          ("true rate: MEI / true optimum", "validate.gt_mei_rate_ratio_median_"))
+KIND_COLOURS = {"simple": "tab:blue", "complex": "tab:orange", "conjunction": "tab:green"}
+
+
+def ablation_figure(summary: dict[str, Any]) -> Any:
+    """Three panels (model accuracy, MEI correlation, MEI rate ratio): per arm, the replicates (dots)
+    and the mean with its interval (bar), one colour per cell kind."""
+    from matplotlib.figure import Figure as MplFigure
+
+    arms = summary["arms"]
+    fig = MplFigure(figsize=(13, 0.55 * len(arms) + 1.6))
+    axes = fig.subplots(1, len(PANELS), sharey=True)
+    for ax, (title, prefix) in zip(axes, PANELS):
+        names = [n for n in arms[0]["figures"] if n.startswith(prefix)]
+        for j, name in enumerate(names):
+            kind = name[len(prefix):] or None
+            colour = KIND_COLOURS.get(kind, "k")
+            offset = (j - (len(names) - 1) / 2) * 0.22
+            for y, arm in enumerate(arms):
+                draw_interval(ax, arm["figures"][name], y + offset, colour, label=kind if y == 0 else None)
+        ax.axvline(0.8, color="tab:red", lw=0.8, ls=":")  # the targets of the container issue
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if len(names) > 1:
+            ax.legend(fontsize=7, loc="best")
+    axes[0].set_yticks(range(len(arms)), [a["label"] for a in arms], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"What each stimulus buys ({len(summary.get('seeds', []))} replicates): dots = replicates, "
+                 f"diamond = mean, bar = {summary['confidence']:.0%} t-interval, red line = 0.8", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def ablation(params: Params, root: Path, seeds: Optional[list[int]] = None, device: Optional[str] = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every arm of every replicate; write the summary, its figure, and return the summary."""
+    from tqdm import tqdm
+
+    if params.data.recording != "container" or params.data.source != "synthetic":
+        raise MeiscopeError("ablation: needs data.recording: container and data.source: synthetic "
+                            "(the arms are scored against the synthetic cortex's truth)")
+    seeds = list(seeds or params.replicate.seeds)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise MeiscopeError(f"ablation: needs at least 2 distinct seeds for an interval (got {seeds})")
+    metrics: dict[str, dict[int, dict]] = {arm.slug: {} for arm in ARMS}
+    total = len(seeds) * sum(len(STAGES if is_replicate(params, arm) else ARM_STAGES) for arm in ARMS)
+    with tqdm(total=total, desc="ablation", disable=not progress) as bar:
+        for seed in seeds:
+            run_replicate(params, root, seed, device, bar=None)  # the data every arm reads
+            for arm in ARMS:
+                metrics[arm.slug][seed] = run_arm(params, root, seed, arm, device, bar)
+    summary = {**summarise_ablation(metrics, params.replicate.confidence), "seeds": seeds}
+    write_json(summary_path(root), summary)
+    save_figure(ablation_figure(summary), replicates_dir(params, root) / "ablation.png")
+    return summary

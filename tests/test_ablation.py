@@ -1,0 +1,90 @@
+"""The container ablation: one project per arm on its replicate's data, intervals per arm, table and figure."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meiscope import ablation as abl
+from meiscope import replicate as rep
+from meiscope.config import load_params, parse_params
+from meiscope.errors import MeiscopeError
+from meiscope.paths import Layout
+
+
+def _metrics(fresh: float, mei_corr: float) -> dict:
+    return {"ranking": {}, "tune": {}, "mei": {}, "gabor": {},
+            "train": {"gt_fresh_corr_mean": fresh},
+            "validate": {"gt_mei_corr_median_simple": mei_corr, "gt_mei_rate_ratio_median_simple": 0.9}}
+
+
+def _container_params(tmp_path: Path, **sections) -> "object":
+    raw = {"data": {"recording": "container"}, "replicate": {"seeds": [1, 2]}, **sections}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return load_params(tmp_path / "params.yaml")
+
+
+def test_an_arm_reads_its_replicates_data_and_changes_only_the_stimuli(tmp_path):
+    params = _container_params(tmp_path)
+    scenes = abl.ARMS[0]
+    raw = abl.arm_params(params, tmp_path, 7, scenes)
+    replicate = rep.replicate_params(params, 7, tmp_path)
+    folder = abl.arm_dir(params, tmp_path, 7, scenes)
+    assert folder == tmp_path / "replicates" / "container" / "seed_7" / "ablation" / "scenes"
+    arm_layout = Layout.from_params(parse_params(raw), folder)
+    replicate_layout = Layout.from_params(parse_params(replicate), rep.replicate_dir(params, tmp_path, 7))
+    assert arm_layout.cache_dir.resolve() == replicate_layout.cache_dir.resolve()  # the same NWB files
+    assert raw["container"]["stimuli"] == ["natural_scenes"]
+    changed = {k for k in raw if raw[k] != replicate[k]}
+    assert changed == {"data", "container", "tracking"}  # same seeds, split, tuning, training, MEI starts
+    # the arm training on the project's own stimuli is the replicate itself
+    assert abl.arm_dir(params, tmp_path, 7, abl.ARMS[-1]) == rep.replicate_dir(params, tmp_path, 7)
+
+
+def test_arms_skip_the_data_stage_and_resume(tmp_path, monkeypatch):
+    ran = []
+
+    def fake_stage(folder, stage, device):
+        ran.append((folder.relative_to(tmp_path / "replicates" / "container").as_posix(), stage))
+        if stage == "validate":
+            slug = folder.name if folder.parent.name == "ablation" else "all"
+            seed = int((folder if slug == "all" else folder.parents[1]).name.split("_")[1])
+            value = 0.1 * [a.slug for a in abl.ARMS].index(slug) + 0.01 * seed
+            (folder / "metrics").mkdir(exist_ok=True)
+            for stem, metrics in _metrics(value, 2 * value).items():
+                (folder / "metrics" / f"{stem}.json").write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(rep, "run_stage", fake_stage)
+    params = _container_params(tmp_path)
+    summary = abl.ablation(params, tmp_path, progress=False)
+    assert ("seed_1", "data") in ran and ("seed_1/ablation/movies", "extract") in ran
+    assert not any(stage == "data" and "ablation" in folder for folder, stage in ran)
+    assert len(ran) == 2 * (len(rep.STAGES) + (len(abl.ARMS) - 1) * len(abl.ARM_STAGES))
+    by_arm = {arm["slug"]: arm["figures"]["train.gt_fresh_corr_mean"] for arm in summary["arms"]}
+    assert by_arm["scenes"]["values"] == pytest.approx([0.01, 0.02])
+    assert by_arm["all"]["values"] == pytest.approx([0.41, 0.42]) and by_arm["all"]["mean"] == pytest.approx(0.415)
+    assert json.loads(abl.summary_path(tmp_path).read_text())["seeds"] == [1, 2]
+    assert (tmp_path / "replicates" / "container" / "ablation.png").stat().st_size > 10_000
+    table = abl.ablation_table(summary).splitlines()
+    assert len(table) == 2 + len(abl.ARMS) and table[2].startswith("| natural scenes only | 0.01 [")
+    ran.clear()
+    abl.ablation(params, tmp_path, progress=False)
+    assert ran == []  # everything finished: nothing runs again
+
+
+def test_the_ablation_needs_the_synthetic_container_and_two_seeds(tmp_path):
+    with pytest.raises(MeiscopeError, match="data.recording: container"):
+        abl.ablation(parse_params({}), tmp_path, progress=False)
+    with pytest.raises(MeiscopeError, match="at least 2 distinct seeds"):
+        abl.ablation(_container_params(tmp_path), tmp_path, seeds=[3], progress=False)
+
+
+def test_the_report_shows_the_ablation_table():
+    from meiscope.report import render_section
+    from meiscope.report_sections import ablation_section
+
+    metrics = {arm.slug: {1: _metrics(0.3, 0.5), 2: _metrics(0.5, 0.7)} for arm in abl.ARMS}
+    summary = {**abl.summarise_ablation(metrics, 0.95), "seeds": [1, 2]}
+    html = render_section(ablation_section(summary))
+    assert html.count("<tr>") == 1 + len(abl.ARMS) and "+ natural movies" in html and "0.40 [" in html
