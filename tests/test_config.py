@@ -40,6 +40,7 @@ def test_shipped_params_file_is_valid_and_matches_defaults_where_documented():
     ({"synthetic_container": {"match_fraction": 0.0}}, "synthetic_container.match_fraction"),
     ({"synthetic_container": {"movie_repeats": 1}}, "synthetic_container.movie_repeats"),
     ({"train": {"batches_per_source": -1}}, "train.batches_per_source"),
+    ({"train": {"source_warmup_epochs": -1}}, "train.source_warmup_epochs"),
     ({"data": {"recording": "container", "synthetic_container_dir": "data/synthetic"}}, "data.synthetic_container_dir"),
 ])
 def test_bad_values_are_refused_naming_the_key(raw, key):
