@@ -26,8 +26,8 @@ from typing import Any, Optional
 from meiscope.atomic import save_figure, write_json
 from meiscope.config import CONTAINER_STIMULI, Params
 from meiscope.errors import MeiscopeError
-from meiscope.replicate import (HEADLINE, STAGES, draw_interval, format_interval, interval, replicate_dir,
-                                replicate_params, replicates_dir, run_project, run_replicate)
+from meiscope.replicate import (HEADLINE, STAGES, draw_interval, format_interval, interval, interval_seeds,
+                                replicate_dir, replicate_params, replicates_dir, run_project, run_replicate)
 
 
 @dataclass(frozen=True)
@@ -160,9 +160,7 @@ def ablation(params: Params, root: Path, seeds: Optional[list[int]] = None, devi
     if params.data.recording != "container" or params.data.source != "synthetic":
         raise MeiscopeError("ablation: needs data.recording: container and data.source: synthetic "
                             "(the arms are scored against the synthetic cortex's truth)")
-    seeds = list(seeds or params.replicate.seeds)
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise MeiscopeError(f"ablation: needs at least 2 distinct seeds for an interval (got {seeds})")
+    seeds = interval_seeds(params, seeds, "ablation")
     metrics: dict[str, dict[int, dict]] = {arm.slug: {} for arm in ARMS}
     total = len(seeds) * sum(len(STAGES if is_replicate(params, arm) else ARM_STAGES) for arm in ARMS)
     with tqdm(total=total, desc="ablation", disable=not progress) as bar:

@@ -333,6 +333,14 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
     return fig
 
 
+def interval_seeds(params: Params, seeds: Optional[list[int]], command: str) -> list[int]:
+    """``seeds`` (default ``replicate.seeds``), checked: an interval needs at least 2 distinct ones."""
+    seeds = list(seeds or params.replicate.seeds)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise MeiscopeError(f"{command}: needs at least 2 distinct seeds for an interval (got {seeds})")
+    return seeds
+
+
 def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, device: Optional[str] = None,
               progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every replicate, then write the summary (:func:`summary_file`) and the interval figure."""
@@ -344,9 +352,7 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
     if params.data.source != "synthetic":
         raise MeiscopeError("replicate: data.source must be 'synthetic' (only the synthetic cortex has a "
                             "ground truth to measure the study against)")
-    seeds = list(seeds or params.replicate.seeds)
-    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise MeiscopeError(f"replicate: needs at least 2 distinct seeds for an interval (got {seeds})")
+    seeds = interval_seeds(params, seeds, "replicate")
     with tqdm(total=len(seeds) * len(STAGES), desc="replicates", disable=not progress) as bar:
         metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
     summary = summarise_replicates(metrics, params.replicate.confidence)
