@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run run-neuropixels run-container ablation test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
+.PHONY: install run run-neuropixels run-two-photon ablation test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
 
 install: $(STAMP)
 
@@ -31,14 +31,14 @@ run-neuropixels: $(STAMP)
 	$(BIN)/meiscope data --set data.recording=neuropixels
 	$(BIN)/dvc exp run -S data.recording=neuropixels
 
-## the same study trained on every stimulus of the experiment container (sessions A, B, C; a DVC experiment)
-run-container: $(STAMP)
-	$(BIN)/meiscope data --set data.recording=container
-	$(BIN)/dvc exp run -S data.recording=container
+## the same study on session B's natural scenes alone, as before the container (a DVC experiment)
+run-two-photon: $(STAMP)
+	$(BIN)/meiscope data --set data.recording=two_photon
+	$(BIN)/dvc exp run -S data.recording=two_photon
 
 ## what each stimulus of the container buys: replicates x arms (slow: about 1 h per replicate on 2 cores)
 ablation: $(STAMP)
-	$(BIN)/meiscope ablation --set data.recording=container
+	$(BIN)/meiscope ablation
 
 ## the test suite (end-to-end tests included)
 test: $(STAMP)

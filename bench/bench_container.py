@@ -9,7 +9,7 @@ each stimulus set of the ablation (natural scenes only; + static gratings; + nat
 only in their data. Time per epoch: wall time of the whole training over its epochs.
 
 This is a quick single-cortex screen; the study's figure is the replicate runner's
-(``meiscope replicate --set data.recording=container --set container.stimuli=[...]``).
+(``meiscope ablation``: ``meiscope replicate`` per ``container.stimuli`` arm).
 
     .venv/bin/python bench/bench_container.py --root DIR [--seeds 1 2] [--fresh 300]
 

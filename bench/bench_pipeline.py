@@ -1,15 +1,15 @@
 """Benchmark: the whole default pipeline, wall time and peak memory (RSS) per stage.
 
 Clones the repository's committed HEAD into a temporary folder (your results, models and
-mlflow.db are not touched), synthesizes the default session there (`meiscope data`) and then
+mlflow.db are not touched), synthesizes the default data there (`meiscope data`) and then
 forces every DVC stage in order (`dvc repro -f -s <stage>`, which together are `dvc repro -f`).
 The clone's own ``src/`` is imported, so the figures belong to that commit. Peak RSS is the
 largest resident set of any process of the stage (``os.wait4``'s ``ru_maxrss``).
 
-    .venv/bin/python bench/bench_pipeline.py [--device cpu] [--keep] [--set data.recording=container]
+    .venv/bin/python bench/bench_pipeline.py [--device cpu] [--keep] [--set data.recording=two_photon]
 
-``--set SECTION.KEY=VALUE`` (repeatable) edits the clone's params.yaml first: with
-``data.recording=container`` it times the whole-container study at full size.
+``--set SECTION.KEY=VALUE`` (repeatable) edits the clone's params.yaml first: the default times the
+whole-container study at full size, ``data.recording=two_photon`` the scenes-only one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="sets train.device and mei.device in the clone's params")
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone and print its path")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a params.yaml setting of the clone (YAML value), e.g. data.recording=container")
+                        help="a params.yaml setting of the clone (YAML value), e.g. data.recording=two_photon")
     parser.add_argument("--out", default=None, help="default: bench/results/pipeline[-<recording>].json")
     args = parser.parse_args()
 

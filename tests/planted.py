@@ -51,3 +51,11 @@ def local_models(n_neurons: int, shape: tuple[int, int], seeds: tuple[int, ...] 
         model.readout.init_positions_(spots)
         models.append(model.eval().requires_grad_(False))
     return models
+
+
+def sparse_noise(n_frames: int, shape: tuple[int, int], spots: int, rng: np.random.Generator) -> np.ndarray:
+    """Locally sparse noise: ``spots`` white or black pixels per frame on gray (0)."""
+    frames = np.zeros((n_frames, shape[0] * shape[1]))
+    for frame in frames:
+        frame[rng.choice(frame.size, spots, replace=False)] = rng.choice([-1.0, 1.0], spots)
+    return frames.reshape(n_frames, *shape)

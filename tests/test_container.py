@@ -237,3 +237,44 @@ def test_the_natural_scene_test_images_never_reach_training(studied, monkeypatch
 
 def _standardised(x):
     return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-6)
+
+
+@pytest.mark.slow
+def test_the_default_container_layout_and_the_committed_data_hash(tmp_path):
+    """The default data, as `meiscope data` writes it from the shipped params.yaml (the whole container), is
+    read by allensdk at Allen's sizes and has exactly the bytes recorded in the repository's data.dvc
+    (written on another machine: the bytes must not depend on it)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from meiscope import pipeline
+    from meiscope.config import load_params
+
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.data.recording == "container"
+    ids = pipeline.synthesize(params, tmp_path)
+    assert ids == [900000001, 910000001, 920000001]
+    folder = tmp_path / params.data.synthetic_container_dir
+    sizes = {"natural_scenes": (118, 918, 1174), "natural_movie_one": (900, 304, 608),
+             "natural_movie_three": (3600, 304, 608), "locally_sparse_noise": (8880, 16, 28)}
+    for experiment_id in ids:
+        data = _open(folder, experiment_id)
+        for name in set(sizes) & set(data.list_stimuli()):
+            assert data.get_stimulus_template(name).shape == sizes[name], (experiment_id, name)
+    cells = [len(_open(folder, i).get_cell_specimen_ids()) for i in ids]
+    assert cells == [300, 260, 247]  # B, then A and C: each finds a cell with probability 0.85
+    assert len(_open(folder, ids[0]).get_stimulus_table("natural_scenes")) == 5950
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "add", "-q", "--no-commit", "data"]):
+        subprocess.run(command, cwd=tmp_path, env=env, check=True, capture_output=True)
+    here = yaml.safe_load((tmp_path / "data.dvc").read_text())["outs"][0]["md5"]
+    committed = yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"]
+    assert here == committed, "data/ as written here differs from the committed data.dvc"

@@ -19,9 +19,9 @@ from meiscope.model.ensemble import load_ensemble, member_path, save_ensemble
 from meiscope.model.evaluation import (corr_to_average, feve, noise_variance, oracle_corr, pearson_columns, predict,
                                        single_trial_corr)
 from meiscope.model.network import ModelError, build_model, inference_copy, place_model
-from meiscope.model.readouts import FactorizedReadout, GaussianReadout, map_peaks, rf_position_map
+from meiscope.model.readouts import FactorizedReadout, GaussianReadout, map_peaks, rf_position_map, robust_z, spot_map
 from meiscope.model.training import response_loss
-from planted import local_models, make_dataset
+from planted import local_models, make_dataset, sparse_noise
 
 
 
@@ -239,6 +239,26 @@ def test_rf_position_map_finds_simple_and_complex_cells():
                            torch.tensor(np.stack([simple, complex_], 1), dtype=torch.float32))
     assert maps.shape == (2, *shape)
     assert np.abs(map_peaks(maps).numpy() - np.array(planted)).max() <= 1
+
+
+def test_spot_map_finds_on_and_complex_cells_through_heavy_noise_and_ignores_unrecorded_cells():
+    rng = np.random.default_rng(3)
+    shape, planted = (16, 20), [(4, 5), (11, 14)]
+    frames = sparse_noise(3000, shape, 8, rng)
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    envelope = [np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / 2.0) for r, c in planted]
+    on_cell = np.maximum(np.einsum("ihw,hw->i", frames, envelope[0]), 0)  # white spots only
+    complex_cell = np.einsum("ihw,hw->i", np.abs(frames), envelope[1])  # white and black alike
+    signal = np.stack([on_cell, complex_cell, complex_cell], 1)
+    responses = signal + 3 * signal.std(0) * rng.standard_normal(signal.shape)  # single trials, SNR 1/3
+    mask = np.ones_like(responses)
+    mask[:, 2] = 0  # neuron 2 was not recorded in this session
+    maps = spot_map(torch.tensor(frames[:, None], dtype=torch.float32), torch.tensor(responses, dtype=torch.float32),
+                    torch.tensor(mask, dtype=torch.float32))
+    assert maps.shape == (3, *shape)
+    assert np.abs(map_peaks(maps[:2]).numpy() - np.array(planted)).max() <= 1
+    assert float(maps[2].abs().max()) == 0.0
+    assert float(robust_z(maps)[2].abs().max()) == 0.0  # a flat map stays flat, no division by zero
 
 
 # ------------------------------------------------------------------------------ data and loss

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from planted import sparse_noise
 
-from meiscope.model.data import ResponseNormalisation
-from meiscope.model.sources import (MOVIE_WINDOW, MovieHead, masked_mse, movie_source, scaled_learning_rate,
-                                    trial_source, warmup_factor)
+from meiscope.model.data import ResponseNormalisation, SplitTensors
+from meiscope.model.readouts import map_peaks, rf_position_map
+from meiscope.model.sources import (MOVIE_WINDOW, MovieHead, TrialSource, masked_mse, movie_source, rf_init_map,
+                                    scaled_learning_rate, trial_source, warmup_factor)
 
 NORM = ResponseNormalisation(offset=np.zeros(3, dtype=np.float32), scale=np.full(3, 0.5, dtype=np.float32))
 
@@ -77,3 +79,21 @@ def test_other_stimuli_join_the_training_gradually():
     with scaled_learning_rate(optimizer, 0.5):
         optimizer.step()
     assert torch.allclose(weight.detach(), torch.full((3,), 1 - 0.05), atol=1e-6)  # Adam's first step: lr x sign
+
+
+def test_readouts_start_where_the_sparse_noise_puts_a_cell_the_scenes_do_not_map():
+    """A complex cell whose scene responses say nothing about where it is (here: noise) starts at its
+    sparse-noise spot map's peak; without a single-trial source the start is the regression's map exactly."""
+    rng = np.random.default_rng(5)
+    shape, planted = (16, 20), (10, 13)
+    frames = sparse_noise(2000, shape, 8, rng)
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    envelope = np.exp(-((rows - planted[0]) ** 2 + (cols - planted[1]) ** 2) / 2.0)
+    complex_cell = np.einsum("ihw,hw->i", np.abs(frames), envelope) + rng.standard_normal(len(frames))
+    scenes = torch.tensor(rng.standard_normal((40, 1, *shape)), dtype=torch.float32)
+    train = SplitTensors(index=np.arange(40), images=scenes, targets=torch.randn(40, 1), weights=torch.full((40,), 50.0))
+    noise = TrialSource("C:locally_sparse_noise", torch.tensor(frames[:, None], dtype=torch.float32),
+                        torch.tensor(complex_cell[:, None], dtype=torch.float32), torch.ones(len(frames), 1),
+                        torch.ones(len(frames)))
+    assert map_peaks(rf_init_map(train, [noise]))[0].tolist() == list(planted)
+    assert torch.equal(rf_init_map(train, []), rf_position_map(train.images, train.targets))

@@ -289,7 +289,7 @@ def _seed_list(seeds: str | None) -> list[int] | None:
 def ablation(params: Any, root: Path, device: str | None, seeds: str | None) -> None:
     """What each stimulus of the container buys: the container study's replicates, trained on each stimulus set.
 
-    Needs data.recording: container (e.g. --set data.recording=container). Runs (or resumes) the
+    Needs data.recording: container (the default). Runs (or resumes) the
     replicates, then every arm (natural scenes only; + static gratings; + natural movies; + sparse
     noise; all) on each replicate's data. Writes metrics/ablation-container.json and a figure;
     `meiscope report` shows the table.

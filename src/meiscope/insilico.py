@@ -352,9 +352,10 @@ def report(params: Params, root: Path) -> Path:
     layout = Layout.from_params(params, root)
     stages = ("ranking", "tune", "train", "mei", "gabor", "validate")
     metrics = {stage: load_metrics(layout.metrics_file(stage)) for stage in stages}
-    # the replicates of this recording's study, and of the other recording's (same cortices) to compare
+    # the replicates of this recording's study, and of another recording's (same cortices) to compare:
+    # the whole container with the scenes alone, each single-stimulus recording with the other
     metrics["replicates"] = load_metrics(summary_file(root, params.data.recording))
-    other = "two_photon" if params.data.recording == "neuropixels" else "neuropixels"
+    other = {"container": "two_photon", "neuropixels": "two_photon"}.get(params.data.recording, "neuropixels")
     metrics["replicates_other"] = load_metrics(summary_file(root, other))
     metrics["ablation"] = load_metrics(ablation_path(root))  # the container's ablation, when it was run
     if not any(metrics[stage] for stage in stages) and not metrics["replicates"].get("figures"):

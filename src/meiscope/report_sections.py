@@ -6,6 +6,7 @@ the report stage. Rendering lives in :mod:`meiscope.report`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from meiscope.comparison import VERDICT_WORDS
@@ -99,7 +100,7 @@ def ablation_section(summary: dict) -> Section:
 
 def recordings_section(summary: dict, other: dict) -> Section:
     """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds match)."""
-    from meiscope.replicate import HEADLINE, format_interval
+    from meiscope.replicate import HEADLINE, format_interval, summary_file
 
     pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
     names = [RECORDINGS[s.get("recording", "two_photon")] for s in pair]
@@ -108,11 +109,12 @@ def recordings_section(summary: dict, other: dict) -> Section:
         if any(f.name in s["figures"] for s in pair):
             rows[f.label] = " | ".join(f"{n}: {format_interval(s['figures'].get(f.name, {}))}" for n, s in zip(names, pair))
     same = pair[0]["seeds"] == pair[1]["seeds"]
+    files = ", ".join(f"metrics/{summary_file(Path('.'), s.get('recording', 'two_photon')).name}" for s in pair)
     intro = (f"Replicates of the {names[0]} study (seeds {pair[0]['seeds']}) and of the {names[1]} study (seeds "
              f"{pair[1]['seeds']})" + (": the same synthetic cortices, so the same true cells, recorded two ways. "
                                        if same else ": different cortices, so not a paired comparison. ")
-             + "Mean [t-interval] over replicates (metrics/replicates.json, metrics/replicates-neuropixels.json).")
-    return Section("Two-photon vs Neuropixels: the same study, two recordings", intro, rows)
+             + f"Mean [t-interval] over replicates ({files}).")
+    return Section(f"{names[0]} vs {names[1]}: the same study, two recordings", intro, rows)
 
 
 

@@ -12,7 +12,8 @@ feature map near a wrong position carries no signal about a far-away receptive f
 model started with every neuron at the image centre keeps most of them there. Training
 therefore starts each neuron at the peak of a cheap, model-free receptive-field map
 (:func:`rf_position_map`: how well local luminance and contrast around each pixel predict its
-responses) and lets gradient descent refine from there.
+responses; plus, where locally sparse noise was shown, :func:`spot_map`) and lets gradient
+descent refine from there.
 """
 
 from __future__ import annotations
@@ -62,6 +63,43 @@ def rf_position_map(images: torch.Tensor, targets: torch.Tensor, scales: tuple[f
     xty = x.transpose(1, 2) @ y  # (P, F, n)
     r2 = (xty * torch.linalg.solve(gram, xty)).sum(1)  # (P, n)
     return r2.T.reshape(-1, height, width).to(images.dtype)
+
+
+@torch.no_grad()
+def spot_map(images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, blur: float = 1.5) -> torch.Tensor:
+    """Each neuron's mean response to a spot at each pixel, ON and OFF alike: ``(n, H, W)``.
+
+    The receptive-field map of locally sparse noise (each frame a few white and black spots on
+    gray, shown once): every frame's responses, z-scored per neuron over the frames it was recorded
+    in, averaged with weights ``|frame - gray|`` at each pixel (gray = the pixel's median frame,
+    as spots are rare). Spots of either sign count, as Allen's ON and OFF subfields together, so
+    complex cells, which answer both, are mapped as well as simple ones. ``blur`` (pixels, about
+    a spot) smooths the map before its peak is read.
+
+    Args:
+        images: ``(N, 1, H, W)`` model-space frames.
+        targets: ``(N, n)`` single-trial responses (any affine units).
+        mask: ``(N, n)`` 1 where the neuron was recorded, 0 where not (its map is then all 0).
+    """
+    frames = images.double().reshape(len(images), -1)
+    spots = (frames - frames.median(dim=0).values).abs()  # (N, P)
+    m = mask.double()
+    count = m.sum(0).clamp_min(1)
+    mean = (targets.double() * m).sum(0) / count
+    sd = (((targets.double() - mean) * m).pow(2).sum(0) / count).sqrt().clamp_min(1e-12)
+    z = (targets.double() - mean) / sd * m  # (N, n), 0 where not recorded
+    maps = (z.T @ spots) / (m.T @ spots).clamp_min(1e-12)
+    height, width = images.shape[-2:]
+    return _gaussian_blur(maps.reshape(-1, 1, height, width), blur)[:, 0].to(images.dtype)
+
+
+def robust_z(maps: torch.Tensor) -> torch.Tensor:
+    """``(n, H, W)`` maps in units of each map's robust spread around its median (0 where a map is flat)."""
+    flat = maps.reshape(len(maps), -1).double()
+    median = flat.median(dim=1, keepdim=True).values
+    spread = 1.4826 * (flat - median).abs().median(dim=1, keepdim=True).values
+    z = torch.where(spread > 1e-12, (flat - median) / spread.clamp_min(1e-12), torch.zeros_like(flat))
+    return z.reshape(maps.shape).to(maps.dtype)
 
 
 def map_peaks(maps: torch.Tensor) -> torch.Tensor:

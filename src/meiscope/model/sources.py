@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from meiscope.model.data import ResponseNormalisation, SplitTensors
+from meiscope.model.readouts import robust_z, rf_position_map, spot_map
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -183,19 +184,25 @@ def build_sources(extra: "ContainerStimuli", normalisation: ResponseNormalisatio
     return sources + [m for m in movies if len(m)], head
 
 
+def single_trials(source: TrialSource) -> bool:
+    """Whether a trial source shows each image about once (locally sparse noise), not repeatedly."""
+    return float(source.weights.mean()) < 2
+
+
 def rf_init_data(train: "SplitTensors", sources: Sequence[TrialSource | MovieSource]
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and targets for the readouts' receptive-field estimate: the train scenes and the extra
     static stimuli shown repeatedly (at most :data:`RF_INIT_TRIALS` conditions of those).
 
     Single trials (sparse noise: each frame is shown once) are left out: in calcium data they
-    are so noisy that they pull the map's peaks away from the receptive fields (measured on the
-    synthetic container: a fresh-scene correlation of 0.20 instead of 0.34).
+    are so noisy that they pull the regression's peaks away from the receptive fields (measured on
+    the synthetic container: a fresh-scene correlation of 0.20 instead of 0.34). They enter the
+    readouts' start through their own map instead (:func:`rf_init_map`).
     """
     images, targets = [train.images], [train.targets]
     budget = RF_INIT_TRIALS
     for source in sources:
-        repeated = isinstance(source, TrialSource) and float(source.weights.mean()) >= 2
+        repeated = isinstance(source, TrialSource) and not single_trials(source)
         if repeated and budget > 0:
             take = min(len(source), budget)
             mean = (source.targets * source.mask).sum(0) / source.mask.sum(0).clamp_min(1)
@@ -204,6 +211,23 @@ def rf_init_data(train: "SplitTensors", sources: Sequence[TrialSource | MovieSou
             targets.append(torch.where(source.mask[:take] > 0, source.targets[:take], mean))
             budget -= take
     return torch.cat(images), torch.cat(targets)
+
+
+def rf_init_map(train: "SplitTensors", sources: Sequence[TrialSource | MovieSource]) -> torch.Tensor:
+    """The map whose peaks start the readouts: ``(n, H, W)`` (robust z units when it has spot maps).
+
+    :func:`~meiscope.model.readouts.rf_position_map` of :func:`rf_init_data`, plus the
+    :func:`~meiscope.model.readouts.spot_map` of every single-trial source (locally sparse noise,
+    Allen's receptive-field mapping stimulus). The regression alone places complex cells poorly
+    once gratings enter it (on the synthetic container a median 10-18 model pixels from the true
+    receptive field, against 1-2 for simple cells); the spot map finds them (README: Every
+    stimulus the cells saw). Cells not recorded in a source's session get nothing from it.
+    """
+    images, targets = rf_init_data(train, sources)
+    maps = rf_position_map(images, targets)
+    spots = [robust_z(spot_map(s.images, s.targets, s.mask)) for s in sources
+             if isinstance(s, TrialSource) and single_trials(s)]
+    return robust_z(maps) + sum(spots) if spots else maps  # without spots: the regression's map, as it was
 
 
 def extra_batches(sources: Sequence[TrialSource | MovieSource], per_source: int, batch_size: int,

@@ -39,9 +39,9 @@ from meiscope.model.data import ResponseNormalisation, SplitTensors, batch_indic
 from meiscope.model.ensemble import save_torch
 from meiscope.model.evaluation import corr_to_average, feve
 from meiscope.model.network import ResponseModel, check_model_config, place_model
-from meiscope.model.readouts import map_peaks, rf_position_map
+from meiscope.model.readouts import map_peaks
 from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
-from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, rf_init_data,
+from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, rf_init_map,
                                     scaled_learning_rate, scene_statistics, trial_loss, warmup_factor)
 
 if TYPE_CHECKING:
@@ -366,8 +366,7 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
             _init_bias(view, s.train.targets, s.train.weights)
             # Start each readout at its neuron's receptive-field estimate: gradient steps only
             # refine a position locally (see meiscope.model.readouts).
-            rf_images, rf_targets = rf_init_data(s.train, sources if s is study else [])
-            view.readout.init_positions_(map_peaks(rf_position_map(rf_images, rf_targets)))
+            view.readout.init_positions_(map_peaks(rf_init_map(s.train, sources if s is study else [])))
             views.append(view)
         parameters = list(shared.parameters()) + (list(movie_head.parameters()) if movie_head is not None else [])
         optimizer = torch.optim.Adam(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
