@@ -241,6 +241,23 @@ def test_rf_position_map_finds_simple_and_complex_cells():
     assert np.abs(map_peaks(maps).numpy() - np.array(planted)).max() <= 1
 
 
+def test_rf_position_map_finds_a_complex_cell_in_a_movie_through_the_calcium_kernel():
+    """Movie frames follow each other faster than calcium decays: the trace at a frame mixes the rates of
+    the frames before it. Filtering the features through the kernel recovers the receptive field."""
+    rng = np.random.default_rng(4)
+    shape, planted = (20, 22), (6, 15)
+    frames = rng.standard_normal((600, *shape))
+    g, gq = gabor(shape, *planted, 1.0), gabor(shape, *planted, 1.0, phase=np.pi / 2)
+    rates = np.hypot(np.einsum("ihw,hw->i", frames, g), np.einsum("ihw,hw->i", frames, gq))
+    kernel = np.exp(-np.arange(12) / 4.0)
+    kernel[0] = 0.0  # one frame of latency
+    trace = np.convolve(rates, kernel)[:len(rates)] + rng.standard_normal(len(rates))
+    maps = rf_position_map(torch.tensor(frames[:, None], dtype=torch.float32),
+                           torch.tensor(trace[:, None], dtype=torch.float32), kernel=torch.tensor(kernel))
+    assert maps.shape == (1, *shape)
+    assert np.abs(map_peaks(maps).numpy()[0] - np.array(planted)).max() <= 1
+
+
 def test_spot_map_finds_on_and_complex_cells_through_heavy_noise_and_ignores_unrecorded_cells():
     rng = np.random.default_rng(3)
     shape, planted = (16, 20), [(4, 5), (11, 14)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,8 @@ class MovieStimulus:
     frames: np.ndarray
     trace: np.ndarray
     repeats: int
+    # its receptive-field map (meiscope.model.sources.movie_position_maps): computed on first use, never saved
+    position_map: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass

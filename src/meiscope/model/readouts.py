@@ -36,7 +36,7 @@ def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.no_grad()
 def rf_position_map(images: torch.Tensor, targets: torch.Tensor, scales: tuple[float, ...] = (1.0, 2.0, 4.0),
-                    ridge: float = 0.1) -> torch.Tensor:
+                    ridge: float = 0.1, kernel: torch.Tensor | None = None) -> torch.Tensor:
     """How well each pixel's neighbourhood predicts each neuron: ``(n, H, W)``, in ``[0, 1]``.
 
     At every pixel, for each Gaussian scale ``s`` (pixels): local luminance ``L = G_s * x``,
@@ -46,14 +46,23 @@ def rf_position_map(images: torch.Tensor, targets: torch.Tensor, scales: tuple[f
     these features. Only its peak is used, so the common overfitting offset does not matter.
 
     Args:
-        images: ``(N, 1, H, W)`` model-space images (train split).
+        images: ``(N, 1, H, W)`` model-space images (train split), or consecutive movie frames.
         targets: ``(N, n)`` responses of each neuron to them (any affine units).
+        kernel: for movie frames, the causal calcium kernel ``(taps,)`` that turns per-frame rates
+            into the recorded trace: the features are filtered through it in time (the regression
+            stays linear in them), and the first ``taps - 1`` frames, whose history is cut, are left out.
     """
     feats = []
     for s in scales:
         lum = _gaussian_blur(images, s)
         feats += [lum, lum * lum, _gaussian_blur((images - lum) ** 2, s)]
     x = torch.cat(feats, dim=1).double()  # (N, F, H, W)
+    if kernel is not None:  # out[t] = sum_k kernel[k] x[t - k], tap by tap (conv1d's unfolding would take GBs)
+        taps = len(kernel)
+        filtered = torch.zeros_like(x[taps - 1:])
+        for k, weight in enumerate(kernel.tolist()):
+            filtered += weight * x[taps - 1 - k:len(x) - k]
+        x, targets = filtered, targets[taps - 1:]
     n_img, n_feat, height, width = x.shape
     x = x.permute(2, 3, 0, 1).reshape(height * width, n_img, n_feat)
     x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-8)

@@ -213,21 +213,42 @@ def rf_init_data(train: "SplitTensors", sources: Sequence[TrialSource | MovieSou
     return torch.cat(images), torch.cat(targets)
 
 
-def rf_init_map(train: "SplitTensors", sources: Sequence[TrialSource | MovieSource]) -> torch.Tensor:
-    """The map whose peaks start the readouts: ``(n, H, W)`` (robust z units when it has spot maps).
+def rf_init_map(train: "SplitTensors", sources: Sequence[TrialSource | MovieSource],
+                movie_maps: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """The map whose peaks start the readouts: ``(n, H, W)`` (robust z units when other stimuli add maps).
 
     :func:`~meiscope.model.readouts.rf_position_map` of :func:`rf_init_data`, plus the
     :func:`~meiscope.model.readouts.spot_map` of every single-trial source (locally sparse noise,
-    Allen's receptive-field mapping stimulus). The regression alone places complex cells poorly
-    once gratings enter it (on the synthetic container a median 10-18 model pixels from the true
-    receptive field, against 1-2 for simple cells); the spot map finds them (README: Every
-    stimulus the cells saw). Cells not recorded in a source's session get nothing from it.
+    Allen's receptive-field mapping stimulus) and the ``movie_maps`` (:func:`movie_position_maps`).
+    The regression on scenes and gratings alone places complex cells poorly (on the synthetic
+    container a median 10-18 model pixels from the true receptive field, against 1-2 for simple
+    cells); the spot and movie maps find them (README: Every stimulus the cells saw). Cells not
+    recorded in a source's session get nothing from it.
     """
     images, targets = rf_init_data(train, sources)
     maps = rf_position_map(images, targets)
-    spots = [robust_z(spot_map(s.images, s.targets, s.mask)) for s in sources
-             if isinstance(s, TrialSource) and single_trials(s)]
-    return robust_z(maps) + sum(spots) if spots else maps  # without spots: the regression's map, as it was
+    extra = [robust_z(spot_map(s.images, s.targets, s.mask)) for s in sources
+             if isinstance(s, TrialSource) and single_trials(s)] + [m.to(maps.device) for m in movie_maps]
+    return robust_z(maps) + sum(extra) if extra else maps  # scenes only: the regression's map, as it was
+
+
+def movie_position_maps(extra: "ContainerStimuli") -> list[torch.Tensor]:
+    """Each movie's receptive-field map ``(n, H, W)``, robust z units, for :func:`rf_init_map`.
+
+    The regression of :func:`~meiscope.model.readouts.rf_position_map` on the movie's frames against
+    its repeat-averaged trace, the features filtered through the container's calcium kernel (the
+    trace at a frame mixes the rates of the frames before it). Its R^2 ignores each cell's scale and
+    offset, so the raw dF/F trace serves (unrecorded cells: flat maps). It costs seconds per movie,
+    so it is computed once per loaded container and kept on its movies: every trial of ``tune`` and
+    every member of ``train`` reuses it.
+    """
+    kernel = torch.as_tensor(np.asarray(extra.kernel, dtype=np.float32))
+    for movie in extra.movies:
+        if movie.position_map is None and len(movie.frames) >= 2 * len(kernel):
+            trace = torch.as_tensor(np.nan_to_num(movie.trace).astype(np.float32))
+            frames = torch.as_tensor(np.ascontiguousarray(movie.frames[:, None], dtype=np.float32))
+            movie.position_map = robust_z(rf_position_map(frames, trace, kernel=kernel))
+    return [m.position_map for m in extra.movies if m.position_map is not None]
 
 
 def extra_batches(sources: Sequence[TrialSource | MovieSource], per_source: int, batch_size: int,

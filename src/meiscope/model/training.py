@@ -41,8 +41,8 @@ from meiscope.model.evaluation import corr_to_average, feve
 from meiscope.model.network import ResponseModel, check_model_config, place_model
 from meiscope.model.readouts import map_peaks
 from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
-from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, rf_init_map,
-                                    scaled_learning_rate, scene_statistics, trial_loss, warmup_factor)
+from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, movie_position_maps,
+                                    rf_init_map, scaled_learning_rate, scene_statistics, trial_loss, warmup_factor)
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -353,6 +353,7 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
     study = sessions[0]
     sources, movie_head = (build_sources(extra, study.normalisation, study.train, study.ds.n_neurons, device)
                            if extra is not None else ([], None))
+    movie_maps = movie_position_maps(extra) if extra is not None else []
 
     with _deterministic(device):
         torch.manual_seed(seed)
@@ -366,7 +367,8 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
             _init_bias(view, s.train.targets, s.train.weights)
             # Start each readout at its neuron's receptive-field estimate: gradient steps only
             # refine a position locally (see meiscope.model.readouts).
-            view.readout.init_positions_(map_peaks(rf_init_map(s.train, sources if s is study else [])))
+            view.readout.init_positions_(map_peaks(rf_init_map(s.train, sources, movie_maps) if s is study
+                                                   else rf_init_map(s.train, [])))
             views.append(view)
         parameters = list(shared.parameters()) + (list(movie_head.parameters()) if movie_head is not None else [])
         optimizer = torch.optim.Adam(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
