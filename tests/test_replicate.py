@@ -50,7 +50,7 @@ def test_the_two_recordings_replicates_sit_side_by_side_in_their_own_files(tmp_p
     patched = {s: {**m, "gabor": {"gabor_patch_frac_orientation_agrees": 0.5 + s / 10}} for s, m in seeds.items()}
     neuropixels = {**rep.summarise_replicates(patched, confidence=0.95), "recording": "neuropixels"}
     section = recordings_section(neuropixels, two_photon)
-    assert section.title == "two-photon dF/F vs Neuropixels spike counts: the same study, two recordings"
+    assert section.title == "Two-photon dF/F vs Neuropixels spike counts: the same study, two recordings"
     assert "(metrics/replicates.json, metrics/replicates-neuropixels.json)" in section.intro
     assert section.metrics["ranking precision vs truth"] == ("two-photon dF/F: 0.60 [-0.67, 1.87] | "
                                                              "Neuropixels spike counts: 0.60 [-0.67, 1.87]")

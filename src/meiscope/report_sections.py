@@ -114,7 +114,8 @@ def recordings_section(summary: dict, other: dict) -> Section:
              f"{pair[1]['seeds']})" + (": the same synthetic cortices, so the same true cells, recorded two ways. "
                                        if same else ": different cortices, so not a paired comparison. ")
              + f"Mean [t-interval] over replicates ({files}).")
-    return Section(f"{names[0]} vs {names[1]}: the same study, two recordings", intro, rows)
+    title = f"{names[0]} vs {names[1]}: the same study, two recordings"
+    return Section(title[0].upper() + title[1:], intro, rows)
 
 
 
