@@ -12,7 +12,8 @@ feature map near a wrong position carries no signal about a far-away receptive f
 model started with every neuron at the image centre keeps most of them there. Training
 therefore starts each neuron at the peak of a cheap, model-free receptive-field map
 (:func:`rf_position_map`: how well local luminance and contrast around each pixel predict its
-responses; plus, where locally sparse noise was shown, :func:`spot_map`) and lets gradient
+responses; plus, where locally sparse noise was shown, :func:`spot_map`, and where movies were,
+the same regression with its features filtered through the calcium kernel) and lets gradient
 descent refine from there.
 """
 
@@ -92,11 +93,11 @@ def spot_map(images: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, bl
     """
     frames = images.double().reshape(len(images), -1)
     spots = (frames - frames.median(dim=0).values).abs()  # (N, P)
-    m = mask.double()
+    y, m = targets.double(), mask.double()
     count = m.sum(0).clamp_min(1)
-    mean = (targets.double() * m).sum(0) / count
-    sd = (((targets.double() - mean) * m).pow(2).sum(0) / count).sqrt().clamp_min(1e-12)
-    z = (targets.double() - mean) / sd * m  # (N, n), 0 where not recorded
+    mean = (y * m).sum(0) / count
+    sd = (((y - mean) * m).pow(2).sum(0) / count).sqrt().clamp_min(1e-12)
+    z = (y - mean) / sd * m  # (N, n), 0 where not recorded
     maps = (z.T @ spots) / (m.T @ spots).clamp_min(1e-12)
     height, width = images.shape[-2:]
     return _gaussian_blur(maps.reshape(-1, 1, height, width), blur)[:, 0].to(images.dtype)
