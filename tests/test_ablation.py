@@ -11,6 +11,7 @@ from meiscope import replicate as rep
 from meiscope.config import load_params, parse_params
 from meiscope.errors import MeiscopeError
 from meiscope.paths import Layout
+from meiscope.replicate import settings_key
 
 
 def _metrics(fresh: float, mei_corr: float) -> dict:
@@ -85,6 +86,12 @@ def test_the_report_shows_the_ablation_table():
     from meiscope.report_sections import ablation_section
 
     metrics = {arm.slug: {1: _metrics(0.3, 0.5), 2: _metrics(0.5, 0.7)} for arm in abl.ARMS}
-    summary = {**abl.summarise_ablation(metrics, 0.95), "seeds": [1, 2]}
-    html = render_section(ablation_section(summary))
+    params = parse_params({})
+    summary = {**abl.summarise_ablation(metrics, 0.95), "seeds": [1, 2], "params_key": settings_key(params)}
+    html = render_section(ablation_section(summary, params))
     assert html.count("<tr>") == 1 + len(abl.ARMS) and "+ natural movies" in html and "0.40 [" in html
+    assert "other settings" not in html
+    # measured before a training setting changed, or by a meiscope that did not record its settings
+    changed = parse_params({"train": {"relocate_epochs": []}})
+    for old_summary, now in ((summary, changed), ({k: v for k, v in summary.items() if k != "params_key"}, params)):
+        assert "measured under other settings than params.yaml" in render_section(ablation_section(old_summary, now))

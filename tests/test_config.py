@@ -41,6 +41,8 @@ def test_shipped_params_file_is_valid_and_matches_defaults_where_documented():
     ({"synthetic_container": {"movie_repeats": 1}}, "synthetic_container.movie_repeats"),
     ({"train": {"batches_per_source": -1}}, "train.batches_per_source"),
     ({"train": {"source_warmup_epochs": -1}}, "train.source_warmup_epochs"),
+    ({"train": {"relocate_epochs": [0]}}, "train.relocate_epochs"),
+    ({"train": {"relocate_epochs": [15.5]}}, "train.relocate_epochs[0]"),
     ({"data": {"recording": "container", "synthetic_container_dir": "data/synthetic"}}, "data.synthetic_container_dir"),
 ])
 def test_bad_values_are_refused_naming_the_key(raw, key):

@@ -1,6 +1,8 @@
 """Replicates: per-seed projects, resumable runs, intervals and conclusions that must hold in every replicate."""
 
+import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import yaml
 from scipy.stats import t
 
 from meiscope import replicate as rep
-from meiscope.config import load_params, parse_params
+from meiscope.config import as_dict, load_params, parse_params
 from meiscope.errors import MeiscopeError
 
 from test_pipeline import TINY
@@ -126,12 +128,42 @@ def test_an_interrupted_replicate_run_resumes_where_it_stopped(tmp_path, monkeyp
     assert summary["k"] == 2 and summary["figures"]["ranking.gt_precision"]["values"] == [0.6, 0.7]
     written = json.loads((tmp_path / "metrics" / "replicates.json").read_text())
     assert written["seeds"] == [1, 2] and (tmp_path / "replicates" / "intervals.png").stat().st_size > 10_000
-    # another setting in params.yaml: every stage of every replicate runs again
+    assert written["params_key"] == rep.settings_key(params)  # the report tells a summary of other settings
+    # another MEI setting: every replicate reruns from mei on; its data, models and ranking are kept
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "mei": {"steps": 50}}))
     ran.clear()
     rep.replicate(load_params(tmp_path / "params.yaml"), tmp_path, progress=False)
-    assert len(ran) == 2 * len(rep.STAGES)
+    assert ran == [(f"seed_{s}", stage) for s in (1, 2) for stage in ("mei", "gabor", "validate")]
     assert yaml.safe_load((tmp_path / "replicates" / "seed_1" / "params.yaml").read_text())["mei"]["steps"] == 50
+    # another training setting: tuning and training run again, on the same data
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "mei": {"steps": 50},
+                                                        "train": {"patience": 7}}))
+    ran.clear()
+    rep.replicate(load_params(tmp_path / "params.yaml"), tmp_path, progress=False)
+    assert ran == [(f"seed_{s}", stage) for s in (1, 2) for stage in rep.STAGES[3:]]
+    # another cortex: everything
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "synthetic": {"n_cells": 50},
+                                                        "mei": {"steps": 50}, "train": {"patience": 7}}))
+    ran.clear()
+    rep.replicate(load_params(tmp_path / "params.yaml"), tmp_path, progress=False)
+    assert len(ran) == 2 * len(rep.STAGES)
+
+
+def test_stage_keys_cover_every_params_section_and_what_dvc_stages_read():
+    """Every params section changes some stage's key; each stage's key covers the sections dvc.yaml gives it."""
+    raw = as_dict(parse_params({}))
+    keys = rep.stage_keys(raw)
+    assert list(keys) == list(rep.STAGES)
+    for section in set(raw) - {"tracking"}:
+        changed = copy.deepcopy(raw)
+        changed[section] = {"changed": True}
+        assert rep.stage_keys(changed) != keys, section
+    stages = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]
+    covered: set[str] = set()
+    for stage in rep.STAGES:
+        covered |= set(rep.STAGE_SECTIONS[stage])
+        for entry in stages.get(stage, {}).get("params", []):
+            assert entry.split(".")[0] in covered, (stage, entry)
 
 
 @pytest.mark.slow

@@ -88,6 +88,39 @@ def test_gaussian_readout_recovers_planted_receptive_fields():
 
 
 # ------------------------------------------------------------------------------ reproducibility
+def test_a_readout_far_from_its_receptive_field_jumps_to_where_the_core_predicts_its_neuron():
+    """Neuron 0 reads the core's features at a planted pixel (a movie through a calcium kernel, and the
+    scenes), but its readout starts 15 pixels away: it jumps there. Neuron 1 already sits on its own."""
+    from meiscope.model.data import SplitTensors
+    from meiscope.model.network import build_model
+    from meiscope.model.sources import movie_source
+    from meiscope.model.training import relocate_readouts
+
+    torch.manual_seed(0)
+    shape, planted_at, home = (16, 20), (4, 14), (10, 5)
+    model = build_model(ModelConfig(layers=1, channels=[4], first_kernel=3, batch_norm=False), 2, shape)
+    rng = np.random.default_rng(3)
+
+    def rates(images: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            features = model.core(images)
+        return torch.stack([features[:, :, planted_at[0], planted_at[1]] @ torch.tensor([1.0, -0.5, 0.8, 0.3]),
+                            features[:, :, home[0], home[1]] @ torch.tensor([0.2, 0.9, -0.4, 0.6])], 1).numpy()
+
+    frames = torch.tensor(rng.standard_normal((400, 1, *shape)), dtype=torch.float32)
+    kernel = np.array([0.0, 0.6, 0.3, 0.1])
+    trace = np.stack([np.convolve(r, kernel)[:len(r)] for r in rates(frames).T], 1)
+    trace += 0.1 * trace.std(0) * rng.standard_normal(trace.shape)
+    movie = movie_source("A:natural_movie_one", frames[:, 0].numpy(), trace, 0, len(kernel), "cpu")
+    scenes = torch.tensor(rng.standard_normal((40, 1, *shape)), dtype=torch.float32)
+    train = SplitTensors(index=np.arange(40), images=scenes, weights=torch.full((40,), 50.0),
+                         targets=torch.tensor(rates(scenes), dtype=torch.float32))
+    model.readout.init_positions_(torch.tensor([[13.0, 2.0], [*home]]))
+    assert relocate_readouts(model, train, [movie], kernel) == 1
+    positions = model.readout.positions().numpy()
+    assert np.abs(positions[0] - planted_at).max() <= 1 and np.allclose(positions[1], home, atol=1e-5)
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     ds = tiny_dataset()
     cfg = TrainConfig(max_epochs=6, patience=50, lr=0.01, batch_size=16)

@@ -147,6 +147,19 @@ def test_study_name_follows_what_the_trials_compute(setup):
     assert others[2].study_name == a.study_name  # a bigger budget resumes the same study
 
 
+def test_study_name_changes_with_the_training_code_and_the_container_schedule(setup, monkeypatch):
+    import meiscope.model
+
+    params, _, _ = setup
+    a = tuning.keyed_study(params.tune, params.model, params.train, "data-1")
+    assert meiscope.model.code_digest() == meiscope.model.code_digest()
+    fewer = dataclasses.replace(params.train, batches_per_source=params.train.batches_per_source + 1)
+    assert tuning.keyed_study(params.tune, params.model, fewer, "data-1").study_name != a.study_name
+    # an edit of the model package (same settings, same data) must not resume trials scored by the old code
+    monkeypatch.setattr(meiscope.model, "code_digest", lambda: "0" * 32)
+    assert tuning.keyed_study(params.tune, params.model, params.train, "data-1").study_name != a.study_name
+
+
 def _config(t):
     return tuple(sorted(t.params.items()))
 

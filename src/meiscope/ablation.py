@@ -27,7 +27,8 @@ from meiscope.atomic import save_figure, write_json
 from meiscope.config import CONTAINER_STIMULI, Params
 from meiscope.errors import MeiscopeError
 from meiscope.replicate import (HEADLINE, STAGES, draw_interval, format_interval, interval, interval_seeds,
-                                replicate_dir, replicate_params, replicates_dir, run_project, run_replicate)
+                                replicate_dir, replicate_params, replicates_dir, run_project, run_replicate,
+                                settings_key)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def ablation(params: Params, root: Path, seeds: Optional[list[int]] = None, devi
             run_replicate(params, root, seed, device, bar=None)  # the data every arm reads
             for arm in ARMS:
                 metrics[arm.slug][seed] = run_arm(params, root, seed, arm, device, bar)
-    summary = {**summarise_ablation(metrics, params.replicate.confidence), "seeds": seeds}
+    summary = {**summarise_ablation(metrics, params.replicate.confidence), "seeds": seeds,
+               "params_key": settings_key(params)}
     write_json(summary_path(root), summary)
     save_figure(ablation_figure(summary), replicates_dir(params, root) / "ablation.png")
     return summary

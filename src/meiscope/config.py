@@ -433,8 +433,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fresh_scenes: int = 1000  # synthetic data: new scenes on which the models are scored against the truth
     fresh_seed: int = 0
-    batches_per_source: int = 4  # data.recording container: batches of each other stimulus per epoch
+    batches_per_source: int = 2  # data.recording container: batches of each other stimulus per epoch
     source_warmup_epochs: int = 4  # data.recording container: the other stimuli's learning rate ramps up over these epochs
+    relocate_epochs: list[int] = field(default_factory=lambda: [15, 40])  # data.recording container: after these epochs,
+    # readouts far from where the core's own features predict their neuron best jump there ([] = never)
 
     def __post_init__(self) -> None:
         _require(len(self.seeds) >= 2, "train.seeds",
@@ -447,6 +449,8 @@ class TrainConfig:
         _require(self.fresh_scenes >= 0, "train.fresh_scenes", f"must be >= 0 (got {self.fresh_scenes})")
         _require(self.batches_per_source >= 0, "train.batches_per_source", "must be >= 0")
         _require(self.source_warmup_epochs >= 0, "train.source_warmup_epochs", "must be >= 0")
+        _require(all(isinstance(e, int) and e >= 1 for e in self.relocate_epochs), "train.relocate_epochs",
+                 f"must be a list of epoch numbers >= 1 (got {self.relocate_epochs})")
 
 
 # --------------------------------------------------------------------------------------
@@ -483,8 +487,8 @@ class TuneConfig:
     """The Optuna architecture search."""
 
     study_name: str = "meiscope-arch"
-    n_trials: int = 8
-    epochs: int = 10
+    n_trials: int = 6
+    epochs: int = 8
     objective: str = "val_corr_to_avg"  # val_corr_to_avg | val_feve
     seed: int = 0
     pruner: str = "median"  # median | none

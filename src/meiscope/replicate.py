@@ -13,10 +13,11 @@ Layout: ``<replicate.folder>/seed_<s>/`` (``<replicate.folder>/neuropixels/seed_
 its output in ``logs/<stage>.log``. MLflow runs go to the project's store, one experiment per
 replicate (``<tracking.experiment>-replicate-<s>``).
 
-Resumable: ``progress.json`` in each replicate folder lists the stages that finished under the
-current replicate params; a rerun skips them (training resumes from its checkpoints), so an
-interrupted ``meiscope replicate`` continues where it stopped. Changing ``params.yaml`` starts the
-affected replicates over.
+Resumable: ``progress.json`` in each replicate folder records, for every stage that finished, a
+key of the params it and the stages before it read (:data:`STAGE_SECTIONS`); a rerun skips a stage
+whose key still matches (training resumes from its checkpoints), so an interrupted ``meiscope
+replicate`` continues where it stopped, and a change of ``train`` reruns the replicates from
+``tune`` on while their data, extraction and ranking are kept.
 
 The summary (``metrics/replicates.json``, ``metrics/replicates-neuropixels.json``): for every headline figure the values per replicate,
 their mean and standard deviation, and a ``replicate.confidence`` t-interval of the mean; for every
@@ -46,6 +47,13 @@ log = logging.getLogger(__name__)
 
 STAGES = ("data", "extract", "rank", "tune", "train", "mei", "gabor", "validate")
 DEVICE_STAGES = ("tune", "train", "mei", "gabor", "validate")
+# The params sections each stage reads (dvc.yaml's `params:`, made coarser: tune reads model and
+# train). A stage's key hashes its sections and those of every stage before it; a section named
+# nowhere here counts for "data", the first stage, so that a new section reruns everything.
+STAGE_SECTIONS = {"data": ("data", "allen", "neuropixels", "synthetic_neuropixels", "container",
+                           "synthetic_container", "synthetic", "sessions"),
+                  "extract": ("extract",), "rank": ("rank",), "tune": ("tune", "model", "train"),
+                  "train": (), "mei": ("mei",), "gabor": ("gabor",), "validate": ()}
 KINDS = ("simple", "complex", "conjunction")
 METRIC_FILES = ("ranking", "tune", "train", "mei", "gabor", "validate")
 
@@ -135,11 +143,49 @@ def replicate_params(params: Params, seed: int, root: Path) -> dict[str, Any]:
     return raw
 
 
-def _params_hash(raw: dict[str, Any]) -> str:
-    """Hash of the settings that change results (not where MLflow logs, nor what the folders are called)."""
+def _science(raw: dict[str, Any]) -> dict[str, Any]:
+    """The settings that change results (not where MLflow logs, nor what the folders are called)."""
     science = {k: v for k, v in raw.items() if k != "tracking"}
     science["data"] = {k: v for k, v in raw.get("data", {}).items() if not k.endswith("_dir")}
-    return hashlib.sha256(json.dumps(science, sort_keys=True).encode()).hexdigest()[:16]
+    return science
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _params_hash(raw: dict[str, Any]) -> str:
+    """Hash of every setting that changes results (progress files of older meiscope versions hold it)."""
+    return _digest(_science(raw))
+
+
+def stage_keys(raw: dict[str, Any]) -> dict[str, str]:
+    """``{stage: key}``: a hash of the params sections the stage and every stage before it read."""
+    science = _science(raw)
+    named = {section for sections in STAGE_SECTIONS.values() for section in sections}
+    read: dict[str, Any] = {}
+    keys = {}
+    for stage in STAGES:
+        sections = STAGE_SECTIONS[stage] + (tuple(sorted(set(science) - named)) if stage == "data" else ())
+        read.update({section: science.get(section) for section in sections})
+        keys[stage] = _digest(read)
+    return keys
+
+
+def settings_key(params: Params) -> str:
+    """A key of every project setting that changes a replicate's results: the summaries record it, so
+    that the report can tell results measured under other settings (``params.yaml`` changed since)."""
+    raw = as_dict(params)
+    raw.pop("replicate", None)
+    return stage_keys(raw)[STAGES[-1]]
+
+
+def stale_note(summary: dict[str, Any], params: Params, rerun: str) -> str:
+    """A sentence for a summary measured under other settings than ``params`` (empty when current)."""
+    if summary.get("params_key") == settings_key(params):
+        return ""
+    return (" These were measured under other settings than params.yaml's now (or by a meiscope that did not "
+            f"record them): rerun `{rerun}` to measure the current ones.")
 
 
 def replicates_dir(params: Params, root: Path) -> Path:
@@ -158,12 +204,17 @@ def summary_file(root: Path, recording: str) -> Path:
     return Path(root) / "metrics" / f"replicates{suffix}.json"
 
 
-def _load_progress(folder: Path, digest: str) -> list[str]:
+def _load_progress(folder: Path, raw: dict[str, Any]) -> dict[str, str]:
+    """``{stage: key}`` of the stages finished in ``folder`` (older files: every stage under one params hash)."""
     path = folder / "progress.json"
     if not path.is_file():
-        return []
+        return {}
     progress = json.loads(path.read_text())
-    return list(progress.get("done", [])) if progress.get("params_hash") == digest else []
+    if "stages" in progress:
+        return dict(progress["stages"])
+    keys = stage_keys(raw)
+    done = progress.get("done", []) if progress.get("params_hash") == _params_hash(raw) else []
+    return {stage: keys[stage] for stage in done if stage in keys}
 
 
 def run_stage(folder: Path, stage: str, device: Optional[str]) -> None:
@@ -195,21 +246,26 @@ def run_project(folder: Path, raw: dict[str, Any], stages: tuple[str, ...], head
                 device: Optional[str] = None, bar: Any = None) -> dict[str, dict]:
     """Run (or resume) ``stages`` in the project root ``folder`` with the params mapping ``raw``; its metrics.
 
-    ``progress.json`` records the stages done under these params (a change of params starts over).
+    ``progress.json`` records each finished stage with its :func:`stage_keys` key. A stage runs
+    when its key changed (its params or an earlier stage's did) or when an earlier stage ran.
     """
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
-    digest = _params_hash(raw)
+    keys = stage_keys(raw)
     write_text(folder / "params.yaml", header + "\n" + yaml.safe_dump(raw, sort_keys=False))
-    done = _load_progress(folder, digest)
+    done = _load_progress(folder, raw)
+    rerun = False
     for stage in stages:
-        if stage not in done:
+        if rerun or done.get(stage) != keys[stage]:
+            if not rerun:  # what was built on the old output is stale, even where its own key matches
+                done = {s: k for s, k in done.items() if s not in stages[stages.index(stage):]}
+            rerun = True
             if bar is not None:
                 bar.set_postfix_str(f"{folder.name}: {stage}")
             run_stage(folder, stage, device)
-            done.append(stage)
-            write_json(folder / "progress.json", {"params_hash": digest, "done": done})
+            done[stage] = keys[stage]
+            write_json(folder / "progress.json", {"stages": done})
         if bar is not None:
             bar.update(1)
     return load_replicate_metrics(folder)
@@ -357,6 +413,7 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
         metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
     summary = summarise_replicates(metrics, params.replicate.confidence)
     summary["recording"] = params.data.recording
+    summary["params_key"] = settings_key(params)
     summary["git_commit"] = git_commit(Path(root))
     dirty = git_dirty(Path(root))
     summary["git_working_tree_clean"] = None if dirty == "unknown" else dirty == "false"

@@ -68,9 +68,9 @@ def validate_rows(v: dict) -> dict[str, Any]:
     return rows
 
 
-def replicate_section(summary: dict) -> Any:
+def replicate_section(summary: dict, params: Params) -> Any:
     """The replicate run: every headline figure with its interval, and which conclusions hold in all."""
-    from meiscope.replicate import HEADLINE, format_conclusion, format_interval, intervals_figure
+    from meiscope.replicate import HEADLINE, format_conclusion, format_interval, intervals_figure, stale_note
 
     rows = {f.label: format_interval(summary["figures"][f.name]) for f in HEADLINE if f.name in summary["figures"]}
     for kind, found in summary["conclusions"].items():
@@ -81,19 +81,22 @@ def replicate_section(summary: dict) -> Any:
              f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
              "(geometric mean and log-scale interval for ratios) "
              "over replicates. Only conclusions that hold in every replicate are conclusions; the single run above "
-             "is one draw. Written by `meiscope replicate` (not part of `dvc repro`).")
+             "is one draw. Written by `meiscope replicate` (not part of `dvc repro`)."
+             + stale_note(summary, params, "meiscope replicate"))
     return Section(f"Replicates ({recording}): what holds across new cortices", intro, rows,
                    inline_figures=[("replicate intervals", figure_png(intervals_figure(summary)))])
 
 
-def ablation_section(summary: dict) -> Section:
+def ablation_section(summary: dict, params: Params) -> Section:
     """What each stimulus of the container buys (``meiscope ablation``): one row per training set."""
     from meiscope.ablation import ablation_figure, ablation_grid
+    from meiscope.replicate import stale_note
 
     intro = (f"The container study's replicates (seeds {summary['seeds']}), each retrained from extract on the same "
              "data with only container.stimuli changed (tune, train, MEIs and the closed loop rerun per arm). "
              f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the issue's targets are 0.8. "
-             "Written by `meiscope ablation` (metrics/ablation-container.json).")
+             "Written by `meiscope ablation` (metrics/ablation-container.json)."
+             + stale_note(summary, params, "make ablation"))
     return Section("What each stimulus buys (container ablation)", intro, grid=ablation_grid(summary),
                    inline_figures=[("ablation", figure_png(ablation_figure(summary)))])
 
@@ -156,11 +159,11 @@ def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
                 validate_rows(m["validate"]), [layout.validate / "closed_loop.png"], note=validate_note),
     ]
     if m.get("replicates", {}).get("figures"):
-        sections.append(replicate_section(m["replicates"]))
+        sections.append(replicate_section(m["replicates"], params))
         if m.get("replicates_other", {}).get("figures"):
             sections.append(recordings_section(m["replicates"], m["replicates_other"]))
     if m.get("ablation", {}).get("arms"):
-        sections.append(ablation_section(m["ablation"]))
+        sections.append(ablation_section(m["ablation"], params))
     return sections
 
 

@@ -142,17 +142,21 @@ def keyed_study(cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfi
     """``cfg`` with a study name that changes whenever what the trials compute changes.
 
     The name in the storage is ``<tune.study_name>-<8 hex digits>``: the suffix hashes the search
-    space, the trial settings, the default architecture and the selected data. A rerun with the same
-    ones resumes its study; a changed one starts a new study in the same storage instead of mixing
-    incomparable trials. ``metrics/tune.json`` and the MLflow run name the study.
+    space, the trial settings, the default architecture, the selected data and the training code
+    (:func:`meiscope.model.code_digest`). A rerun with the same ones resumes its study; a changed one
+    starts a new study in the same storage instead of mixing incomparable trials (a trial scored by
+    older code would otherwise keep winning). ``metrics/tune.json`` and the MLflow run name the study.
     """
     import hashlib
     import json
 
+    from meiscope.model import code_digest
+
     relevant = {"space": as_dict(cfg.space), "epochs": cfg.epochs, "objective": cfg.objective, "seed": cfg.seed,
                 "pruner": [cfg.pruner, cfg.pruner_startup_trials, cfg.pruner_warmup_epochs],
                 "model": as_dict(base_model), "lr": base_train.lr, "batch_size": base_train.batch_size,
-                "data": data_key}
+                "batches_per_source": base_train.batches_per_source,
+                "source_warmup_epochs": base_train.source_warmup_epochs, "data": data_key, "code": code_digest()}
     key = hashlib.md5(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:8]
     return dataclasses.replace(cfg, study_name=f"{cfg.study_name}-{key}")
 

@@ -20,6 +20,8 @@ This package file stays light (torch is imported only when :func:`resolve_device
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from meiscope.errors import MeiscopeError
@@ -72,3 +74,16 @@ def exact_float32_on_cuda() -> None:
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def code_digest() -> str:
+    """MD5 of this package's source files (``model/*.py``, in name order): what a trained number depends on.
+
+    A tuning study's trials are comparable only when the same training code scored them, so the
+    study's name carries this digest (:func:`meiscope.tuning.keyed_study`); the DVC stages list
+    the same folder as a dependency for the same reason.
+    """
+    digest = hashlib.md5()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

@@ -14,7 +14,9 @@ therefore starts each neuron at the peak of a cheap, model-free receptive-field 
 (:func:`rf_position_map`: how well local luminance and contrast around each pixel predict its
 responses; plus, where locally sparse noise was shown, :func:`spot_map`, and where movies were,
 the same regression with its features filtered through the calcium kernel) and lets gradient
-descent refine from there.
+descent refine from there. With the container's stimuli, training later moves a readout that is
+still far from where the trained core's own features predict its neuron best
+(:func:`feature_r2_map` on those features; ``relocate_readouts`` in :mod:`meiscope.model.training`).
 """
 
 from __future__ import annotations
@@ -57,22 +59,44 @@ def rf_position_map(images: torch.Tensor, targets: torch.Tensor, scales: tuple[f
     for s in scales:
         lum = _gaussian_blur(images, s)
         feats += [lum, lum * lum, _gaussian_blur((images - lum) ** 2, s)]
-    x = torch.cat(feats, dim=1).double()  # (N, F, H, W)
-    if kernel is not None:  # out[t] = sum_k kernel[k] x[t - k], tap by tap (conv1d's unfolding would take GBs)
-        taps = len(kernel)
-        filtered = torch.zeros_like(x[taps - 1:])
-        for k, weight in enumerate(kernel.tolist()):
-            filtered += weight * x[taps - 1 - k:len(x) - k]
-        x, targets = filtered, targets[taps - 1:]
-    n_img, n_feat, height, width = x.shape
-    x = x.permute(2, 3, 0, 1).reshape(height * width, n_img, n_feat)
-    x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-8)
-    y = targets.double() - targets.double().mean(0)
+    return feature_r2_map(torch.cat(feats, dim=1), targets, ridge=ridge, kernel=kernel).to(images.dtype)
+
+
+@torch.no_grad()
+def feature_r2_map(features: torch.Tensor, targets: torch.Tensor, ridge: float = 0.1,
+                   kernel: torch.Tensor | None = None, block: int = 256) -> torch.Tensor:
+    """In-sample R^2 of a ridge regression of each neuron on the features at each pixel: ``(n, H, W)``, double.
+
+    Args:
+        features: ``(N, F, H, W)`` per-pixel features of ``N`` images (hand-made in
+            :func:`rf_position_map`, a trained core's feature map in :func:`meiscope.model.sources.core_position_map`).
+        targets: ``(N, n)`` responses (any affine units).
+        ridge: times the number of images, on standardised features.
+        kernel: the calcium kernel ``(taps,)`` for consecutive movie frames (see :func:`rf_position_map`).
+        block: pixels solved at once (memory: ``N x F x block`` doubles).
+    """
+    y = targets.double()
+    if kernel is not None:
+        y = y[len(kernel) - 1:]
+    y = y - y.mean(0)
     y = y / y.norm(dim=0).clamp_min(1e-12)  # (N, n), unit norm: R^2 = y' P y
-    gram = x.transpose(1, 2) @ x + ridge * n_img * torch.eye(n_feat, device=x.device, dtype=x.dtype)
-    xty = x.transpose(1, 2) @ y  # (P, F, n)
-    r2 = (xty * torch.linalg.solve(gram, xty)).sum(1)  # (P, n)
-    return r2.T.reshape(-1, height, width).to(images.dtype)
+    n_img, n_feat, height, width = features.shape
+    flat = features.reshape(n_img, n_feat, height * width)
+    r2 = []
+    for start in range(0, height * width, block):
+        x = flat[:, :, start:start + block].double()
+        if kernel is not None:  # out[t] = sum_k kernel[k] x[t - k], tap by tap (conv1d's unfolding would take GBs)
+            taps = len(kernel)
+            filtered = torch.zeros_like(x[taps - 1:])
+            for k, weight in enumerate(kernel.tolist()):
+                filtered += weight * x[taps - 1 - k:len(x) - k]
+            x = filtered
+        x = x.permute(2, 0, 1)  # (P, N, F)
+        x = (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp_min(1e-8)
+        gram = x.transpose(1, 2) @ x + ridge * len(y) * torch.eye(n_feat, device=x.device, dtype=x.dtype)
+        xty = x.transpose(1, 2) @ y  # (P, F, n)
+        r2.append((xty * torch.linalg.solve(gram, xty)).sum(1))  # (P, n)
+    return torch.cat(r2).T.reshape(-1, height, width)
 
 
 @torch.no_grad()

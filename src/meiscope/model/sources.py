@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from meiscope.model.data import ResponseNormalisation, SplitTensors
-from meiscope.model.readouts import robust_z, rf_position_map, spot_map
+from meiscope.model.readouts import feature_r2_map, robust_z, rf_position_map, spot_map
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -230,6 +230,36 @@ def rf_init_map(train: "SplitTensors", sources: Sequence[TrialSource | MovieSour
     extra = [robust_z(spot_map(s.images, s.targets, s.mask)) for s in sources
              if isinstance(s, TrialSource) and single_trials(s)] + [m.to(maps.device) for m in movie_maps]
     return robust_z(maps) + sum(extra) if extra else maps  # scenes only: the regression's map, as it was
+
+
+@torch.no_grad()
+def _core_features(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """The core's feature map ``(N, C, H, W)`` of ``images``, with its batch norms' running statistics."""
+    with scene_statistics(model):
+        return torch.cat([model.core(images[i:i + batch]) for i in range(0, len(images), batch)]).cpu()
+
+
+def core_position_map(model: torch.nn.Module, train: "SplitTensors", sources: Sequence[TrialSource | MovieSource],
+                      kernel: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Where the model's own core features predict each neuron best: ``(n, H, W)``, robust z units.
+
+    :func:`rf_init_map` with the trained core's feature map in place of the hand-made luminance and
+    contrast features: at each pixel, the R^2 of a ridge regression of the neuron on the core's
+    features there (:func:`~meiscope.model.readouts.feature_r2_map`), on the train scenes and the
+    repeated static stimuli, and on every movie against its trace (features filtered through the
+    calcium ``kernel``), plus the spot maps of the single-trial stimuli. A readout can only move
+    locally by gradient descent; this map finds a receptive field anywhere, in the features the core
+    has learned (complex and conjunction cells included), once it has learned some.
+    """
+    images, targets = rf_init_data(train, sources)
+    maps = [robust_z(feature_r2_map(_core_features(model, images), targets.cpu()))]
+    taps = torch.as_tensor(np.asarray(kernel, dtype=np.float64)) if kernel is not None else None
+    for source in sources:
+        if isinstance(source, MovieSource) and taps is not None and len(source.frames) >= 2 * len(taps):
+            maps.append(robust_z(feature_r2_map(_core_features(model, source.frames), source.targets.cpu(), kernel=taps)))
+        elif isinstance(source, TrialSource) and single_trials(source):
+            maps.append(robust_z(spot_map(source.images, source.targets, source.mask)).cpu().double())
+    return sum(maps)
 
 
 def movie_position_maps(extra: "ContainerStimuli") -> list[torch.Tensor]:

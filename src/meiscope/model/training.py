@@ -39,10 +39,11 @@ from meiscope.model.data import ResponseNormalisation, SplitTensors, batch_indic
 from meiscope.model.ensemble import save_torch
 from meiscope.model.evaluation import corr_to_average, feve
 from meiscope.model.network import ResponseModel, check_model_config, place_model
-from meiscope.model.readouts import map_peaks
+from meiscope.model.readouts import GaussianReadout, map_peaks
 from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
-from meiscope.model.sources import (MovieSource, build_sources, extra_batches, movie_loss, movie_position_maps,
-                                    rf_init_map, scaled_learning_rate, scene_statistics, trial_loss, warmup_factor)
+from meiscope.model.sources import (MovieSource, build_sources, core_position_map, extra_batches, movie_loss,
+                                    movie_position_maps, rf_init_map, scaled_learning_rate, scene_statistics,
+                                    trial_loss, warmup_factor)
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -144,6 +145,7 @@ def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
     if extra is not None:
         key["batches_per_source"] = train_cfg.batches_per_source
         key["source_warmup_epochs"] = train_cfg.source_warmup_epochs
+        key["relocate_epochs"] = list(train_cfg.relocate_epochs)
     return json.dumps(key, sort_keys=True)
 
 
@@ -152,6 +154,30 @@ def _init_bias(model: ResponseModel, targets: torch.Tensor, weights: torch.Tenso
     mean = ((targets * weights[:, None]).sum(0) / weights.sum()).clamp_min(1e-3)
     with torch.no_grad():
         model.readout.bias.copy_(torch.where(mean >= 1, mean - 1, torch.log(mean)))
+
+
+RELOCATE_DISTANCE = 3.0  # pixels: a readout this far from its neuron's best position jumps there
+
+
+@torch.no_grad()
+def relocate_readouts(model: ResponseModel, train: SplitTensors, sources: Sequence[Any],
+                      kernel: Optional[np.ndarray]) -> int:
+    """Move each Gaussian readout that sits :data:`RELOCATE_DISTANCE` or more pixels from the peak of
+    its neuron's :func:`~meiscope.model.sources.core_position_map` to that peak; the number moved.
+
+    Gradient descent only refines a readout's position locally, so a neuron started far from its
+    receptive field (a weak cell's noisy start map) stays there and is never learned; after some
+    epochs the core's features find it. Its feature weights are kept (the next steps refit them).
+    Other readouts (factorized masks) are left alone.
+    """
+    readout = model.readout
+    if not isinstance(readout, GaussianReadout):
+        return 0
+    peaks = map_peaks(core_position_map(model, train, sources, kernel)).to(readout.mu.device, readout.mu.dtype)
+    current = readout.positions()
+    far = (peaks - current).norm(dim=1) >= RELOCATE_DISTANCE
+    readout.init_positions_(torch.where(far[:, None], peaks, current))
+    return int(far.sum())
 
 
 def _val_trials(ds: ResponseDataset, val: SplitTensors) -> tuple[np.ndarray, np.ndarray]:
@@ -437,10 +463,14 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
                 view.constrain_()
                 totals[i] = totals[i] + data.detach() * len(idx)
 
+            relocated = (relocate_readouts(views[0], study.train, sources, extra.kernel)
+                         if sources and epoch in train_cfg.relocate_epochs else None)
             val_corr, val_feve = _val_scores(views[0], study)
             record = {"epoch": epoch, "train_loss": float(totals[0]) / len(study.train), "val_corr_to_avg": val_corr,
                       "val_feve": float(np.nanmedian(val_feve)) if np.isfinite(val_feve).any() else float("nan"),
                       "lr": float(optimizer.param_groups[0]["lr"])}
+            if relocated is not None:
+                record["readouts_relocated"] = relocated
             for session, view, total in zip(sessions[1:], views[1:], totals[1:]):
                 record[f"session_{session.key}_train_loss"] = float(total) / len(session.train)
                 record[f"session_{session.key}_val_corr_to_avg"] = _val_scores(view, session)[0]
