@@ -19,7 +19,8 @@ from meiscope.model.ensemble import load_ensemble, member_path, save_ensemble
 from meiscope.model.evaluation import (corr_to_average, feve, noise_variance, oracle_corr, pearson_columns, predict,
                                        single_trial_corr)
 from meiscope.model.network import ModelError, build_model, inference_copy, place_model
-from meiscope.model.readouts import FactorizedReadout, GaussianReadout, map_peaks, rf_position_map, robust_z, spot_map
+from meiscope.model.readouts import (FactorizedReadout, GaussianReadout, feature_r2_map, map_peaks, rf_position_map, robust_z,
+                                     spot_map)
 from meiscope.model.training import response_loss
 from planted import local_models, make_dataset, sparse_noise
 
@@ -256,6 +257,24 @@ def test_rf_position_map_finds_a_complex_cell_in_a_movie_through_the_calcium_ker
                            torch.tensor(trace[:, None], dtype=torch.float32), kernel=torch.tensor(kernel))
     assert maps.shape == (1, *shape)
     assert np.abs(map_peaks(maps).numpy()[0] - np.array(planted)).max() <= 1
+
+
+def test_feature_r2_map_is_each_pixels_own_ridge_r2_whatever_the_block():
+    """The block only sets how many pixels are solved at once (speed), not the result (float rounding aside)."""
+    rng = np.random.default_rng(5)
+    features = torch.tensor(rng.standard_normal((50, 3, 4, 5)))
+    targets = torch.tensor(rng.standard_normal((50, 2)))
+    kernel = torch.tensor([0.0, 1.0, 0.5])
+    for taps in (None, kernel):
+        by_block = [feature_r2_map(features, targets, kernel=taps, block=b) for b in (1, 7, 16, 20)]
+        assert all(torch.allclose(by_block[0], other, rtol=0, atol=1e-12) for other in by_block[1:])
+    r2 = feature_r2_map(features, targets, ridge=0.1)
+    x = features[:, :, 2, 3].numpy()
+    x = (x - x.mean(0)) / x.std(0, ddof=1)
+    y = targets.numpy() - targets.numpy().mean(0)
+    weights = np.linalg.solve(x.T @ x + 0.1 * 50 * np.eye(3), x.T @ y)
+    expected = (y * (x @ weights)).sum(0) / (y ** 2).sum(0)
+    assert np.allclose(r2[:, 2, 3].numpy(), expected)
 
 
 def test_spot_map_finds_on_and_complex_cells_through_heavy_noise_and_ignores_unrecorded_cells():

@@ -64,7 +64,7 @@ def rf_position_map(images: torch.Tensor, targets: torch.Tensor, scales: tuple[f
 
 @torch.no_grad()
 def feature_r2_map(features: torch.Tensor, targets: torch.Tensor, ridge: float = 0.1,
-                   kernel: torch.Tensor | None = None, block: int = 256) -> torch.Tensor:
+                   kernel: torch.Tensor | None = None, block: int = 16) -> torch.Tensor:
     """In-sample R^2 of a ridge regression of each neuron on the features at each pixel: ``(n, H, W)``, double.
 
     Args:
@@ -73,7 +73,10 @@ def feature_r2_map(features: torch.Tensor, targets: torch.Tensor, ridge: float =
         targets: ``(N, n)`` responses (any affine units).
         ridge: times the number of images, on standardised features.
         kernel: the calcium kernel ``(taps,)`` for consecutive movie frames (see :func:`rf_position_map`).
-        block: pixels solved at once (memory: ``N x F x block`` doubles).
+        block: pixels solved at once (memory: ``N x F x block`` doubles). Every pixel's regression is
+            solved on its own, so the result does not depend on it (float rounding aside: 16 and
+            256 gave the same bits on the default study); small blocks stay in the CPU's cache
+            (3,600 movie frames x 16 features: 3.8 s at 16 pixels, 15.7 s at 256).
     """
     y = targets.double()
     if kernel is not None:
