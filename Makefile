@@ -67,5 +67,13 @@ services: $(STAMP)
 services-stop: $(STAMP)
 	$(BIN)/meiscope services stop
 
+## the documentation site (docs/ + mkdocs.yml) into site/; docs-serve previews it on 127.0.0.1
+.PHONY: docs docs-serve
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 clean-results:
 	rm -rf results metrics models report

@@ -56,11 +56,10 @@ def main() -> None:
     from meiscope.config import load_params
     from meiscope.container.responses import ContainerStimuli, container_path
     from meiscope.dataset import ResponseDataset
-    from meiscope.model.evaluation import pearson_columns
+    from meiscope.model.evaluation import pearson_columns, predict
     from meiscope.model.training import train_one
     from meiscope.paths import Layout
     from meiscope.ranking import load_selected
-    from meiscope.train import predict
 
     params = load_params(args.root / "params.yaml")
     if params.data.recording != "container":

@@ -25,7 +25,7 @@ from common import (HEIGHT, WIDTH, add_machine_args, architectures, describe, ma
 
 from meiscope.atomic import write_json  # noqa: E402
 from meiscope.config import GaborConfig  # noqa: E402
-from meiscope.gabor import gabor_grid, optimal_gabors  # noqa: E402
+from meiscope.insilico.gabor import gabor_grid, optimal_gabors  # noqa: E402
 
 
 def main() -> None:

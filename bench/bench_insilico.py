@@ -41,8 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
 from meiscope.config import GaborConfig, MeiConfig, load_params  # noqa: E402
-from meiscope.gabor import exhaustive_grid, gabor_grid, refine_gabors, shortcut_grid  # noqa: E402
-from meiscope.mei import synthesize_meis  # noqa: E402
+from meiscope.insilico.gabor import exhaustive_grid, gabor_grid, refine_gabors, shortcut_grid  # noqa: E402
+from meiscope.insilico.mei import synthesize_meis  # noqa: E402
 from meiscope.model.network import inference_copy  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def setup(args: argparse.Namespace, device: torch.device) -> tuple[list, list, f
     if args.stand_in:
         members = stand_in_ensemble(architectures()["tuned"], args.stand_in, 2, device)
         return members, list(range(args.stand_in)), 10.0, (-1.8, 2.2), MeiConfig(), GaborConfig()
-    from meiscope.insilico import load_setup
+    from meiscope.stages._insilico import load_setup
 
     root = Path(args.root)
     params = load_params(root / "params.yaml")

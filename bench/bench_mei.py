@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from meiscope.atomic import write_json  # noqa: E402
 from meiscope.config import MeiConfig  # noqa: E402
-from meiscope.mei import synthesize_meis, synthesize_meis_looped  # noqa: E402
+from meiscope.insilico.mei import synthesize_meis, synthesize_meis_looped  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 On the synthetic cortex of ``params.yaml`` (every setting as the default study, but ``n_sessions``
 sessions: each a new set of cells shown the same scenes), every session is extracted and ranked on
 its own (the pipeline's functions, into ``--root``). The studied session (the smallest id, as in
-the default study) then gets its ensemble trained by ``run_train``, the train stage's own function,
+the default study) then gets its ensemble trained by ``fit_ensemble``, the train stage's own function,
 with 1, 2, 4 ... sessions sharing each member's core, and is scored against the truth on the
 ``train.fresh_scenes`` fresh scenes (``gt_fresh_corr_mean``: the train stage's scoring, the
 same function). Per member (one per ``train.seeds``) too, which gives the spread over seeds.
@@ -42,14 +42,15 @@ from meiscope import pipeline, truth  # noqa: E402
 from meiscope.atomic import save_figure, write_json  # noqa: E402
 from meiscope.config import Params, SessionsConfig, as_dict, load_params, parse_params  # noqa: E402
 from meiscope.paths import Layout  # noqa: E402
+from meiscope.study import load_study_dataset, shared_session_datasets, tuned_configs  # noqa: E402
 from meiscope.ranking import load_selected  # noqa: E402
-from meiscope.train import run_train  # noqa: E402
+from meiscope.model.fitting import GroundTruth, TrainingData, TrainOutputs, fit_ensemble  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 class EpochClock:
-    """Stands in for the MLflow module given to ``run_train``: stamps each member's epochs as they end."""
+    """Stands in for the MLflow module given to ``fit_ensemble``: stamps each member's epochs as they end."""
 
     def __init__(self) -> None:
         self.stamps: dict[str, list[float]] = {}
@@ -86,12 +87,12 @@ def bench_params(path: Path, n_sessions: int, root: Path) -> Params:
 
 def prepare_sessions(params: Params, root: Path) -> None:
     """Synthesize (unless the root holds them already), extract and rank every session, each on its own."""
-    pipeline.ensure_data(params, root)
-    pipeline.extract(params, root)
-    pipeline.rank(params, root)
+    pipeline.stage("data").run(params, root)
+    pipeline.stage("extract").run(params, root)
+    pipeline.stage("rank").run(params, root)
     for experiment_id in params.sessions.shared:
-        pipeline.extract_session(params, root, experiment_id)
-        pipeline.rank_session(params, root, experiment_id)
+        pipeline.stage("extract").run(params, root, session=experiment_id)
+        pipeline.stage("rank").run(params, root, session=experiment_id)
 
 
 def tuned_architecture(params: Params, root: Path) -> tuple[Any, Any, str]:
@@ -101,7 +102,7 @@ def tuned_architecture(params: Params, root: Path) -> tuple[Any, Any, str]:
         target = root / params.train.architecture_file
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
-        model_cfg, train_cfg, _ = pipeline.tuned_configs(params, Layout.from_params(params, root))
+        model_cfg, train_cfg, _ = tuned_configs(params, Layout.from_params(params, root))
         return model_cfg, train_cfg, str(source.relative_to(REPO))
     return architectures()["tuned"], params.train, "bench/common.py tuned"
 
@@ -125,13 +126,14 @@ def run_one(n_sessions: int, params: Params, root: Path, model_cfg: Any, train_c
     layout = Layout.from_params(params, root)
     shared = params.sessions.shared[:n_sessions - 1]
     subset = dataclasses.replace(params, sessions=SessionsConfig(shared=list(shared)))
-    others = pipeline.shared_session_datasets(subset, layout, inputs["ds"].experiment_id)
+    others = shared_session_datasets(subset, layout, inputs["ds"].experiment_id)
     folder = root / "bench" / f"sessions_{n_sessions}"
     clock = EpochClock()
     start = time.perf_counter()
-    metrics = run_train(inputs["ds"], model_cfg, train_cfg, folder / "ensemble", folder / "train", folder / "train.json",
-                        device=device, truth=inputs["truth"], progress=False, log=clock,
-                        fresh_images=inputs["fresh"], kinds=inputs["kinds"], other_sessions=others)
+    truth = GroundTruth(inputs["truth"], fresh_images=inputs["fresh"], kinds=inputs["kinds"])
+    metrics = fit_ensemble(TrainingData(inputs["ds"], other_sessions=others), model_cfg, train_cfg,
+                           TrainOutputs(folder / "ensemble", folder / "train", folder / "train.json"),
+                           truth=truth, device=device, progress=False, log=clock)
     wall = time.perf_counter() - start
     members = [m for m in metrics["member_gt_fresh_corr_mean"]]
     epochs = clock.epoch_seconds()
@@ -209,7 +211,7 @@ def main() -> None:
     if args.max_epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, max_epochs=args.max_epochs)
     layout = Layout.from_params(params, root)
-    ds = pipeline.load_study_dataset(layout).select_neurons(load_selected(layout.ranking))
+    ds = load_study_dataset(layout).select_neurons(load_selected(layout.ranking))
     population = truth.load_population(layout.cache_dir, ds.experiment_id)
     inputs = {"ds": ds, "truth": cached(truth.rates_for_model_images(population, ds.to_pixels, ds.cell_ids)),
               "kinds": [population.kinds[c] for c in truth.cell_columns(population, ds.cell_ids)],

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from common import RESULTS, describe, machine  # sets up sys.path and OMP_WAIT_POLICY
 
-from meiscope import pipeline, services, tuning  # noqa: E402
+from meiscope import services, tuning  # noqa: E402
+from meiscope.paths import Layout  # noqa: E402
+from meiscope.study import selected_dataset  # noqa: E402
 from meiscope.config import ServicesConfig, load_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +119,7 @@ def main() -> int:
     stack = ServicesConfig(postgres_port=5491, mlflow_port=5492)
     try:
         dataset = scratch / "selected.npz"
-        pipeline._selected_dataset(pipeline.Layout.from_params(params, ROOT)).save(dataset)
+        selected_dataset(Layout.from_params(params, ROOT)).save(dataset)
         url = args.storage
         if url is None:
             services.start_postgres(stack, scratch)

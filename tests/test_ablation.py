@@ -43,35 +43,28 @@ def test_an_arm_reads_its_replicates_data_and_changes_only_the_stimuli(tmp_path)
     assert abl.arm_dir(params, tmp_path, 7, abl.ARMS[-1]) == rep.replicate_dir(params, tmp_path, 7)
 
 
-def test_arms_skip_the_data_stage_and_resume(tmp_path, monkeypatch):
-    ran = []
+@pytest.mark.slow
+def test_arms_skip_the_data_stage_and_read_their_replicates_data(tmp_path, monkeypatch):
+    """Each arm is a DVC project of its own whose extract reads its replicate's raw data."""
+    from test_replicate import _fake_stage_commands
 
-    def fake_stage(folder, stage, device):
-        ran.append((folder.relative_to(tmp_path / "replicates" / "container").as_posix(), stage))
-        if stage == "validate":
-            slug = folder.name if folder.parent.name == "ablation" else "all"
-            seed = int((folder if slug == "all" else folder.parents[1]).name.split("_")[1])
-            value = 0.1 * [a.slug for a in abl.ARMS].index(slug) + 0.01 * seed
-            (folder / "metrics").mkdir(exist_ok=True)
-            for stem, metrics in _metrics(value, 2 * value).items():
-                (folder / "metrics" / f"{stem}.json").write_text(json.dumps(metrics))
-
-    monkeypatch.setattr(rep, "run_stage", fake_stage)
-    params = _container_params(tmp_path)
-    summary = abl.ablation(params, tmp_path, progress=False)
-    assert ("seed_1", "data") in ran and ("seed_1/ablation/movies", "extract") in ran
-    assert not any(stage == "data" and "ablation" in folder for folder, stage in ran)
-    assert len(ran) == 2 * (len(rep.STAGES) + (len(abl.ARMS) - 1) * len(abl.ARM_STAGES))
-    by_arm = {arm["slug"]: arm["figures"]["train.gt_fresh_corr_mean"] for arm in summary["arms"]}
-    assert by_arm["scenes"]["values"] == pytest.approx([0.01, 0.02])
-    assert by_arm["all"]["values"] == pytest.approx([0.41, 0.42]) and by_arm["all"]["mean"] == pytest.approx(0.415)
-    assert json.loads(abl.summary_path(tmp_path).read_text())["seeds"] == [1, 2]
-    assert (tmp_path / "replicates" / "container" / "ablation.png").stat().st_size > 10_000
-    table = abl.ablation_table(summary).splitlines()
-    assert len(table) == 2 + len(abl.ARMS) and table[2].startswith("| natural scenes only | 0.01 [")
-    ran.clear()
-    abl.ablation(params, tmp_path, progress=False)
-    assert ran == []  # everything finished: nothing runs again
+    (tmp_path / "fake").mkdir()
+    stages_run = _fake_stage_commands(tmp_path / "fake", monkeypatch)
+    project = tmp_path / "project"
+    project.mkdir()
+    params = _container_params(project)
+    summary = abl.ablation(params, project, progress=False)
+    ran = stages_run()
+    assert ("seed_1", "data") in ran and ("movies", "extract") in ran
+    assert not any(stage == "data" and not folder.startswith("seed_") for folder, stage in ran)
+    per_project = [s for s in rep.replicate_stages() if not s.per_session]
+    assert len(ran) == 2 * (len(per_project) + (len(abl.ARMS) - 1) * (len(per_project) - 1))
+    arm_lock = yaml.safe_load((rep.replicate_dir(params, project, 1) / "ablation" / "movies" / "dvc.lock").read_text())
+    assert {"path": "../../data"}.items() <= next(d for d in arm_lock["stages"]["extract"]["deps"]
+                                                   if d["path"] == "../../data").items()
+    assert json.loads(abl.summary_path(project).read_text())["seeds"] == [1, 2]
+    assert len(summary["arms"]) == len(abl.ARMS)
+    assert len(abl.ablation_table(summary).splitlines()) == 2 + len(abl.ARMS)
 
 
 def test_the_ablation_needs_the_synthetic_container_and_two_seeds(tmp_path):

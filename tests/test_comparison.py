@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from meiscope.comparison import compare, log_ratio_median, paired_outcomes, sign_test
+from meiscope.comparison import compare, log_ratio_median, paired_outcomes
+from meiscope.science.stats import sign_test
 
 
 def test_zero_denominators_are_counted_not_folded_into_the_ratio():

@@ -14,6 +14,7 @@ from meiscope.container.responses import (ContainerStimuli, container_sessions, 
                                           extract_container, fit_calcium_kernel)
 from meiscope.container.synthetic import container_ids, synthesize_containers
 from meiscope.responses import extract_session, find_sessions
+from meiscope.stages import data as data_stage
 from meiscope.synthetic.population import load_true_population
 
 SYNTHETIC = SyntheticConfig(n_cells=30, n_images=10, repeats=4, spontaneous_s=5.0,
@@ -252,14 +253,13 @@ def test_the_default_container_layout_and_the_committed_data_hash(tmp_path):
 
     import yaml
 
-    from meiscope import pipeline
     from meiscope.config import load_params
 
     repo = Path(__file__).resolve().parents[1]
     shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
     params = load_params(tmp_path / "params.yaml")
     assert params.data.recording == "container"
-    ids = pipeline.synthesize(params, tmp_path)
+    ids = data_stage.synthesize(params, tmp_path)
     assert ids == [900000001, 910000001, 920000001]
     folder = tmp_path / params.data.synthetic_container_dir
     sizes = {"natural_scenes": (118, 918, 1174), "natural_movie_one": (900, 304, 608),

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from meiscope.config import GaborConfig, MeiConfig
-from meiscope.gabor import (GaborError, benjamini_hochberg, canonical_params, fit_gabor, gabor_grid, gabor_images,
-                            optimal_gabors, paired_wilcoxon)
-from meiscope.mei import MeiError, synthesize_meis
+from meiscope.insilico.budget import MeiError
+from meiscope.insilico.gabor import GaborError, canonical_params, fit_gabor, gabor_grid, gabor_images, optimal_gabors
+from meiscope.insilico.mei import synthesize_meis
 from planted import local_models
 
 H, W = 24, 32
@@ -186,30 +186,6 @@ def test_refinement_stops_when_it_stops_gaining():
     assert np.all(early.activations >= 0.999 * full.activations)
 
 
-# --------------------------------------------------------------------------------------
-# statistics
-# --------------------------------------------------------------------------------------
-def test_paired_wilcoxon():
-    rng = np.random.default_rng(0)
-    b = rng.normal(size=30)
-    assert paired_wilcoxon(b + 1 + 0.1 * rng.normal(size=30), b) < 1e-5
-    assert paired_wilcoxon(b + 0.01 * rng.normal(size=30), b) > 0.05
-    assert paired_wilcoxon(b, b) == 1.0
-    with pytest.raises(GaborError, match="equal length"):
-        paired_wilcoxon([1.0, 2.0], [1.0])
-
-
-def test_benjamini_hochberg_matches_hand_computation():
-    p = [0.01, 0.04, 0.03, 0.2]
-    # sorted 0.01, 0.03, 0.04, 0.2 -> * 4 / rank = 0.04, 0.06, 0.0533, 0.2 -> running min from the top
-    assert np.allclose(benjamini_hochberg(p), [0.04, 0.16 / 3, 0.16 / 3, 0.2])
-    adjusted = benjamini_hochberg([0.9, 0.5, 0.95])
-    assert np.allclose(adjusted, 0.95)  # 1.5, 1.35, 0.95 -> running min
-    assert benjamini_hochberg([]).size == 0
-    with pytest.raises(GaborError, match=r"\[0, 1\]"):
-        benjamini_hochberg([0.5, 1.5])
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_optimal_gabors_on_cuda_match_the_cpu(no_tf32):
     model = PlantedLN(TRUE_PARAMS)
@@ -218,3 +194,15 @@ def test_optimal_gabors_on_cuda_match_the_cpu(no_tf32):
     assert np.allclose(gpu.grid_params, cpu.grid_params)  # the same grid winners
     assert np.allclose(gpu.activations, cpu.activations, rtol=1e-4)
     assert np.allclose(gpu.images, cpu.images, atol=1e-3)
+
+
+def test_gabor_builds_on_budget_and_scoring_never_on_mei():
+    """The dependency direction of meiscope.insilico: gabor uses the budget and the scoring, not MEI synthesis."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, meiscope.insilico.gabor; "
+             "print(sorted(m for m in sys.modules if m.startswith('meiscope.insilico')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "meiscope.insilico.budget" in loaded and "meiscope.insilico.scoring" in loaded
+    assert "meiscope.insilico.mei" not in loaded

@@ -13,10 +13,11 @@ from torch import nn
 
 from meiscope.config import ConfigError, MeiConfig, parse_params
 from meiscope.errors import MeiscopeError
-from meiscope.gabor import gabor_images
+from meiscope.insilico.budget import MeiError, check_budget, project_to_budget
+from meiscope.insilico.gabor import gabor_images
+from meiscope.insilico.mei import blur, blur_sigmas, roll_images, synthesize_meis, synthesize_meis_looped
+from meiscope.insilico.scoring import best_natural_images, contrast_sweep, score_images
 from planted import local_models
-from meiscope.mei import (MeiError, best_natural_images, blur, blur_sigmas, check_budget, contrast_sweep,
-                          project_to_budget, roll_images, score_images, synthesize_meis, synthesize_meis_looped)
 
 H, W = 24, 32
 DEVICE = "cpu"
@@ -281,3 +282,20 @@ def test_meis_on_cuda_match_the_cpu(no_tf32):
     assert np.allclose(gpu.all_starts, cpu.all_starts, atol=1e-3)
     assert np.allclose(gpu.activations, cpu.activations, rtol=1e-4)
     assert np.array_equal(gpu.best_start, cpu.best_start)
+
+
+def test_in_silico_stage_modules_expose_run_and_import_light():
+    """One thin module per stage, ``run(params, root[, device])``; torch and plotting load only when it runs."""
+    import inspect
+    import subprocess
+    import sys
+
+    stages = {"mei": ["params", "root", "device"], "gabor": ["params", "root", "device"],
+              "validate": ["params", "root", "device"], "report": ["params", "root"]}
+    for name, arguments in stages.items():
+        module = __import__(f"meiscope.stages.{name}", fromlist=["run"])
+        assert list(inspect.signature(module.run).parameters) == arguments, name
+    probe = ("import sys; import meiscope.stages.mei, meiscope.stages.gabor, meiscope.stages.validate, "
+             "meiscope.stages.report; print([m for m in ('torch', 'mlflow', 'matplotlib') if m in sys.modules])")
+    heavy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert heavy.strip() == "[]"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from meiscope import insilico, pipeline
+from meiscope import pipeline
 from meiscope.config import SyntheticNeuropixelsConfig, load_params
 from meiscope.neuropixels import gabor_check, stimuli
 from meiscope.neuropixels.synthetic import draw_spikes, make_schedule, unit_population
@@ -148,8 +148,8 @@ def npx_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("npx")
     (root / "params.yaml").write_text(yaml.safe_dump(TINY))
     params = load_params(root / "params.yaml")
-    pipeline.ensure_data(params, root)
-    pipeline.extract(params, root)
+    pipeline.stage("data").run(params, root)
+    pipeline.stage("extract").run(params, root)
     return root, params
 
 
@@ -198,13 +198,13 @@ def test_neuropixels_counts_equal_counts_from_the_spike_times(npx_study):
 
 def test_neuropixels_whole_study_runs_and_checks_the_presented_gabors(npx_study):
     root, params = npx_study
-    pipeline.rank(params, root)
-    pipeline.tune(params, root, device="cpu")
-    pipeline.train(params, root, device="cpu")
-    insilico.mei(params, root, device="cpu")
-    gabor = insilico.gabor(params, root, device="cpu")
-    insilico.validate(params, root, device="cpu")
-    insilico.report(params, root)
+    pipeline.stage("rank").run(params, root)
+    pipeline.stage("tune").run(params, root, device="cpu")
+    pipeline.stage("train").run(params, root, device="cpu")
+    pipeline.stage("mei").run(params, root, device="cpu")
+    gabor = pipeline.stage("gabor").run(params, root, device="cpu")
+    pipeline.stage("validate").run(params, root, device="cpu")
+    pipeline.stage("report").run(params, root)
     ranking = json.loads((root / "metrics" / "ranking.json").read_text())
     assert ranking["n_selected"] == 8 and "gt_precision" in json.dumps(ranking)
     train = json.loads((root / "metrics" / "train.json").read_text())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from meiscope.mei import project_to_budget
+from meiscope.insilico.budget import project_to_budget
 from meiscope.optima import (SubunitFilters, drive_from_subunits, model_space_subunits, optimum_of_cell,
                              true_optima)
 

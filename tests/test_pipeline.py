@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from meiscope import insilico, pipeline
+from meiscope import pipeline
+from meiscope.paths import Layout
+from meiscope.stages import data as data_stage
+from meiscope.study import tuned_configs
 from meiscope.config import load_params
 
 TINY = {
@@ -30,15 +33,15 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     (root / "params.yaml").write_text(yaml.safe_dump(TINY))
     params = load_params(root / "params.yaml")
-    pipeline.ensure_data(params, root)
-    pipeline.extract(params, root)
-    pipeline.rank(params, root)
-    pipeline.tune(params, root, device="cpu")
-    pipeline.train(params, root, device="cpu")
-    insilico.mei(params, root, device="cpu")
-    insilico.gabor(params, root, device="cpu")
-    insilico.validate(params, root, device="cpu")
-    insilico.report(params, root)
+    pipeline.stage("data").run(params, root)
+    pipeline.stage("extract").run(params, root)
+    pipeline.stage("rank").run(params, root)
+    pipeline.stage("tune").run(params, root, device="cpu")
+    pipeline.stage("train").run(params, root, device="cpu")
+    pipeline.stage("mei").run(params, root, device="cpu")
+    pipeline.stage("gabor").run(params, root, device="cpu")
+    pipeline.stage("validate").run(params, root, device="cpu")
+    pipeline.stage("report").run(params, root)
     return root, params
 
 
@@ -73,7 +76,7 @@ def test_every_stage_writes_its_metrics(study):
 def test_tuned_architecture_feeds_train(study):
     root, params = study
     best = yaml.safe_load((root / "results" / "tune" / "best_model.yaml").read_text())
-    model_cfg, _, tuned = pipeline.tuned_configs(params, pipeline.Layout.from_params(params, root))
+    model_cfg, _, tuned = tuned_configs(params, Layout.from_params(params, root))
     assert tuned and model_cfg.channels == best["model"]["channels"]
     run = json.loads((root / "results" / "train" / "run.json").read_text())
     assert run["model"]["channels"] == best["model"]["channels"] and run["device"] == "cpu"
@@ -92,7 +95,7 @@ def test_second_ensure_data_leaves_matching_synthetic_data_alone(study):
     root, params = study
     nwb = next((root / "data" / "synthetic" / "ophys_experiment_data").glob("*.nwb"))
     before = nwb.stat().st_mtime_ns
-    pipeline.ensure_data(params, root)
+    pipeline.stage("data").run(params, root)
     assert nwb.stat().st_mtime_ns == before
 
 
@@ -118,7 +121,7 @@ def test_validate_is_skipped_with_a_note_for_real_sessions(study, tmp_path):
     saved = tmp_path / truth_file.name
     truth_file.rename(saved)  # without ground truth the session reads as a real Allen one
     try:
-        metrics = insilico.validate(params, root, device="cpu")
+        metrics = pipeline.stage("validate").run(params, root, device="cpu")
     finally:
         saved.rename(truth_file)
     assert metrics["skipped"] is True and "no ground truth" in metrics["note"]
@@ -144,7 +147,7 @@ def test_synthesize_never_touches_downloads_or_files_it_did_not_write(tmp_path):
     download = tmp_path / "data" / "allen" / "ophys_experiment_data" / "501940850.nwb"
     download.parent.mkdir(parents=True)
     download.write_bytes(b"a real Allen session, 275 MB in real life")
-    pipeline.ensure_data(params, tmp_path)  # synthetic data go to data/synthetic
+    pipeline.stage("data").run(params, tmp_path)  # synthetic data go to data/synthetic
     assert download.read_bytes().startswith(b"a real Allen session")
     synthetic = tmp_path / "data" / "synthetic"
     assert sorted(p.name for p in (synthetic / "ophys_experiment_data").glob("*.nwb")) == ["900000001.nwb"]
@@ -152,12 +155,12 @@ def test_synthesize_never_touches_downloads_or_files_it_did_not_write(tmp_path):
     foreign = synthetic / "ophys_experiment_data" / "123.nwb"
     foreign.write_bytes(b"someone else's file")
     with pytest.raises(MeiscopeError, match="123.nwb: not written by `meiscope synthesize`"):
-        pipeline.synthesize(params, tmp_path)
+        data_stage.synthesize(params, tmp_path)
     assert foreign.read_bytes() == b"someone else's file"
     # meiscope's own sessions of an earlier config are replaced (they have a ground truth)
     foreign.unlink()
     two = _project(tmp_path, {**SMALL, "synthetic": {**SMALL["synthetic"], "first_experiment_id": 900000005}})
-    pipeline.synthesize(two, tmp_path)
+    data_stage.synthesize(two, tmp_path)
     assert sorted(p.name for p in (synthetic / "ophys_experiment_data").glob("*.nwb")) == ["900000005.nwb"]
     assert download.is_file()
 
@@ -166,16 +169,16 @@ def test_a_failed_extract_keeps_the_last_good_outputs_and_reads_only_the_studied
     from meiscope.errors import MeiscopeError
 
     params = _project(tmp_path, {**SMALL, "synthetic": {**SMALL["synthetic"], "n_sessions": 2}})
-    pipeline.ensure_data(params, tmp_path)
+    pipeline.stage("data").run(params, tmp_path)
     nwbs = sorted((tmp_path / "data" / "synthetic" / "ophys_experiment_data").glob("*.nwb"))
     nwbs[1].write_bytes(b"not an NWB")  # a session the study does not use
-    pipeline.extract(params, tmp_path)  # reads only the studied (first) session
+    pipeline.stage("extract").run(params, tmp_path)  # reads only the studied (first) session
     out = tmp_path / "results" / "responses"
     assert sorted(p.name for p in out.iterdir()) == ["900000001.npz", "study.json"]
     good = {p.name: p.read_bytes() for p in out.iterdir()}
     nwbs[0].write_bytes(nwbs[0].read_bytes()[:4000])  # the studied session is damaged
     with pytest.raises(MeiscopeError, match="900000001.nwb"):
-        pipeline.extract(params, tmp_path)
+        pipeline.stage("extract").run(params, tmp_path)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == good  # the last good extract is intact
     assert [p.name for p in (tmp_path / "results").iterdir()] == ["responses"]  # no temporary folder left
 
@@ -185,7 +188,7 @@ def test_report_without_results_says_what_to_run(tmp_path):
 
     params = _project(tmp_path)
     with pytest.raises(MeiscopeError, match="no results .* yet: run the study first"):
-        insilico.report(params, tmp_path)
+        pipeline.stage("report").run(params, tmp_path)
     assert not (tmp_path / "report").exists()
 
 
@@ -222,7 +225,7 @@ def test_a_copied_project_writes_runs_into_its_own_store(study, tmp_path):
     root, _ = study
     original = _files(root / "mlruns")
     copy = _copy_project(root, tmp_path / "copy")
-    insilico.report(load_params(copy / "params.yaml"), copy)
+    pipeline.stage("report").run(load_params(copy / "params.yaml"), copy)
     assert _files(root / "mlruns") == original  # nothing written into the original checkout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
     run = client.search_runs([client.get_experiment_by_name("meiscope").experiment_id],
@@ -298,7 +301,9 @@ def test_ctrl_c_during_train_says_how_to_continue(study, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train", interrupted)
+    import meiscope.stages.train
+
+    monkeypatch.setattr(meiscope.stages.train, "run", interrupted)
     root, _ = study
     result = CliRunner().invoke(main, ["train", "--params", str(root / "params.yaml")])
     assert result.exit_code == 130

@@ -41,14 +41,14 @@ def study(tmp_path_factory):
     """Three tiny synthetic sessions: the first studied, the other two sharing its core."""
     root = tmp_path_factory.mktemp("sessions")
     params = write_params(root, TINY)
-    pipeline.ensure_data(params, root)
-    pipeline.extract(params, root)
-    pipeline.rank(params, root)
-    index = pipeline.sessions(params, root)
+    pipeline.stage("data").run(params, root)
+    pipeline.stage("extract").run(params, root)
+    pipeline.stage("rank").run(params, root)
+    index = pipeline.stage("sessions").run(params, root)
     for experiment_id in params.sessions.shared:
-        pipeline.extract_session(params, root, experiment_id)
-        pipeline.rank_session(params, root, experiment_id)
-    metrics = pipeline.train(params, root, device="cpu")
+        pipeline.stage("extract").run(params, root, session=experiment_id)
+        pipeline.stage("rank").run(params, root, session=experiment_id)
+    metrics = pipeline.stage("train").run(params, root, device="cpu")
     return root, params, index, metrics
 
 
@@ -82,21 +82,21 @@ def test_train_shares_the_core_and_writes_only_the_studied_sessions_ensemble(stu
 def test_session_commands_refuse_what_sessions_shared_does_not_list(study, tmp_path):
     root, params, _, _ = study
     with pytest.raises(MeiscopeError, match=f"session {STUDY + 7} is not in sessions.shared"):
-        pipeline.extract_session(params, root, STUDY + 7)
+        pipeline.stage("extract").run(params, root, session=STUDY + 7)
     # the studied session (extract.experiment_id null = the smallest id) cannot be listed as shared
     (tmp_path / "data").symlink_to(root / "data")
     studied = write_params(tmp_path, {**TINY, "sessions": {"shared": [STUDY]}})
     with pytest.raises(MeiscopeError, match=f"sessions.shared lists {STUDY}, the studied session"):
-        pipeline.sessions(studied, tmp_path)
+        pipeline.stage("sessions").run(studied, tmp_path)
     missing = write_params(tmp_path, {**TINY, "sessions": {"shared": [SECOND, STUDY + 50]}})
     with pytest.raises(MeiscopeError, match=f"lists {STUDY + 50}, which has no NWB file"):
-        pipeline.sessions(missing, tmp_path)
+        pipeline.stage("sessions").run(missing, tmp_path)
     # train before the shared sessions were extracted and ranked says what to run
     shutil.copytree(root / "results" / "responses", tmp_path / "results" / "responses")
     shutil.copytree(root / "results" / "ranking", tmp_path / "results" / "ranking")
     fresh = write_params(tmp_path, TINY)
     with pytest.raises(MeiscopeError, match=f"run `meiscope extract --session {SECOND}`"):
-        pipeline.train(fresh, tmp_path, device="cpu")
+        pipeline.stage("train").run(fresh, tmp_path, device="cpu")
 
 
 def test_the_cli_runs_a_session_and_errors_in_one_line(study):

@@ -1,6 +1,5 @@
 """Replicates: per-seed projects, resumable runs, intervals and conclusions that must hold in every replicate."""
 
-import copy
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from scipy.stats import t
 from meiscope import replicate as rep
 from meiscope.config import as_dict, load_params, parse_params
 from meiscope.errors import MeiscopeError
+from meiscope.science.catalogue import format_conclusion, format_interval
 
 from test_pipeline import TINY
 
@@ -32,7 +32,7 @@ def test_intervals_are_t_intervals_of_the_replicate_means():
     entry = summary["figures"]["ranking.gt_precision"]
     half = t.ppf(0.975, 2) * 0.2 / np.sqrt(3)  # sd of (0.5, 0.7, 0.9) is 0.2
     assert entry["mean"] == pytest.approx(0.7) and entry["sd"] == pytest.approx(0.2)
-    assert (entry["ci_low"], entry["ci_high"]) == pytest.approx((0.7 - half, 0.7 + half))
+    assert (entry["ci_low"], entry["ci_high"]) == pytest.approx((0.7 - half, 1.0))  # a precision: clipped to [0, 1]
     assert entry["values"] == [0.5, 0.7, 0.9]
     # ratios: geometric mean and an interval on the log scale (2 and 1/2 average to 1)
     ratio = rep.interval([2.0, 0.5, 1.0], 0.95, log_scale=True)
@@ -41,7 +41,7 @@ def test_intervals_are_t_intervals_of_the_replicate_means():
     missing = summary["figures"]["validate.gt_mei_corr_median_simple"]
     assert missing["mean"] is None and missing["n"] == 0  # absent everywhere: no number invented
     assert "gabor.gabor_patch_frac_orientation_agrees" not in summary["figures"]  # Neuropixels only
-    assert rep.format_interval(entry) == f"0.70 [{0.7 - half:.2f}, {0.7 + half:.2f}]"
+    assert format_interval(entry) == f"0.70 [{0.7 - half:.2f}, 1.00]"
 
 
 def test_the_two_recordings_replicates_sit_side_by_side_in_their_own_files(tmp_path):
@@ -54,8 +54,8 @@ def test_the_two_recordings_replicates_sit_side_by_side_in_their_own_files(tmp_p
     section = recordings_section(neuropixels, two_photon)
     assert section.title == "Two-photon dF/F vs Neuropixels spike counts: the same study, two recordings"
     assert "(metrics/replicates.json, metrics/replicates-neuropixels.json)" in section.intro
-    assert section.metrics["ranking precision vs truth"] == ("two-photon dF/F: 0.60 [-0.67, 1.87] | "
-                                                             "Neuropixels spike counts: 0.60 [-0.67, 1.87]")
+    assert section.metrics["ranking precision vs truth"] == ("two-photon dF/F: 0.60 [0.00, 1.00] | "
+                                                             "Neuropixels spike counts: 0.60 [0.00, 1.00]")
     assert section.metrics["best patch orientation agrees with optimal Gabor"].startswith("two-photon dF/F: n/a | ")
     assert "the same synthetic cortices" in section.intro
     params = parse_params({"data": {"recording": "neuropixels"}})
@@ -74,10 +74,10 @@ def test_a_conclusion_counts_only_when_every_replicate_agrees():
     simple = summary["conclusions"]["simple"]["MEI vs optimal Gabor, in truth"]
     assert simple["per_replicate"] == ["loses", "loses", "ties"]
     assert not simple["holds_in_every_replicate"] and simple["conclusion"] == "inconsistent"
-    assert rep.format_conclusion(simple) == "no conclusion (loses, loses, ties)"
+    assert format_conclusion(simple) == "no conclusion (loses, loses, ties)"
     complex_ = summary["conclusions"]["complex"]["MEI vs optimal Gabor, in truth"]
     assert complex_["holds_in_every_replicate"] and complex_["conclusion"] == "beats"
-    assert rep.format_conclusion(complex_) == "MEI beats in every replicate"
+    assert format_conclusion(complex_) == "MEI beats in every replicate"
     absent = summary["conclusions"]["conjunction"]["MEI vs optimal Gabor, in truth"]
     assert not absent["holds_in_every_replicate"]  # no verdict is no conclusion
 
@@ -102,74 +102,115 @@ def test_replicate_refuses_real_data_and_single_seeds(tmp_path):
         rep.replicate(parse_params({}), tmp_path, seeds=[5, 5], progress=False)
 
 
+FAKE_MEISCOPE = """#!{python}
+# Stands in for `meiscope <stage>` under `dvc repro`: writes the stage's outputs and records that it ran.
+import json, os, pathlib, sys
+name, outputs, metric_names, inner = {stages!r}[sys.argv[1]]
+folder = pathlib.Path.cwd()
+with open({ran!r}, "a") as f:
+    f.write(f"{{folder.name}} {{name}}\\n")
+kill = pathlib.Path({kill!r})
+if name == "gabor" and folder.name == "seed_2" and kill.exists():
+    kill.unlink()
+    sys.exit("killed")
+content = name + os.urandom(8).hex()  # a stage that runs again writes other bytes, as a real one may
+for out in outputs:
+    path = folder / out
+    if path.suffix:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "out.txt").write_text(content)
+for path in inner:  # files inside an output folder that a later stage reads
+    (folder / path).write_text(content)
+fake = {fake}
+for stem in metric_names:
+    (folder / "metrics").mkdir(exist_ok=True)
+    (folder / "metrics" / f"{{stem}}.json").write_text(json.dumps(fake.get(stem, {{}})))
+"""
+
+
+def _fake_stage_commands(tmp_path, monkeypatch, kill_once: bool = False):
+    """A `meiscope` first on the PATH of `dvc repro`; returns a function that reads and clears what ran.
+
+    ``kill_once``: seed_2's gabor stage fails the first time it runs.
+    """
+    import os
+    import sys
+
+    bin_dir, ran, kill = tmp_path / "bin", tmp_path / "ran.txt", tmp_path / "kill"
+    bin_dir.mkdir()
+    inputs = {i for s in rep.replicate_stages() for i in s.inputs}
+    stages = {s.cli_command: (s.name, list(s.outputs), list(s.metric_names),
+                              sorted(i for i in inputs for o in s.outputs if i.startswith(o + "/")))
+              for s in rep.replicate_stages() if not s.per_session}
+    script = FAKE_MEISCOPE.format(python=sys.executable, ran=str(ran), kill=str(kill), stages=stages,
+                                  fake=repr(fake_metrics(0.6, 1)))
+    (bin_dir / "meiscope").write_text(script)
+    (bin_dir / "meiscope").chmod(0o755)
+    real = rep.stage_command_path()
+    monkeypatch.setattr(rep, "stage_command_path", lambda: f"{bin_dir}{os.pathsep}{real}")
+    if kill_once:
+        kill.write_text("")
+
+    def stages_run():
+        lines = ran.read_text().split("\n") if ran.exists() else []
+        ran.unlink(missing_ok=True)
+        return [tuple(line.split()) for line in lines if line]
+
+    return stages_run
+
+
+@pytest.mark.slow
 def test_an_interrupted_replicate_run_resumes_where_it_stopped(tmp_path, monkeypatch):
-    """Stages that finished are not run again; a params change starts the replicate over."""
-    ran, killed = [], []
+    """DVC decides: finished stages are not run again; params or code changes rerun from that stage on."""
+    import meiscope.dvcfile as dvcfile
+    import shutil
 
-    def fake_stage(folder, stage, device):
-        ran.append((folder.name, stage))
-        if stage == "gabor" and folder.name == "seed_2" and not killed:
-            killed.append(stage)
-            raise MeiscopeError("killed")
-        if stage == "validate":
-            for stem, metrics in fake_metrics(0.5 + int(folder.name[-1]) / 10, 1).items():
-                (folder / "metrics").mkdir(exist_ok=True)
-                (folder / "metrics" / f"{stem}.json").write_text(json.dumps(metrics))
-
-    monkeypatch.setattr(rep, "run_stage", fake_stage)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}}))
-    params = load_params(tmp_path / "params.yaml")
-    with pytest.raises(MeiscopeError, match="killed"):
-        rep.replicate(params, tmp_path, progress=False)
+    (tmp_path / "fake").mkdir()
+    stages_run = _fake_stage_commands(tmp_path / "fake", monkeypatch, kill_once=True)
+    source = tmp_path / "src"  # the replicates' code deps point at this copy, so the test can change it
+    shutil.copytree(dvcfile.SOURCE_ROOT, source, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    monkeypatch.setattr(dvcfile, "SOURCE_ROOT", source)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}}))
+    params = load_params(project / "params.yaml")
+    with pytest.raises(MeiscopeError, match="seed_2: dvc repro failed"):
+        rep.replicate(params, project, progress=False)
+    ran = stages_run()
     assert ran.count(("seed_1", "validate")) == 1 and ("seed_2", "validate") not in ran
-    ran.clear()
-    summary = rep.replicate(params, tmp_path, progress=False)
-    assert ran == [("seed_2", "gabor"), ("seed_2", "validate")]  # seed 1 and seed 2's first stages are kept
-    assert summary["k"] == 2 and summary["figures"]["ranking.gt_precision"]["values"] == [0.6, 0.7]
-    written = json.loads((tmp_path / "metrics" / "replicates.json").read_text())
-    assert written["seeds"] == [1, 2] and (tmp_path / "replicates" / "intervals.png").stat().st_size > 10_000
+    assert [s for f, s in ran if f == "seed_1"] == [s.name for s in rep.replicate_stages() if not s.per_session]
+    summary = rep.replicate(params, project, progress=False)
+    assert stages_run() == [("seed_2", "gabor"), ("seed_2", "validate")]  # everything else is kept
+    assert summary["k"] == 2 and len(set(summary["code_keys"].values())) == 1
+    written = json.loads((project / "metrics" / "replicates.json").read_text())
+    assert written["seeds"] == [1, 2] and (project / "replicates" / "intervals.png").stat().st_size > 10_000
     assert written["params_key"] == rep.settings_key(params)  # the report tells a summary of other settings
     # another MEI setting: every replicate reruns from mei on; its data, models and ranking are kept
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "mei": {"steps": 50}}))
-    ran.clear()
-    rep.replicate(load_params(tmp_path / "params.yaml"), tmp_path, progress=False)
-    assert ran == [(f"seed_{s}", stage) for s in (1, 2) for stage in ("mei", "gabor", "validate")]
-    assert yaml.safe_load((tmp_path / "replicates" / "seed_1" / "params.yaml").read_text())["mei"]["steps"] == 50
-    # another training setting: tuning and training run again, on the same data
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "mei": {"steps": 50},
-                                                        "train": {"patience": 7}}))
-    ran.clear()
-    rep.replicate(load_params(tmp_path / "params.yaml"), tmp_path, progress=False)
-    assert ran == [(f"seed_{s}", stage) for s in (1, 2) for stage in rep.STAGES[3:]]
-    # another cortex: everything
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "synthetic": {"n_cells": 50},
-                                                        "mei": {"steps": 50}, "train": {"patience": 7}}))
-    ran.clear()
-    rep.replicate(load_params(tmp_path / "params.yaml"), tmp_path, progress=False)
-    assert len(ran) == 2 * len(rep.STAGES)
+    (project / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "mei": {"steps": 50}}))
+    rep.replicate(load_params(project / "params.yaml"), project, progress=False)
+    assert stages_run() == [(f"seed_{s}", stage) for s in (1, 2) for stage in ("mei", "gabor", "validate")]
+    # a change of the code the gabor stage runs: gabor and validate rerun, nothing before them
+    with open(source / "meiscope" / "stages" / "gabor.py", "a") as f:
+        f.write("\n# changed\n")
+    changed = rep.replicate(load_params(project / "params.yaml"), project, progress=False)
+    assert stages_run() == [(f"seed_{s}", stage) for s in (1, 2) for stage in ("gabor", "validate")]
+    assert changed["code_keys"] != summary["code_keys"]
 
 
-def test_stage_keys_cover_every_params_section_and_what_dvc_stages_read():
-    """Every params section changes some stage's key; each stage's key covers the sections dvc.yaml gives it."""
-    raw = as_dict(parse_params({}))
-    keys = rep.stage_keys(raw)
-    assert list(keys) == list(rep.STAGES)
-    for section in set(raw) - {"tracking"}:
-        changed = copy.deepcopy(raw)
-        changed[section] = {"changed": True}
-        assert rep.stage_keys(changed) != keys, section
-    stages = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]
-    covered: set[str] = set()
-    for stage in rep.STAGES:
-        covered |= set(rep.STAGE_SECTIONS[stage])
-        for entry in stages.get(stage, {}).get("params", []):
-            assert entry.split(".")[0] in covered, (stage, entry)
+def test_replicates_run_every_stage_of_the_table_but_the_report():
+    from meiscope.pipeline import STAGES
+
+    assert [s.name for s in rep.replicate_stages()] == [s.name for s in STAGES if s.name != "report"]
+    assert {"sessions", "extract-session", "rank-session"} <= {s.name for s in rep.replicate_stages()}
 
 
 @pytest.mark.slow
 def test_two_tiny_replicates_end_to_end(tmp_path):
     """The real stages, each in its own process, on two tiny cortices; then the report shows the intervals."""
-    from meiscope import insilico
+    from meiscope import pipeline
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "replicate": {"seeds": [11, 12]},
                                                        "tracking": {"enabled": False}}))  # MLflow: test_pipeline
@@ -179,11 +220,11 @@ def test_two_tiny_replicates_end_to_end(tmp_path):
         folder = tmp_path / "replicates" / f"seed_{seed}"
         validate = json.loads((folder / "metrics" / "validate.json").read_text())
         assert validate["n_true_optimum_beaten"] == 0
-        assert (folder / "logs" / "train.log").is_file()
+        assert "Running stage 'train'" in (folder / "logs" / "dvc-repro.log").read_text()
     entry = summary["figures"]["train.gt_fresh_corr_mean"]
     assert entry["n"] == 2 and entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
     # the two cortices differ (new cells and scenes), so the figures do too
     assert entry["values"][0] != entry["values"][1]
-    insilico.report(params, tmp_path)
+    pipeline.stage("report").run(params, tmp_path)
     html = (tmp_path / "report" / "index.html").read_text()
     assert "Replicates (two-photon dF/F): what holds across new cortices" in html and "replicate intervals" in html

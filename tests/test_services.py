@@ -144,10 +144,12 @@ def test_a_dead_workers_trial_is_failed_and_its_configuration_retried_by_another
     monkeypatch.setattr(shared_study, "GRACE_S", 2)
     _, _, urls = stack
     cfg = parse_params({"tune": {"study_name": "dead-worker", "n_trials": 3}}).tune
-    dead = tuning.open_study(cfg, tmp_path, urls.optuna_storage)
+    storage = tuning.open_storage(cfg, tmp_path, urls.optuna_storage)
+    dead = tuning.open_study(cfg, tmp_path, urls.optuna_storage, storage=storage)
     trial = shared_study.claim_trial(dead, budget=3)
     trial.suggest_float("lr", 1e-3, 1e-1, log=True)
-    dead._storage.record_heartbeat(trial._trial_id)  # it beat once, then its host died
+    # it beat once, then its host died
+    storage.record_heartbeat(shared_study.storage_trial_id(storage, dead, trial.number))
     time.sleep(3)
     alive = tuning.open_study(cfg, tmp_path, urls.optuna_storage)
     retry = shared_study.claim_trial(alive, budget=3)
@@ -164,7 +166,7 @@ def test_hosts_that_open_a_new_database_at_once_do_not_collide(stack):
 
     _, _, urls = stack
     opener = ("import sys; from meiscope import tuning; from meiscope.config import parse_params; "
-              "tuning._storage(parse_params({}).tune, '.', sys.argv[1])")
+              "tuning.open_storage(parse_params({}).tune, '.', sys.argv[1])")
     engine = sqlalchemy.create_engine(urls.postgres_admin, isolation_level="AUTOCOMMIT")
     for attempt in range(3):
         name = f"fresh_{attempt}"

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 
-from meiscope.mei import seed_consistency
-from meiscope.similarity import (image_correlation, phase_aware_consistency, phase_invariant_correlation,
-                                 quadrature_partner, span_correlation)
+from meiscope.insilico.similarity import (image_correlation, phase_aware_consistency, phase_invariant_correlation,
+                                          quadrature_partner, seed_consistency, span_correlation)
 
 
 def gabor(shape=(36, 46), x=22.0, y=17.0, theta=0.6, wavelength=9.0, sigma=5.0, phase=0.0):

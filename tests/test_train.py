@@ -15,7 +15,7 @@ from meiscope.model.ensemble import load_ensemble
 from meiscope.model.evaluation import corr_to_average, predict
 from meiscope.model.network import ModelError
 from meiscope.model.training import TrainingError, train_one
-from meiscope.train import run_train
+from meiscope.model.fitting import GroundTruth, TrainingData, TrainOutputs, fit_ensemble
 
 TINY = ModelConfig(layers=2, channels=[8, 8], first_kernel=5, hidden_kernel=3)
 
@@ -194,14 +194,13 @@ def test_bad_configuration_fails_before_any_training(tmp_path):
     with pytest.raises(ModelError, match=r"model.first_kernel \(13\) is larger than the image \(12x12\)"):
         train_one(big, TrainConfig(), ds, seed=1, device="cpu", checkpoint_path=tmp_path / "x.pt", progress=False)
     assert not (tmp_path / "x.pt").exists()
+    outputs = TrainOutputs(tmp_path / "ens", tmp_path / "res", tmp_path / "m.json")
     with pytest.raises(ModelError, match="first_kernel"):
-        run_train(ds, big, TrainConfig(), tmp_path / "ens", tmp_path / "res", tmp_path / "m.json", "cpu",
-                  progress=False)
+        fit_ensemble(TrainingData(ds), big, TrainConfig(), outputs, device="cpu", progress=False)
     no_test = tiny_dataset()
     no_test.split[no_test.split == "test"] = "train"
     with pytest.raises(TrainingError, match="test images"):
-        run_train(no_test, TINY, TrainConfig(), tmp_path / "ens", tmp_path / "res", tmp_path / "m.json", "cpu",
-                  progress=False)
+        fit_ensemble(TrainingData(no_test), TINY, TrainConfig(), outputs, device="cpu", progress=False)
     no_val = tiny_dataset()
     no_val.split[no_val.split == "val"] = "train"
     with pytest.raises(TrainingError, match="validation images"):
@@ -227,41 +226,43 @@ class RecordingLog:
         self.artifacts.append(path)
 
 
-def test_run_train_writes_models_metrics_and_figures(tmp_path):
+def test_fit_ensemble_writes_models_metrics_and_figures(tmp_path):
     rng = np.random.default_rng(2)
     shape, planted = (14, 14), [(4, 4), (9, 9), (4, 10)]
     images = rng.standard_normal((80, *shape))
     ds = make_dataset(images, planted_rates(images, planted), n_val=12, n_test=16)
 
-    def truth(imgs):
-        return planted_rates(imgs, planted)
-
+    # the true rates, also on fresh scenes (never trained on), with per-kind medians
+    truth = GroundTruth(lambda imgs: planted_rates(imgs, planted), fresh_images=rng.standard_normal((40, *shape)),
+                        kinds=["simple", "complex", "simple"])
     cfg = TrainConfig(seeds=[1, 2], max_epochs=12, patience=20, lr=0.01, batch_size=16)
     log = RecordingLog()
-    paths = dict(out_dir=tmp_path / "models" / "ensemble", results_dir=tmp_path / "results" / "train",
-                 metrics_path=tmp_path / "results" / "train_metrics.json")
-    metrics = run_train(ds, TINY, cfg, **paths, device="cpu", truth=truth, progress=False, log=log)
+    outputs = TrainOutputs(ensemble_dir=tmp_path / "models" / "ensemble", results_dir=tmp_path / "results" / "train",
+                           metrics_path=tmp_path / "results" / "train_metrics.json")
+    metrics = fit_ensemble(TrainingData(ds), TINY, cfg, outputs, truth=truth, device="cpu", progress=False, log=log)
 
-    on_disk = json.loads(paths["metrics_path"].read_text())
+    on_disk = json.loads(outputs.metrics_path.read_text())
     assert on_disk["n_neurons"] == 3 and on_disk == json.loads(json.dumps(metrics))
     for key in ("test_corr_to_avg_mean", "test_single_trial_corr_mean", "test_feve_median",
                 "ln_test_corr_to_avg_mean", "ln_test_feve_median", "gt_test_corr_mean", "test_oracle_corr_mean"):
         assert isinstance(metrics[key], float), key
     assert len(metrics["member_test_corr_to_avg_mean"]) == 2
     assert metrics["gt_test_corr_mean"] > 0.6  # the ensemble learned the planted neurons
+    assert metrics["n_fresh_images"] == 40 and len(metrics["member_gt_fresh_corr_mean"]) == 2
+    assert {"gt_fresh_corr_median_simple", "gt_fresh_corr_median_complex"} <= set(metrics)
     assert metrics["test_oracle_corr_mean"] > metrics["test_single_trial_corr_mean"] - 0.05
 
-    results = paths["results_dir"]
+    results = outputs.results_dir
     for name in ("per_neuron.csv", "learning_curves.png", "pred_vs_obs.png", "history.json",
                  "checkpoints/seed_1.pt", "checkpoints/seed_2.pt"):
         assert (results / name).is_file(), name
     import pandas as pd
 
     table = pd.read_csv(results / "per_neuron.csv")
-    assert list(table["cell_id"]) == list(ds.cell_ids) and "gt_test_corr" in table
+    assert list(table["cell_id"]) == list(ds.cell_ids) and {"gt_test_corr", "gt_fresh_corr"} <= set(table)
     assert table["test_corr_to_avg"].mean() == pytest.approx(metrics["test_corr_to_avg_mean"], abs=1e-5)
 
-    ens = load_ensemble(paths["out_dir"])
+    ens = load_ensemble(outputs.ensemble_dir)
     assert ens.seeds == [1, 2] and list(ens.cell_ids) == list(ds.cell_ids)
 
     keys = {k for k, _, _ in log.metrics}
@@ -274,7 +275,8 @@ def test_run_train_writes_models_metrics_and_figures(tmp_path):
     # Resume: finished members are loaded from their checkpoints, not retrained -> same metrics,
     # and the epoch history still reaches the new log.
     log2 = RecordingLog()
-    again = run_train(ds, TINY, cfg, **paths, device="cpu", resume=True, truth=truth, progress=False, log=log2)
+    again = fit_ensemble(TrainingData(ds), TINY, cfg, outputs, truth=truth, device="cpu", resume=True,
+                         progress=False, log=log2)
     assert again == metrics
     assert [s for k, _, s in log2.metrics if k == "member_2/val_corr"] == list(range(1, 13))
 

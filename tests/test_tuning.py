@@ -8,7 +8,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from meiscope import tuning
+from meiscope import shared_study, tuning
 from meiscope.config import parse_params
 from meiscope.dataset import ResponseDataset
 
@@ -131,7 +131,7 @@ def test_two_workers_share_one_journal_without_lost_or_duplicated_trials(setup):
     numbers = [t.number for t in study.trials]
     assert sorted(numbers) == [0, 1, 2, 3] and new == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in study.trials)
-    assert len({t._trial_id for t in study.trials}) == 4
+    assert len({t.user_attrs[shared_study.TUNER] for t in study.trials}) == 1  # all run by this invocation
 
 
 def test_study_name_follows_what_the_trials_compute(setup):
@@ -203,3 +203,83 @@ def test_trials_carry_their_story_for_optuna_dashboard(setup):
     assert all(1 <= t.user_attrs["best_epoch"] <= t.user_attrs["epochs"] == params.tune.epochs for t in done)
     best = tuning.best_setup(study, params.model, params.tune.space)
     assert best["study"] == study.study_name
+
+
+# --------------------------------------------------------------------------------------
+# the shared study on a real RDB storage (sqlite): heartbeats and the exact budget
+# --------------------------------------------------------------------------------------
+def _sqlite_tune(tmp_path, name, n_trials):
+    return parse_params({"tune": {"study_name": name, "n_trials": n_trials,
+                                  "storage": f"sqlite:///{tmp_path / 'optuna.db'}"}}).tune
+
+
+def test_a_running_trial_beats_and_a_silent_one_is_failed_and_retried(tmp_path, monkeypatch):
+    """run_claimed_trial beats through the storage it is given: past the grace period its trial is
+    still alive, while a trial whose worker stopped beating goes to the next claim, once more."""
+    import time
+
+    monkeypatch.setattr(shared_study, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(shared_study, "GRACE_S", 2)
+    cfg = _sqlite_tune(tmp_path, "beats", 3)
+    storage = tuning.open_storage(cfg, tmp_path)
+    study = tuning.open_study(cfg, tmp_path, storage=storage)
+    silent = shared_study.claim_trial(study, budget=3)
+    silent.suggest_float("lr", 1e-3, 1e-1, log=True)
+    storage.record_heartbeat(shared_study.storage_trial_id(storage, study, silent.number))  # beat once, then died
+    other = tuning.open_study(cfg, tmp_path)  # another worker, on its own storage object
+    retried = []
+
+    def objective(trial):
+        trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+        time.sleep(3.5)  # past the grace period: only its heartbeats keep it running
+        retried.append(shared_study.claim_trial(other, budget=3))  # the claim fails stale trials first
+        return 1.0
+
+    running = shared_study.claim_trial(study, budget=3)
+    # a first beat as the silent one had: without the worker's own beats it would go stale in the sleep
+    storage.record_heartbeat(shared_study.storage_trial_id(storage, study, running.number))
+    shared_study.run_claimed_trial(study, running, objective, storage)
+    by_number = {t.number: t for t in study.trials}
+    assert [t.state for t in study.trials[:2]] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert retried[0].number == 2 and by_number[2].params == by_number[silent.number].params
+    # the complete trial and the running retry use up a budget of 2 (a failed trial does not)
+    assert shared_study.claim_trial(study, budget=2) is None
+
+
+def _claim_until_spent(cfg, root, budget, start):
+    """One worker process: claims (under the study lock) and runs trivial trials until the budget is spent."""
+    import os
+    import time
+
+    def objective(trial):
+        time.sleep(0.2)  # long enough for the other worker to claim meanwhile
+        return trial.suggest_float("x", 0, 1)
+
+    storage = tuning.open_storage(cfg, root)
+    study = tuning.open_study(cfg, root, storage=storage)
+    start.wait()  # both workers claim from the same moment on
+    while True:
+        with tuning.study_lock(cfg, root, None):
+            trial = shared_study.claim_trial(study, budget)
+        if trial is None:
+            return
+        trial.set_user_attr("pid", os.getpid())
+        shared_study.run_claimed_trial(study, trial, objective, storage)
+
+
+def test_two_worker_processes_meet_the_budget_exactly_on_an_rdb_storage(tmp_path):
+    import multiprocessing
+
+    cfg = _sqlite_tune(tmp_path, "budget", 7)
+    tuning.open_study(cfg, tmp_path)  # one process creates the tables
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_claim_until_spent, args=(cfg, tmp_path, 7, start)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    trials = tuning.open_study(cfg, tmp_path).trials
+    assert [t.number for t in trials] == list(range(7)) and {t.state for t in trials} == {TrialState.COMPLETE}
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both took part

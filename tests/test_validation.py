@@ -9,8 +9,9 @@ import torch
 
 from meiscope import optima
 from meiscope.config import GaborConfig, MeiConfig
-from meiscope.gabor import optimal_gabors
-from meiscope.mei import project_to_budget, synthesize_meis
+from meiscope.insilico.budget import project_to_budget
+from meiscope.insilico.gabor import optimal_gabors
+from meiscope.insilico.mei import synthesize_meis
 from meiscope.synthetic.population import TruePopulation, sample_cells
 from meiscope.validation import (TrueNeuronsInModelSpace, TrueOptimumBeaten, check_optima, closed_loop_table,
                                  closed_loop_figure, mei_truth_correlations, summarise_validation, true_responses)

@@ -26,9 +26,10 @@ from typing import Any, Optional
 from meiscope.atomic import save_figure, write_json
 from meiscope.config import CONTAINER_STIMULI, Params
 from meiscope.errors import MeiscopeError
-from meiscope.replicate import (HEADLINE, STAGES, draw_interval, format_interval, interval, interval_seeds,
-                                replicate_dir, replicate_params, replicates_dir, run_project, run_replicate,
-                                settings_key)
+from meiscope.replicate import (draw_interval, interval_seeds, replicate_dir, replicate_params, replicate_stages,
+                                replicates_dir, run_project, run_replicate, settings_key)
+from meiscope.science.catalogue import HEADLINE, KINDS, by_name, format_interval, label_of
+from meiscope.science.stats import interval
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ ARMS = (
 # the model against the truth, and the MEIs against the true optimum, per cell kind
 FIGURES = tuple(f for f in HEADLINE if f.name == "train.gt_fresh_corr_mean"
                 or f.key.startswith(("gt_mei_corr_median_", "gt_mei_rate_ratio_median_")))
-ARM_STAGES = tuple(s for s in STAGES if s != "data")  # the replicate's data, extracted again per arm
+
+def arm_stages() -> tuple[Any, ...]:
+    """The stages an arm runs: the replicate's, less ``data`` (it reads its replicate's raw data)."""
+    return tuple(s for s in replicate_stages() if s.name != "data")
 
 
 def summary_path(root: Path) -> Path:
@@ -84,8 +88,10 @@ def run_arm(params: Params, root: Path, seed: int, arm: Arm, device: Optional[st
     if is_replicate(params, arm):
         return run_replicate(params, root, seed, device, bar)
     header = f"# ablation arm '{arm.label}' of replicate {seed} (written by meiscope ablation)"
-    return run_project(arm_dir(params, root, seed, arm), arm_params(params, root, seed, arm), ARM_STAGES, header,
-                       device, bar)
+    folder = arm_dir(params, root, seed, arm)
+    replicate_data = os.path.relpath(replicate_dir(params, root, seed) / "data", folder)
+    return run_project(folder, arm_params(params, root, seed, arm), arm_stages(), header, device, bar,
+                       moved_inputs={"data": Path(replicate_data).as_posix()})
 
 
 def summarise_ablation(metrics: dict[str, dict[int, dict[str, dict]]], confidence: float) -> dict[str, Any]:
@@ -98,15 +104,22 @@ def summarise_ablation(metrics: dict[str, dict[int, dict[str, dict]]], confidenc
         for figure in FIGURES:
             values = [by_seed[s].get(figure.stage, {}).get(figure.key) for s in seeds]
             values = [float(v) if isinstance(v, (int, float)) else None for v in values]
-            figures[figure.name] = {"label": figure.label, **interval(values, confidence, figure.log_scale)}
+            figures[figure.name] = {"label": figure.label,
+                                    **interval(values, confidence, figure.log_scale, figure.bounds)}
         arms.append({"slug": arm.slug, "label": arm.label, "stimuli": list(arm.stimuli), "seeds": seeds,
                      "figures": figures})
     return {"confidence": confidence, "arms": arms}
 
 
+def _label(name: str, entry: dict[str, Any]) -> str:
+    """A figure's catalogue label (the one stored in the summary for a figure the catalogue no longer has)."""
+    metric = by_name(name)
+    return metric.label if metric is not None else entry.get("label", name)
+
+
 def ablation_grid(summary: dict[str, Any]) -> list[list[str]]:
     """The ablation as a table: a header row, then one row per arm with the mean [t-interval] of every figure."""
-    header = ["training stimuli"] + [f["label"] for f in summary["arms"][0]["figures"].values()]
+    header = ["training stimuli"] + [_label(name, entry) for name, entry in summary["arms"][0]["figures"].items()]
     return [header] + [[arm["label"]] + [format_interval(entry) for entry in arm["figures"].values()]
                        for arm in summary["arms"]]
 
@@ -118,10 +131,11 @@ def ablation_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines[:1] + ["|" + "---|" * len(grid[0])] + lines[1:])
 
 
-PANELS = (("model vs true rates, fresh scenes", "train.gt_fresh_corr_mean"),
-          ("MEI vs true optimum, correlation", "validate.gt_mei_corr_median_"),
-          ("true rate: MEI / true optimum", "validate.gt_mei_rate_ratio_median_"))
-KIND_COLOURS = {"simple": "tab:blue", "complex": "tab:orange", "conjunction": "tab:green"}
+# (title: the catalogue's label, figure name or the prefix of its per-kind names)
+PANELS = ((label_of("train", "gt_fresh_corr_mean"), "train.gt_fresh_corr_mean"),
+          (label_of("validate", "gt_mei_corr_median"), "validate.gt_mei_corr_median_"),
+          (label_of("validate", "gt_mei_rate_ratio_median"), "validate.gt_mei_rate_ratio_median_"))
+KIND_COLOURS = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green")))
 
 
 def ablation_figure(summary: dict[str, Any]) -> Any:
@@ -163,7 +177,7 @@ def ablation(params: Params, root: Path, seeds: Optional[list[int]] = None, devi
                             "(the arms are scored against the synthetic cortex's truth)")
     seeds = interval_seeds(params, seeds, "ablation")
     metrics: dict[str, dict[int, dict]] = {arm.slug: {} for arm in ARMS}
-    total = len(seeds) * sum(len(STAGES if is_replicate(params, arm) else ARM_STAGES) for arm in ARMS)
+    total = len(seeds) * sum(len(replicate_stages() if is_replicate(params, arm) else arm_stages()) for arm in ARMS)
     with tqdm(total=total, desc="ablation", disable=not progress) as bar:
         for seed in seeds:
             run_replicate(params, root, seed, device, bar=None)  # the data every arm reads

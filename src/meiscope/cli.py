@@ -69,25 +69,22 @@ def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _stage_help() -> str:
+    """The stage list of ``meiscope --help``, from the stage table."""
+    from meiscope.pipeline import commands
+
+    rows = [f"  {s.name:<22}  {s.help}" for s in commands()]
+    return "\b\n" + "\n".join(rows)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="meiscope")
 def main() -> None:
     """meiscope: Most Exciting Inputs of mouse V1 neurons (Allen Brain Observatory).
 
-    The stages run in this order (`dvc repro` runs them all; `make run` also makes the data):
+    The stages, in the order `make run` runs them (`meiscope data`, then `dvc repro`):
 
-    \b
-      synthesize | download   raw sessions in allensdk's cache layout (data/synthetic/ | data/allen/)
-      extract                 per-trial responses and model-space images
-      rank                    reliability metrics, the most expressive neurons
-      sessions                the sessions whose cells share the model's core (sessions.shared;
-                              extract / rank --session ID each of them)
-      tune                    Optuna search over the CNN architecture
-      train                   CNN ensemble (+ LN baseline), test accuracy vs noise ceiling
-      mei                     Most Exciting Inputs by gradient ascent on the ensemble
-      gabor                   optimal Gabors under the same budget, MEI vs Gabor
-      validate                (synthetic data) show MEIs to the true neurons
-      report                  one self-contained HTML page with every result
+    {stages}
 
     \b
       replicate               (optional, slow) the synthetic study on K new cortices,
@@ -95,153 +92,111 @@ def main() -> None:
       ablation                (optional, slower) what each stimulus of the container buys,
                               over the replicates (data.recording: container)
       services start|stop     (optional) PostgreSQL + MLflow tracking server for a team
+      dvcfile                 write dvc.yaml from the stage table (src/meiscope/pipeline.py)
 
     Every command reads params.yaml (see --params) and logs an MLflow run.
     """
+
+
+SESSION_OPTION = click.option("--session", type=int, default=None, metavar="ID",
+                              help="A session of sessions.shared instead of the studied one: its own outputs in "
+                                   "results/sessions/ID/ (the DVC stages extract-session@ID, rank-session@ID).")
+# Options only some stages take, beside --params / --set (all), --device (stages that use one) and --session.
+EXTRA_OPTIONS: dict[str, list[Callable[..., Any]]] = {
+    "train": [click.option("--resume", is_flag=True,
+                           help="Continue interrupted training from the last checkpoints.")],
+    "tune": [click.option("--workers", type=int, default=None,
+                          help="Local worker processes on one study (default: tune.workers)."),
+             click.option("--storage", default=None, envvar="MEISCOPE_TUNE_STORAGE", show_envvar=True,
+                          help="Optuna storage URL (postgresql://... joins a study shared by hosts); "
+                               "default: tune.storage or the local journal file."),
+             click.option("--n-trials", type=int, default=None,
+                          help="Trial budget of the study (default: tune.n_trials).")],
+}
+INTERRUPTED = {"train": "`meiscope train --resume` continues from the last checkpoints (results/train/checkpoints/)"}
+
+
+def _make_stage_command(stage: Any) -> None:
+    """Register ``meiscope <stage>``: thin over the stage's ``run`` function."""
+    from meiscope.pipeline import STAGES
+
+    def command(params: Any, root: Path, **kwargs: Any) -> Any:
+        if stage.name == "tune":
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials: progress bar, MLflow, dashboard
+        if kwargs.get("session") is None:
+            kwargs.pop("session", None)
+        try:
+            return stage.run(params, root, **kwargs)
+        except KeyboardInterrupt:
+            if stage.name not in INTERRUPTED:
+                raise
+            click.echo(f"\ninterrupted: {INTERRUPTED[stage.name]}", err=True)
+            sys.exit(130)
+
+    command.__name__ = stage.name
+    command.__doc__ = stage.module.__doc__ or stage.help
+    wrapped = _stage(command)
+    if any(s.per_session and s.cli_command == stage.name for s in STAGES):
+        wrapped = SESSION_OPTION(wrapped)
+    for option in reversed(EXTRA_OPTIONS.get(stage.name, [])):
+        wrapped = option(wrapped)
+    if stage.uses_device:
+        wrapped = DEVICE_OPTION(wrapped)
+    main.command(name=stage.name, help=stage.module.__doc__, short_help=stage.help)(PARAMS_OPTION(wrapped))
+
+
+def _register_stages() -> None:
+    from meiscope.pipeline import commands
+
+    main.help = (main.help or "").replace("{stages}", _stage_help())
+    for stage in commands():
+        _make_stage_command(stage)
+
+
+_register_stages()
 
 
 @main.command()
 @PARAMS_OPTION
 @_stage
 def synthesize(params: Any, root: Path) -> Any:
-    """Write synthetic natural-scenes sessions (Allen NWB layout, known ground truth) into the cache."""
-    from meiscope import pipeline
+    """Write synthetic sessions (Allen NWB layout, known ground truth) into the cache, replacing earlier ones."""
+    from meiscope.stages import data
 
-    return pipeline.synthesize(params, root)
+    return data.synthesize(params, root)
 
 
 @main.command()
 @PARAMS_OPTION
 @_stage
 def download(params: Any, root: Path) -> Any:
-    """Download Allen Brain Observatory natural-scenes sessions selected in params.yaml (allen:)."""
-    from meiscope import pipeline
+    """Download the Allen sessions selected in params.yaml (allen: / neuropixels:)."""
+    from meiscope.stages import data
 
-    return pipeline.download(params, root)
+    return data.download(params, root)
 
 
 @main.command()
-@PARAMS_OPTION
-@_stage
-def data(params: Any, root: Path) -> None:
-    """Make sure the raw data exists: synthesize it (data.source: synthetic) or download it (allen).
+@click.option("--check", is_flag=True, help="Only check that the files match the stage table (exit 1 if not).")
+@click.option("--root", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="The project root holding dvc.yaml and MLproject.")
+def dvcfile(check: bool, root: str) -> None:
+    """Write dvc.yaml and MLproject from the stage table (src/meiscope/pipeline.py).
 
-    Synthetic data that already matches params.yaml is left alone.
+    Each stage's code dependencies are computed from what its module imports.
     """
-    from meiscope import pipeline
+    from meiscope.atomic import write_text
+    from meiscope.dvcfile import generated_files
 
-    pipeline.ensure_data(params, root)
-
-
-SESSION_OPTION = click.option("--session", type=int, default=None, metavar="ID",
-                              help="A session of sessions.shared instead of the studied one: its own outputs in "
-                                   "results/sessions/ID/ (the DVC stages extract-session@ID, rank-session@ID).")
-
-
-@main.command()
-@PARAMS_OPTION
-@SESSION_OPTION
-@_stage
-def extract(params: Any, root: Path, session: int | None) -> Any:
-    """Per-trial responses (dF/F in a window after onset minus baseline) and model-space images."""
-    from meiscope import pipeline
-
-    if session is not None:
-        return pipeline.extract_session(params, root, session)
-    return pipeline.extract(params, root)
-
-
-@main.command()
-@PARAMS_OPTION
-@_stage
-def sessions(params: Any, root: Path) -> Any:
-    """Check and record the sessions that share the model's core: the studied one and sessions.shared."""
-    from meiscope import pipeline
-
-    return pipeline.sessions(params, root)
-
-
-@main.command()
-@PARAMS_OPTION
-@SESSION_OPTION
-@_stage
-def rank(params: Any, root: Path, session: int | None) -> Any:
-    """Score every cell's reliability and select the most expressive neurons."""
-    from meiscope import pipeline
-
-    if session is not None:
-        return pipeline.rank_session(params, root, session)
-    return pipeline.rank(params, root)
-
-
-@main.command()
-@PARAMS_OPTION
-@DEVICE_OPTION
-@click.option("--resume", is_flag=True, help="Continue interrupted training from the last checkpoints.")
-@_stage
-def train(params: Any, root: Path, device: str | None, resume: bool) -> Any:
-    """Train the CNN ensemble (shared core + per-neuron readouts) and the LN baseline; evaluate on test images."""
-    from meiscope import pipeline
-
-    try:
-        return pipeline.train(params, root, device=device, resume=resume)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: `meiscope train --resume` continues from the last checkpoints "
-                   "(results/train/checkpoints/)", err=True)
-        sys.exit(130)
-
-
-@main.command()
-@PARAMS_OPTION
-@DEVICE_OPTION
-@click.option("--workers", type=int, default=None, help="Local worker processes on one study (default: tune.workers).")
-@click.option("--storage", default=None, envvar="MEISCOPE_TUNE_STORAGE", show_envvar=True,
-              help="Optuna storage URL (postgresql://... joins a study shared by hosts); default: tune.storage or the local journal file.")
-@click.option("--n-trials", type=int, default=None, help="Trial budget of the study (default: tune.n_trials).")
-@_stage
-def tune(params: Any, root: Path, device: str | None, workers: int | None, storage: str | None,
-         n_trials: int | None) -> Any:
-    """Optuna search over the model architecture; writes the winner for `train`."""
-    import optuna
-
-    from meiscope import pipeline
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials: progress bar, MLflow, optuna-dashboard
-
-    return pipeline.tune(params, root, device=device, workers=workers, storage=storage, n_trials=n_trials)
-
-
-@main.command()
-@PARAMS_OPTION
-@DEVICE_OPTION
-@_stage
-def mei(params: Any, root: Path, device: str | None) -> Any:
-    """Most Exciting Inputs of all selected neurons in one batched gradient ascent."""
-    from meiscope import insilico
-
-    return insilico.mei(params, root, device=device)
-
-
-@main.command()
-@PARAMS_OPTION
-@DEVICE_OPTION
-@_stage
-def gabor(params: Any, root: Path, device: str | None) -> Any:
-    """Optimal Gabor per neuron under the MEI's budget, and the Gabor fitted to each MEI."""
-    from meiscope import insilico
-
-    return insilico.gabor(params, root, device=device)
-
-
-@main.command()
-@PARAMS_OPTION
-@DEVICE_OPTION
-@_stage
-def validate(params: Any, root: Path, device: str | None) -> Any:
-    """Synthetic sessions: show MEIs, Gabors and natural images to the true neurons."""
-    from meiscope import insilico
-
-    return insilico.validate(params, root, device=device)
+    for path, text in generated_files(Path(root).resolve()).items():
+        if not check:
+            write_text(path, text)
+            click.echo(f"wrote {path}")
+        elif not path.is_file() or path.read_text() != text:
+            click.echo(f"error: {path} differs from the stage table: run `meiscope dvcfile`", err=True)
+            sys.exit(1)
 
 
 @main.command()
@@ -256,7 +211,8 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
     metrics/replicates.json (replicates-<recording>.json for neuropixels or container) and an interval figure;
     `meiscope report` shows them.
     """
-    from meiscope.replicate import HEADLINE, format_conclusion, format_interval, replicate as run
+    from meiscope.replicate import replicate as run
+    from meiscope.science.catalogue import HEADLINE, format_conclusion, format_interval
 
     chosen = _seed_list(seeds)
     try:
@@ -331,16 +287,6 @@ def services(params: Any, root: Path, action: str) -> None:
         click.echo("use them in this shell:")
         click.echo(f"  export MEISCOPE_TUNE_STORAGE={urls.optuna_storage}")
         click.echo(f"  export MLFLOW_TRACKING_URI={urls.tracking_uri}")
-
-
-@main.command()
-@PARAMS_OPTION
-@_stage
-def report(params: Any, root: Path) -> Any:
-    """Write report/index.html: one self-contained page with every result."""
-    from meiscope import insilico
-
-    return insilico.report(params, root)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ explode or vanish at zero, so a comparison of stimulus A with stimulus B across 
   turned back into a ratio (``exp(median log)``);
 - the counts of cells where A, B or both are zero, reported beside it and never folded in;
 - a verdict: +1 "A beats B" or -1 "A loses to B" when the sign test rejects at ``alpha``, else 0
-  "no difference shown" (a tie at this sample size, not a proof of equality).
+  "ties": no difference shown (at this sample size; not a proof of equality).
+
+The sign test and the verdict are :mod:`meiscope.science.stats`'; the words of a verdict are the
+catalogue's (:data:`meiscope.science.catalogue.VERDICT_WORDS`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from meiscope.science.stats import ALPHA, verdict
+
 ZERO = 1e-12  # responses at or below this are "zero" (rectified); rates are O(1-100) Hz
 REL_TOL = 1e-6  # relative difference below which two responses tie
-ALPHA = 0.05
-VERDICT_WORDS = {1: "beats", 0: "ties", -1: "loses"}
 
 
 @dataclass
@@ -46,15 +49,6 @@ class Comparison:
         return asdict(self)
 
 
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact binomial p-value of ``wins`` vs ``losses`` under p = 1/2 (1.0 with no pairs)."""
-    from scipy.stats import binomtest
-
-    if wins + losses == 0:
-        return 1.0
-    return float(binomtest(int(wins), int(wins + losses), 0.5).pvalue)
-
-
 def log_ratio_median(a: np.ndarray, b: np.ndarray) -> float:
     """``exp(median(log(a / b)))`` over the cells where both are positive; NaN when there are none."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -70,14 +64,6 @@ def paired_outcomes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     scale = np.maximum(np.maximum(np.abs(a), np.abs(b)), ZERO)
     diff = a - b
     return np.where(np.abs(diff) <= REL_TOL * scale, 0, np.sign(diff)).astype(int)
-
-
-def verdict(outcomes: np.ndarray, alpha: float = ALPHA) -> tuple[int, int, float, int]:
-    """``(wins, losses, sign-test p, verdict)`` from per-cell outcomes (+1 / 0 / -1)."""
-    outcomes = np.asarray(outcomes)
-    wins, losses = int((outcomes > 0).sum()), int((outcomes < 0).sum())
-    p = sign_test(wins, losses)
-    return wins, losses, p, (0 if p >= alpha else (1 if wins > losses else -1))
 
 
 def compare(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA) -> Comparison:

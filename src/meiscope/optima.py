@@ -14,7 +14,7 @@ Two facts make the optimum exact:
 
 1. A LINEAR objective ``v . x`` over the budget set is maximised by ``clip(s v, low, high)`` with the
    scale ``s > 0`` that puts the norm on the budget (the KKT conditions of the problem), which is
-   exactly :func:`meiscope.mei.project_to_budget` applied to ``v``.
+   exactly :func:`meiscope.insilico.budget.project_to_budget` applied to ``v``.
 2. The set of reachable ``(a, b)`` is convex (a linear image of a convex set), and each drive above
    attains its maximum over a convex planar set at a boundary point that maximises some linear
    functional ``cos(phi) a + sin(phi) b``: ``phi = 0`` for simple cells; ``phi`` in ``[0, pi/2]`` for
@@ -109,7 +109,7 @@ def drive_from_subunits(kind: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _linear_optima(directions: np.ndarray, norm: float, bounds: tuple[float, float]) -> np.ndarray:
     """``(..., P)`` maximisers of ``v . x`` over the budget set, one per direction ``v`` (last axis)."""
-    from meiscope.mei import project_to_budget
+    from meiscope.insilico.budget import project_to_budget
 
     with torch.no_grad():
         return project_to_budget(torch.as_tensor(directions, dtype=torch.float64)[..., None, :], norm,

@@ -21,12 +21,12 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from meiscope.atomic import save_figure, write_json, write_text
 from meiscope.config import RankConfig
 from meiscope.dataset import ResponseDataset
 from meiscope.errors import MeiscopeError
+from meiscope.science import measures, stats
 
 METRIC_COLUMNS = ("reliability", "explainable_var", "oracle_corr", "p_anova", "frac_sig_trials",
                   "peak_response")
@@ -58,35 +58,12 @@ def _check_inputs(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.nd
     return responses.astype(np.float64, copy=False), trial_image.astype(np.int64, copy=False)
 
 
-def _image_sums(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image sums ``(n_images, n_neurons)`` and counts ``(n_images,)`` (images = 0..max)."""
-    n_images = int(trial_image.max()) + 1 if trial_image.size else 0
-    counts = np.bincount(trial_image, minlength=n_images)
-    order = np.argsort(trial_image, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sums = np.zeros((n_images, responses.shape[1]))
-    present = counts > 0
-    # reduceat over the image-sorted trials: one pass, no Python loop over images
-    sums[present] = np.add.reduceat(responses[order], starts[present], axis=0)
-    return sums, counts
-
-
 def _image_means(responses: np.ndarray, trial_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean response per image ``(n_images, n_neurons)`` (NaN for images without trials), counts."""
-    sums, counts = _image_sums(responses, trial_image)
+    sums, counts = measures.image_sums(responses, trial_image)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts[:, None]
     return means, counts
-
-
-def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of matching columns of ``a`` and ``b`` ``(n, n_neurons)`` -> ``(n_neurons,)``."""
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (a * b).sum(axis=0) / denom
-    return np.where(denom > 0, r, np.nan)
 
 
 def _need_repeats(counts: np.ndarray, minimum_images: int = 2) -> None:
@@ -147,9 +124,9 @@ def split_half_reliability(responses: np.ndarray, trial_image: np.ndarray, n_spl
         sum_a = np.add.reduceat(resp * first[:, None], starts, axis=0)
         mean_a = sum_a / half[:, None]
         mean_b = (totals - sum_a) / (n_per - half)[:, None]
-        r = _pearson_columns(mean_a, mean_b)
+        r = measures.pearson_columns(mean_a, mean_b)
         r = np.clip(r, -1 + 1e-9, 1.0)  # r = -1 would divide by zero below
-        corrected += 2 * r / (1 + r)
+        corrected += stats.spearman_brown(r)
     return corrected / n_splits
 
 
@@ -181,7 +158,7 @@ def explainable_variance_fraction(responses: np.ndarray, trial_image: np.ndarray
 
 
 def oracle_correlation(responses: np.ndarray, trial_image: np.ndarray) -> np.ndarray:
-    """Leave-one-repeat-out oracle correlation.
+    """Leave-one-repeat-out oracle correlation (:func:`meiscope.science.measures.oracle_correlation`).
 
     Every trial (of an image with >= 2 repeats) is paired with the mean of the OTHER repeats of
     the same image; the pairs are correlated (Pearson) across all such trials, per neuron.
@@ -190,22 +167,16 @@ def oracle_correlation(responses: np.ndarray, trial_image: np.ndarray) -> np.nda
         responses: ``(n_trials, n_neurons)``; trial_image: ``(n_trials,)``.
 
     Returns:
-        ``(n_neurons,)`` correlation, 1 for noiseless repeats, ~0 for pure noise.
+        ``(n_neurons,)`` correlation, 1 for noiseless repeats, ~0 for pure noise, NaN for a constant neuron.
     """
     responses, trial_image = _check_inputs(responses, trial_image)
-    sums, counts = _image_sums(responses, trial_image)
-    _need_repeats(counts)
-    keep = counts[trial_image] >= 2
-    resp, img = responses[keep], trial_image[keep]
-    others = (sums[img] - resp) / (counts[img] - 1)[:, None]
-    return _pearson_columns(resp, others)
+    _need_repeats(np.bincount(trial_image))
+    return measures.oracle_correlation(responses, trial_image)
 
 
 def anova_p_value(responses: np.ndarray, trial_image: np.ndarray) -> np.ndarray:
-    """One-way ANOVA across images, vectorised over neurons (same numbers as scipy's f_oneway).
-
-    ``F = (SS_between / (k - 1)) / (SS_within / (N - k))`` over the k images that have trials
-    and the N trials; ``p = F.sf(F; k - 1, N - k)``.
+    """One-way ANOVA p-value across images per neuron (:func:`meiscope.science.stats.oneway_anova_p`;
+    the numbers of scipy's f_oneway).
 
     Args:
         responses: ``(n_trials, n_neurons)``; trial_image: ``(n_trials,)``.
@@ -214,18 +185,10 @@ def anova_p_value(responses: np.ndarray, trial_image: np.ndarray) -> np.ndarray:
         ``(n_neurons,)`` p-value; 0 for noiseless image-dependent responses, NaN for a constant neuron.
     """
     responses, trial_image = _check_inputs(responses, trial_image)
-    means, counts = _image_means(responses, trial_image)
-    present = counts > 0
-    k, n = int(present.sum()), int(counts.sum())
-    if k < 2 or n - k < 1:
-        raise RankError(f"ANOVA needs >= 2 images and more trials than images (got {k} images, {n} trials)")
-    grand = responses.mean(axis=0)
-    ss_between = (counts[present, None] * (means[present] - grand) ** 2).sum(axis=0)
-    ss_within = ((responses - means[trial_image]) ** 2).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f_stat = (ss_between / (k - 1)) / (ss_within / (n - k))
-    # f_stat is inf (p = 0) without within-image noise, NaN (p = NaN) for a constant neuron
-    return stats.f.sf(f_stat, k - 1, n - k)
+    try:
+        return stats.oneway_anova_p(responses, trial_image)
+    except stats.StatisticsError as err:
+        raise RankError(str(err)) from None
 
 
 def frac_significant_trials(responses: np.ndarray, trial_image: np.ndarray, blank_responses: np.ndarray,
@@ -466,7 +429,7 @@ def plot_tuning(ds: ResponseDataset, table: pd.DataFrame, path: str | Path, n: i
     for ax, (_, row) in zip(axes.ravel(), top.iterrows()):
         r = ds.responses[:, column[int(row["cell_id"])]].astype(np.float64)[:, None]
         means, counts = _image_means(r, ds.trial_image)
-        sq, _ = _image_sums((r - means[ds.trial_image]) ** 2, ds.trial_image)
+        sq, _ = measures.image_sums((r - means[ds.trial_image]) ** 2, ds.trial_image)
         with np.errstate(invalid="ignore", divide="ignore"):
             sem = np.sqrt(sq[:, 0] / np.maximum(counts - 1, 1)) / np.sqrt(counts)
         shown = np.flatnonzero(counts > 0)

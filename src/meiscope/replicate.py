@@ -6,21 +6,19 @@ figure about MEIs counts when it holds across replicates. Replicate ``s`` (a see
 scenes), a new image split, new tuning, new training seeds and new MEI starts; every other
 setting is the project's ``params.yaml``.
 
-Layout: ``<replicate.folder>/seed_<s>/`` (``<replicate.folder>/neuropixels/seed_<s>/`` for
-``data.recording: neuropixels``: the two studies never share a folder) is a complete project root (its own ``params.yaml``,
-``data/``, ``results/``, ``metrics/``, ``models/``; ``<replicate.folder>/container/seed_<s>/`` for the container), and every stage runs there unchanged, as the
-``meiscope <stage> --params <that file>`` command in its own process (as ``dvc repro`` would), with
-its output in ``logs/<stage>.log``. MLflow runs go to the project's store, one experiment per
-replicate (``<tracking.experiment>-replicate-<s>``).
-
-Resumable: ``progress.json`` in each replicate folder records, for every stage that finished, a
-key of the params it and the stages before it read (:data:`STAGE_SECTIONS`); a rerun skips a stage
-whose key still matches (training resumes from its checkpoints), so an interrupted ``meiscope
-replicate`` continues where it stopped, and a change of ``train`` reruns the replicates from
-``tune`` on while their data, extraction and ranking are kept.
+Layout: ``<replicate.folder>/seed_<s>/`` (``<replicate.folder>/<recording>/seed_<s>/`` for
+``data.recording`` neuropixels or container: the studies never share a folder) is a project root of
+its own (``params.yaml``, ``data/``, ``results/``, ``metrics/``, ``models/``) and a DVC project of its
+own (``dvc init --no-scm``), whose ``dvc.yaml`` is written from the same stage table as the project's
+(:mod:`meiscope.pipeline`) with ``data`` as its first stage and code dependencies pointing at this
+checkout's ``src/meiscope``. ``dvc repro`` runs there, so DVC decides what reruns: an interrupted
+replicate continues where it stopped, and a change of params or of the code a stage runs reruns that
+stage and the ones after it. Its output goes to ``logs/dvc-repro.log``. MLflow runs go to the
+project's store, one experiment per replicate (``<tracking.experiment>-replicate-<s>``).
 
 The summary (``metrics/replicates.json``, ``metrics/replicates-neuropixels.json``): for every headline figure the values per replicate,
-their mean and standard deviation, and a ``replicate.confidence`` t-interval of the mean; for every
+their mean and standard deviation, and a ``replicate.confidence`` t-interval of the mean (clipped to the
+range the figure can take: :func:`meiscope.science.stats.interval`); for every
 conclusion per cell kind (MEI beats / ties / loses to the optimal Gabor, in truth and in the
 models) whether it holds in every replicate.
 """
@@ -32,93 +30,18 @@ import json
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from meiscope.atomic import write_json, write_text
-from meiscope.comparison import VERDICT_WORDS
 from meiscope.config import Params, as_dict
 from meiscope.errors import MeiscopeError
+from meiscope.science.catalogue import CONCLUSIONS, HEADLINE, KINDS, Metric, verdict_word
+from meiscope.science.stats import interval
 
 log = logging.getLogger(__name__)
-
-STAGES = ("data", "extract", "rank", "tune", "train", "mei", "gabor", "validate")
-DEVICE_STAGES = ("tune", "train", "mei", "gabor", "validate")
-# The params sections each stage reads (dvc.yaml's `params:`, made coarser: tune reads model and
-# train). A stage's key hashes its sections and those of every stage before it; a section named
-# nowhere here counts for "data", the first stage, so that a new section reruns everything.
-STAGE_SECTIONS = {"data": ("data", "allen", "neuropixels", "synthetic_neuropixels", "container",
-                           "synthetic_container", "synthetic", "sessions"),
-                  "extract": ("extract",), "rank": ("rank",), "tune": ("tune", "model", "train"),
-                  "train": (), "mei": ("mei",), "gabor": ("gabor",), "validate": ()}
-KINDS = ("simple", "complex", "conjunction")
-METRIC_FILES = ("ranking", "tune", "train", "mei", "gabor", "validate")
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A headline figure: where it comes from, what to call it, and which panel of the plot shows it."""
-
-    stage: str
-    key: str
-    label: str
-    panel: Optional[str] = None  # "accuracy" | "truth" | "ratio" (log axis) | None (table only)
-    only_some_data: bool = False  # measured on some kinds of data only: left out where no replicate has it
-
-    @property
-    def name(self) -> str:
-        return f"{self.stage}.{self.key}"
-
-    @property
-    def log_scale(self) -> bool:
-        """Ratios are averaged on the log scale (a geometric mean and interval), so 2 and 1/2 average to 1."""
-        return self.panel == "ratio"
-
-
-def _per_kind(stage: str, key: str, label: str, panel: Optional[str]) -> list[Figure]:
-    return [Figure(stage, f"{key}_{kind}", f"{label} ({kind})", panel) for kind in KINDS]
-
-
-HEADLINE: tuple[Figure, ...] = (
-    Figure("ranking", "n_selected", "cells selected"),
-    Figure("ranking", "gt_precision", "ranking precision vs truth", "accuracy"),
-    Figure("ranking", "gt_recall", "ranking recall vs truth", "accuracy"),
-    Figure("train", "test_corr_to_avg_mean", "test corr. to average (data)", "accuracy"),
-    Figure("train", "gt_test_corr_mean", "corr. with true rates, test scenes", "accuracy"),
-    Figure("train", "gt_fresh_corr_mean", "corr. with true rates, fresh scenes", "accuracy"),
-    *_per_kind("train", "gt_fresh_corr_median", "corr. with true rates, fresh scenes", None),
-    Figure("mei", "seed_consistency_phase_median", "MEI starts agree (phase-aware)", "accuracy"),
-    Figure("mei", "frac_starts_disagree", "fraction of neurons whose starts disagree", "accuracy"),
-    Figure("mei", "mei_over_best_image_median", "model: MEI / best natural image", "ratio"),
-    Figure("gabor", "mei_over_gabor_median", "model: MEI / optimal Gabor", "ratio"),
-    Figure("gabor", "mei_val_over_gabor_median", "held-out model: MEI / optimal Gabor", "ratio"),
-    Figure("gabor", "mei_gabor_similarity_median", "MEI-Gabor similarity", "accuracy"),
-    *_per_kind("validate", "gt_mei_corr_median", "MEI vs true optimum, corr.", "truth"),
-    *_per_kind("validate", "gt_mei_rate_ratio_median", "true rate: MEI / optimum", "truth"),
-    *_per_kind("validate", "gt_gabor_rate_ratio_median", "true rate: optimal Gabor / optimum", "truth"),
-    *_per_kind("validate", "gt_frac_mei_beats_gabor", "fraction MEI beats Gabor in truth", "truth"),
-    *_per_kind("validate", "gt_mei_over_gabor_rate_median", "true rate: MEI / optimal Gabor", "ratio"),
-    *_per_kind("validate", "gt_mei_over_best_image_rate_median", "true rate: MEI / best natural", "ratio"),
-    *_per_kind("validate", "gt_n_zero_rate_gabor", "cells the optimal Gabor does not drive", None),
-    *_per_kind("validate", "gt_n_zero_rate_mei", "cells the MEI does not drive", None),
-    Figure("validate", "n_true_optimum_beaten", "stimuli beating the true optimum"),
-    # Neuropixels sessions only: the presented Gabor patches (units with a significant receptive field)
-    Figure("gabor", "gabor_patch_position_error_deg_median", "best presented Gabor patch to optimal Gabor (deg)",
-           only_some_data=True),
-    Figure("gabor", "gabor_patch_frac_orientation_agrees", "best patch orientation agrees with optimal Gabor",
-           only_some_data=True),
-    Figure("gabor", "gabor_patch_true_error_deg_median", "best presented Gabor patch to true centre (deg)",
-           only_some_data=True),
-    Figure("gabor", "optimal_gabor_true_error_deg_median", "optimal Gabor to true centre (deg)",
-           only_some_data=True),
-)
-CONCLUSIONS = (("MEI vs optimal Gabor, in truth", "gt_verdict_mei_vs_gabor"),
-               ("MEI vs optimal Gabor, on the optimisation models", "model_verdict_mei_vs_gabor"),
-               ("MEI vs optimal Gabor, on the held-out model", "model_val_verdict_mei_vs_gabor"),
-               ("MEI vs best natural image, in truth", "gt_verdict_mei_vs_best_image"))
 
 
 # --------------------------------------------------------------------------------------
@@ -154,30 +77,12 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _params_hash(raw: dict[str, Any]) -> str:
-    """Hash of every setting that changes results (progress files of older meiscope versions hold it)."""
-    return _digest(_science(raw))
-
-
-def stage_keys(raw: dict[str, Any]) -> dict[str, str]:
-    """``{stage: key}``: a hash of the params sections the stage and every stage before it read."""
-    science = _science(raw)
-    named = {section for sections in STAGE_SECTIONS.values() for section in sections}
-    read: dict[str, Any] = {}
-    keys = {}
-    for stage in STAGES:
-        sections = STAGE_SECTIONS[stage] + (tuple(sorted(set(science) - named)) if stage == "data" else ())
-        read.update({section: science.get(section) for section in sections})
-        keys[stage] = _digest(read)
-    return keys
-
-
 def settings_key(params: Params) -> str:
     """A key of every project setting that changes a replicate's results: the summaries record it, so
     that the report can tell results measured under other settings (``params.yaml`` changed since)."""
     raw = as_dict(params)
     raw.pop("replicate", None)
-    return stage_keys(raw)[STAGES[-1]]
+    return _digest(_science(raw))
 
 
 def stale_note(summary: dict[str, Any], params: Params, rerun: str) -> str:
@@ -204,31 +109,11 @@ def summary_file(root: Path, recording: str) -> Path:
     return Path(root) / "metrics" / f"replicates{suffix}.json"
 
 
-def _load_progress(folder: Path, raw: dict[str, Any]) -> dict[str, str]:
-    """``{stage: key}`` of the stages finished in ``folder`` (older files: every stage under one params hash)."""
-    path = folder / "progress.json"
-    if not path.is_file():
-        return {}
-    progress = json.loads(path.read_text())
-    if "stages" in progress:
-        return dict(progress["stages"])
-    keys = stage_keys(raw)
-    done = progress.get("done", []) if progress.get("params_hash") == _params_hash(raw) else []
-    return {stage: keys[stage] for stage in done if stage in keys}
+def replicate_stages() -> tuple[Any, ...]:
+    """The stages a replicate runs: every stage of the table that measures the study (not the report)."""
+    from meiscope.pipeline import STAGES
 
-
-def run_stage(folder: Path, stage: str, device: Optional[str]) -> None:
-    """Run ``meiscope <stage>`` on the replicate's params in its own process; its output goes to a log."""
-    command = [sys.executable, "-m", "meiscope.cli", stage, "--params", str(folder / "params.yaml")]
-    if device and stage in DEVICE_STAGES:
-        command += ["--device", device]
-    logfile = folder / "logs" / f"{stage}.log"
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(logfile, "w") as out:
-        code = subprocess.run(command, cwd=folder, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        tail = logfile.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise MeiscopeError(f"replicate {folder.name}: stage '{stage}' failed ({tail[0]}); full log: {logfile}")
+    return tuple(s for s in STAGES if s.name != "report")
 
 
 def run_replicate(params: Params, root: Path, seed: int, device: Optional[str] = None,
@@ -238,77 +123,86 @@ def run_replicate(params: Params, root: Path, seed: int, device: Optional[str] =
     ``bar``: an optional tqdm bar, advanced by one per stage (run or skipped).
     """
     header = f"# replicate {seed} of {Path(root).resolve() / 'params.yaml'} (written by meiscope replicate)"
-    return run_project(replicate_dir(params, root, seed), replicate_params(params, seed, Path(root)), STAGES,
-                       header, device, bar)
+    return run_project(replicate_dir(params, root, seed), replicate_params(params, seed, Path(root)),
+                       replicate_stages(), header, device, bar)
 
 
-def run_project(folder: Path, raw: dict[str, Any], stages: tuple[str, ...], header: str,
-                device: Optional[str] = None, bar: Any = None) -> dict[str, dict]:
+def stage_command_path() -> str:
+    """The PATH under which ``dvc repro`` finds the ``meiscope`` of this environment for the stage commands."""
+    import os
+
+    return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _dvc(folder: Path, *args: str, log: Any = None) -> int:
+    """Run this environment's ``dvc`` in ``folder``."""
+    import os
+
+    env = {**os.environ, "PATH": stage_command_path(), "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=folder, env=env,
+                          stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT).returncode
+
+
+def run_project(folder: Path, raw: dict[str, Any], stages: tuple[Any, ...], header: str,
+                device: Optional[str] = None, bar: Any = None,
+                moved_inputs: Optional[dict[str, str]] = None) -> dict[str, dict]:
     """Run (or resume) ``stages`` in the project root ``folder`` with the params mapping ``raw``; its metrics.
 
-    ``progress.json`` records each finished stage with its :func:`stage_keys` key. A stage runs
-    when its key changed (its params or an earlier stage's did) or when an earlier stage ran.
+    ``folder`` is made a DVC project of its own (no git) with a ``dvc.yaml`` written from the stage
+    table, and ``dvc repro`` runs there: DVC decides which stages are stale (params, code or inputs
+    changed). ``device`` sets ``train.device`` and ``mei.device`` of the replicate.
     """
     import yaml
 
+    from meiscope.dvcfile import dvc_yaml_text
+
     folder.mkdir(parents=True, exist_ok=True)
-    keys = stage_keys(raw)
+    if device:
+        raw = {**raw, "train": {**raw["train"], "device": device}, "mei": {**raw["mei"], "device": device}}
     write_text(folder / "params.yaml", header + "\n" + yaml.safe_dump(raw, sort_keys=False))
-    done = _load_progress(folder, raw)
-    rerun = False
-    for stage in stages:
-        if rerun or done.get(stage) != keys[stage]:
-            if not rerun:  # what was built on the old output is stale, even where its own key matches
-                done = {s: k for s, k in done.items() if s not in stages[stages.index(stage):]}
-            rerun = True
-            if bar is not None:
-                bar.set_postfix_str(f"{folder.name}: {stage}")
-            run_stage(folder, stage, device)
-            done[stage] = keys[stage]
-            write_json(folder / "progress.json", {"stages": done})
-        if bar is not None:
-            bar.update(1)
-    return load_replicate_metrics(folder)
+    write_text(folder / "dvc.yaml", dvc_yaml_text(folder, stages, with_data=True, moved_inputs=moved_inputs))
+    if not (folder / ".dvc").is_dir() and _dvc(folder, "init", "--no-scm", "-q") != 0:
+        raise MeiscopeError(f"{folder}: `dvc init --no-scm` failed")
+    logfile = folder / "logs" / "dvc-repro.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "w") as out:
+        code = _dvc(folder, "repro", log=out)
+    if bar is not None:
+        bar.update(len([s for s in stages if not s.per_session or raw.get("sessions", {}).get("shared")]))
+    if code != 0:
+        errors = [line for line in logfile.read_text(errors="replace").splitlines() if line.startswith("ERROR")]
+        raise MeiscopeError(f"{folder.name}: dvc repro failed ({(errors or ['no error line'])[-1]}); "
+                            f"full log: {logfile}")
+    return load_replicate_metrics(folder, stages)
 
 
-def load_replicate_metrics(folder: Path) -> dict[str, dict]:
+def code_key(folder: Path) -> str:
+    """A key of the code every stage of the project in ``folder`` ran (the code hashes in its dvc.lock)."""
+    import yaml
+
+    lock = yaml.safe_load((folder / "dvc.lock").read_text()) or {}
+    code = {stage: {d["path"].split("src/meiscope/")[-1]: d.get("md5") for d in entry.get("deps", [])
+                    if "src/meiscope/" in d["path"]}
+            for stage, entry in sorted(lock.get("stages", {}).items())}
+    return _digest(code)
+
+
+def load_replicate_metrics(folder: Path, stages: Optional[tuple[Any, ...]] = None) -> dict[str, dict]:
     """The metrics files of a finished replicate, ``{stem: dict}``."""
     out = {}
-    for stem in METRIC_FILES:
-        path = folder / "metrics" / f"{stem}.json"
-        if not path.is_file():
-            raise MeiscopeError(f"{path}: missing (the replicate did not finish; rerun `meiscope replicate`)")
-        out[stem] = json.loads(path.read_text())
+    for stage in stages or replicate_stages():
+        for stem in stage.metric_names:
+            path = folder / "metrics" / f"{stem}.json"
+            if not path.is_file():
+                raise MeiscopeError(f"{path}: missing (the replicate did not finish; rerun `meiscope replicate`)")
+            out[stem] = json.loads(path.read_text())
     return out
 
 
 # --------------------------------------------------------------------------------------
 # the summary
 # --------------------------------------------------------------------------------------
-def interval(values: list[Optional[float]], confidence: float, log_scale: bool = False) -> dict[str, Any]:
-    """Mean, standard deviation and t-interval of the mean over replicates (finite values only).
-
-    With ``log_scale`` (ratios) the interval is computed on the logarithms of the positive values and
-    transformed back: ``mean`` is then the geometric mean and ``sd`` the s.d. of the natural logs.
-    """
-    from scipy.stats import t
-
-    usable = [v for v in values if v is not None and np.isfinite(v) and (v > 0 or not log_scale)]
-    finite = np.log(usable) if log_scale else np.array(usable, dtype=np.float64)
-    back = np.exp if log_scale else (lambda x: x)
-    out: dict[str, Any] = {"values": values, "n": int(len(finite)), "scale": "log" if log_scale else "linear"}
-    if len(finite) == 0:
-        return {**out, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
-    mean = float(finite.mean())
-    if len(finite) < 2:
-        return {**out, "mean": float(back(mean)), "sd": None, "ci_low": None, "ci_high": None}
-    sd = float(finite.std(ddof=1))
-    half = float(t.ppf((1 + confidence) / 2, len(finite) - 1) * sd / np.sqrt(len(finite)))
-    return {**out, "mean": float(back(mean)), "sd": sd, "ci_low": float(back(mean - half)),
-            "ci_high": float(back(mean + half))}
-
-
-def _value(metrics: dict[str, dict], figure: Figure) -> Optional[float]:
+def _value(metrics: dict[str, dict], figure: Metric) -> Optional[float]:
     value = metrics.get(figure.stage, {}).get(figure.key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -321,35 +215,19 @@ def summarise_replicates(metrics_by_seed: dict[int, dict[str, dict]], confidence
         if figure.only_some_data and not any(figure.key in metrics_by_seed[s].get(figure.stage, {}) for s in seeds):
             continue
         values = [_value(metrics_by_seed[s], figure) for s in seeds]
-        figures[figure.name] = {"label": figure.label, **interval(values, confidence, figure.log_scale)}
+        figures[figure.name] = {"label": figure.label,
+                                **interval(values, confidence, figure.log_scale, figure.bounds)}
     conclusions: dict[str, dict] = {}
     for kind in KINDS:
         conclusions[kind] = {}
         for label, key in CONCLUSIONS:
             raw = [metrics_by_seed[s].get("validate", {}).get(f"{key}_{kind}") for s in seeds]
-            words = [VERDICT_WORDS.get(int(v)) if v is not None else None for v in raw]
+            words = [verdict_word(v) for v in raw]
             holds = len(set(words)) == 1 and words[0] is not None
             conclusions[kind][label] = {"per_replicate": words, "holds_in_every_replicate": holds,
                                         "conclusion": words[0] if holds else "inconsistent"}
     return {"k": len(seeds), "seeds": seeds, "confidence": confidence, "figures": figures,
             "conclusions": conclusions}
-
-
-def format_interval(entry: dict[str, Any], digits: int = 2) -> str:
-    """``mean [low, high]`` (or what there is of it)."""
-    if entry.get("mean") is None:
-        return "n/a"
-    if entry.get("ci_low") is None:
-        return f"{entry['mean']:.{digits}f}"
-    return f"{entry['mean']:.{digits}f} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
-
-
-def format_conclusion(conclusion: dict[str, Any]) -> str:
-    """``MEI beats in every replicate`` or ``no conclusion (beats, ties, ties)``."""
-    words = ", ".join(str(w) for w in conclusion["per_replicate"])
-    if conclusion["holds_in_every_replicate"]:
-        return f"MEI {conclusion['conclusion']} in every replicate"
-    return f"no conclusion ({words})"
 
 
 def draw_interval(ax: Any, entry: dict[str, Any], y: float, colour: str = "tab:blue", label: Optional[str] = None
@@ -409,11 +287,12 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
         raise MeiscopeError("replicate: data.source must be 'synthetic' (only the synthetic cortex has a "
                             "ground truth to measure the study against)")
     seeds = interval_seeds(params, seeds, "replicate")
-    with tqdm(total=len(seeds) * len(STAGES), desc="replicates", disable=not progress) as bar:
+    with tqdm(total=len(seeds) * len(replicate_stages()), desc="replicates", disable=not progress) as bar:
         metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
     summary = summarise_replicates(metrics, params.replicate.confidence)
     summary["recording"] = params.data.recording
     summary["params_key"] = settings_key(params)
+    summary["code_keys"] = {str(seed): code_key(replicate_dir(params, root, seed)) for seed in seeds}
     summary["git_commit"] = git_commit(Path(root))
     dirty = git_dirty(Path(root))
     summary["git_working_tree_clean"] = None if dirty == "unknown" else dirty == "false"

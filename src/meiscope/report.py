@@ -7,14 +7,19 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from meiscope.atomic import write_text
+from meiscope.science.catalogue import format_value, lookup
 
 
 @dataclass
 class Section:
-    """One part of the report: a title, a sentence, headline numbers and figures."""
+    """One part of the report: a title, a sentence, headline numbers and figures.
+
+    ``metrics`` maps a row's name to its value. With ``stage`` set, they are ``metrics/<stage>.json``'s
+    keys and values, shown with the metric catalogue's labels and formats (the key on hover).
+    """
 
     title: str
     intro: str
@@ -23,6 +28,7 @@ class Section:
     note: str = ""
     inline_figures: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes) made on the fly
     grid: list[list[str]] = field(default_factory=list)  # a table with columns: header row, then rows
+    stage: Optional[str] = None  # the metrics file ``metrics`` comes from, if any
 
 
 def _format(value: Any) -> str:
@@ -31,6 +37,15 @@ def _format(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return html.escape(json.dumps(value, default=str)[:300])
     return html.escape(str(value))
+
+
+def _metric_row(stage: Optional[str], key: str, value: Any) -> str:
+    """One table row: the catalogue's label and format for a known metric of ``stage``, else the key as it is."""
+    metric = lookup(stage, key) if stage is not None else None
+    if metric is None or isinstance(value, dict):
+        return f"<tr><th>{html.escape(key)}</th><td>{_format(value)}</td></tr>"
+    return (f'<tr><th title="{html.escape(key)}">{html.escape(metric.label)}</th>'
+            f"<td>{html.escape(format_value(metric, value))}</td></tr>")
 
 
 def _figure(path: Path) -> str:
@@ -54,7 +69,7 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
 
 def render_section(section: Section) -> str:
     """HTML of one section; missing figures are listed rather than breaking the page."""
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_format(v)}</td></tr>" for k, v in section.metrics.items())
+    rows = "".join(_metric_row(section.stage, k, v) for k, v in section.metrics.items())
     figures = "".join(_figure(p) for p in section.figures if p.is_file())
     figures += "".join(_png(png, caption, caption) for caption, png in section.inline_figures)
     missing = [p.name for p in section.figures if not p.is_file()]

@@ -1,6 +1,6 @@
 """What the report says about each stage: the sections of report/index.html, built from the metrics.
 
-Kept apart from the stage glue (``insilico.py``) so that changing what the report says re-runs only
+Kept apart from the stage glue (``stages/report.py``) so that changing what the report says re-runs only
 the report stage. Rendering lives in :mod:`meiscope.report`.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from meiscope.comparison import VERDICT_WORDS
 from meiscope.config import RECORDINGS, Params
 from meiscope.paths import Layout
 from meiscope.report import Section, figure_png
+from meiscope.science.catalogue import (DVC_HEADLINE, HEADLINE, KINDS, format_conclusion, format_interval,
+                                        format_metric, label_of)
 
 # The closed-loop targets of the study (simple and complex cells) and the model accuracy they need.
 TARGETS = {"gt_mei_corr": 0.8, "gt_mei_rate_ratio": 0.9, "gt_fresh_corr": 0.8}
@@ -25,7 +26,7 @@ def target_note(m: dict[str, dict]) -> str:
         for key in ("gt_mei_corr", "gt_mei_rate_ratio"):
             value = m["validate"].get(f"{key}_median_{kind}")
             if value is not None and value < TARGETS[key]:
-                missed.append(f"{key} for {kind} cells is {value:.2f} (target {TARGETS[key]})")
+                missed.append(f"{label_of('validate', f'{key}_median_{kind}')} is {value:.2f} (target {TARGETS[key]})")
     if not missed:
         return ""
     model = m["train"].get("gt_fresh_corr_mean")
@@ -40,37 +41,45 @@ def target_note(m: dict[str, dict]) -> str:
 
 
 def validate_rows(v: dict) -> dict[str, Any]:
-    """The closed loop's headline figures, a few rows per cell kind (the JSON holds them all)."""
+    """The closed loop's headline figures, a few rows per cell kind (the JSON holds them all), labelled
+    and formatted by the metric catalogue."""
     if v.get("skipped") or not v:
         return {k: val for k, val in v.items() if k != "note"}
 
-    def f(key: str, fmt: str = ".2f") -> str:
-        return "n/a" if v.get(key) is None else format(v[key], fmt)
+    def f(key: str) -> str:
+        return format_metric("validate", key, v.get(key))
 
-    rows: dict[str, Any] = {"neurons (unresponsive ones selected)": f"{v['n_neurons']} ({v['n_unresponsive_selected']})",
-                            "stimuli beating the true optimum": v["n_true_optimum_beaten"]}
-    for kind in ("simple", "complex", "conjunction"):
+    def label(key: str) -> str:
+        return label_of("validate", key)
+
+    rows: dict[str, Any] = {
+        label("n_neurons"): f"{f('n_neurons')} ({label('n_unresponsive_selected')}: {f('n_unresponsive_selected')})",
+        label("n_true_optimum_beaten"): f("n_true_optimum_beaten")}
+    for kind in KINDS:
         if not v.get(f"n_{kind}"):
             continue
         k = f"_{kind}"
-        rows[f"{kind} ({v['n' + k]} cells): MEI-truth correlation"] = v[f"gt_mei_corr_median{k}"]
-        rows[f"{kind}: true rate MEI / optimum (optimal Gabor / optimum)"] = (
-            f"{f('gt_mei_rate_ratio_median' + k)} ({f('gt_gabor_rate_ratio_median' + k)})")
-        rows[f"{kind}: MEI vs optimal Gabor in truth"] = (
-            f"MEI {VERDICT_WORDS[v[f'gt_verdict_mei_vs_gabor{k}']]}: wins {f('gt_frac_mei_beats_gabor' + k, '.0%')}, "
-            f"loses {f('gt_frac_gabor_beats_mei' + k, '.0%')}, sign test p = {f('gt_sign_p_mei_vs_gabor' + k, '.2g')}; "
-            f"ratio {f('gt_mei_over_gabor_rate_median' + k)}")
-        rows[f"{kind}: cells not driven by MEI / optimal Gabor / best natural image"] = (
-            f"{v[f'gt_n_zero_rate_mei{k}']} / {v[f'gt_n_zero_rate_gabor{k}']} / {v[f'gt_n_zero_rate_best_image{k}']}")
-        rows[f"{kind}: MEI vs optimal Gabor on the models (held-out model)"] = (
-            f"MEI {VERDICT_WORDS[v[f'model_verdict_mei_vs_gabor{k}']]} "
-            f"({VERDICT_WORDS[v[f'model_val_verdict_mei_vs_gabor{k}']]})")
+        rows[label(f"n_{kind}")] = f(f"n_{kind}")
+        rows[label("gt_mei_corr_median" + k)] = f("gt_mei_corr_median" + k)
+        rows[label("gt_mei_rate_ratio_median" + k)] = (
+            f"{f('gt_mei_rate_ratio_median' + k)} ({label('gt_gabor_rate_ratio_median')}: "
+            f"{f('gt_gabor_rate_ratio_median' + k)})")
+        rows[label("gt_verdict_mei_vs_gabor" + k)] = (
+            f"{f('gt_verdict_mei_vs_gabor' + k)}: wins {f('gt_frac_mei_beats_gabor' + k)}, "
+            f"loses {f('gt_frac_gabor_beats_mei' + k)}, sign test p = {f('gt_sign_p_mei_vs_gabor' + k)}; "
+            f"{label('gt_mei_over_gabor_rate_median')}: {f('gt_mei_over_gabor_rate_median' + k)}")
+        rows[label("gt_n_zero_rate_mei" + k)] = (
+            f"{f('gt_n_zero_rate_mei' + k)} ({label('gt_n_zero_rate_gabor')}: {f('gt_n_zero_rate_gabor' + k)}; "
+            f"{label('gt_n_zero_rate_best_image')}: {f('gt_n_zero_rate_best_image' + k)})")
+        rows[label("model_verdict_mei_vs_gabor" + k)] = (
+            f"{f('model_verdict_mei_vs_gabor' + k)} ({label('model_val_verdict_mei_vs_gabor')}: "
+            f"{f('model_val_verdict_mei_vs_gabor' + k)})")
     return rows
 
 
 def replicate_section(summary: dict, params: Params) -> Any:
     """The replicate run: every headline figure with its interval, and which conclusions hold in all."""
-    from meiscope.replicate import HEADLINE, format_conclusion, format_interval, intervals_figure, stale_note
+    from meiscope.replicate import intervals_figure, stale_note
 
     rows = {f.label: format_interval(summary["figures"][f.name]) for f in HEADLINE if f.name in summary["figures"]}
     for kind, found in summary["conclusions"].items():
@@ -103,7 +112,7 @@ def ablation_section(summary: dict, params: Params) -> Section:
 
 def recordings_section(summary: dict, other: dict) -> Section:
     """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds match)."""
-    from meiscope.replicate import HEADLINE, format_interval, summary_file
+    from meiscope.replicate import summary_file
 
     pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
     names = [RECORDINGS[s.get("recording", "two_photon")] for s in pair]
@@ -130,26 +139,27 @@ def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
     sections = [
         Section("Most expressive neurons (rank)",
                 f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
-                m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"]),
+                m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"], stage="ranking"),
         Section("Architecture search (tune)",
                 "Optuna study over the CNN architecture; trial 0 is the default configuration of params.yaml.",
-                dict(m["tune"]), [layout.tune / "optimization_history.png", layout.tune / "param_importances.png"]),
+                dict(m["tune"]), [layout.tune / "optimization_history.png", layout.tune / "param_importances.png"],
+                stage="tune"),
         Section("Response model (train)",
                 "CNN ensemble (shared core + per-neuron readout) vs the linear-nonlinear baseline on held-out test "
                 "images; FEVE and correlation to average are measured against the noise ceiling; on synthetic data "
                 "gt_fresh_corr_* scores the models against the true rates on 1,000 new scenes.",
-                m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"]),
+                m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"], stage="train"),
         Section("Most Exciting Inputs (mei)",
                 "One batched gradient ascent for all neurons under a fixed L2 budget in the model's pixel space; "
                 "'val' scores come from an ensemble member held out of the optimisation.",
-                m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"]),
+                m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"], stage="mei"),
         Section("MEI vs optimal Gabor (gabor)",
                 "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
                 "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction."
                 + (" Neuropixels: gabor_patch_* compare each unit's best presented Gabor patch (its receptive-field "
                    "map) with the optimal Gabor." if neuropixels else ""),
                 m["gabor"], [layout.gabor / "gallery.png"] + ([layout.gabor / "receptive_fields.png"] if neuropixels
-                                                               else [])),
+                                                               else []), stage="gabor"),
         Section("Closed loop on the true neurons (validate)",
                 "Synthetic sessions only: every MEI start, the optimal Gabors and the best natural images shown to "
                 "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
@@ -175,13 +185,9 @@ def headline_metrics(m: dict[str, dict]) -> dict[str, Any]:
     optimal Gabor (optimisation, held-out model); vs_optimum: true rate MEI / true optimum. The
     synthetic-only ones are absent for real data. Every figure: metrics/<stage>.json.
     """
-    picks = {"recall": ("ranking", "gt_recall"), "test_corr": ("train", "test_corr_to_avg_mean"),
-             "truth_corr": ("train", "gt_fresh_corr_mean"), "vs_natural": ("mei", "mei_over_best_image_median"),
-             "vs_gabor": ("gabor", "mei_over_gabor_median"), "vs_gabor_val": ("gabor", "mei_val_over_gabor_median"),
-             "vs_optimum": ("validate", "gt_mei_rate_ratio_median")}
     out = {}
-    for name, (stage, key) in picks.items():
-        value = m.get(stage, {}).get(key)
+    for name, metric in DVC_HEADLINE.items():
+        value = m.get(metric.stage, {}).get(metric.key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = round(float(value), 3)
     return out

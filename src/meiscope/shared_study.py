@@ -10,13 +10,18 @@ rules that keep the workers honest live in the storage too:
 * **Budget claims.** A worker takes a trial (``study.ask()``) only under the lock, and only while
   finished + running + waiting trials are fewer than the budget (or a waiting trial, an enqueued
   default or retry, is there to take). So the budget is met exactly: none lost, none run twice.
+  (Optuna 5.0 has no exact budget across processes: its ``MaxTrialsCallback`` stops a worker's
+  ``optimize`` only after a trial has finished, and unlocked, so each other worker may start one more.)
 * **Worker numbers.** Each worker that joins the study takes the next number from the study's
   ``workers_joined`` attribute; the number seeds its sampler, so no two workers on any host
   replay the same random start-up configurations. The first worker of a new study gets
   ``tune.seed`` itself: a one-worker study is reproducible.
 * **Heartbeats.** On an RDB storage every running trial records a heartbeat; a worker that dies
   stops beating, and the next claim by any worker marks its trial failed and enqueues its
-  configuration once more (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+  configuration once more (Optuna's ``RetryHeartbeatStaleTrialCallback``). Optuna beats only
+  inside ``study.optimize``; with ``ask``/``tell`` the worker beats itself, through the storage
+  object it built (a study does not hand out its storage) and the trial's id that the storage
+  looks up from the study name and trial number.
 * **One MLflow parent.** The study's ``mlflow_parent_run_id`` attribute names the MLflow run under
   which every trial is logged; the first ``tune`` process that starts on the study (or finds the
   attribute pointing at a run its tracking store does not hold) sets it to its own run, under the
@@ -28,11 +33,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from meiscope.errors import MeiscopeError
+
+log = logging.getLogger(__name__)
 
 WORKERS_JOINED = "workers_joined"  # study user attribute: how many workers have joined
 PARENT_RUN = "mlflow_parent_run_id"  # study user attribute: the MLflow run every trial nests under
@@ -114,6 +122,8 @@ def claim_trial(study: Any, budget: int) -> Any | None:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
         warnings.filterwarnings("ignore", message="Heartbeat of storage")  # we beat ourselves (heartbeat())
         fail_stale_trials(study)
+        # optuna.study.MaxTrialsCallback counts the same way, but only after a trial ends and outside
+        # any lock (Optuna 5.0): counting here, under the study lock, before the ask is what makes it exact
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
         counted = sum(s in (*FINISHED, "RUNNING", "WAITING") for s in states)
         if "WAITING" not in states and counted >= budget:
@@ -121,18 +131,37 @@ def claim_trial(study: Any, budget: int) -> Any | None:
         return study.ask()  # pops the oldest waiting trial, else creates one
 
 
+def storage_trial_id(storage: Any, study: Any, number: int) -> int:
+    """The storage's id of trial ``number`` of ``study`` (what the storage's own methods take).
+
+    ``storage`` is the object the study was opened on (:func:`meiscope.tuning.open_storage`): Optuna
+    keeps a study's storage and a trial's id private; the storage's look-ups are public.
+    """
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
 @contextlib.contextmanager
 def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
-    """Record a heartbeat for ``trial_id`` every HEARTBEAT_S seconds while the block runs (RDB only)."""
-    if not (hasattr(storage, "is_heartbeat_enabled") and storage.is_heartbeat_enabled()):
+    """Record a heartbeat for ``trial_id`` at the storage's heartbeat interval while the block runs.
+
+    Only a storage with a heartbeat interval (an RDB storage opened with one) beats; others (the
+    journal) run the block as it is. Optuna 5.0 names no public "is heartbeat enabled" test (its
+    ``is_heartbeat_enabled`` lives in a private module, and storages have no such method): the
+    storage's public ``get_heartbeat_interval()`` answers the same question.
+    """
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
         yield
         return
     stop = threading.Event()
 
     def beat() -> None:
         while True:
-            storage.record_heartbeat(trial_id)
-            if stop.wait(storage.get_heartbeat_interval() or HEARTBEAT_S):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # noqa: BLE001 - a lost beat (database hiccup) must not end the beating
+                log.warning("heartbeat of trial id %s not recorded: %s", trial_id, err)
+            if stop.wait(interval):
                 return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
@@ -144,9 +173,10 @@ def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
-def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float]) -> None:
+def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float], storage: Any) -> None:
     """Run ``objective`` on a claimed trial (beating its heartbeat) and tell the study how it ended.
 
+    ``storage``: the storage object ``study`` was opened on (its heartbeats are recorded there).
     Pruned and crashed trials end in PRUNED / FAIL (the crash's reason is the objective's business);
     only an interrupt (Ctrl-C) propagates, leaving the trial failed.
     """
@@ -154,7 +184,7 @@ def run_claimed_trial(study: Any, trial: Any, objective: Callable[[Any], float])
     from optuna.trial import TrialState
 
     try:
-        with heartbeat(study._storage, trial._trial_id):
+        with heartbeat(storage, storage_trial_id(storage, study, trial.number)):
             value = objective(trial)
     except optuna.TrialPruned:
         state, value = TrialState.PRUNED, None

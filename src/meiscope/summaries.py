@@ -1,80 +1,97 @@
 """The few aligned lines each command prints when it ends: the stage's headline, readable at a glance.
 
 Every number is also in ``metrics/<stage>.json`` (``dvc metrics show``) and in MLflow; this is only
-what a person reads in the terminal.
+what a person reads in the terminal. Labels, formats and verdict words are the metric catalogue's
+(:mod:`meiscope.science.catalogue`), so the terminal and the report say the same.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-KINDS = ("simple", "complex", "conjunction")
-VERDICTS = {1: "MEI beats", 0: "no difference", -1: "MEI loses"}
+from meiscope.science.catalogue import KINDS, format_metric, label_of, verdict_phrase
 
 
-def _num(value: Any, fmt: str = ".3f") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return format(value, fmt)
-    return str(value)
+def _row(stage: str, key: str, value: str) -> tuple[str, str]:
+    """A line labelled with the catalogue's label of ``key`` in ``metrics/<stage>.json``."""
+    return label_of(stage, key), value
+
+
+def _values(stage: str, m: dict, required: bool = False) -> Callable[[str], str]:
+    """``key -> formatted value`` in ``m`` (``metrics/<stage>.json``); ``required``: a missing key raises KeyError."""
+    def value(key: str) -> str:
+        return format_metric(stage, key, m[key] if required else m.get(key))
+    return value
+
+
+def _named(stage: str, key: str, m: dict) -> str:
+    """``<label> <value>``: a figure named inside another line."""
+    return f"{label_of(stage, key)} {format_metric(stage, key, m.get(key))}"
 
 
 def _rank(m: dict) -> list[tuple[str, str]]:
-    rows = [("cells selected", f"{m['n_selected']} of {m['n_cells']} (by {m['metric']})"),
-            ("median split-half reliability", _num(m.get("median_reliability"), ".2f"))]
+    f = _values("ranking", m)
+    rows = [_row("ranking", "n_selected", f"{m['n_selected']} of {m['n_cells']} (by {m['metric']})"),
+            _row("ranking", "median_reliability", f("median_reliability"))]
     if "gt_precision" in m:
-        rows.append(("selection vs truth", f"precision {_num(m['gt_precision'], '.2f')}, "
-                                           f"recall {_num(m['gt_recall'], '.2f')}"))
+        rows += [_row("ranking", "gt_precision", f("gt_precision")), _row("ranking", "gt_recall", f("gt_recall"))]
     return rows
 
 
 def _tune(m: dict) -> list[tuple[str, str]]:
-    rows = [("trials", f"{m['n_trials']} ({m['n_complete']} complete, {m['n_pruned']} pruned, {m['n_failed']} failed)")]
+    f = _values("tune", m)
+    rows = [_row("tune", "n_trials", f"{m['n_trials']} ({m['n_complete']} complete, {m['n_pruned']} pruned, "
+                                     f"{m['n_failed']} failed)")]
     if "best_value" in m:
-        rows.append(("best validation score", f"{_num(m['best_value'])} (trial {m['best_trial']}; default "
-                                              f"architecture {_num(m.get('default_value'))})"))
+        rows.append(_row("tune", "best_value", f"{f('best_value')} (trial {m['best_trial']}; default "
+                                               f"architecture {f('default_value')})"))
     return rows
 
 
 def _train(m: dict) -> list[tuple[str, str]]:
-    rows = [("test corr. to average", f"{_num(m.get('test_corr_to_avg_mean'))} (LN baseline "
-                                      f"{_num(m.get('ln_test_corr_to_avg_mean'))})"),
-            ("single-trial corr. / oracle", _num(m.get("test_fraction_of_oracle"), ".2f"))]
+    f = _values("train", m)
+    rows = [_row("train", "test_corr_to_avg_mean", f"{f('test_corr_to_avg_mean')} (LN baseline "
+                                                   f"{f('ln_test_corr_to_avg_mean')})"),
+            _row("train", "test_fraction_of_oracle", f("test_fraction_of_oracle"))]
     if m.get("gt_fresh_corr_mean") is not None:
-        rows.append(("corr. with true rates, fresh scenes", f"{_num(m['gt_fresh_corr_mean'])} (LN "
-                                                            f"{_num(m.get('ln_gt_fresh_corr_mean'))}; "
-                                                            f"{m['n_fresh_images']} scenes)"))
+        rows.append(_row("train", "gt_fresh_corr_mean", f"{f('gt_fresh_corr_mean')} (LN {f('ln_gt_fresh_corr_mean')}; "
+                                                        f"{m['n_fresh_images']} scenes)"))
     return rows
 
 
 def _mei(m: dict) -> list[tuple[str, str]]:
-    return [("MEI / best natural image", f"{_num(m['mei_over_best_image_median'], '.2f')} (held-out model "
-                                         f"{_num(m['mei_val_over_best_image_median'], '.2f')})"),
-            ("starts agree (phase-aware)", f"{_num(m['seed_consistency_phase_median'], '.2f')}; "
-                                           f"{m['frac_starts_disagree']:.0%} of neurons disagree")]
+    f = _values("mei", m, required=True)
+    return [_row("mei", "mei_over_best_image_median", f"{f('mei_over_best_image_median')} (held-out model "
+                                                      f"{f('mei_val_over_best_image_median')})"),
+            _row("mei", "seed_consistency_phase_median", f"{f('seed_consistency_phase_median')}; "
+                                                         f"{f('frac_starts_disagree')} of neurons disagree")]
 
 
 def _gabor(m: dict) -> list[tuple[str, str]]:
-    return [("MEI / optimal Gabor", f"{_num(m['mei_over_gabor_median'], '.2f')} (held-out model "
-                                    f"{_num(m['mei_val_over_gabor_median'], '.2f')})"),
-            ("neurons where the MEI wins", f"{m['frac_neurons_mei_beats_gabor']:.0%} (held-out model "
-                                           f"{m['frac_neurons_mei_val_beats_gabor']:.0%})"),
-            ("MEI-Gabor similarity", _num(m["mei_gabor_similarity_median"], ".2f"))]
+    f = _values("gabor", m, required=True)
+    return [_row("gabor", "mei_over_gabor_median", f"{f('mei_over_gabor_median')} (held-out model "
+                                                   f"{f('mei_val_over_gabor_median')})"),
+            _row("gabor", "frac_neurons_mei_beats_gabor", f"{f('frac_neurons_mei_beats_gabor')} (held-out model "
+                                                          f"{f('frac_neurons_mei_val_beats_gabor')})"),
+            _row("gabor", "mei_gabor_similarity_median", f("mei_gabor_similarity_median"))]
 
 
 def _validate(m: dict) -> list[tuple[str, str]]:
     if m.get("skipped"):
         return [("closed loop", "skipped (no ground truth)")]
-    rows = [("stimuli beating the true optimum", str(m["n_true_optimum_beaten"]))]
+    rows = [_row("validate", "n_true_optimum_beaten", str(m["n_true_optimum_beaten"]))]
     for kind in KINDS:
         if not m.get(f"n_{kind}"):
             continue
-        verdict = VERDICTS.get(m.get(f"gt_verdict_mei_vs_gabor_{kind}"), "n/a")
+        # the kind's figures, named by the catalogue's labels of the pooled ones
+        per_kind = {key: m.get(f"{key}_{kind}") for key in ("gt_mei_corr_median", "gt_mei_rate_ratio_median",
+                                                            "gt_verdict_mei_vs_gabor", "gt_sign_p_mei_vs_gabor")}
+        verdict = verdict_phrase(per_kind["gt_verdict_mei_vs_gabor"])
+        p = format_metric("validate", "gt_sign_p_mei_vs_gabor", per_kind["gt_sign_p_mei_vs_gabor"])
         rows.append((f"{kind} ({m[f'n_{kind}']} cells)",
-                     f"MEI-truth corr. {_num(m.get(f'gt_mei_corr_median_{kind}'), '.2f')}, rate MEI / optimum "
-                     f"{_num(m.get(f'gt_mei_rate_ratio_median_{kind}'), '.2f')}, vs optimal Gabor in truth: {verdict} "
-                     f"(p = {_num(m.get(f'gt_sign_p_mei_vs_gabor_{kind}'), '.2g')})"))
+                     f"{_named('validate', 'gt_mei_corr_median', per_kind)}; "
+                     f"{_named('validate', 'gt_mei_rate_ratio_median', per_kind)}; "
+                     f"{label_of('validate', 'gt_verdict_mei_vs_gabor')}: {verdict} (p = {p})"))
     return rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 
 from meiscope.config import Params, TrackingConfig, flat_dict
 
+log = logging.getLogger(__name__)
 
 # MLFLOW_TRACKING_URI as it was when this process started. mlflow.set_tracking_uri() writes the
 # variable too, so reading it later would give the store of whichever project logged last.
@@ -39,14 +41,20 @@ def is_server(uri: str) -> bool:
 
 
 def run_exists(run_id: str) -> bool:
-    """Whether the current tracking store holds run ``run_id``."""
+    """Whether the current tracking store holds run ``run_id`` in the experiment this process logs to.
+
+    With no active run, any experiment of the store counts. Within one, a run of another experiment
+    does not: in a copied checkout the runs it inherited were set aside in an experiment of their own
+    (:func:`own_experiment`), and the runs of this checkout should not nest under them.
+    """
     import mlflow
 
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        run = mlflow.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         return False
-    return True
+    active = mlflow.active_run()
+    return active is None or run.info.experiment_id == active.info.experiment_id
 
 
 def git_commit(root: Path) -> str:
@@ -111,11 +119,15 @@ EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_develop
 def own_experiment(uri: str, name: str, root: Path) -> str:
     """The id of experiment ``name``, whose artifacts live in THIS checkout's ``mlruns/``.
 
-    MLflow stores an experiment's artifact location as an absolute path when it creates it (by
-    default ``./mlruns`` of whatever folder the process ran in). So a copy of the repository, store
-    included, would write its artifacts into the original's folder, and a run started elsewhere
-    (a test) into the current folder. Creating the experiment with this root's ``mlruns/``, and
-    pointing a copied sqlite store of this root back at it, keeps every checkout's runs its own.
+    MLflow fixes an experiment's artifact location, as an absolute path, when it creates it (by
+    default ``./mlruns`` of whatever folder the process ran in), and its public API cannot move it
+    afterwards. So a copy of the repository, store included, would write its artifacts into the
+    original's folder, and a run started elsewhere (a test) into the current folder. The experiment
+    is therefore created with this root's ``mlruns/``; when this checkout's own sqlite store holds an
+    experiment ``name`` that keeps its artifacts in another local folder (a copied or moved
+    checkout), that experiment is renamed, with a warning naming where its artifacts live, and a new
+    ``name`` is created here. On a tracking server, or a store shared from outside the checkout, the
+    experiment is used as it is.
     """
     import mlflow
 
@@ -123,6 +135,11 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
     location = None if is_server(uri) else (Path(root).resolve() / "mlruns").as_uri()
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and location is not None and _own_sqlite_file(uri, root) is not None:
+        elsewhere = _local_folder(experiment.artifact_location)
+        if elsewhere is not None and elsewhere != Path(root).resolve() / "mlruns":
+            _set_aside(client, experiment, elsewhere, root)
+            experiment = client.get_experiment_by_name(name)  # None, unless a process beside us made it anew
     if experiment is None:  # a model-training experiment, so the UI opens it on its training runs
         try:
             return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
@@ -132,14 +149,44 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
                 raise
     if EXPERIMENT_KIND not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
-    store = _own_sqlite_file(uri, root)
-    if experiment.artifact_location != location and store is not None:
-        import sqlite3
-
-        with contextlib.closing(sqlite3.connect(store)) as db, db:
-            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                       (location, int(experiment.experiment_id)))
     return experiment.experiment_id
+
+
+def _set_aside(client: Any, experiment: Any, elsewhere: Path, root: Path) -> None:
+    """Rename an experiment whose artifacts live outside ``root``, so that ``root`` gets one of its own.
+
+    Its runs stay readable under the new name (which says where their artifacts are). Two processes of
+    one checkout may both try: the second one's rename fails, and finding the name taken by another
+    experiment (or by none) is all it needed.
+    """
+    import mlflow
+
+    aside = f"{experiment.name} (experiment {experiment.experiment_id}, artifacts in {elsewhere})"
+    try:
+        client.rename_experiment(experiment.experiment_id, aside)
+    except mlflow.exceptions.MlflowException:
+        current = client.get_experiment_by_name(experiment.name)
+        if current is not None and current.experiment_id == experiment.experiment_id:
+            raise
+        return
+    log.warning("MLflow experiment '%s' keeps its artifacts in %s, outside %s (a copied or moved checkout?): "
+                "renamed it '%s'; this checkout logs to a new '%s'", experiment.name, elsewhere,
+                Path(root).resolve(), aside, experiment.name)
+
+
+def _local_folder(artifact_location: str | None) -> Path | None:
+    """The local folder of an artifact location (``file://`` URI or plain path), else None (remote)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    if not artifact_location:
+        return None
+    parsed = urlparse(artifact_location)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path)).resolve()
+    if parsed.scheme == "":  # MLflow makes local locations absolute; a relative one is relative to the cwd
+        return Path(artifact_location).resolve()
+    return None
 
 
 def _own_sqlite_file(uri: str, root: Path) -> Path | None:

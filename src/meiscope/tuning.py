@@ -173,14 +173,18 @@ def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(worker), int(n_existing)]).generate_state(1)[0])
 
 
-def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None, seed: int | None = None) -> Any:
+def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None, seed: int | None = None,
+               storage: Any = None) -> Any:
     """Create or load the study on the configured storage (journal file by default).
 
-    ``seed``: the sampler's seed (default ``cfg.seed``; see :func:`sampler_seed`).
+    ``seed``: the sampler's seed (default ``cfg.seed``; see :func:`sampler_seed`). ``storage``: a
+    storage object from :func:`open_storage` to open it on, for a caller that needs the storage
+    itself (heartbeats, a trial's user attributes); by default one is built here.
     """
     import optuna
 
-    storage = _storage(cfg, root, storage_url)
+    if storage is None:
+        storage = open_storage(cfg, root, storage_url)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials,
                                           n_warmup_steps=cfg.pruner_warmup_epochs)
               if cfg.pruner == "median" else optuna.pruners.NopPruner())
@@ -192,7 +196,13 @@ def open_study(cfg: TuneConfig, root: Path, storage_url: str | None = None, seed
     return study
 
 
-def _storage(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
+def open_storage(cfg: TuneConfig, root: Path, storage_url: str | None = None) -> Any:
+    """The Optuna storage object of the study: an RDB storage with heartbeats for a URL (``storage_url``
+    or ``tune.storage``), else the journal file ``tune.journal_file`` under ``root``.
+
+    Optuna keeps the storage a study was opened on private: whoever needs it builds it here, keeps the
+    reference and opens the study on it (:func:`open_study`).
+    """
     url = storage_url or cfg.storage
     shared_study.require_shared_storage(url)
     if url:
@@ -246,7 +256,8 @@ def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_tr
     ds = ResponseDataset.load(dataset_path)
     extra_path = container_path(Path(dataset_path))  # the container's other stimuli, when training on them
     extra = ContainerStimuli.load(extra_path) if extra_path.is_file() else None
-    study = open_study(cfg, Path(root), storage_url)
+    storage = open_storage(cfg, Path(root), storage_url)
+    study = open_study(cfg, Path(root), storage_url, storage=storage)
     lock = functools.partial(study_lock, cfg, Path(root), storage_url)
     with lock():
         number, finished = shared_study.join_study(study)
@@ -261,7 +272,7 @@ def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_tr
                 trial.set_user_attr(shared_study.TUNER, tuner)
         if trial is None:
             break
-        shared_study.run_claimed_trial(study, trial, objective)
+        shared_study.run_claimed_trial(study, trial, objective, storage)
         bar.n = min(budget, shared_study.count_finished(study))
         bar.refresh()
     bar.close()
@@ -283,10 +294,11 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
 
     budget = n_trials or cfg.n_trials
     url = storage_url or cfg.storage
-    study = open_study(cfg, root, url)
+    storage = open_storage(cfg, root, url)
+    study = open_study(cfg, root, url, storage=storage)
     with study_lock(cfg, root, url):
         if not url:
-            _retry_interrupted(study)
+            _retry_interrupted(study, storage)
         if not study.trials:
             study.enqueue_trial(default_trial_params(base_model, base_train))
     tuner = uuid.uuid4().hex
@@ -309,13 +321,18 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
     return study, mine
 
 
-def _retry_interrupted(study: Any) -> None:
-    """Mark trials left RUNNING by a killed run as failed; enqueue each one's configuration once more."""
+def _retry_interrupted(study: Any, storage: Any) -> None:
+    """Mark trials left RUNNING by a killed run as failed; enqueue each one's configuration once more.
+
+    ``storage``: the storage object ``study`` was opened on (:func:`open_storage`).
+    """
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "interrupted (left running by an earlier run)")
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        # the reason first: a finished trial's attributes can no longer be set
+        storage.set_trial_user_attr(shared_study.storage_trial_id(storage, study, t.number), FAIL_REASON,
+                                    "interrupted (left running by an earlier run)")
+        study.tell(t.number, state=TrialState.FAIL)
         if RETRY_OF not in t.user_attrs and t.params:  # a retry that is interrupted again is not retried
             study.enqueue_trial(t.params, user_attrs={RETRY_OF: t.number})
 

@@ -16,7 +16,7 @@ one does.
 
 Likeness of an MEI to the truth: plain correlation with the true optimum, except for complex
 (phase-invariant) cells, whose optima are all images in the span of their two quadrature filters:
-the MEI is scored by its largest correlation with that span (:func:`similarity.span_correlation`).
+the MEI is scored by its largest correlation with that span (:func:`meiscope.insilico.similarity.span_correlation`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from meiscope.comparison import compare, log_ratio_median, paired_outcomes, verdict
+from meiscope.comparison import compare, log_ratio_median, paired_outcomes
 from meiscope.errors import MeiscopeError
-from meiscope.similarity import image_correlation, span_correlation
+from meiscope.insilico.similarity import image_correlation, span_correlation
+from meiscope.science.catalogue import KINDS
+from meiscope.science.stats import verdict
 
 PHASE_INVARIANT_KINDS = ("complex",)
-RESPONSIVE_KINDS = ("simple", "complex", "conjunction")
 STIMULI = ("mei", "gabor", "best_image", "optimum")
 OPTIMUM_TOLERANCE = 1e-5  # relative: float32 stimuli sit on the budget only to ~1e-7
 CHECKED = ("mei", "gabor", "best_image", "best_start")  # meiscope's stimuli, checked against the optimum
@@ -189,9 +190,9 @@ def _kind_summary(group: Any, suffix: str) -> dict[str, Any]:
 
 def summarise_validation(table: Any) -> dict[str, Any]:
     """Per-kind (and pooled responsive) figures of the closed loop; see the module docstring."""
-    responsive = table[table.kind.isin(RESPONSIVE_KINDS)]
+    responsive = table[table.kind.isin(KINDS)]
     summary: dict[str, Any] = {"n_neurons": int(len(table)),
-                               "n_unresponsive_selected": int((~table.kind.isin(RESPONSIVE_KINDS)).sum()),
+                               "n_unresponsive_selected": int((~table.kind.isin(KINDS)).sum()),
                                "n_true_optimum_beaten": int(table.optimum_beaten.sum())}
     if len(responsive):
         summary.update(_kind_summary(responsive, ""))
@@ -221,8 +222,8 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
     """Four panels: truth MEI vs Gabor per kind (log scale), distance to the optimum, model vs truth, images."""
     from matplotlib.figure import Figure
 
-    kinds = [k for k in RESPONSIVE_KINDS if k in set(table.kind)]
-    colors = dict(zip(RESPONSIVE_KINDS, ("tab:blue", "tab:orange", "tab:green")))
+    kinds = [k for k in KINDS if k in set(table.kind)]
+    colors = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green")))
     fig = Figure(figsize=(15, 4.6))
     grid = fig.add_gridspec(max(min(n_show, 5), 1), 5, width_ratios=[1.2, 1.2, 1.0, 0.32, 0.32])
     ax = fig.add_subplot(grid[:, 0])

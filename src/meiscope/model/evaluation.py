@@ -3,8 +3,9 @@
 Conventions for every metric: ``pred`` is ``(n_images, n_neurons)`` indexed by image row;
 ``responses`` ``(n_trials, n_neurons)`` and ``trial_image`` ``(n_trials,)`` are the single
 trials to score against (pass only the test trials to score on the test set). Images without
-trials are ignored. A correlation where either side is constant is reported as 0 (the
-prediction carries no information), so means over neurons never hit NaN.
+trials are ignored. The correlations are :mod:`meiscope.science.measures`' (NaN where a side is
+constant); here a correlation where either side is constant is reported as 0 (the prediction
+carries no information), so means over neurons never hit NaN.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from meiscope.science import measures
+
+
+def _zero_if_undefined(corr: np.ndarray) -> np.ndarray:
+    """This module's convention: an undefined correlation (a constant side, NaN) counts as 0."""
+    return np.where(np.isnan(corr), 0.0, corr)
+
 
 def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Correlation of matching columns of ``a`` and ``b`` ``(n_samples, n)`` -> ``(n,)`` (0 if constant)."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    denom = np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = (a * b).sum(axis=0) / denom
-    return np.where(denom > 1e-12, corr, 0.0)
+    """:func:`meiscope.science.measures.pearson_columns` of ``(n_samples, n)`` -> ``(n,)``, but 0 where
+    a column is constant (not NaN: a prediction that does not vary carries no information)."""
+    return _zero_if_undefined(measures.pearson_columns(a, b))
 
 
 def image_means(responses: np.ndarray, trial_image: np.ndarray, n_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,19 +89,14 @@ def feve(pred: np.ndarray, responses: np.ndarray, trial_image: np.ndarray) -> np
 
 
 def oracle_corr(responses: np.ndarray, trial_image: np.ndarray) -> np.ndarray:
-    """Leave-one-out noise ceiling per neuron ``(n_neurons,)``.
+    """Leave-one-out noise ceiling per neuron ``(n_neurons,)``
+    (:func:`meiscope.science.measures.oracle_correlation`; 0 for a neuron constant over the trials).
 
     Correlation, across trials, of each trial with the mean of the *other* repeats of its
     image (images with a single trial are skipped). No model can predict single trials much
     better than this.
     """
-    responses = np.asarray(responses, dtype=np.float64)
-    n_images = int(trial_image.max()) + 1 if len(trial_image) else 0
-    means, counts = image_means(responses, trial_image, n_images)
-    keep = counts[trial_image] > 1
-    n = counts[trial_image][keep][:, None]
-    loo = (means[trial_image][keep] * n - responses[keep]) / (n - 1)
-    return pearson_columns(loo, responses[keep])
+    return _zero_if_undefined(measures.oracle_correlation(responses, trial_image))
 
 
 def _as_models(models) -> list:

@@ -41,9 +41,9 @@ from meiscope.model.evaluation import corr_to_average, feve
 from meiscope.model.network import ResponseModel, check_model_config, place_model
 from meiscope.model.readouts import GaussianReadout, map_peaks
 from meiscope.model.sessions import SharedCoreModel, build_shared_model, session_key
-from meiscope.model.sources import (MovieSource, build_sources, core_position_map, extra_batches, movie_loss,
-                                    movie_position_maps, rf_init_map, scaled_learning_rate, scene_statistics,
-                                    trial_loss, warmup_factor)
+from meiscope.model.sources import (MovieHead, MovieSource, build_sources, core_position_map, extra_batches,
+                                    movie_loss, movie_position_maps, rf_init_map, scaled_learning_rate,
+                                    scene_statistics, trial_loss, warmup_factor)
 
 if TYPE_CHECKING:
     from meiscope.container.responses import ContainerStimuli
@@ -366,148 +366,308 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
     ``session_<id>_val_corr_to_avg``. ``TrainResult.shared_model`` holds every session's readout.
     """
     device = resolve_device(device)
+    inputs = _training_inputs(model_cfg, train_cfg, datasets, seed, device, extra)
+    limit = int(max_epochs) if max_epochs is not None else train_cfg.max_epochs
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    with _deterministic(device):
+        member = _initial_member(model_cfg, train_cfg, inputs, seed)
+        if resume and checkpoint_path is not None and checkpoint_path.is_file():
+            _resume_from(member, inputs, checkpoint_path)
+        if member.stopped:  # finished by early stopping / the caller: nothing left to do
+            limit = member.epoch
+        epochs_run = _run_epochs(member, inputs, model_cfg, train_cfg, limit, checkpoint_path, on_epoch,
+                                 desc=f"train seed {seed}", progress=progress)
+
+    member.shared.load_state_dict(member.best_state)
+    _set_training(member.shared, member.views, False)
+    study = inputs.sessions[0]
+    return TrainResult(model=member.shared.session_model(study.key), history=member.history,
+                       normalisation=study.normalisation, seed=int(seed), best_epoch=member.best_epoch,
+                       best_val_corr=float(member.best_val), stop_reason=member.stop_reason, epochs_run=epochs_run,
+                       shared_model=member.shared)
+
+
+# --------------------------------------------------------------------------------------
+# the parts of train_shared, in the order they run
+# --------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _TrainingInputs:
+    """What one member trains on; fixed for the whole run.
+
+    Attributes:
+        sessions: the studied session first, then the others (their copies of its test scenes
+            moved to their test split).
+        sources: the container's other stimuli of the studied session (empty without a container).
+        movie_head: the movies' calcium-kernel head (``None`` without movies); its weights are
+            trained and checkpointed with the member's.
+        movie_maps: the movies' receptive-field maps, for the readouts' starting positions.
+        kernel: the container's calcium kernel ``(taps,)`` (``None`` without a container).
+        fingerprint: what a checkpoint must match to be resumed (:func:`_fingerprint`).
+        device: where the tensors live.
+    """
+
+    sessions: list[_Session]
+    sources: list[Any]
+    movie_head: Optional[MovieHead]
+    movie_maps: list[Any]
+    kernel: Optional[np.ndarray]
+    fingerprint: str
+    device: torch.device
+
+
+def _training_inputs(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Sequence[ResponseDataset],
+                     seed: int, device: torch.device, extra: "Optional[ContainerStimuli]") -> _TrainingInputs:
+    """Check the sessions, hide the studied test scenes from the others, put every source on the device.
+
+    Bad configurations and unusable splits raise here, before any weight exists.
+    """
     datasets = list(datasets)
     _check_sessions(datasets, model_cfg)
     test_scenes = datasets[0].image_ids[datasets[0].image_indices("test")]
     datasets = datasets[:1] + [without_scenes_of(ds, test_scenes) for ds in datasets[1:]]
     for ds in datasets[1:]:  # moving images to test can leave a session too few to train on
         _check_trainable(ds, model_cfg)
-    limit = int(max_epochs) if max_epochs is not None else train_cfg.max_epochs
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     fingerprint = _fingerprint(model_cfg, train_cfg, seed, datasets, extra)
     sessions = [_prepare_session(ds, model_cfg, device) for ds in datasets]
     study = sessions[0]
     sources, movie_head = (build_sources(extra, study.normalisation, study.train, study.ds.n_neurons, device)
                            if extra is not None else ([], None))
     movie_maps = movie_position_maps(extra) if extra is not None else []
+    return _TrainingInputs(sessions=sessions, sources=sources, movie_head=movie_head, movie_maps=movie_maps,
+                           kernel=extra.kernel if extra is not None else None, fingerprint=fingerprint,
+                           device=device)
 
-    with _deterministic(device):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        shared = build_shared_model(model_cfg, [(s.key, s.ds.n_neurons) for s in sessions], study.ds.images.shape[1:])
-        shared = place_model(shared, device)
-        views = []
-        for s in sessions:
-            shared.set_normalisation(s.key, s.normalisation.offset, s.normalisation.scale)
-            view = shared.session_model(s.key)
-            _init_bias(view, s.train.targets, s.train.weights)
-            # Start each readout at its neuron's receptive-field estimate: gradient steps only
-            # refine a position locally (see meiscope.model.readouts).
-            view.readout.init_positions_(map_peaks(rf_init_map(s.train, sources, movie_maps) if s is study
-                                                   else rf_init_map(s.train, [])))
-            views.append(view)
-        parameters = list(shared.parameters()) + (list(movie_head.parameters()) if movie_head is not None else [])
-        optimizer = torch.optim.Adam(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.3, patience=max(1, train_cfg.patience // 4), min_lr=train_cfg.lr * 1e-3)
 
-        epoch, best_val, best_epoch, bad_epochs = 0, -math.inf, 0, 0
-        best_state = {k: v.detach().clone() for k, v in shared.state_dict().items()}
-        history: list[dict] = []
-        stop_reason = "max_epochs"
-        if resume and checkpoint_path is not None and checkpoint_path.is_file():
-            state = _load_checkpoint(checkpoint_path, device)
-            if state["fingerprint"] != fingerprint:
-                raise TrainingError(f"{checkpoint_path}: written for another configuration or dataset; "
-                                    "delete it or train without resume")
-            shared.load_state_dict(state["model"])
-            if movie_head is not None:
-                movie_head.load_state_dict(state["movie_head"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-            generator.set_state(state["generator"].cpu())
-            epoch, best_val, best_epoch = int(state["epoch"]), float(state["best_val"]), int(state["best_epoch"])
-            bad_epochs, history, best_state = int(state["bad_epochs"]), list(state["history"]), state["best_state"]
-            if state["stopped"]:
-                stop_reason = str(state["stop_reason"])
-                limit = epoch  # finished by early stopping / the caller: nothing left to do
+@dataclass(eq=False)
+class _Member:
+    """One member in training: its modules, optimiser, batch-order generator and early-stopping state.
 
-        epochs_run: list[int] = []
-        bar = tqdm(range(epoch + 1, limit + 1), initial=epoch, total=max(limit, epoch),
-                   desc=f"train seed {seed}", disable=not progress, leave=False)
-        for epoch in bar:
-            _set_training(shared, views, True)
-            # summed on the device: one sync per epoch
-            totals = [torch.zeros((), device=device) for _ in sessions]
-            batches = _epoch_batches([len(s.train) for s in sessions], train_cfg.batch_size, generator)
-            if sources:  # the container's other stimuli, interleaved with the scenes (source index offset)
-                batches = batches + [(len(sessions) + j, rows) for j, rows in extra_batches(
-                    sources, train_cfg.batches_per_source, train_cfg.batch_size, generator)]
-                batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
-            for i, idx in batches:
-                if i >= len(sessions):
-                    source, view = sources[i - len(sessions)], views[0]
-                    with scene_statistics(view):
-                        data = (movie_loss(view, movie_head, source, int(idx)) if isinstance(source, MovieSource)
-                                else trial_loss(view, source, idx.to(device)))
-                    loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    with scaled_learning_rate(optimizer, warmup_factor(epoch, train_cfg.source_warmup_epochs)):
-                        optimizer.step()
-                    view.constrain_()
-                    continue
-                session, view = sessions[i], views[i]
-                idx = idx.to(device)
-                pred = view(session.train.images[idx])
-                data = response_loss(pred, session.train.targets[idx], session.train.weights[idx],
-                                     loss_kind(model_cfg, session.ds))
-                loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
-                # the other sessions' readouts get no gradient (None), so Adam leaves them alone
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                view.constrain_()
-                totals[i] = totals[i] + data.detach() * len(idx)
+    Everything here except ``views`` (which share ``shared``'s modules) goes into a checkpoint.
+    ``best_state`` holds the weights of ``best_epoch`` (highest validation correlation ``best_val``);
+    ``bad_epochs`` counts the epochs since; ``stopped`` / ``stop_reason`` say whether and why training ended.
+    """
 
-            relocated = (relocate_readouts(views[0], study.train, sources, extra.kernel)
-                         if sources and epoch in train_cfg.relocate_epochs else None)
-            val_corr, val_feve = _val_scores(views[0], study)
-            record = {"epoch": epoch, "train_loss": float(totals[0]) / len(study.train), "val_corr_to_avg": val_corr,
-                      "val_feve": float(np.nanmedian(val_feve)) if np.isfinite(val_feve).any() else float("nan"),
-                      "lr": float(optimizer.param_groups[0]["lr"])}
-            if relocated is not None:
-                record["readouts_relocated"] = relocated
-            for session, view, total in zip(sessions[1:], views[1:], totals[1:]):
-                record[f"session_{session.key}_train_loss"] = float(total) / len(session.train)
-                record[f"session_{session.key}_val_corr_to_avg"] = _val_scores(view, session)[0]
-            history.append(record)
-            epochs_run.append(epoch)
+    shared: SharedCoreModel
+    views: list[ResponseModel]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    generator: torch.Generator
+    best_state: dict[str, torch.Tensor]
+    epoch: int = 0
+    best_val: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = "max_epochs"
+    stopped: bool = False
 
-            scheduler.step(val_corr)
-            if val_corr > best_val:
-                best_val, best_epoch, bad_epochs = val_corr, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in shared.state_dict().items()}
-            else:
-                bad_epochs += 1
-            stopped = False
-            if bad_epochs >= train_cfg.patience:
-                stopped, stop_reason = True, "patience"
-            if on_epoch is not None and on_epoch(epoch, dict(record)) is True:
-                stopped, stop_reason = True, "callback"
-            bar.set_postfix(val=f"{val_corr:.3f}", best=f"{best_val:.3f}")
 
-            if checkpoint_path is not None:
-                state = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
-                         "model": shared.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "generator": generator.get_state(), "best_state": best_state, "best_val": best_val,
-                         "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-                         "stopped": stopped, "stop_reason": stop_reason}
-                if device.type == "cuda":
-                    state["cuda_rng"] = torch.cuda.get_rng_state(device)
-                if movie_head is not None:
-                    state["movie_head"] = movie_head.state_dict()
-                save_torch(state, checkpoint_path)
-            if stopped:
-                break
-        bar.close()
+def _weights_copy(shared: SharedCoreModel) -> dict[str, torch.Tensor]:
+    """A detached copy of every weight and buffer (the state to restore at the end)."""
+    return {k: v.detach().clone() for k, v in shared.state_dict().items()}
 
-    shared.load_state_dict(best_state)
-    _set_training(shared, views, False)
-    return TrainResult(model=shared.session_model(study.key), history=history, normalisation=study.normalisation,
-                       seed=int(seed), best_epoch=best_epoch, best_val_corr=float(best_val), stop_reason=stop_reason,
-                       epochs_run=epochs_run, shared_model=shared)
+
+def _initial_member(model_cfg: ModelConfig, train_cfg: TrainConfig, inputs: _TrainingInputs, seed: int) -> _Member:
+    """Seeded initial weights, each readout at its neuron's receptive-field estimate, Adam and the LR schedule.
+
+    ``seed`` seeds torch's global RNG (initial weights, readout jitter) and the generator of the
+    batch order, in that order.
+    """
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    sessions, study = inputs.sessions, inputs.sessions[0]
+    shared = build_shared_model(model_cfg, [(s.key, s.ds.n_neurons) for s in sessions], study.ds.images.shape[1:])
+    shared = place_model(shared, inputs.device)
+    views = []
+    for s in sessions:
+        shared.set_normalisation(s.key, s.normalisation.offset, s.normalisation.scale)
+        view = shared.session_model(s.key)
+        _init_bias(view, s.train.targets, s.train.weights)
+        # Start each readout at its neuron's receptive-field estimate: gradient steps only
+        # refine a position locally (see meiscope.model.readouts).
+        view.readout.init_positions_(map_peaks(rf_init_map(s.train, inputs.sources, inputs.movie_maps) if s is study
+                                               else rf_init_map(s.train, [])))
+        views.append(view)
+    head = inputs.movie_head
+    parameters = list(shared.parameters()) + (list(head.parameters()) if head is not None else [])
+    optimizer = torch.optim.Adam(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.3, patience=max(1, train_cfg.patience // 4), min_lr=train_cfg.lr * 1e-3)
+    return _Member(shared=shared, views=views, optimizer=optimizer, scheduler=scheduler, generator=generator,
+                   best_state=_weights_copy(shared))
+
+
+def _resume_from(member: _Member, inputs: _TrainingInputs, path: Path) -> None:
+    """Load a checkpoint into ``member`` (weights, optimiser, schedule, both RNG states, counters, history)."""
+    device = inputs.device
+    state = _load_checkpoint(path, device)
+    if state["fingerprint"] != inputs.fingerprint:
+        raise TrainingError(f"{path}: written for another configuration or dataset; "
+                            "delete it or train without resume")
+    member.shared.load_state_dict(state["model"])
+    if inputs.movie_head is not None:
+        inputs.movie_head.load_state_dict(state["movie_head"])
+    member.optimizer.load_state_dict(state["optimizer"])
+    member.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    member.generator.set_state(state["generator"].cpu())
+    member.epoch, member.best_val = int(state["epoch"]), float(state["best_val"])
+    member.best_epoch, member.bad_epochs = int(state["best_epoch"]), int(state["bad_epochs"])
+    member.history, member.best_state = list(state["history"]), state["best_state"]
+    if state["stopped"]:
+        member.stopped, member.stop_reason = True, str(state["stop_reason"])
+
+
+def _run_epochs(member: _Member, inputs: _TrainingInputs, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                limit: int, checkpoint_path: Optional[Path], on_epoch: Optional[Callable[[int, dict], Any]],
+                desc: str, progress: bool) -> list[int]:
+    """Epochs ``member.epoch + 1 .. limit`` (fewer if early stopping ends it); the epoch numbers run.
+
+    Each: Adam steps over the train batches, readout relocation and validation (the epoch's
+    record), the LR schedule and early stopping, then the checkpoint.
+    """
+    epochs_run: list[int] = []
+    bar = tqdm(range(member.epoch + 1, limit + 1), initial=member.epoch, total=max(limit, member.epoch),
+               desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        totals = _train_epoch(member, inputs, model_cfg, train_cfg, epoch)
+        record = _epoch_record(member, inputs, train_cfg, epoch, totals)
+        member.history.append(record)
+        member.epoch = epoch
+        epochs_run.append(epoch)
+        _early_stopping(member, record, train_cfg, on_epoch)
+        bar.set_postfix(val=f"{record['val_corr_to_avg']:.3f}", best=f"{member.best_val:.3f}")
+        if checkpoint_path is not None:
+            _save_checkpoint(member, inputs, checkpoint_path)
+        if member.stopped:
+            break
+    bar.close()
+    return epochs_run
+
+
+def _epoch_order(inputs: _TrainingInputs, train_cfg: TrainConfig,
+                 generator: torch.Generator) -> list[tuple[int, torch.Tensor]]:
+    """One epoch's ``(source index, rows)`` batches: sessions ``0 .. n_sessions-1``, then the container's sources.
+
+    Without a container this is :func:`_epoch_batches`; with one, each source's batches
+    (:func:`~meiscope.model.sources.extra_batches`) join the scenes' and all are shuffled together.
+    """
+    n_sessions = len(inputs.sessions)
+    batches = _epoch_batches([len(s.train) for s in inputs.sessions], train_cfg.batch_size, generator)
+    if inputs.sources:  # the container's other stimuli, interleaved with the scenes (source index offset)
+        batches = batches + [(n_sessions + j, rows) for j, rows in extra_batches(
+            inputs.sources, train_cfg.batches_per_source, train_cfg.batch_size, generator)]
+        batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches
+
+
+def _train_epoch(member: _Member, inputs: _TrainingInputs, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 epoch: int) -> list[torch.Tensor]:
+    """One Adam step per batch of :func:`_epoch_order`; each session's summed data loss (0-d device tensors)."""
+    _set_training(member.shared, member.views, True)
+    sessions = inputs.sessions
+    # summed on the device: one sync per epoch
+    totals = [torch.zeros((), device=inputs.device) for _ in sessions]
+    for i, rows in _epoch_order(inputs, train_cfg, member.generator):
+        if i >= len(sessions):
+            _source_step(member, inputs, model_cfg, inputs.sources[i - len(sessions)], rows,
+                         warmup_factor(epoch, train_cfg.source_warmup_epochs))
+        else:
+            totals[i] = totals[i] + _scene_step(member, sessions[i], member.views[i], model_cfg, rows, inputs.device)
+    return totals
+
+
+def _scene_step(member: _Member, session: _Session, view: ResponseModel, model_cfg: ModelConfig,
+                rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One Adam step on a batch of one session's train images (``rows`` ``(B,)``); its summed data loss."""
+    rows = rows.to(device)
+    pred = view(session.train.images[rows])
+    data = response_loss(pred, session.train.targets[rows], session.train.weights[rows],
+                         loss_kind(model_cfg, session.ds))
+    loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
+    # the other sessions' readouts get no gradient (None), so Adam leaves them alone
+    member.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    member.optimizer.step()
+    view.constrain_()
+    return data.detach() * len(rows)
+
+
+def _source_step(member: _Member, inputs: _TrainingInputs, model_cfg: ModelConfig, source: Any,
+                 rows: torch.Tensor, warmup: float) -> None:
+    """One Adam step on a batch of a container stimulus (trial rows, or a movie window index), studied session.
+
+    The step is taken at ``warmup`` times the learning rate (the other stimuli join gradually);
+    the core's batch statistics stay the scenes' (:func:`~meiscope.model.sources.scene_statistics`).
+    """
+    view = member.views[0]
+    with scene_statistics(view):
+        data = (movie_loss(view, inputs.movie_head, source, int(rows)) if isinstance(source, MovieSource)
+                else trial_loss(view, source, rows.to(inputs.device)))
+    loss = data + view.regularizer(model_cfg.laplace_weight, model_cfg.readout_l1)
+    member.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    with scaled_learning_rate(member.optimizer, warmup):
+        member.optimizer.step()
+    view.constrain_()
+
+
+def _epoch_record(member: _Member, inputs: _TrainingInputs, train_cfg: TrainConfig, epoch: int,
+                  totals: Sequence[torch.Tensor]) -> dict:
+    """Relocate far readouts (at ``train.relocate_epochs``, with a container), then score the validation images.
+
+    Returns the epoch's record: ``epoch``, ``train_loss`` (mean per train image), ``val_corr_to_avg``,
+    ``val_feve`` (median over neurons), ``lr``, [``readouts_relocated``], and per other session
+    ``session_<key>_train_loss`` / ``session_<key>_val_corr_to_avg``.
+    """
+    sessions, views = inputs.sessions, member.views
+    study = sessions[0]
+    relocated = (relocate_readouts(views[0], study.train, inputs.sources, inputs.kernel)
+                 if inputs.sources and epoch in train_cfg.relocate_epochs else None)
+    val_corr, val_feve = _val_scores(views[0], study)
+    record = {"epoch": epoch, "train_loss": float(totals[0]) / len(study.train), "val_corr_to_avg": val_corr,
+              "val_feve": float(np.nanmedian(val_feve)) if np.isfinite(val_feve).any() else float("nan"),
+              "lr": float(member.optimizer.param_groups[0]["lr"])}
+    if relocated is not None:
+        record["readouts_relocated"] = relocated
+    for session, view, total in zip(sessions[1:], views[1:], totals[1:]):
+        record[f"session_{session.key}_train_loss"] = float(total) / len(session.train)
+        record[f"session_{session.key}_val_corr_to_avg"] = _val_scores(view, session)[0]
+    return record
+
+
+def _early_stopping(member: _Member, record: dict, train_cfg: TrainConfig,
+                    on_epoch: Optional[Callable[[int, dict], Any]]) -> None:
+    """Step the LR schedule on the validation correlation, keep the best weights, decide whether to stop.
+
+    Stops after ``train.patience`` epochs without improvement, or when ``on_epoch`` returns True.
+    """
+    epoch, val_corr = record["epoch"], record["val_corr_to_avg"]
+    member.scheduler.step(val_corr)
+    if val_corr > member.best_val:
+        member.best_val, member.best_epoch, member.bad_epochs = val_corr, epoch, 0
+        member.best_state = _weights_copy(member.shared)
+    else:
+        member.bad_epochs += 1
+    member.stopped = False
+    if member.bad_epochs >= train_cfg.patience:
+        member.stopped, member.stop_reason = True, "patience"
+    if on_epoch is not None and on_epoch(epoch, dict(record)) is True:
+        member.stopped, member.stop_reason = True, "callback"
+
+
+def _save_checkpoint(member: _Member, inputs: _TrainingInputs, path: Path) -> None:
+    """Write (atomically) everything the next epoch depends on, so ``resume`` continues bit-identically."""
+    state = {"format": CHECKPOINT_FORMAT, "fingerprint": inputs.fingerprint, "epoch": member.epoch,
+             "model": member.shared.state_dict(), "optimizer": member.optimizer.state_dict(),
+             "scheduler": member.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+             "generator": member.generator.get_state(), "best_state": member.best_state,
+             "best_val": member.best_val, "best_epoch": member.best_epoch, "bad_epochs": member.bad_epochs,
+             "history": member.history, "stopped": member.stopped, "stop_reason": member.stop_reason}
+    if inputs.device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(inputs.device)
+    if inputs.movie_head is not None:
+        state["movie_head"] = inputs.movie_head.state_dict()
+    save_torch(state, path)

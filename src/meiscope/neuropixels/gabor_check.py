@@ -109,7 +109,7 @@ def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, opti
             (``x_position``, ``y_position``, ``orientation``, ``repeats`` per condition,
             ``mean_counts`` ``(n_conditions, n_units)``, ``unit_ids``).
         cell_ids: ``(n,)`` the modelled units (rows of ``optimal_params``).
-        optimal_params: ``(n, 6)`` optimal Gabors in model pixels (:mod:`meiscope.gabor` columns).
+        optimal_params: ``(n, 6)`` optimal Gabors in model pixels (:mod:`meiscope.insilico.gabor` columns).
         true_xy_deg: the true RF centres of ``cell_ids`` in screen degrees (synthetic sessions).
 
     Returns:

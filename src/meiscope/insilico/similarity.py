@@ -1,9 +1,9 @@
 """How alike two images are, with and without regard to phase.
 
 Used on both sides of the closed loop: the MEI stage compares the starts of one neuron's MEI
-(:func:`phase_aware_consistency`), the validate stage compares MEIs with true optima
-(:func:`span_correlation` for phase-invariant cells). Every measure centres and normalises the
-images first, so it ignores mean luminance and contrast.
+(:func:`seed_consistency`, :func:`phase_aware_consistency`), the validate stage compares MEIs
+with true optima (:func:`span_correlation` for phase-invariant cells). Every measure centres and
+normalises the images first, so it ignores mean luminance and contrast.
 """
 
 from __future__ import annotations
@@ -78,3 +78,16 @@ def phase_aware_consistency(all_starts: np.ndarray) -> np.ndarray:
         out[n] = np.mean([(phase_invariant_correlation(starts[i], starts[j])
                            + phase_invariant_correlation(starts[j], starts[i])) / 2 for i, j in pairs])
     return out
+
+
+def seed_consistency(all_starts: np.ndarray) -> np.ndarray:
+    """``(n_neurons,)`` mean pairwise Pearson correlation between the starts ``(n_neurons, n_starts, H, W)``."""
+    n_neurons, n_starts = all_starts.shape[:2]
+    if n_starts < 2:
+        return np.full(n_neurons, np.nan)
+    flat = all_starts.reshape(n_neurons, n_starts, -1).astype(np.float64)
+    flat = flat - flat.mean(axis=2, keepdims=True)
+    flat /= np.maximum(np.linalg.norm(flat, axis=2, keepdims=True), 1e-12)
+    corr = flat @ flat.transpose(0, 2, 1)  # (n_neurons, n_starts, n_starts)
+    upper = np.triu_indices(n_starts, k=1)
+    return corr[:, upper[0], upper[1]].mean(axis=1)

@@ -1,4 +1,4 @@
-"""Gabor patches, the optimal-Gabor search, Gabor fits to MEIs, and the paired statistics.
+"""Gabor patches, the optimal-Gabor search and Gabor fits to MEIs (statistics: :mod:`meiscope.science.stats`).
 
 Parameters of a Gabor, one row of ``params (n, 6)``, all in MODEL PIXELS (row/column index of
 the model image, origin at the top-left pixel centre, y pointing down):
@@ -34,13 +34,14 @@ from tqdm.auto import tqdm
 
 from meiscope.config import GaborConfig
 from meiscope.errors import MeiscopeError
-from meiscope.mei import check_budget, check_models, check_neurons, eval_mode, own_neuron_response, project_to_budget
+from meiscope.insilico.budget import check_budget, project_to_budget
+from meiscope.insilico.scoring import check_models, check_neurons, eval_mode, own_neuron_response
 
 PARAM_NAMES = ("x", "y", "theta", "wavelength", "sigma", "phase")
 
 
 class GaborError(MeiscopeError, ValueError):
-    """Bad input to the Gabor functions or the statistics helpers."""
+    """Bad input to the Gabor functions."""
 
 
 @runtime_checkable
@@ -167,7 +168,7 @@ def optimal_gabors(models: Sequence[nn.Module], neuron_indices: Sequence[int], i
     """The Gabor each neuron responds to most, at the MEI norm budget and pixel range.
 
     1. Grid: the candidates of :func:`gabor_grid`, each drawn and projected to ``norm`` /
-       ``bounds`` (:func:`meiscope.mei.project_to_budget`). With ``cfg.preselect > 0`` and
+       ``bounds`` (:func:`meiscope.insilico.budget.project_to_budget`). With ``cfg.preselect > 0`` and
        models that allow it, :func:`shortcut_grid` ranks them all by translation and scores
        the best ``cfg.preselect`` per neuron exactly; otherwise :func:`exhaustive_grid` scores
        every candidate for every neuron. Either way the winner's response is exact.
@@ -395,45 +396,3 @@ def fit_gabor(targets: np.ndarray | torch.Tensor, cfg: GaborConfig, device: torc
         flip = amplitude < 0  # a G(phase) = (-a) G(phase + pi)
         kept_params[flip, 5] += math.pi
     return canonical_params(kept_params), fitted.reshape(n, height, width).cpu().numpy(), corr.cpu().numpy()
-
-
-# --------------------------------------------------------------------------------------
-# statistics across neurons
-# --------------------------------------------------------------------------------------
-def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided Wilcoxon signed-rank p-value for paired samples ``a (n,)``, ``b (n,)``.
-
-    All-equal pairs give p = 1 (no evidence of a difference).
-    """
-    from scipy.stats import wilcoxon
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
-        raise GaborError(f"gabor: paired_wilcoxon needs two non-empty 1-D arrays of equal length "
-                         f"(got shapes {a.shape} and {b.shape})")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise GaborError("gabor: paired_wilcoxon got NaN or infinite values")
-    if np.all(a == b):
-        return 1.0
-    return float(wilcoxon(a, b, alternative="two-sided").pvalue)
-
-
-def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
-    """``(m,)`` Benjamini-Hochberg adjusted p-values (false discovery rate), same order as given.
-
-    ``adjusted_(i) = min_{j >= i} p_(j) * m / j`` over the ascending order, capped at 1.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    if p.ndim != 1:
-        raise GaborError(f"gabor: benjamini_hochberg needs a 1-D array of p-values (got shape {p.shape})")
-    if p.size == 0:
-        return p.copy()
-    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
-        raise GaborError("gabor: p-values must be finite and in [0, 1]")
-    m = p.size
-    order = np.argsort(p)
-    scaled = p[order] * m / np.arange(1, m + 1)
-    adjusted_sorted = np.minimum.accumulate(scaled[::-1])[::-1]
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
-    return adjusted

@@ -1,0 +1,232 @@
+"""MkDocs hook: result tables generated from ``metrics/*.json``, never typed into a page.
+
+A page asks for a table with an HTML comment on a line of its own; the hook replaces it with a
+markdown table when the site is built. Paths are relative to the repository root (the folder of
+``mkdocs.yml``):
+
+``<!-- metrics-table: train -->``
+    every figure of ``metrics/train.json`` (one stage of the default run); a stage with several
+    per-kind figures (``..._simple``, ``..._complex``, ``..._conjunction``) gets one column per kind.
+``<!-- replicates-table: metrics/replicates-container.json [more files] -->``
+    a replicate summary (``meiscope replicate``): mean [95% interval] and each replicate's value;
+    with several files, one column per file.
+``<!-- conclusions-table: metrics/replicates-container.json -->``
+    the verdicts of a replicate summary, one column per kind of cell.
+``<!-- ablation-table: metrics/ablation-container.json -->``
+    a stimulus ablation (``meiscope ablation``): one row per arm, one column per figure.
+
+Labels, row order and number formats come from the metric catalogue
+(:mod:`meiscope.science.catalogue`), so the docs read the same as the report and the terminal.
+A missing file or an unknown kind of table raises :class:`MetricTableError`, which fails the build
+with the page and the file named.
+
+The functions below take the repository root explicitly, so tests can call :func:`render` on a
+string without MkDocs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from meiscope.science import catalogue
+
+# a placeholder: `<!-- <kind>-table: <argument> -->` alone on its line
+PLACEHOLDER = re.compile(r"^[ \t]*<!--\s*([a-z]+)-table:\s*(.*?)\s*-->[ \t]*$", re.MULTILINE)
+KINDS: tuple[str, ...] = getattr(catalogue, "KINDS", ("simple", "complex", "conjunction"))
+
+
+class MetricTableError(Exception):
+    """A placeholder that cannot be turned into a table (missing file, unknown kind, wrong shape)."""
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _load(root: Path, relative: str) -> dict[str, Any]:
+    path = root / relative
+    if not path.is_file():
+        raise MetricTableError(f"{relative}: no such metrics file (looked for {path})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MetricTableError(f"{relative}: not valid JSON ({err})") from err
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+
+
+def _metric(name: str) -> Optional[catalogue.Metric]:
+    stage, _, key = name.partition(".")
+    return catalogue.lookup(stage, key)
+
+
+def _kind_of(metric: catalogue.Metric) -> Optional[str]:
+    """The cell kind of a per-kind figure (key ``..._<kind>``, label ``... (<kind>)``), else None."""
+    return next((k for k in KINDS if metric.key.endswith(f"_{k}") and metric.label.endswith(f" ({k})")), None)
+
+
+def _interval(metric: Optional[catalogue.Metric], entry: dict[str, Any]) -> str:
+    """``mean [low, high]`` in the metric's own format."""
+    mean = catalogue.format_value(metric, entry.get("mean"))
+    if entry.get("ci_low") is None or entry.get("ci_high") is None:
+        return mean
+    low, high = (catalogue.format_value(metric, entry[k]) for k in ("ci_low", "ci_high"))
+    return f"{mean} [{low}, {high}]"
+
+
+def _figures(summary: dict[str, Any], relative: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(summary.get("figures"), dict):
+        raise MetricTableError(f"{relative}: not a replicate summary (no 'figures')")
+    return summary["figures"]
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Catalogue order: the replicate figures (HEADLINE) first, then the rest of the catalogue, then unknown."""
+    rank: dict[str, int] = {}
+    for metric in (*catalogue.HEADLINE, *catalogue.CATALOGUE):
+        rank.setdefault(metric.name, len(rank))
+    return sorted(dict.fromkeys(names), key=lambda n: rank.get(n, len(rank)))
+
+
+# --------------------------------------------------------------------------------------
+# the tables
+# --------------------------------------------------------------------------------------
+def metrics_table(root: Path, stage: str) -> str:
+    """One stage of the default run, from ``metrics/<stage>.json``, in catalogue order."""
+    relative = f"metrics/{stage}.json"
+    values = _load(root, relative)
+    known = [m for m in catalogue.CATALOGUE if m.stage == stage and m.key in values]
+    unknown = [k for k in values if catalogue.lookup(stage, k) is None]
+    # a stage with several per-kind figures gets one column per kind; otherwise one row per figure
+    if len({m.key[: -len(k) - 1] for m in known if (k := _kind_of(m))}) < 2:
+        rows = [[m.label, catalogue.format_value(m, values[m.key])] for m in known]
+        rows += [[key, catalogue.format_value(None, values[key])] for key in unknown]
+        return _table(["figure", "value"], rows)
+    # per-kind figures share a row with their pooled figure: figure | all cells | simple | complex | ...
+    rows: dict[str, list[str]] = {}
+    for m in known:
+        kind = _kind_of(m)
+        base = m.key[: -len(kind) - 1] if kind else m.key
+        label = m.label[: -len(kind) - 3] if kind else m.label
+        row = rows.setdefault(base, [label] + [""] * (1 + len(KINDS)))
+        row[1 + (KINDS.index(kind) + 1 if kind else 0)] = catalogue.format_value(m, values[m.key])
+    table_rows = list(rows.values()) + [[k, catalogue.format_value(None, values[k])] + [""] * len(KINDS)
+                                        for k in unknown]
+    return _table(["figure", "all cells", *KINDS], table_rows)
+
+
+def replicates_table(root: Path, argument: str) -> str:
+    """Replicate summaries: one file with each replicate's values, or several side by side."""
+    files = argument.split()
+    if not files:
+        raise MetricTableError("replicates-table needs at least one file")
+    summaries = {f: _figures(_load(root, f), f) for f in files}
+    names = _ordered([n for figures in summaries.values() for n in figures])
+
+    def label(name: str) -> str:
+        metric = _metric(name)
+        if metric is not None:
+            return metric.label
+        return next(s[name].get("label", name) for s in summaries.values() if name in s)
+
+    if len(files) == 1:
+        (relative, figures), = summaries.items()
+        seeds = _load(root, relative).get("seeds") or []
+        each = "seeds " + " / ".join(str(s) for s in seeds) if seeds else "per replicate"
+        rows = [[label(n), _interval(_metric(n), figures[n]),
+                 " / ".join(catalogue.format_value(_metric(n), v) for v in figures[n].get("values", []))]
+                for n in names]
+        return _table(["figure", "mean [95% CI]", each], rows)
+    rows = []
+    for n in names:
+        cells = []
+        for figures in summaries.values():
+            entry = figures.get(n)
+            if entry is None:
+                cells.append("-")
+                continue
+            values = " / ".join(catalogue.format_value(_metric(n), v) for v in entry.get("values", []))
+            cells.append(f"{_interval(_metric(n), entry)} ({values})" if values else _interval(_metric(n), entry))
+        rows.append([label(n), *cells])
+    return _table(["figure", *(f"`{Path(f).name}`: mean [95% CI] (per replicate)" for f in files)], rows)
+
+
+def _conclusion(entry: dict[str, Any]) -> str:
+    formatter: Optional[Callable[[dict[str, Any]], str]] = getattr(catalogue, "format_conclusion", None)
+    if formatter is not None:
+        return formatter(entry)
+    if entry.get("holds_in_every_replicate"):
+        return f"MEI {entry['conclusion']} in every replicate"
+    return f"no conclusion ({', '.join(map(str, entry.get('per_replicate', [])))})"
+
+
+def conclusions_table(root: Path, relative: str) -> str:
+    """The verdicts of a replicate summary: one row per claim, one column per kind of cell."""
+    conclusions = _load(root, relative).get("conclusions")
+    if not isinstance(conclusions, dict) or not conclusions:
+        raise MetricTableError(f"{relative}: no 'conclusions' to tabulate")
+    kinds = [k for k in KINDS if k in conclusions] + [k for k in conclusions if k not in KINDS]
+    claims = list(dict.fromkeys(c for k in kinds for c in conclusions[k]))
+    rows = [[claim, *(_conclusion(conclusions[k][claim]) if claim in conclusions[k] else "-" for k in kinds)]
+            for claim in claims]
+    return _table(["claim", *kinds], rows)
+
+
+def ablation_table(root: Path, relative: str) -> str:
+    """A stimulus ablation: one row per arm (training stimuli), mean [95% CI] of each figure."""
+    arms = _load(root, relative).get("arms")
+    if not isinstance(arms, list) or not arms:
+        raise MetricTableError(f"{relative}: not an ablation summary (no 'arms')")
+    names = _ordered([n for arm in arms for n in arm.get("figures", {})])
+    header = ["training stimuli", *(_metric(n).label if _metric(n) else n for n in names)]
+    rows = [[arm.get("label", arm.get("slug", "?")),
+             *(_interval(_metric(n), arm["figures"][n]) if n in arm.get("figures", {}) else "-" for n in names)]
+            for arm in arms]
+    return _table(header, rows)
+
+
+BUILDERS: dict[str, Callable[[Path, str], str]] = {
+    "metrics": metrics_table, "replicates": replicates_table,
+    "conclusions": conclusions_table, "ablation": ablation_table}
+
+
+def render(markdown: str, root: Path) -> str:
+    """``markdown`` with every placeholder replaced by its table."""
+    def replace(match: re.Match[str]) -> str:
+        kind, argument = match.group(1), match.group(2)
+        builder = BUILDERS.get(kind)
+        if builder is None:
+            raise MetricTableError(f"unknown table '{kind}-table' (known: "
+                                   f"{', '.join(k + '-table' for k in BUILDERS)})")
+        if not argument:
+            raise MetricTableError(f"'{kind}-table' needs an argument")
+        return builder(root, argument)
+    return PLACEHOLDER.sub(replace, markdown)
+
+
+# --------------------------------------------------------------------------------------
+# MkDocs events
+# --------------------------------------------------------------------------------------
+def _root(config: Any) -> Path:
+    return Path(config.config_file_path).resolve().parent
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    from mkdocs.exceptions import PluginError
+
+    try:
+        return render(markdown, _root(config))
+    except MetricTableError as err:
+        raise PluginError(f"metric tables in {page.file.src_path}: {err}") from err
+
+
+def on_serve(server: Any, config: Any, builder: Any) -> Any:
+    """``make docs-serve`` rebuilds when a metrics file changes."""
+    server.watch(str(_root(config) / "metrics"))
+    return server

@@ -1,0 +1,113 @@
+"""The documentation: the MkDocs site builds offline with --strict, the README stays a short
+introduction, no page carries tracker words or commit hashes, and the result tables are generated
+from metrics/*.json with the metric catalogue's labels and formats."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meiscope.science import catalogue
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK = ROOT / "docs" / "hooks" / "metric_tables.py"
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+TRACKER_WORDS = re.compile(r"\b(issues?|rounds?|stop)\b", re.IGNORECASE)
+# 7-40 hex digits with at least one letter and one digit (plain numbers such as session ids are not hashes)
+COMMIT_HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")
+FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+INLINE_CODE = re.compile(r"`[^`\n]*`")
+
+
+def load_hook():
+    spec = importlib.util.spec_from_file_location("metric_tables", HOOK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mkdocs_build(config: Path, site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
+                           "--site-dir", str(site)], cwd=config.parent, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_site_builds_strict_and_offline(tmp_path):
+    site = tmp_path / "site"
+    result = mkdocs_build(ROOT / "mkdocs.yml", site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = (site / "results.html").read_text()
+    assert "<table" in results and "<!-- replicates-table" not in results
+    for page in site.glob("*.html"):
+        html = page.read_text()
+        # nothing is fetched from a CDN: scripts and stylesheets are local files
+        assert not re.search(r'<(script|link)[^>]+(src|href)="(https?:)?//', html), page.name
+
+
+def test_readme_is_short():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 250
+    assert max(len(line) for line in lines) <= 120
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_pages_have_no_tracker_words_or_commit_hashes(page):
+    text = page.read_text()
+    assert not COMMIT_HASH.findall(text), COMMIT_HASH.findall(text)
+    prose = INLINE_CODE.sub("", FENCED.sub("", text))  # command names such as `make services-stop` are not prose
+    assert not TRACKER_WORDS.findall(prose), TRACKER_WORDS.findall(prose)
+
+
+def test_stage_table_uses_catalogue_labels_and_formats(tmp_path):
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "train.json").write_text(json.dumps({"gt_fresh_corr_mean": 0.80641, "n_neurons": 69}))
+    page = "Before.\n\n<!-- metrics-table: train -->\n\nAfter.\n"
+    out = hook.render(page, tmp_path)
+    metric = catalogue.lookup("train", "gt_fresh_corr_mean")
+    row = f"| {metric.label} | {catalogue.format_value(metric, 0.80641)} |"
+    assert row in out.splitlines()
+    assert "<!--" not in out and out.startswith("Before.") and out.rstrip().endswith("After.")
+
+
+def test_replicates_table_uses_catalogue_labels_and_formats(tmp_path):
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    entry = {"label": "written by an old version", "mean": 0.7965, "ci_low": 0.7648, "ci_high": 0.8282,
+             "values": [0.80, 0.783, 0.807], "n": 3, "scale": "linear"}
+    summary = {"seeds": [101, 102, 103], "figures": {"train.gt_fresh_corr_mean": entry}}
+    (tmp_path / "metrics" / "replicates-x.json").write_text(json.dumps(summary))
+    out = hook.render("<!-- replicates-table: metrics/replicates-x.json -->", tmp_path)
+    metric = catalogue.lookup("train", "gt_fresh_corr_mean")
+    fmt = lambda v: catalogue.format_value(metric, v)  # noqa: E731
+    assert metric.label in out and "written by an old version" not in out
+    assert f"{fmt(0.7965)} [{fmt(0.7648)}, {fmt(0.8282)}]" in out
+    assert " / ".join(fmt(v) for v in entry["values"]) in out
+    assert "seeds 101 / 102 / 103" in out
+
+
+def test_missing_metrics_file_names_the_file(tmp_path):
+    hook = load_hook()
+    with pytest.raises(hook.MetricTableError, match="metrics/nope.json"):
+        hook.render("<!-- replicates-table: metrics/nope.json -->", tmp_path)
+    with pytest.raises(hook.MetricTableError, match="metrics/unknown_stage.json"):
+        hook.render("<!-- metrics-table: unknown_stage -->", tmp_path)
+    with pytest.raises(hook.MetricTableError, match="unknown table 'bogus-table'"):
+        hook.render("<!-- bogus-table: metrics/train.json -->", tmp_path)
+
+
+def test_build_fails_with_the_page_and_file_named(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.md").write_text("# Broken\n\n<!-- replicates-table: metrics/nope.json -->\n")
+    config = tmp_path / "mkdocs.yml"
+    config.write_text(f"site_name: broken\ntheme:\n  name: mkdocs\n  highlightjs: false\nhooks:\n  - {HOOK}\n")
+    result = mkdocs_build(config, tmp_path / "site")
+    assert result.returncode != 0
+    assert "index.md" in result.stderr and "metrics/nope.json" in result.stderr

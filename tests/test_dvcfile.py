@@ -1,0 +1,151 @@
+"""The stage table is the one list of stages: dvc.yaml, MLproject, the CLI and DVC itself agree with it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meiscope import pipeline
+from meiscope.dvcfile import code_dependencies, generated_files, imported_modules, render
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = Path(sys.executable).parent / "dvc"
+
+
+def test_dvc_yaml_and_mlproject_are_generated_from_the_stage_table():
+    for path, text in generated_files(ROOT).items():
+        assert path.read_text() == text, f"{path.name} differs from the stage table: run `meiscope dvcfile`"
+
+
+def test_dvc_lists_exactly_the_stages_of_the_table():
+    listed = subprocess.run([str(DVC), "stage", "list", "--names-only"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    expected = [s.name for s in pipeline.STAGES if s.in_dvc and not s.per_session]
+    # per-session stages exist once per id of sessions.shared (none by default)
+    shared = yaml.safe_load((ROOT / "params.yaml").read_text())["sessions"]["shared"]
+    expected += [f"{s.name}@{i}" for s in pipeline.STAGES if s.per_session for i in shared]
+    assert sorted(listed) == sorted(expected)
+
+
+def test_the_cli_has_one_command_per_stage_with_its_options():
+    from click.testing import CliRunner
+
+    from meiscope.cli import main
+
+    def options(name):
+        return {o for p in main.commands[name].params for o in p.opts}
+
+    for stage in pipeline.commands():
+        assert {"--params", "--set"} <= options(stage.name)
+        assert ("--device" in options(stage.name)) == stage.uses_device, stage.name
+    per_session = {s.cli_command for s in pipeline.STAGES if s.per_session}
+    assert per_session == {"extract", "rank"} and all("--session" in options(n) for n in per_session)
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    assert all(s.name in help_text for s in pipeline.commands())
+
+
+def _module_files(names):
+    return {Path(sys.modules[n].__file__).resolve() for n in names}
+
+
+def test_every_module_a_stage_imports_is_in_its_dvc_deps():
+    """What Python really loads when a stage module is imported is a subset of its computed code deps."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage in pipeline.STAGES:
+        if not stage.in_dvc:
+            continue
+        entry = stages[stage.name]["do"] if stage.per_session else stages[stage.name]
+        deps = {(ROOT / d).resolve() for d in entry["deps"]}
+        loaded = subprocess.run([sys.executable, "-c", f"import sys, {stage.module.__name__}; "
+                                 "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) "
+                                 "if n.startswith('meiscope') and getattr(m, '__file__', None)))"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        missing = {Path(p).resolve() for p in loaded} - deps
+        assert not missing, (stage.name, sorted(str(m) for m in missing))
+        assert set(code_dependencies(stage.module.__name__)) <= deps
+
+
+def test_imports_inside_functions_and_relative_imports_count(tmp_path, monkeypatch):
+    package = tmp_path / "meiscope"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "a.py").write_text("def f():\n    from . import b\n    import meiscope.c\n")
+    (package / "sub" / "b.py").write_text("from ..c import thing\n")
+    (package / "c.py").write_text("thing = 1\nimport numpy\n")
+    import meiscope.dvcfile as dvcfile
+
+    monkeypatch.setattr(dvcfile, "SOURCE_ROOT", tmp_path)
+    assert imported_modules(package / "sub" / "a.py") == {"meiscope.sub", "meiscope.sub.b", "meiscope.c"}
+    assert [p.relative_to(tmp_path).as_posix() for p in code_dependencies("meiscope.sub.a")] == [
+        "meiscope/__init__.py", "meiscope/c.py", "meiscope/sub/__init__.py", "meiscope/sub/a.py", "meiscope/sub/b.py"]
+
+
+STUB = """import hashlib, json, pathlib, sys
+stage = yaml_stage = sys.argv[1]
+entry = json.loads(pathlib.Path('stubs.json').read_text())[stage]
+digest = hashlib.md5(b''.join(pathlib.Path(d).read_bytes() if pathlib.Path(d).is_file() else b''
+                              for d in entry['deps'])).hexdigest()
+for out in entry['outs']:
+    path = pathlib.Path(out)
+    if out.endswith(('.json', '.html', '.yaml')):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(digest)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / 'out.txt').write_text(digest)
+for inner in entry['inner']:  # files inside an output folder that a later stage reads
+    pathlib.Path(inner).write_text(digest)
+"""
+
+
+@pytest.mark.slow
+def test_a_code_change_reruns_exactly_its_stage_and_the_ones_after_it(tmp_path, monkeypatch):
+    """The generated dvc.yaml, with each command replaced by a stub, run by the real DVC."""
+    import meiscope.dvcfile as dvcfile
+
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    monkeypatch.setattr(dvcfile, "SOURCE_ROOT", tmp_path / "src")  # the code deps: this copy, changed below
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    rendered = render(tmp_path)
+    assert all(not d.startswith("..") for entry in rendered["stages"].values() for d in entry.get("deps", []))
+    stubs = {}
+    for name, entry in rendered["stages"].items():
+        if "foreach" in entry:
+            continue
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in entry["outs"] + entry.get("metrics", [])]
+        stubs[name] = {"deps": entry["deps"], "outs": outs}
+        entry["cmd"] = f"{sys.executable} stub.py {name}"
+    inputs = {d for entry in rendered["stages"].values() for d in entry.get("deps", [])}
+    for stub in stubs.values():
+        stub["inner"] = sorted(i for i in inputs for o in stub["outs"] if i.startswith(o + "/"))
+    (tmp_path / "stub.py").write_text(STUB)
+    (tmp_path / "stubs.json").write_text(json.dumps(stubs))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": rendered["stages"]}))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw.txt").write_text("raw")
+    (tmp_path / "metrics").mkdir()
+    for name in ("replicates", "replicates-neuropixels", "replicates-container", "ablation-container"):
+        (tmp_path / "metrics" / f"{name}.json").write_text("{}")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(DVC), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+
+    def repro() -> set[str]:
+        out = subprocess.run([str(DVC), "repro"], cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")}
+
+    assert repro() == set(stubs)
+    assert repro() == set()
+    with open(tmp_path / "src" / "meiscope" / "stages" / "mei.py", "a") as f:
+        f.write("\n# a change\n")
+    assert repro() == {"mei", "gabor", "validate", "report"}
+    with open(tmp_path / "src" / "meiscope" / "study.py", "a") as f:
+        f.write("\n# a change\n")
+    ran = repro()
+    assert {"extract", "rank", "tune", "train", "mei", "report"} <= ran
