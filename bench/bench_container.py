@@ -54,7 +54,7 @@ def main() -> None:
     from meiscope import truth
     from meiscope.atomic import write_json
     from meiscope.config import load_params
-    from meiscope.container.responses import ContainerStimuli, container_path
+    from meiscope.recordings.container.responses import ContainerStimuli, container_path
     from meiscope.dataset import ResponseDataset
     from meiscope.model.evaluation import pearson_columns, predict
     from meiscope.model.training import train_one

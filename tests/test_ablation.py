@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meiscope import ablation as abl
+from meiscope.recordings.container import ablation as abl
 from meiscope import replicate as rep
 from meiscope.config import load_params, parse_params
 from meiscope.errors import MeiscopeError

@@ -17,10 +17,10 @@ import requests
 
 import allensdk.api.api as sdk_api
 import allensdk.core.json_utilities as sdk_json
-from meiscope.allen import (DownloadError, SelectionError, cell_metrics_file, download_containers,
+from meiscope.recordings.two_photon.download import (DownloadError, SelectionError, cell_metrics_file, download_containers,
                             download_experiments,
                             is_readable_hdf5, load_cell_metrics, nwb_file, open_cache, select_experiments)
-from meiscope.config import AllenConfig
+from meiscope.recordings.two_photon.settings import AllenConfig
 from meiscope.errors import MeiscopeError
 
 

@@ -7,12 +7,12 @@ import torch
 from allensdk.core.brain_observatory_cache import BrainObservatoryCache
 
 from meiscope import visual_field as vf
-from meiscope.config import (CellKindFractions, ContainerConfig, ExtractConfig, SplitConfig, SyntheticConfig,
-                             SyntheticContainerConfig)
-from meiscope.container import layout
-from meiscope.container.responses import (ContainerStimuli, container_sessions, double_exponential,
+from meiscope.config import CellKindFractions, ExtractConfig, SplitConfig, SyntheticConfig
+from meiscope.recordings.container.settings import ContainerConfig, SyntheticContainerConfig
+from meiscope.recordings.container import layout
+from meiscope.recordings.container.responses import (ContainerStimuli, container_sessions, double_exponential,
                                           extract_container, fit_calcium_kernel)
-from meiscope.container.synthetic import container_ids, synthesize_containers
+from meiscope.recordings.container.synthetic import container_ids, synthesize_containers
 from meiscope.responses import extract_session, find_sessions
 from meiscope.stages import data as data_stage
 from meiscope.synthetic.population import load_true_population
@@ -207,6 +207,26 @@ def test_joint_training_on_the_tiny_container_uses_every_source_and_resumes(stud
                         resume=True)
     for a, b in zip(weights, resumed.model.parameters()):
         torch.testing.assert_close(a, b.detach())
+
+
+def test_the_container_keeps_its_stimuli_beside_the_dataset_as_a_training_source(studied, tmp_path):
+    """The file keeps its name (``<id>.container.npz``); the stimuli are a TrainingSource the stages save
+    and the tune workers read back without naming the container; the scenes-only kinds have no such file."""
+    from meiscope.model.source_protocol import SavedSource, TrainingSource
+    from meiscope.recordings import RECORDINGS
+
+    ds, stimuli = studied
+    recording = RECORDINGS["container"]()
+    dataset = tmp_path / f"{ds.experiment_id}.npz"
+    assert recording.training_extras_path(dataset) == tmp_path / f"{ds.experiment_id}.container.npz"
+    assert all(RECORDINGS[kind]().training_extras_path(dataset) is None for kind in ("two_photon", "neuropixels"))
+    assert isinstance(stimuli, TrainingSource)
+    saved = SavedSource.write(stimuli, recording.training_extras_path(dataset))
+    again = saved.load()
+    assert type(again) is type(stimuli)
+    np.testing.assert_array_equal(again.kernel, stimuli.kernel)
+    picked = recording.training_extras(dataset, ds.cell_ids[::-1])
+    np.testing.assert_array_equal(picked.movies[0].trace, stimuli.movies[0].trace[:, ::-1])
 
 
 def test_the_natural_scene_test_images_never_reach_training(studied, monkeypatch):

@@ -149,3 +149,21 @@ def test_a_code_change_reruns_exactly_its_stage_and_the_ones_after_it(tmp_path, 
         f.write("\n# a change\n")
     ran = repro()
     assert {"extract", "rank", "tune", "train", "mei", "report"} <= ran
+
+
+def test_stage_outputs_record_the_code_that_made_them(tmp_path, monkeypatch):
+    import meiscope.dvcfile as dvcfile
+
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    monkeypatch.setattr(dvcfile, "SOURCE_ROOT", tmp_path / "src")
+    rank = pipeline.stage("rank")
+    (tmp_path / "results" / "ranking").mkdir(parents=True)
+    (written,) = dvcfile.write_provenance(rank, tmp_path)
+    record = json.loads(written.read_text())
+    assert written.parent.name == "ranking" and record["stage"] == "rank" and len(record["code_key"]) == 16
+    with open(tmp_path / "src" / "meiscope" / "stages" / "mei.py", "a") as f:  # code rank does not run
+        f.write("\n# a change\n")
+    assert dvcfile.code_key(rank.module.__name__) == record["code_key"]
+    with open(tmp_path / "src" / "meiscope" / "study.py", "a") as f:  # code rank runs
+        f.write("\n# a change\n")
+    assert dvcfile.code_key(rank.module.__name__) != record["code_key"]

@@ -8,10 +8,14 @@ import pytest
 import yaml
 
 from meiscope import pipeline
-from meiscope.config import SyntheticNeuropixelsConfig, load_params
-from meiscope.neuropixels import gabor_check, stimuli
-from meiscope.neuropixels.synthetic import draw_spikes, make_schedule, unit_population
-from meiscope.synthetic.population import SCENE_HEIGHT_PX, SCENE_WIDTH_PX, sample_cells
+from meiscope.config import load_params
+from meiscope.recordings.neuropixels.settings import SyntheticNeuropixelsConfig
+from meiscope.recordings import brain_observatory as bo
+from meiscope.recordings import screen
+from meiscope.recordings.neuropixels import gabor_check, stimuli
+from meiscope.recordings.neuropixels.synthetic import draw_spikes, make_schedule, unit_population
+from meiscope.recordings.screen import SCENE_HEIGHT_PX, SCENE_WIDTH_PX
+from meiscope.synthetic.population import sample_cells
 from test_pipeline import TINY as TWO_PHOTON_TINY
 
 # the two-photon pipeline test's tiny study, recorded as spikes (stronger cells: 10 scene repeats, not 8)
@@ -27,8 +31,8 @@ TINY = {**TWO_PHOTON_TINY, "data": {"recording": "neuropixels"},
 def test_neuropixels_gabor_patch_lands_where_its_degrees_say():
     shape = (SCENE_HEIGHT_PX // 2, SCENE_WIDTH_PX // 2)
     image = stimuli.gabor_patch_pixels(20.0, -10.0, 0.0, 0.0, shape)
-    rows, cols = np.nonzero(np.abs(image - stimuli.GRAY) > 1e-3)
-    x_frac, y_frac = stimuli.degrees_to_scene_fraction(20.0, -10.0)
+    rows, cols = np.nonzero(np.abs(image - screen.GRAY) > 1e-3)
+    x_frac, y_frac = screen.degrees_to_scene_fraction(20.0, -10.0)
     assert abs((cols.mean() + 0.5) / shape[1] - x_frac) < 0.01  # the aperture is centred there
     assert abs((rows.mean() + 0.5) / shape[0] - y_frac) < 0.01
     assert y_frac > 0.5  # y = -10 deg is below the screen centre (rows grow downwards)
@@ -38,22 +42,22 @@ def test_neuropixels_gabor_patch_lands_where_its_degrees_say():
 
 def test_neuropixels_grating_orientation_follows_the_truth_convention():
     # orientation 0: the carrier varies along x (vertical bars); 90: along y
-    vertical = stimuli.grating_pixels(0.0, 0.04, 0.0, (64, 82))
-    horizontal = stimuli.grating_pixels(90.0, 0.04, 0.0, (64, 82))
+    vertical = bo.grating_pixels(0.0, 0.04, 0.0, (64, 82))
+    horizontal = bo.grating_pixels(90.0, 0.04, 0.0, (64, 82))
     assert np.ptp(vertical[:, 10]) < 1e-3 < np.ptp(vertical[10, :])
     assert np.ptp(horizontal[10, :]) < 1e-3 < np.ptp(horizontal[:, 10])
-    assert len(stimuli.grating_conditions()) == 120 and len(stimuli.gabor_conditions()) == 243
+    assert len(bo.grating_conditions()) == 120 and len(stimuli.gabor_conditions()) == 243
 
 
 def test_neuropixels_model_pixels_and_screen_degrees_agree():
     crop, shape = [0.1, 0.9, 0.2, 0.8], (36, 46)
-    x_frac, y_frac = stimuli.degrees_to_scene_fraction(np.array([-30.0, 0.0, 25.0]), np.array([15.0, 0.0, -5.0]))
+    x_frac, y_frac = screen.degrees_to_scene_fraction(np.array([-30.0, 0.0, 25.0]), np.array([15.0, 0.0, -5.0]))
     col = (x_frac - crop[2]) / (crop[3] - crop[2]) * shape[1] - 0.5
     row = (y_frac - crop[0]) / (crop[1] - crop[0]) * shape[0] - 0.5
     x, y = gabor_check.model_pixels_to_degrees(col, row, crop, shape)
     np.testing.assert_allclose(x, [-30.0, 0.0, 25.0], atol=1e-9)
     np.testing.assert_allclose(y, [15.0, 0.0, -5.0], atol=1e-9)
-    np.testing.assert_allclose(gabor_check.scene_fraction_to_degrees(x_frac, y_frac), ([-30, 0, 25], [15, 0, -5]),
+    np.testing.assert_allclose(screen.scene_fraction_to_degrees(x_frac, y_frac), ([-30, 0, 25], [15, 0, -5]),
                                atol=1e-9)
 
 
@@ -74,7 +78,7 @@ def test_neuropixels_gabor_check_finds_a_planted_preference():
     # optimal Gabors: unit 11 exactly at its patch (45 deg); unit 12 12 deg away, oriented 130 deg
     params = np.zeros((3, 6), dtype=np.float32)
     for unit, (x, y, theta) in enumerate([(20.0, -10.0, 45.0), (-30.0 + 12.0, 30.0, 130.0), (0.0, 0.0, 0.0)]):
-        xf, yf = stimuli.degrees_to_scene_fraction(x, y)
+        xf, yf = screen.degrees_to_scene_fraction(x, y)
         params[unit, :3] = [xf * shape[1] - 0.5, yf * shape[0] - 0.5, np.deg2rad(theta)]
     table, metrics = gabor_check.gabor_patch_check(patches, np.array([11, 12, 13]), params, crop, shape)
     assert table.has_rf.tolist() == [True, True, False]
@@ -155,7 +159,7 @@ def npx_study(tmp_path_factory):
 
 def test_neuropixels_session_is_read_by_allensdk_and_filtered(npx_study):
     from meiscope.dataset import ResponseDataset
-    from meiscope.neuropixels.cache import session_nwb
+    from meiscope.recordings.neuropixels.cache import session_nwb
     from meiscope.synthetic.population import load_true_population
 
     root, params = npx_study
@@ -167,7 +171,7 @@ def test_neuropixels_session_is_read_by_allensdk_and_filtered(npx_study):
     assert truth.n_cells == 30 + 6 + 8
     # kept: exactly the 30 VISp units; the CA1/LP units and the 8 poorly isolated copies are dropped
     np.testing.assert_array_equal(ds.cell_ids, truth.cell_ids[:30])
-    assert ds.recording == "neuropixels" and ds.source == "synthetic_neuropixels"
+    assert ds.response_kind == "counts" and ds.source == "synthetic_neuropixels"
     assert ds.n_images == 24 and len(ds.trial_image) == 24 * 10 and len(ds.blank_responses) == 10
     assert np.all(ds.responses == np.round(ds.responses)) and ds.responses.min() >= 0
 
@@ -176,7 +180,7 @@ def test_neuropixels_counts_equal_counts_from_the_spike_times(npx_study):
     import pynwb
 
     from meiscope.dataset import ResponseDataset
-    from meiscope.neuropixels.cache import session_nwb
+    from meiscope.recordings.neuropixels.cache import session_nwb
 
     root, params = npx_study
     session_id = params.synthetic_neuropixels.session_id

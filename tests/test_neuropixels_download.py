@@ -18,10 +18,10 @@ import SimpleITK as sitk
 
 from allensdk.brain_observatory.ecephys.ecephys_project_api.http_engine import HttpEngine
 from allensdk.brain_observatory.ecephys.ecephys_project_api.rma_engine import RmaEngine
-from meiscope.allen import DownloadError, SelectionError, is_readable_hdf5
-from meiscope.config import NeuropixelsConfig
-from meiscope.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
-from meiscope.neuropixels.download import (N_SCENES, download_sessions, load_unit_metrics, select_sessions,
+from meiscope.recordings.downloads import DownloadError, SelectionError, is_readable_hdf5
+from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
+from meiscope.recordings.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
+from meiscope.recordings.neuropixels.download import (N_SCENES, download_sessions, load_unit_metrics, select_sessions,
                                            session_table, unit_metrics_file)
 
 
@@ -271,7 +271,7 @@ def test_neuropixels_download_layout_templates_and_unit_metrics(tables_only, tmp
     assert _leftovers(tables_only) == []
     # the rank stage sets Allen's quality metrics beside its own (a unit Allen does not list gets NaN)
     from meiscope.ranking import join_allen_metrics
-    from meiscope.recordings import UNIT_METRIC_COLUMNS, Neuropixels
+    from meiscope.recordings.neuropixels import UNIT_METRIC_COLUMNS, Neuropixels
 
     picked = table["unit_id"].to_numpy()[::-1][:2]
     joined = join_allen_metrics(pd.DataFrame({"cell_id": np.append(picked, 12345)}),

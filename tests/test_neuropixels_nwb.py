@@ -1,4 +1,4 @@
-"""A tiny synthetic Neuropixels session, written by meiscope.neuropixels.nwb and read back by allensdk."""
+"""A tiny synthetic Neuropixels session, written by meiscope.recordings.neuropixels.nwb and read back by allensdk."""
 
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meiscope.neuropixels import nwb
-from meiscope.neuropixels.cache import NeuropixelsError, open_cache, scene_template_file, session_nwb, table_csv
+from meiscope.recordings.neuropixels import nwb
+from meiscope.recordings.neuropixels.cache import NeuropixelsError, open_cache, scene_template_file, session_nwb, table_csv
 
 SESSION_ID = 900000001
 NO_FILTERS = {"amplitude_cutoff_maximum": np.inf, "presence_ratio_minimum": -np.inf,

@@ -103,7 +103,7 @@ def test_readouts_start_where_the_sparse_noise_puts_a_cell_the_scenes_do_not_map
 def test_a_cell_the_sparse_noise_missed_starts_where_the_movie_puts_it():
     """A cell not recorded in the sparse-noise session (NaN trials) is placed by a movie it was recorded in,
     through the container's calcium kernel; the movie's map is computed once per loaded container."""
-    from meiscope.container.responses import ContainerStimuli, MovieStimulus
+    from meiscope.recordings.container.responses import ContainerStimuli, MovieStimulus
 
     rng = np.random.default_rng(6)
     shape, planted = (16, 20), (4, 14)

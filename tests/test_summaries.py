@@ -1,5 +1,6 @@
 """What each command prints when it ends: a few aligned, rounded lines, never a raw dict."""
 
+from meiscope import pipeline, summaries
 from meiscope.summaries import summary_lines
 
 
@@ -25,3 +26,7 @@ def test_validate_summary_names_verdicts_and_survives_missing_figures():
     assert summary_lines("validate", {"skipped": True, "note": "real data"})[1].endswith("skipped (no ground truth)")
     assert summary_lines("mei", {"n_neurons": 3}) == []  # a figure missing: nothing half-printed
     assert summary_lines("report", "report/index.html") == ["report:", "  wrote  report/index.html"]
+
+
+def test_the_summaries_are_keyed_by_stages_of_the_table():
+    assert set(summaries.STAGES) <= {s.name for s in pipeline.STAGES}

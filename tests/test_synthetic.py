@@ -225,8 +225,8 @@ def test_cell_parameters_do_not_depend_on_numpys_avx512_code_paths():
     import sys
 
     code = ("import hashlib, numpy as np; from meiscope.synthetic.population import sample_cells; "
-            "from meiscope.neuropixels.synthetic import unit_population; from meiscope.config import "
-            "SyntheticNeuropixelsConfig as C; rng = np.random.default_rng(3); "
+            "from meiscope.recordings.neuropixels.synthetic import unit_population; "
+            "from meiscope.recordings.neuropixels.settings import SyntheticNeuropixelsConfig as C; rng = np.random.default_rng(3); "
             "c = sample_cells(50, {'simple': .4, 'complex': .3, 'conjunction': .3, 'unresponsive': 0.}, (4., 8.), "
             "(1., 30.), 0.5, np.arange(50), rng); p, _, _ = unit_population(c, C(), rng); "
             "print(hashlib.sha256(b''.join(np.ascontiguousarray(getattr(p, k)).tobytes() for k in "

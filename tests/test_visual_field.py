@@ -5,7 +5,8 @@ import pytest
 from allensdk.brain_observatory import stimulus_info as si
 
 from meiscope import visual_field as vf
-from meiscope.neuropixels import stimuli
+from meiscope.recordings import brain_observatory as bo
+from meiscope.recordings import screen
 from meiscope.responses import prepare_images
 
 FIELD = vf.VisualField.from_crop([0.0, 1.0, 0.0, 1.0], (36, 46))
@@ -51,7 +52,7 @@ def test_a_planted_spot_lands_in_the_same_model_pixel_for_scenes_movies_and_spar
     # each stimulus's native coordinates of the point, from allensdk's own coordinate maps
     scene_rc = si.map_monitor_coordinate_to_stimulus_coordinate(monitor, si.MONITOR_DIMENSIONS, si.NATURAL_SCENES)
     movie_rc = si.map_monitor_coordinate_to_stimulus_coordinate(monitor, si.MONITOR_DIMENSIONS, si.NATURAL_MOVIE_ONE)
-    scene = vf.scenes_to_field(_spot(vf.SCENE_SHAPE, *scene_rc, radius=6)[None], FIELD)[0]
+    scene = vf.scenes_to_field(_spot(screen.SCENE_SHAPE, *scene_rc, radius=6)[None], FIELD)[0]
     movie = vf.movie_to_field(_spot(vf.MOVIE_SHAPE, *movie_rc, radius=1.5)[None], FIELD)[0]
     lsn_frame = np.full((1, 16, 28), 127.0, dtype=np.float32)
     lsn_frame[0, square[0], square[1]] = 255.0
@@ -71,7 +72,7 @@ def test_a_receptive_field_mapped_with_static_gratings_peaks_at_its_planted_pixe
     # gratings peaks where the field is, if the gratings are mapped right
     sigma = 3.0
     sta = np.zeros(FIELD.shape)
-    for row in stimuli.grating_conditions().itertuples():
+    for row in bo.grating_conditions().itertuples():
         theta, k = np.deg2rad(row.orientation), 2 * np.pi * row.spatial_frequency
         response = np.exp(-(sigma * k) ** 2 / 2) * np.cos(
             k * (x_deg * np.cos(theta) - y_deg * np.sin(theta)) + 2 * np.pi * row.phase)
@@ -109,7 +110,7 @@ def test_grating_pixels_are_exact_means_of_the_grating_over_each_pixel():
         np.testing.assert_allclose(coarse, sampled, atol=0.05)
     # the same grating as the Neuropixels source draws in the scene frame (low SF: little averaging)
     np.testing.assert_allclose(vf.grating_to_field(60.0, 0.02, 0.25, 0.8, FIELD),
-                               stimuli.grating_pixels(60.0, 0.02, 0.25, (36, 46)), atol=0.5)
+                               bo.grating_pixels(60.0, 0.02, 0.25, (36, 46)), atol=0.5)
 
 
 def test_points_outside_the_field_and_bad_frames_are_refused():

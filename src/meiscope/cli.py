@@ -125,15 +125,23 @@ def _make_stage_command(stage: Any) -> None:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials: progress bar, MLflow, dashboard
-        if kwargs.get("session") is None:
-            kwargs.pop("session", None)
+        from meiscope.dvcfile import write_provenance
+
+        session = kwargs.pop("session", None)
+        # with --session, the outputs are those of the per-session stage (extract-session@ID, ...)
+        ran = stage
+        if session is not None:
+            ran = next(s for s in STAGES if s.per_session and s.cli_command == stage.name)
+            kwargs["session"] = session
         try:
-            return stage.run(params, root, **kwargs)
+            result = stage.run(params, root, **kwargs)
         except KeyboardInterrupt:
             if stage.name not in INTERRUPTED:
                 raise
             click.echo(f"\ninterrupted: {INTERRUPTED[stage.name]}", err=True)
             sys.exit(130)
+        write_provenance(ran, root, session)
+        return result
 
     command.__name__ = stage.name
     command.__doc__ = stage.module.__doc__ or stage.help
@@ -250,7 +258,7 @@ def ablation(params: Any, root: Path, device: str | None, seeds: str | None) -> 
     noise; all) on each replicate's data. Writes metrics/ablation-container.json and a figure;
     `meiscope report` shows the table.
     """
-    from meiscope.ablation import ablation as run, ablation_table
+    from meiscope.recordings.container.ablation import ablation as run, ablation_table
 
     try:
         summary = run(params, root, seeds=_seed_list(seeds), device=device)

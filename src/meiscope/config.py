@@ -14,39 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from meiscope.errors import MeiscopeError
-
-
-class ConfigError(MeiscopeError, ValueError):
-    """A value in params.yaml (or an override) is unknown, mistyped or out of range."""
-
-
-def _require(condition: bool, key: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"params: '{key}' {message}")
-
-
-def _positive(value: float, key: str) -> None:
-    _require(value > 0, key, f"must be > 0 (got {value})")
-
-
-def _fraction(value: float, key: str, low_open: bool = False) -> None:
-    ok = (0 < value <= 1) if low_open else (0 <= value <= 1)
-    _require(ok, key, f"must be in {'(0, 1]' if low_open else '[0, 1]'} (got {value})")
-
-
-def _one_of(value: str, choices: tuple[str, ...], key: str) -> None:
-    _require(value in choices, key, f"must be one of {list(choices)} (got {value!r})")
+from meiscope.checks import ConfigError, fraction, one_of, positive, require  # noqa: F401 (ConfigError: re-exported)
 
 
 # --------------------------------------------------------------------------------------
 # data sources
 # --------------------------------------------------------------------------------------
-# each data.recording, as the report names its responses
-RECORDINGS = {"two_photon": "two-photon dF/F", "neuropixels": "Neuropixels spike counts",
-              "container": "two-photon dF/F, every stimulus of the experiment container"}
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Where the raw sessions come from, and the two allensdk-layout caches (never mixed).
@@ -64,162 +37,40 @@ class DataConfig:
     synthetic_container_dir: str = "data/synthetic_container"  # the synthetic experiment container (sessions A/B/C)
 
     def __post_init__(self) -> None:
-        _one_of(self.source, ("synthetic", "allen"), "data.source")
-        _one_of(self.recording, tuple(RECORDINGS), "data.recording")
+        one_of(self.source, ("synthetic", "allen"), "data.source")
+        from meiscope.recordings import RECORDINGS  # the recording kinds (they read these settings)
+
+        one_of(self.recording, tuple(RECORDINGS), "data.recording")
         folders = {"allen_dir": self.allen_dir, "synthetic_dir": self.synthetic_dir,
                    "neuropixels_dir": self.neuropixels_dir, "synthetic_neuropixels_dir": self.synthetic_neuropixels_dir,
                    "synthetic_container_dir": self.synthetic_container_dir}
         for key, folder in folders.items():
-            _require(folder.strip() != "", f"data.{key}", "must be a folder name")
+            require(folder.strip() != "", f"data.{key}", "must be a folder name")
         seen: dict[Path, str] = {}
         for key, folder in folders.items():
-            _require(Path(folder) not in seen, f"data.{key}",
+            require(Path(folder) not in seen, f"data.{key}",
                      f"must differ from data.{seen.get(Path(folder))} ({folder}): each source has its own folder, "
                      "so synthetic data never shares a folder with downloads")
             seen[Path(folder)] = key
 
     @property
     def synthetic_folder(self) -> str:
-        """Where ``meiscope synthesize`` writes sessions of ``recording``."""
-        return {"neuropixels": self.synthetic_neuropixels_dir,
-                "container": self.synthetic_container_dir}.get(self.recording, self.synthetic_dir)
+        """Where ``meiscope synthesize`` writes sessions of ``recording`` (the key its kind names)."""
+        from meiscope.recordings import RECORDINGS
+
+        return getattr(self, RECORDINGS[self.recording].synthetic_dir_key)
 
     @property
     def download_folder(self) -> str:
-        """Where ``meiscope download`` puts real sessions of ``recording``."""
-        return self.neuropixels_dir if self.recording == "neuropixels" else self.allen_dir
+        """Where ``meiscope download`` puts real sessions of ``recording`` (the key its kind names)."""
+        from meiscope.recordings import RECORDINGS
+
+        return getattr(self, RECORDINGS[self.recording].download_dir_key)
 
     @property
     def cache_dir_name(self) -> str:
         """The folder the stages read: one per (source, recording)."""
         return self.synthetic_folder if self.source == "synthetic" else self.download_folder
-
-
-@dataclass(frozen=True)
-class AllenConfig:
-    """Selection of real Allen Brain Observatory natural-scenes experiments."""
-
-    experiment_ids: list[int] = field(default_factory=list)  # explicit ids win over filters
-    targeted_structures: list[str] = field(default_factory=lambda: ["VISp"])
-    cre_lines: list[str] = field(default_factory=list)
-    imaging_depth_min: int = 0
-    imaging_depth_max: int = 1000
-    max_experiments: int = 1
-
-    def __post_init__(self) -> None:
-        _positive(self.max_experiments, "allen.max_experiments")
-        _require(self.imaging_depth_min <= self.imaging_depth_max, "allen.imaging_depth_min",
-                 "must be <= allen.imaging_depth_max")
-
-
-@dataclass(frozen=True)
-class NeuropixelsConfig:
-    """Selection of Allen Visual Coding - Neuropixels sessions, units and spike-count responses.
-
-    Unit filters follow allensdk's defaults (``UNIT_FILTER_DEFAULTS``: amplitude cutoff <= 0.1,
-    presence ratio >= 0.95, ISI violations <= 0.5, quality "good", in-brain); ``null`` disables one.
-    """
-
-    session_ids: list[int] = field(default_factory=list)  # explicit ids (e.g. 798911424) win over filters
-    session_type: str = "brain_observatory_1.1"  # the stimulus set with natural scenes
-    areas: list[str] = field(default_factory=lambda: ["VISp"])  # units kept; sessions must record them all
-    max_sessions: int = 1
-    count_window: list[float] = field(default_factory=lambda: [0.03, 0.25])  # s after onset
-    amplitude_cutoff_maximum: Optional[float] = 0.1
-    presence_ratio_minimum: Optional[float] = 0.95
-    isi_violations_maximum: Optional[float] = 0.5
-    snr_minimum: Optional[float] = None  # not filtered by allensdk; users often cut at 1-2
-
-    def __post_init__(self) -> None:
-        _positive(self.max_sessions, "neuropixels.max_sessions")
-        _one_of(self.session_type, ("brain_observatory_1.1", "functional_connectivity"), "neuropixels.session_type")
-        _require(len(self.areas) > 0, "neuropixels.areas", "must name at least one area (e.g. [VISp])")
-        _require(len(self.count_window) == 2 and 0 <= self.count_window[0] < self.count_window[1] <= 0.5,
-                 "neuropixels.count_window", f"must be [start, stop] seconds with 0 <= start < stop <= 0.5 "
-                 f"(got {self.count_window})")
-
-
-@dataclass(frozen=True)
-class SyntheticNeuropixelsConfig:
-    """The simulated Neuropixels session: the units are the synthetic cortex's first session's cells.
-
-    Same true neurons (``synthetic.seed``, same scenes), recorded as spikes instead of calcium,
-    plus units outside VISp and units that fail Allen's quality metrics.
-    """
-
-    session_id: int = 990000001
-    scene_repeats: int = 50  # natural scenes and the blank (Allen: 50)
-    grating_repeats: int = 50  # static gratings (Allen: ~50)
-    gabor_repeats: int = 15  # Gabor patches per (x, y, orientation) (Allen: 15)
-    baseline_rate_hz: list[float] = field(default_factory=lambda: [0.5, 8.0])  # per unit, log-uniform
-    refractory_ms: float = 2.0
-    other_area_units: int = 60  # units in CA1 and LP: they do not respond to the screen
-    poor_units: int = 40  # units that fail a quality metric (the unit filters must drop them)
-    spontaneous_s: float = 300.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for key in ("scene_repeats", "grating_repeats", "gabor_repeats"):
-            _require(getattr(self, key) >= 2, f"synthetic_neuropixels.{key}", "must be >= 2 (reliability needs repeats)")
-        _require(len(self.baseline_rate_hz) == 2 and 0 < self.baseline_rate_hz[0] <= self.baseline_rate_hz[1],
-                 "synthetic_neuropixels.baseline_rate_hz", f"must be [low, high] with 0 < low <= high "
-                 f"(got {self.baseline_rate_hz})")
-        _require(self.refractory_ms >= 0, "synthetic_neuropixels.refractory_ms", "must be >= 0")
-        _require(self.other_area_units >= 0 and self.poor_units >= 0, "synthetic_neuropixels",
-                 "other_area_units and poor_units must be >= 0")
-        _require(self.spontaneous_s >= 0, "synthetic_neuropixels.spontaneous_s", "must be >= 0")
-
-
-CONTAINER_SESSIONS = ("A", "B", "C")  # Allen's three_session_A / B / C of one experiment container
-CONTAINER_STIMULI = ("natural_scenes", "static_gratings", "natural_movies", "locally_sparse_noise")
-
-
-@dataclass(frozen=True)
-class ContainerConfig:
-    """What the model trains on when ``data.recording: container`` (README: Every stimulus the cells saw).
-
-    The natural scenes of session B are always the studied dataset (ranking, splits, test scenes);
-    the other stimuli of the same cells, in the container's other sessions, add training data.
-    """
-
-    sessions: list[str] = field(default_factory=lambda: list(CONTAINER_SESSIONS))
-    stimuli: list[str] = field(default_factory=lambda: list(CONTAINER_STIMULI))
-
-    def __post_init__(self) -> None:
-        for name in self.sessions:
-            _one_of(name, CONTAINER_SESSIONS, "container.sessions")
-        _require("B" in self.sessions, "container.sessions", "must include B (the natural scenes' session)")
-        for name in self.stimuli:
-            _one_of(name, CONTAINER_STIMULI, "container.stimuli")
-        _require("natural_scenes" in self.stimuli, "container.stimuli",
-                 "must include natural_scenes (the studied responses and their test split)")
-
-
-@dataclass(frozen=True)
-class SyntheticContainerConfig:
-    """The simulated experiment container: the synthetic cortex's cells in sessions A, B and C.
-
-    Session B's experiment ids are ``synthetic.first_experiment_id + i`` (as without a container);
-    A and C add ``session_id_step`` and twice it. Sizes default to Allen's.
-    """
-
-    match_fraction: float = 0.85  # share of the container's cells also found in sessions A and C
-    static_grating_repeats: int = 50  # 120 conditions + blank (Allen: ~50)
-    drifting_grating_repeats: int = 15  # 40 conditions + blank, 2 s + 1 s gray (Allen: 15)
-    sparse_noise_frames: int = 8880  # 250 ms each (37 min; our choice, not checked against Allen's count)
-    movie_repeats: int = 10  # every movie (Allen: 10)
-    movie_one_frames: int = 900  # 30 Hz (Allen: 900 / 900 / 3600)
-    movie_two_frames: int = 900
-    movie_three_frames: int = 3600
-    session_id_step: int = 10_000_000
-
-    def __post_init__(self) -> None:
-        _fraction(self.match_fraction, "synthetic_container.match_fraction", low_open=True)
-        for key in ("static_grating_repeats", "drifting_grating_repeats", "movie_repeats"):
-            _require(getattr(self, key) >= 2, f"synthetic_container.{key}", "must be >= 2 (reliability needs repeats)")
-        for key in ("sparse_noise_frames", "movie_one_frames", "movie_two_frames", "movie_three_frames",
-                    "session_id_step"):
-            _positive(getattr(self, key), f"synthetic_container.{key}")
 
 
 @dataclass(frozen=True)
@@ -233,9 +84,9 @@ class CellKindFractions:
 
     def __post_init__(self) -> None:
         for name in ("simple", "complex", "conjunction", "unresponsive"):
-            _fraction(getattr(self, name), f"synthetic.kinds.{name}")
+            fraction(getattr(self, name), f"synthetic.kinds.{name}")
         total = self.simple + self.complex + self.conjunction + self.unresponsive
-        _require(abs(total - 1) < 1e-6, "synthetic.kinds", f"fractions must sum to 1 (got {total:.3f})")
+        require(abs(total - 1) < 1e-6, "synthetic.kinds", f"fractions must sum to 1 (got {total:.3f})")
 
 
 @dataclass(frozen=True)
@@ -270,23 +121,23 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         for key in ("n_sessions", "n_cells", "repeats", "image_height", "image_width",
                     "tau_decay_s", "tau_rise_s", "spike_amplitude_dff"):
-            _positive(getattr(self, key), f"synthetic.{key}")
-        _require(2 <= self.n_images <= 118, "synthetic.n_images", f"must be in [2, 118] (got {self.n_images})")
-        _require(self.noise_std_dff >= 0, "synthetic.noise_std_dff", "must be >= 0")
-        _require(len(self.rf_sigma_deg) == 2 and 0 < self.rf_sigma_deg[0] <= self.rf_sigma_deg[1],
+            positive(getattr(self, key), f"synthetic.{key}")
+        require(2 <= self.n_images <= 118, "synthetic.n_images", f"must be in [2, 118] (got {self.n_images})")
+        require(self.noise_std_dff >= 0, "synthetic.noise_std_dff", "must be >= 0")
+        require(len(self.rf_sigma_deg) == 2 and 0 < self.rf_sigma_deg[0] <= self.rf_sigma_deg[1],
                  "synthetic.rf_sigma_deg", "must be [low, high] with 0 < low <= high")
-        _require(len(self.peak_rate_hz) == 2 and self.baseline_rate_hz < self.peak_rate_hz[0] <= self.peak_rate_hz[1],
+        require(len(self.peak_rate_hz) == 2 and self.baseline_rate_hz < self.peak_rate_hz[0] <= self.peak_rate_hz[1],
                  "synthetic.peak_rate_hz", f"must be [low, high] with baseline_rate_hz ({self.baseline_rate_hz}) "
                  f"< low <= high (got {self.peak_rate_hz})")
-        _require(len(self.saturation) == 2 and 1 < self.saturation[0] <= self.saturation[1],
+        require(len(self.saturation) == 2 and 1 < self.saturation[0] <= self.saturation[1],
                  "synthetic.saturation", f"must be [low, high] with 1 < low <= high (got {self.saturation})")
-        _require(self.baseline_rate_hz >= 0, "synthetic.baseline_rate_hz", "must be >= 0")
-        _require(self.shared_gain_sd >= 0, "synthetic.shared_gain_sd", "must be >= 0")
-        _positive(self.shared_gain_tau_s, "synthetic.shared_gain_tau_s")
-        _fraction(self.neuropil_r, "synthetic.neuropil_r")
+        require(self.baseline_rate_hz >= 0, "synthetic.baseline_rate_hz", "must be >= 0")
+        require(self.shared_gain_sd >= 0, "synthetic.shared_gain_sd", "must be >= 0")
+        positive(self.shared_gain_tau_s, "synthetic.shared_gain_tau_s")
+        fraction(self.neuropil_r, "synthetic.neuropil_r")
         for key in ("neuropil_r_sd", "neuropil_r_error_sd"):
-            _require(getattr(self, key) >= 0, f"synthetic.{key}", "must be >= 0")
-        _require(0 <= self.nan_cells < self.n_cells, "synthetic.nan_cells", "must be in [0, n_cells)")
+            require(getattr(self, key) >= 0, f"synthetic.{key}", "must be >= 0")
+        require(0 <= self.nan_cells < self.n_cells, "synthetic.nan_cells", "must be in [0, n_cells)")
 
 
 # --------------------------------------------------------------------------------------
@@ -301,9 +152,9 @@ class SplitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _fraction(self.val_fraction, "extract.split.val_fraction", low_open=True)
-        _fraction(self.test_fraction, "extract.split.test_fraction", low_open=True)
-        _require(self.val_fraction + self.test_fraction < 1, "extract.split",
+        fraction(self.val_fraction, "extract.split.val_fraction", low_open=True)
+        fraction(self.test_fraction, "extract.split.test_fraction", low_open=True)
+        require(self.val_fraction + self.test_fraction < 1, "extract.split",
                  "val_fraction + test_fraction must be < 1")
 
 
@@ -321,14 +172,14 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         rw, bw = self.response_window, self.baseline_window
-        _require(len(rw) == 2 and 0 <= rw[0] < rw[1], "extract.response_window",
+        require(len(rw) == 2 and 0 <= rw[0] < rw[1], "extract.response_window",
                  f"must be [start, stop) frames after onset with 0 <= start < stop (got {rw})")
-        _require(len(bw) == 2 and bw[0] < bw[1] <= 0, "extract.baseline_window",
+        require(len(bw) == 2 and bw[0] < bw[1] <= 0, "extract.baseline_window",
                  f"must be [start, stop) frames before onset with start < stop <= 0 (got {bw})")
         c = self.crop
-        _require(len(c) == 4 and 0 <= c[0] < c[1] <= 1 and 0 <= c[2] < c[3] <= 1, "extract.crop",
+        require(len(c) == 4 and 0 <= c[0] < c[1] <= 1 and 0 <= c[2] < c[3] <= 1, "extract.crop",
                  f"must be [top, bottom, left, right] fractions with top < bottom, left < right (got {c})")
-        _require(self.image_height >= 8 and self.image_width >= 8, "extract.image_height",
+        require(self.image_height >= 8 and self.image_width >= 8, "extract.image_height",
                  "image_height and image_width must be >= 8")
 
 
@@ -349,9 +200,9 @@ class SessionsConfig:
 
     def __post_init__(self) -> None:
         for i, experiment_id in enumerate(self.shared):
-            _require(experiment_id > 0, f"sessions.shared[{i}]", f"must be an experiment id > 0 (got {experiment_id})")
+            require(experiment_id > 0, f"sessions.shared[{i}]", f"must be an experiment id > 0 (got {experiment_id})")
         repeated = sorted({e for e in self.shared if self.shared.count(e) > 1})
-        _require(not repeated, "sessions.shared", f"lists {repeated} more than once")
+        require(not repeated, "sessions.shared", f"lists {repeated} more than once")
 
 
 # --------------------------------------------------------------------------------------
@@ -373,12 +224,12 @@ class RankConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _one_of(self.metric, RANK_METRICS, "rank.metric")
+        one_of(self.metric, RANK_METRICS, "rank.metric")
         if self.top_k is not None:
-            _positive(self.top_k, "rank.top_k")
-        _positive(self.n_splits, "rank.n_splits")
+            positive(self.top_k, "rank.top_k")
+        positive(self.n_splits, "rank.n_splits")
         if self.max_p_anova is not None:
-            _fraction(self.max_p_anova, "rank.max_p_anova")
+            fraction(self.max_p_anova, "rank.max_p_anova")
 
 
 # --------------------------------------------------------------------------------------
@@ -404,18 +255,18 @@ class ModelConfig:
     loss: str = "auto"
 
     def __post_init__(self) -> None:
-        _positive(self.layers, "model.layers")
-        _require(len(self.channels) == self.layers, "model.channels",
+        positive(self.layers, "model.layers")
+        require(len(self.channels) == self.layers, "model.channels",
                  f"needs one entry per layer ({self.layers}), got {len(self.channels)}")
         for i, c in enumerate(self.channels):
-            _require(isinstance(c, int) and c > 0, f"model.channels[{i}]", f"must be a positive integer (got {c})")
+            require(isinstance(c, int) and c > 0, f"model.channels[{i}]", f"must be a positive integer (got {c})")
         for key in ("first_kernel", "hidden_kernel"):
             k = getattr(self, key)
-            _require(k > 0 and k % 2 == 1, f"model.{key}", f"must be a positive odd integer (got {k})")
-        _require(self.laplace_weight >= 0, "model.laplace_weight", "must be >= 0")
-        _require(self.readout_l1 >= 0, "model.readout_l1", "must be >= 0")
-        _one_of(self.readout, READOUTS, "model.readout")
-        _one_of(self.loss, LOSSES, "model.loss")
+            require(k > 0 and k % 2 == 1, f"model.{key}", f"must be a positive odd integer (got {k})")
+        require(self.laplace_weight >= 0, "model.laplace_weight", "must be >= 0")
+        require(self.readout_l1 >= 0, "model.readout_l1", "must be >= 0")
+        one_of(self.readout, READOUTS, "model.readout")
+        one_of(self.loss, LOSSES, "model.loss")
 
 
 @dataclass(frozen=True)
@@ -439,17 +290,17 @@ class TrainConfig:
     # readouts far from where the core's own features predict their neuron best jump there ([] = never)
 
     def __post_init__(self) -> None:
-        _require(len(self.seeds) >= 2, "train.seeds",
+        require(len(self.seeds) >= 2, "train.seeds",
                  "needs at least 2 seeds (the MEI stage optimises on some models and checks on another)")
-        _require(len(set(self.seeds)) == len(self.seeds), "train.seeds", "must be distinct")
+        require(len(set(self.seeds)) == len(self.seeds), "train.seeds", "must be distinct")
         for key in ("lr", "batch_size", "max_epochs", "patience"):
-            _positive(getattr(self, key), f"train.{key}")
-        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _require(self.ln_l2 >= 0, "train.ln_l2", "must be >= 0")
-        _require(self.fresh_scenes >= 0, "train.fresh_scenes", f"must be >= 0 (got {self.fresh_scenes})")
-        _require(self.batches_per_source >= 0, "train.batches_per_source", "must be >= 0")
-        _require(self.source_warmup_epochs >= 0, "train.source_warmup_epochs", "must be >= 0")
-        _require(all(isinstance(e, int) and e >= 1 for e in self.relocate_epochs), "train.relocate_epochs",
+            positive(getattr(self, key), f"train.{key}")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        require(self.ln_l2 >= 0, "train.ln_l2", "must be >= 0")
+        require(self.fresh_scenes >= 0, "train.fresh_scenes", f"must be >= 0 (got {self.fresh_scenes})")
+        require(self.batches_per_source >= 0, "train.batches_per_source", "must be >= 0")
+        require(self.source_warmup_epochs >= 0, "train.source_warmup_epochs", "must be >= 0")
+        require(all(isinstance(e, int) and e >= 1 for e in self.relocate_epochs), "train.relocate_epochs",
                  f"must be a list of epoch numbers >= 1 (got {self.relocate_epochs})")
 
 
@@ -475,11 +326,11 @@ class SearchSpace:
     def __post_init__(self) -> None:
         for key in ("layers", "channels", "readout_l1", "laplace_weight", "lr"):
             r = getattr(self, key)
-            _require(len(r) == 2 and 0 < r[0] <= r[1], f"tune.space.{key}", f"must be [low, high] with 0 < low <= high (got {r})")
+            require(len(r) == 2 and 0 < r[0] <= r[1], f"tune.space.{key}", f"must be [low, high] with 0 < low <= high (got {r})")
         for key in ("first_kernel", "hidden_kernel", "depth_separable", "batch_norm", "readout", "batch_size"):
-            _require(len(getattr(self, key)) > 0, f"tune.space.{key}", "must list at least one choice")
+            require(len(getattr(self, key)) > 0, f"tune.space.{key}", "must list at least one choice")
         for r in self.readout:
-            _one_of(r, READOUTS, "tune.space.readout")
+            one_of(r, READOUTS, "tune.space.readout")
 
 
 @dataclass(frozen=True)
@@ -500,11 +351,11 @@ class TuneConfig:
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
-        _positive(self.n_trials, "tune.n_trials")
-        _positive(self.epochs, "tune.epochs")
-        _positive(self.workers, "tune.workers")
-        _one_of(self.objective, ("val_corr_to_avg", "val_feve"), "tune.objective")
-        _one_of(self.pruner, ("median", "none"), "tune.pruner")
+        positive(self.n_trials, "tune.n_trials")
+        positive(self.epochs, "tune.epochs")
+        positive(self.workers, "tune.workers")
+        one_of(self.objective, ("val_corr_to_avg", "val_feve"), "tune.objective")
+        one_of(self.pruner, ("median", "none"), "tune.pruner")
 
 
 # --------------------------------------------------------------------------------------
@@ -533,18 +384,18 @@ class MeiConfig:
 
     def __post_init__(self) -> None:
         for key in ("n_starts", "steps", "lr", "n_val_models", "n_show"):
-            _positive(getattr(self, key), f"mei.{key}")
-        _fraction(self.lr_decay, "mei.lr_decay", low_open=True)
-        _require(len(self.blur_sigma) == 2 and all(s >= 0 for s in self.blur_sigma), "mei.blur_sigma",
+            positive(getattr(self, key), f"mei.{key}")
+        fraction(self.lr_decay, "mei.lr_decay", low_open=True)
+        require(len(self.blur_sigma) == 2 and all(s >= 0 for s in self.blur_sigma), "mei.blur_sigma",
                  "must be [start, end] with both >= 0")
-        _require(self.jitter >= 0, "mei.jitter", "must be >= 0")
+        require(self.jitter >= 0, "mei.jitter", "must be >= 0")
         if self.norm is not None:
-            _positive(self.norm, "mei.norm")
-        _fraction(self.norm_fraction, "mei.norm_fraction", low_open=True)
-        _positive(self.init_std, "mei.init_std")
-        _require(isinstance(self.window, bool), "mei.window", "must be true or false")
-        _require(0 <= self.converge_tol < 1, "mei.converge_tol", "must be in [0, 1) (0 = never stop early)")
-        _fraction(self.agree_threshold, "mei.agree_threshold")
+            positive(self.norm, "mei.norm")
+        fraction(self.norm_fraction, "mei.norm_fraction", low_open=True)
+        positive(self.init_std, "mei.init_std")
+        require(isinstance(self.window, bool), "mei.window", "must be true or false")
+        require(0 <= self.converge_tol < 1, "mei.converge_tol", "must be in [0, 1) (0 = never stop early)")
+        fraction(self.agree_threshold, "mei.agree_threshold")
 
 
 @dataclass(frozen=True)
@@ -564,16 +415,16 @@ class GaborConfig:
     fit_steps: int = 300  # least-squares fit of a Gabor to each MEI
 
     def __post_init__(self) -> None:
-        _require(len(self.n_positions) == 2 and min(self.n_positions) > 0, "gabor.n_positions",
+        require(len(self.n_positions) == 2 and min(self.n_positions) > 0, "gabor.n_positions",
                  "must be [rows, cols], both > 0")
         for key in ("orientations", "phases", "batch_size"):
-            _positive(getattr(self, key), f"gabor.{key}")
-        _require(self.refine_steps >= 0 and self.fit_steps >= 0, "gabor.refine_steps", "steps must be >= 0")
-        _require(self.preselect >= 0, "gabor.preselect", f"must be >= 0 (got {self.preselect})")
-        _require(0 <= self.converge_tol < 1, "gabor.converge_tol", "must be in [0, 1) (0 = never stop early)")
-        _require(isinstance(self.window, bool), "gabor.window", "must be true or false")
-        _require(all(w > 0 for w in self.wavelengths) and self.wavelengths, "gabor.wavelengths", "must be > 0")
-        _require(all(s > 0 for s in self.sigmas) and self.sigmas, "gabor.sigmas", "must be > 0")
+            positive(getattr(self, key), f"gabor.{key}")
+        require(self.refine_steps >= 0 and self.fit_steps >= 0, "gabor.refine_steps", "steps must be >= 0")
+        require(self.preselect >= 0, "gabor.preselect", f"must be >= 0 (got {self.preselect})")
+        require(0 <= self.converge_tol < 1, "gabor.converge_tol", "must be in [0, 1) (0 = never stop early)")
+        require(isinstance(self.window, bool), "gabor.window", "must be true or false")
+        require(all(w > 0 for w in self.wavelengths) and self.wavelengths, "gabor.wavelengths", "must be > 0")
+        require(all(s > 0 for s in self.sigmas) and self.sigmas, "gabor.sigmas", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -585,12 +436,12 @@ class ReplicateConfig:
     confidence: float = 0.95  # of the t-interval of each figure's mean
 
     def __post_init__(self) -> None:
-        _require(len(self.seeds) >= 2, "replicate.seeds", f"needs at least 2 seeds for an interval (got {self.seeds})")
-        _require(len(set(self.seeds)) == len(self.seeds), "replicate.seeds", "must be distinct")
+        require(len(self.seeds) >= 2, "replicate.seeds", f"needs at least 2 seeds for an interval (got {self.seeds})")
+        require(len(set(self.seeds)) == len(self.seeds), "replicate.seeds", "must be distinct")
         for i, seed in enumerate(self.seeds):
-            _require(seed >= 0, f"replicate.seeds[{i}]", f"must be >= 0 (got {seed})")
-        _require(0 < self.confidence < 1, "replicate.confidence", f"must be in (0, 1) (got {self.confidence})")
-        _require(bool(self.folder.strip()) and not Path(self.folder).is_absolute(), "replicate.folder",
+            require(seed >= 0, f"replicate.seeds[{i}]", f"must be >= 0 (got {seed})")
+        require(0 < self.confidence < 1, "replicate.confidence", f"must be in (0, 1) (got {self.confidence})")
+        require(bool(self.folder.strip()) and not Path(self.folder).is_absolute(), "replicate.folder",
                  "must be a relative folder inside the project")
 
 
@@ -614,39 +465,43 @@ class ServicesConfig:
 
     def __post_init__(self) -> None:
         for key in ("postgres_port", "mlflow_port"):
-            _require(1024 <= getattr(self, key) <= 65535, f"services.{key}", "must be a port in 1024..65535")
-        _require(self.postgres_port != self.mlflow_port, "services.mlflow_port", "must differ from postgres_port")
-        _require(not Path(self.dir).is_absolute() and ".." not in Path(self.dir).parts, "services.dir",
+            require(1024 <= getattr(self, key) <= 65535, f"services.{key}", "must be a port in 1024..65535")
+        require(self.postgres_port != self.mlflow_port, "services.mlflow_port", "must differ from postgres_port")
+        require(not Path(self.dir).is_absolute() and ".." not in Path(self.dir).parts, "services.dir",
                  "must be a folder inside the repository (a relative path without '..')")
 
 
-@dataclass(frozen=True)
-class Params:
-    """All of params.yaml."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    allen: AllenConfig = field(default_factory=AllenConfig)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    neuropixels: NeuropixelsConfig = field(default_factory=NeuropixelsConfig)
-    synthetic_neuropixels: SyntheticNeuropixelsConfig = field(default_factory=SyntheticNeuropixelsConfig)
-    container: ContainerConfig = field(default_factory=ContainerConfig)
-    synthetic_container: SyntheticContainerConfig = field(default_factory=SyntheticContainerConfig)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    sessions: SessionsConfig = field(default_factory=SessionsConfig)
-    rank: RankConfig = field(default_factory=RankConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
-    mei: MeiConfig = field(default_factory=MeiConfig)
-    gabor: GaborConfig = field(default_factory=GaborConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
-    services: ServicesConfig = field(default_factory=ServicesConfig)
+class _StudyChecks:
+    """Checks across sections of :class:`Params`."""
 
     def __post_init__(self) -> None:
-        studied = self.extract.experiment_id
-        _require(studied is None or studied not in self.sessions.shared, "sessions.shared",
-                 f"lists {studied}, the studied session (extract.experiment_id): list only the other sessions")
+        studied = self.extract.experiment_id  # type: ignore[attr-defined]
+        require(studied is None or studied not in self.sessions.shared, "sessions.shared",  # type: ignore[attr-defined]
+                f"lists {studied}, the studied session (extract.experiment_id): list only the other sessions")
+
+
+def _recording_sections() -> list[tuple[str, type]]:
+    """The sections the recording packages own (``recordings/<kind>/settings.py``), in registry order."""
+    from meiscope.recordings import RECORDINGS
+
+    owned: dict[str, type] = {}
+    for kind in RECORDINGS.values():
+        for name, section in kind.sections.items():
+            owned.setdefault(name, section)
+    return list(owned.items())
+
+
+# All of params.yaml, one field per section: the study's own sections, and each recording's (a new
+# recording adds its sections by declaring them, not here).
+_SECTIONS: list[tuple[str, type]] = [
+    ("data", DataConfig), ("synthetic", SyntheticConfig), *_recording_sections(), ("extract", ExtractConfig),
+    ("sessions", SessionsConfig), ("rank", RankConfig), ("model", ModelConfig), ("train", TrainConfig),
+    ("tune", TuneConfig), ("mei", MeiConfig), ("gabor", GaborConfig), ("tracking", TrackingConfig),
+    ("replicate", ReplicateConfig), ("services", ServicesConfig)]
+Params = dataclasses.make_dataclass("Params", [(name, section, field(default_factory=section))
+                                               for name, section in _SECTIONS],
+                                    bases=(_StudyChecks,), frozen=True, namespace={"__doc__": "All of params.yaml."})
+Params.__module__ = __name__
 
 
 # --------------------------------------------------------------------------------------
@@ -663,22 +518,22 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return _check_type(value, inner[0], key)
     if origin is list:
         (item,) = typing.get_args(hint)
-        _require(isinstance(value, list), key, f"must be a list (got {value!r})")
+        require(isinstance(value, list), key, f"must be a list (got {value!r})")
         return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):
-        _require(isinstance(value, dict), key, f"must be a mapping (got {value!r})")
+        require(isinstance(value, dict), key, f"must be a mapping (got {value!r})")
         return build_section(hint, value, key)
     if hint is bool:
-        _require(isinstance(value, bool), key, f"must be true or false (got {value!r})")
+        require(isinstance(value, bool), key, f"must be true or false (got {value!r})")
         return value
     if hint is int:
-        _require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer (got {value!r})")
+        require(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer (got {value!r})")
         return value
     if hint is float:
-        _require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number (got {value!r})")
+        require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number (got {value!r})")
         return float(value)
     if hint is str:
-        _require(isinstance(value, str), key, f"must be a string (got {value!r})")
+        require(isinstance(value, str), key, f"must be a string (got {value!r})")
         return value
     raise TypeError(f"unsupported config type {hint} for {key}")
 
@@ -688,7 +543,7 @@ def build_section(cls: type, raw: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
-        _require(key in known, f"{prefix}.{key}" if prefix else str(key),
+        require(key in known, f"{prefix}.{key}" if prefix else str(key),
                  f"is not a known key (known: {', '.join(sorted(known))})")
     kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in raw.items()}
     return cls(**kwargs)

@@ -11,6 +11,7 @@ from meiscope.atomic import write_npz
 from meiscope.errors import MeiscopeError
 
 SPLITS = ("train", "val", "test")
+RESPONSE_KINDS = ("dff", "counts")  # what a dataset's responses are: dF/F (two-photon) or spike counts
 _ARRAYS = ("images", "image_ids", "trial_image", "responses", "blank_responses", "cell_ids", "split",
            "dropped_cell_ids")
 
@@ -36,6 +37,9 @@ class ResponseDataset:
         dropped_cell_ids: ``(n_dropped,)`` int, cells removed because their traces had NaNs.
         pixel_mean, pixel_std: the normalisation (of 0-255 screen pixels at model resolution).
         source: ``synthetic`` or ``allen`` (two-photon), ``synthetic_neuropixels`` or ``allen_neuropixels``.
+        response_kind: what ``responses`` are, one of :data:`RESPONSE_KINDS`: ``dff`` or ``counts``
+            (spike counts: the model's loss is Poisson). Left out, it follows ``source``
+            (:func:`response_kind_of`), as in files written before the field existed.
     """
 
     experiment_id: int
@@ -50,11 +54,13 @@ class ResponseDataset:
     pixel_mean: float
     pixel_std: float
     source: str
+    response_kind: str = ""
 
-    @property
-    def recording(self) -> str:
-        """``neuropixels`` (responses are spike counts) or ``two_photon`` (dF/F)."""
-        return "neuropixels" if self.source.endswith("_neuropixels") else "two_photon"
+    def __post_init__(self) -> None:
+        if not self.response_kind:
+            self.response_kind = response_kind_of(self.source)
+        if self.response_kind not in RESPONSE_KINDS:
+            raise DatasetError(f"response_kind {self.response_kind!r}: expected one of {RESPONSE_KINDS}")
 
     @property
     def n_neurons(self) -> int:
@@ -101,11 +107,15 @@ class ResponseDataset:
             trial_image=self.trial_image, responses=self.responses[:, cols],
             blank_responses=self.blank_responses[:, cols], cell_ids=self.cell_ids[cols],
             split=self.split, dropped_cell_ids=self.dropped_cell_ids,
-            pixel_mean=self.pixel_mean, pixel_std=self.pixel_std, source=self.source)
+            pixel_mean=self.pixel_mean, pixel_std=self.pixel_std, source=self.source,
+            response_kind=self.response_kind)
 
     def save(self, path: str | Path) -> None:
         """Write atomically as a compressed ``.npz`` (byte-identical for identical data)."""
         arrays = {name: getattr(self, name) for name in _ARRAYS}
+        if self.response_kind != response_kind_of(self.source):
+            # stored only where ``source`` does not say it: the files of every existing kind keep their bytes
+            arrays["response_kind"] = self.response_kind
         write_npz(path, {"experiment_id": self.experiment_id, "pixel_mean": self.pixel_mean,
                          "pixel_std": self.pixel_std, "source": self.source, **arrays})
 
@@ -125,11 +135,17 @@ class ResponseDataset:
             raise DatasetError(f"{path}: missing arrays {missing}")
         ds = cls(experiment_id=int(data["experiment_id"]), pixel_mean=float(data["pixel_mean"]),
                  pixel_std=float(data["pixel_std"]), source=str(data["source"]),
-                 **{k: data[k] for k in _ARRAYS})
+                 response_kind=str(data.get("response_kind", "")), **{k: data[k] for k in _ARRAYS})
         if ds.responses.shape != (len(ds.trial_image), len(ds.cell_ids)):
             raise DatasetError(f"{path}: responses shape {ds.responses.shape} does not match "
                                f"{len(ds.trial_image)} trials x {len(ds.cell_ids)} cells")
         return ds
+
+
+def response_kind_of(source: str) -> str:
+    """What the responses of a dataset from ``source`` are when the file does not say:
+    spike counts for the Neuropixels sources (``*_neuropixels``), dF/F otherwise."""
+    return "counts" if source.endswith("_neuropixels") else "dff"
 
 
 def dataset_path(results_dir: str | Path, experiment_id: int) -> Path:

@@ -166,3 +166,35 @@ def mlproject_text() -> str:
 def generated_files(project_root: Path) -> dict[Path, str]:
     """``{path: text}`` of the files written from the stage table: dvc.yaml and MLproject."""
     return {project_root / "dvc.yaml": dvc_yaml_text(project_root), project_root / "MLproject": mlproject_text()}
+
+
+PROVENANCE_FILE = "provenance.json"
+
+
+def code_key(module: str) -> str:
+    """A key of the code ``module`` runs: a digest of every file of :func:`code_dependencies`, names included."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in code_dependencies(module):
+        digest.update(path.relative_to(SOURCE_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def write_provenance(stage: Stage, root: Path, session: int | None = None) -> list[Path]:
+    """Write ``provenance.json`` into each folder ``stage`` outputs: the code that produced it and the commit.
+
+    ``code_key`` identifies the stage's code exactly (every file it imports); ``git_commit`` is the
+    checkout's commit when the stage ran (None outside git). Returns the files written.
+    """
+    from meiscope.atomic import write_json
+    from meiscope.tracking import git_commit
+
+    record = {"stage": stage.name, "code_key": code_key(stage.module.__name__), "git_commit": git_commit(root)}
+    written = []
+    for output in stage.outputs:
+        folder = Path(root) / output.replace("${item}", str(session))
+        if folder.is_dir():
+            write_json(folder / PROVENANCE_FILE, record)
+            written.append(folder / PROVENANCE_FILE)
+    return written

@@ -11,7 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from meiscope.recordings import RECORDINGS
 from meiscope.stages import data, extract, gabor, mei, rank, report, sessions, train, tune, validate
+
+# the params sections the recordings own (recordings/<kind>/settings.py): raw data and extraction read them
+RECORDING_SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(name for kind in RECORDINGS.values()
+                                                          for name in kind.sections))
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,10 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", data, "raw sessions in allensdk's cache layout: synthesized, or downloaded (data.source)",
-          params=("data", "allen", "neuropixels", "synthetic_neuropixels", "container", "synthetic_container",
-                  "synthetic", "sessions"),
+          params=("data", "synthetic", "sessions", *RECORDING_SECTIONS),
           outputs=("data",), in_dvc=False),
     Stage("extract", extract, "per-trial responses and model-space images of the studied session",
-          params=("data", "extract", "neuropixels", "container"),
+          params=("data", "extract", *RECORDING_SECTIONS),
           inputs=("data",), outputs=("results/responses",)),
     Stage("rank", rank, "reliability of every cell; the most expressive neurons",
           params=("rank",), inputs=("results/responses",), outputs=("results/ranking",),
@@ -69,7 +73,7 @@ STAGES: tuple[Stage, ...] = (
           params=("data", "extract.experiment_id", "sessions"), inputs=("data",),
           outputs=("results/sessions/index.json",)),
     Stage("extract-session", extract, "extract one session of sessions.shared (--session ID)",
-          params=("data", "extract", "neuropixels"), inputs=("data",),
+          params=("data", "extract", *RECORDING_SECTIONS), inputs=("data",),
           outputs=("results/sessions/${item}/responses",), per_session=True, command="extract"),
     Stage("rank-session", rank, "rank one session of sessions.shared on its own (--session ID)",
           params=("rank",), inputs=("results/sessions/${item}/responses",),

@@ -51,9 +51,13 @@ def replicate_params(params: Params, seed: int, root: Path) -> dict[str, Any]:
     """The params mapping of replicate ``seed``: a new cortex, split, tuning, training and MEI starts."""
     from meiscope.tracking import tracking_uri
 
+    from meiscope.pipeline import RECORDING_SECTIONS
+
     raw = as_dict(params)
     raw["synthetic"]["seed"] = seed
-    raw["synthetic_neuropixels"]["seed"] = seed  # new spike draws when data.recording is neuropixels
+    for section in RECORDING_SECTIONS:  # a recording's own draws (e.g. the spikes of a Neuropixels session)
+        if "seed" in raw[section]:
+            raw[section]["seed"] = seed
     raw["extract"]["split"]["seed"] = seed
     raw["rank"]["seed"] = seed
     raw["tune"]["seed"] = seed

@@ -1,15 +1,19 @@
 """What the report says about each stage: the sections of report/index.html, built from the metrics.
 
 Kept apart from the stage glue (``stages/report.py``) so that changing what the report says re-runs only
-the report stage. Rendering lives in :mod:`meiscope.report`.
+the report stage. Rendering lives in :mod:`meiscope.report`. The stage sections come in the order of the
+stage table (:data:`meiscope.pipeline.STAGES`); a section about data only some studies have (the presented
+Gabor patches, the replicates of other recordings) shows where those data exist, never by the recording's name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from meiscope.config import RECORDINGS, Params
+from meiscope.config import Params
+from meiscope.recordings import RECORDINGS
+from meiscope.recordings import label_of as recording_label
 from meiscope.paths import Layout
 from meiscope.report import Section, figure_png
 from meiscope.science.catalogue import (DVC_HEADLINE, HEADLINE, KINDS, format_conclusion, format_interval,
@@ -85,7 +89,7 @@ def replicate_section(summary: dict, params: Params) -> Any:
     for kind, found in summary["conclusions"].items():
         for label, c in found.items():
             rows[f"{kind} cells: {label}"] = format_conclusion(c)
-    recording = RECORDINGS[summary.get("recording", "two_photon")]  # older summaries: two-photon
+    recording = recording_label(summary.get("recording", "two_photon"))  # older summaries: two-photon
     intro = (f"The synthetic {recording} study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
              f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
              "(geometric mean and log-scale interval for ratios) "
@@ -98,7 +102,7 @@ def replicate_section(summary: dict, params: Params) -> Any:
 
 def ablation_section(summary: dict, params: Params) -> Section:
     """What each stimulus of the container buys (``meiscope ablation``): one row per training set."""
-    from meiscope.ablation import ablation_figure, ablation_grid
+    from meiscope.recordings.container.ablation import ablation_figure, ablation_grid
     from meiscope.replicate import stale_note
 
     intro = (f"The container study's replicates (seeds {summary['seeds']}), each retrained from extract on the same "
@@ -115,7 +119,7 @@ def recordings_section(summary: dict, other: dict) -> Section:
     from meiscope.replicate import summary_file
 
     pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
-    names = [RECORDINGS[s.get("recording", "two_photon")] for s in pair]
+    names = [recording_label(s.get("recording", "two_photon")) for s in pair]
     rows = {}
     for f in HEADLINE:
         if any(f.name in s["figures"] for s in pair):
@@ -130,51 +134,93 @@ def recordings_section(summary: dict, other: dict) -> Section:
     return Section(title[0].upper() + title[1:], intro, rows)
 
 
+def _rank_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
+    """The ranking's thresholds and what passed them."""
+    return Section("Most expressive neurons (rank)",
+                   f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
+                   m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"], stage="ranking")
 
 
-def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[Section]:
-    """Every section of the report, in pipeline order; ``m`` maps each metrics file's stem to its contents."""
+def _tune_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
+    """The architecture search."""
+    return Section("Architecture search (tune)",
+                   "Optuna study over the CNN architecture; trial 0 is the default configuration of params.yaml.",
+                   dict(m["tune"]), [layout.tune / "optimization_history.png", layout.tune / "param_importances.png"],
+                   stage="tune")
+
+
+def _train_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
+    """The response model's accuracy."""
+    return Section("Response model (train)",
+                   "CNN ensemble (shared core + per-neuron readout) vs the linear-nonlinear baseline on held-out test "
+                   "images; FEVE and correlation to average are measured against the noise ceiling; on synthetic data "
+                   "gt_fresh_corr_* scores the models against the true rates on 1,000 new scenes.",
+                   m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"], stage="train")
+
+
+def _mei_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
+    """The MEIs against the best natural images."""
+    return Section("Most Exciting Inputs (mei)",
+                   "One batched gradient ascent for all neurons under a fixed L2 budget in the model's pixel space; "
+                   "'val' scores come from an ensemble member held out of the optimisation.",
+                   m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"], stage="mei")
+
+
+def _gabor_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
+    """The MEIs against the optimal Gabors; with the presented Gabor patches when the gabor stage checked them
+    (``gabor_patch_*`` in its metrics: recordings that show Gabor patches, e.g. Neuropixels)."""
+    patches = "gabor_patch_n_units" in m["gabor"]
+    return Section("MEI vs optimal Gabor (gabor)",
+                   "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
+                   "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction."
+                   + (" Neuropixels: gabor_patch_* compare each unit's best presented Gabor patch (its receptive-field "
+                      "map) with the optimal Gabor." if patches else ""),
+                   m["gabor"], [layout.gabor / "gallery.png"] + ([layout.gabor / "receptive_fields.png"] if patches
+                                                                  else []), stage="gabor")
+
+
+def _validate_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
+    """The closed loop on the true neurons, with the targets it missed (or why it was skipped)."""
     validate_note = m["validate"].get("note", "") if m["validate"].get("skipped") else target_note(m)
-    neuropixels = params.data.recording == "neuropixels"
-    sections = [
-        Section("Most expressive neurons (rank)",
-                f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
-                m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"], stage="ranking"),
-        Section("Architecture search (tune)",
-                "Optuna study over the CNN architecture; trial 0 is the default configuration of params.yaml.",
-                dict(m["tune"]), [layout.tune / "optimization_history.png", layout.tune / "param_importances.png"],
-                stage="tune"),
-        Section("Response model (train)",
-                "CNN ensemble (shared core + per-neuron readout) vs the linear-nonlinear baseline on held-out test "
-                "images; FEVE and correlation to average are measured against the noise ceiling; on synthetic data "
-                "gt_fresh_corr_* scores the models against the true rates on 1,000 new scenes.",
-                m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"], stage="train"),
-        Section("Most Exciting Inputs (mei)",
-                "One batched gradient ascent for all neurons under a fixed L2 budget in the model's pixel space; "
-                "'val' scores come from an ensemble member held out of the optimisation.",
-                m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"], stage="mei"),
-        Section("MEI vs optimal Gabor (gabor)",
-                "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
-                "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction."
-                + (" Neuropixels: gabor_patch_* compare each unit's best presented Gabor patch (its receptive-field "
-                   "map) with the optimal Gabor." if neuropixels else ""),
-                m["gabor"], [layout.gabor / "gallery.png"] + ([layout.gabor / "receptive_fields.png"] if neuropixels
-                                                               else []), stage="gabor"),
-        Section("Closed loop on the true neurons (validate)",
-                "Synthetic sessions only: every MEI start, the optimal Gabors and the best natural images shown to "
-                "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
-                "true optimum under the same budget. Ratios are medians of log-ratios over the cells both stimuli "
-                "drive; cells a stimulus does not drive are counted apart; 'ties' = no difference shown by the "
-                "sign test (p >= 0.05). All figures: metrics/validate.json.",
-                validate_rows(m["validate"]), [layout.validate / "closed_loop.png"], note=validate_note),
-    ]
+    return Section("Closed loop on the true neurons (validate)",
+                   "Synthetic sessions only: every MEI start, the optimal Gabors and the best natural images shown to "
+                   "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
+                   "true optimum under the same budget. Ratios are medians of log-ratios over the cells both stimuli "
+                   "drive; cells a stimulus does not drive are counted apart; 'ties' = no difference shown by the "
+                   "sign test (p >= 0.05). All figures: metrics/validate.json.",
+                   validate_rows(m["validate"]), [layout.validate / "closed_loop.png"], note=validate_note)
+
+
+# The section each stage of the table (meiscope.pipeline.STAGES) adds to the report; the table sets their order.
+STAGE_SECTIONS: dict[str, Callable[[Params, Layout, dict[str, dict]], Section]] = {
+    "rank": _rank_section, "tune": _tune_section, "train": _train_section, "mei": _mei_section,
+    "gabor": _gabor_section, "validate": _validate_section}
+
+
+def stage_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[Section]:
+    """The section of every stage that has one, in the order of the stage table."""
+    from meiscope.pipeline import STAGES
+
+    return [STAGE_SECTIONS[s.name](params, layout, m) for s in STAGES if s.name in STAGE_SECTIONS]
+
+
+def replicate_sections(params: Params, m: dict[str, dict]) -> list[Section]:
+    """What was run beside the pipeline, where its summary exists: this recording's replicates, a comparison
+    with each other recording whose replicates exist (``m["replicates_of"]``, in registry order), the ablation."""
+    sections = []
     if m.get("replicates", {}).get("figures"):
         sections.append(replicate_section(m["replicates"], params))
-        if m.get("replicates_other", {}).get("figures"):
-            sections.append(recordings_section(m["replicates"], m["replicates_other"]))
+        sections += [recordings_section(m["replicates"], other)
+                     for other in m.get("replicates_of", {}).values() if other.get("figures")]
     if m.get("ablation", {}).get("arms"):
         sections.append(ablation_section(m["ablation"], params))
     return sections
+
+
+def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[Section]:
+    """Every section of the report: the stages' in pipeline order, then the replicates' and the ablation's;
+    ``m`` maps each metrics file's stem to its contents."""
+    return stage_sections(params, layout, m) + replicate_sections(params, m)
 
 
 def headline_metrics(m: dict[str, dict]) -> dict[str, Any]:

@@ -31,13 +31,16 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from meiscope import shared_study
 from meiscope.config import ModelConfig, SearchSpace, TrainConfig, TuneConfig, as_dict, build_section
 from meiscope.dataset import ResponseDataset
+
+if TYPE_CHECKING:
+    from meiscope.model.source_protocol import SavedSource, TrainingSource
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,9 @@ def objective_value(record: dict, objective: str) -> float:
 
 
 def make_objective(ds: ResponseDataset, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
-                   device: str, extra: Any = None) -> Any:
-    """The Optuna objective: a short training, reported per epoch, pruned when behind."""
+                   device: str, extra: "Optional[TrainingSource]" = None) -> Any:
+    """The Optuna objective: a short training (on the scenes and ``extra``'s stimuli), reported per epoch,
+    pruned when behind."""
     import optuna
 
     from meiscope.model.training import train_one
@@ -238,10 +242,11 @@ def study_lock(cfg: TuneConfig, root: Path, storage_url: str | None) -> Any:
 
 def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
             device: str, root: str, storage_url: str | None, budget: int, tuner: str,
-            progress: bool = True, threads: int | None = None) -> None:
+            progress: bool = True, extras: "Optional[SavedSource]" = None, threads: int | None = None) -> None:
     """One worker of the study: claims and runs trials until the study's budget is met.
 
     ``tuner`` stamps the trials this invocation of `tune` runs (it logs them to MLflow);
+    ``extras``: other stimuli of the selected cells, trained on in every trial (read by the worker);
     ``threads``: torch's CPU threads (the local workers share the cores).
     """
     import optuna
@@ -251,11 +256,9 @@ def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_tr
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from meiscope.container.responses import ContainerStimuli, container_path
 
     ds = ResponseDataset.load(dataset_path)
-    extra_path = container_path(Path(dataset_path))  # the container's other stimuli, when training on them
-    extra = ContainerStimuli.load(extra_path) if extra_path.is_file() else None
+    extra = extras.load() if extras is not None else None
     storage = open_storage(cfg, Path(root), storage_url)
     study = open_study(cfg, Path(root), storage_url, storage=storage)
     lock = functools.partial(study_lock, cfg, Path(root), storage_url)
@@ -280,9 +283,13 @@ def _worker(dataset_path: str, cfg: TuneConfig, base_model: ModelConfig, base_tr
 
 def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base_train: TrainConfig,
               device: str, root: Path, storage_url: str | None = None, workers: int = 1,
-              n_trials: int | None = None, progress: bool = False) -> tuple[Any, list[int]]:
+              n_trials: int | None = None, progress: bool = False,
+              extras: "Optional[SavedSource]" = None) -> tuple[Any, list[int]]:
     """Run the study up to its budget with ``workers`` processes. Returns the study and the
     numbers of the trials this call ran.
+
+    ``extras``: the selected cells' other stimuli as saved for the workers (each reads them back
+    with the source's own loader, whatever the recording), or None to train on the scenes alone.
 
     On a PostgreSQL storage, `tune` processes on other hosts may work on the same study at the
     same time: the budget is claimed trial by trial under the study lock
@@ -302,7 +309,7 @@ def run_study(dataset_path: Path, cfg: TuneConfig, base_model: ModelConfig, base
         if not study.trials:
             study.enqueue_trial(default_trial_params(base_model, base_train))
     tuner = uuid.uuid4().hex
-    args = (str(dataset_path), cfg, base_model, base_train, device, str(root), url, budget, tuner, progress)
+    args = (str(dataset_path), cfg, base_model, base_train, device, str(root), url, budget, tuner, progress, extras)
     if workers == 1:
         _worker(*args)
     else:

@@ -5,7 +5,10 @@ The model sees one patch of visual field: the natural scenes' area of the monito
 covers the monitor differently, so each is mapped through the monitor into that same patch.
 
 Monitor geometry (allensdk 2.16.2 ``brain_observatory.stimulus_info``; continuous monitor pixel
-coordinates ``(row, col)``, pixel ``i`` covering ``[i, i + 1)``):
+coordinates ``(row, col)``, pixel ``i`` covering ``[i, i + 1)``). The monitor itself, the scenes'
+frame on it and the conversions between degrees and monitor pixels are shared by every recording
+and live in :mod:`meiscope.recordings.screen`; how each of the container's stimuli covers the
+monitor is here:
 
 - the monitor: 1200 x 1920 px, 15 cm from the eye, 9.68 px per degree at its centre;
 - natural scenes: the 918 x 1174 template centred, one template pixel per monitor pixel;
@@ -33,10 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MONITOR_SHAPE = (1200, 1920)  # rows, cols
-PIXELS_PER_DEGREE = 9.68  # at the monitor centre (15 cm viewing distance; module docstring)
-GRAY = 127.0
-SCENE_SHAPE = (918, 1174)
+from meiscope.recordings.screen import (GRAY, MONITOR_SHAPE, PIXELS_PER_DEGREE, SCENE_SHAPE, degrees_to_monitor,
+                                        monitor_to_degrees)
+
 MOVIE_SHAPE = (304, 608)
 MOVIE_MONITOR_SHAPE = (1080, 1920)  # the monitor area a movie frame is stretched over
 SPARSE_NOISE_GRIDS = {  # stimulus name -> (grid rows, grid cols, monitor px per square)
@@ -111,20 +113,6 @@ class VisualField:
         """``(height, width)`` of one model pixel in degrees."""
         return ((self.bottom - self.top) / self.shape[0] / PIXELS_PER_DEGREE,
                 (self.right - self.left) / self.shape[1] / PIXELS_PER_DEGREE)
-
-
-def degrees_to_monitor(x_deg, y_deg) -> tuple[np.ndarray, np.ndarray]:
-    """Screen degrees (x right, y up, from the centre) -> monitor ``(row, col)`` coordinates."""
-    row = MONITOR_SHAPE[0] / 2 - np.asarray(y_deg, dtype=float) * PIXELS_PER_DEGREE
-    col = MONITOR_SHAPE[1] / 2 + np.asarray(x_deg, dtype=float) * PIXELS_PER_DEGREE
-    return row, col
-
-
-def monitor_to_degrees(row, col) -> tuple[np.ndarray, np.ndarray]:
-    """Monitor ``(row, col)`` coordinates -> screen degrees (x right, y up, from the centre)."""
-    x = (np.asarray(col, dtype=float) - MONITOR_SHAPE[1] / 2) / PIXELS_PER_DEGREE
-    y = (MONITOR_SHAPE[0] / 2 - np.asarray(row, dtype=float)) / PIXELS_PER_DEGREE
-    return x, y
 
 
 def overlap_weights(out_edges: np.ndarray, in_edges: np.ndarray) -> np.ndarray:
@@ -202,7 +190,7 @@ def grating_to_field(orientation_deg: float, sf_cpd: float, phase_cycles: float,
 
     The grating is ``127 (1 + contrast cos(2 pi (sf (x cos t + y_down sin t) + phase)))`` with ``x``,
     ``y_down`` in degrees from the screen centre (the convention of
-    :mod:`meiscope.neuropixels.stimuli`: 0 deg = vertical bars); a sinusoid averaged over a box
+    :mod:`meiscope.recordings.brain_observatory`: 0 deg = vertical bars); a sinusoid averaged over a box
     is the sinusoid at the box centre times two sinc factors.
     """
     theta = np.deg2rad(orientation_deg)

@@ -42,7 +42,7 @@ from meiscope.model.network import ResponseModel, check_model_config
 from meiscope.model.training import TrainingError, TrainResult, train_shared
 
 if TYPE_CHECKING:
-    from meiscope.container.responses import ContainerStimuli
+    from meiscope.model.source_protocol import TrainingSource
 
 
 # --------------------------------------------------------------------------------------
@@ -57,13 +57,14 @@ class TrainingData:
             the only one whose model is saved and scored.
         other_sessions: other sessions (each restricted to its own selected cells) whose readouts
             train every member's core together with ``session``'s (:func:`~meiscope.model.training.train_shared`).
-        extra: the container's other stimuli of ``session``'s cells (a
-            :class:`~meiscope.container.responses.ContainerStimuli`), trained on with the scenes.
+        extra: other stimuli of ``session``'s cells (a
+            :class:`~meiscope.model.source_protocol.TrainingSource`, e.g. the experiment container's), trained
+            on with the scenes.
     """
 
     session: ResponseDataset
     other_sessions: Sequence[ResponseDataset] = ()
-    extra: "Optional[ContainerStimuli]" = None
+    extra: "Optional[TrainingSource]" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "other_sessions", tuple(self.other_sessions))

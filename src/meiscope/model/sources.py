@@ -1,4 +1,7 @@
-"""Training data beyond the natural scenes: the container's other stimuli, for the same readouts.
+"""Training data beyond the natural scenes: other stimuli of the same cells, for the same readouts.
+
+The data come as a :class:`~meiscope.model.source_protocol.TrainingSource` (e.g. the Allen
+experiment container's other stimuli); this module never asks which recording made them.
 
 Two kinds of source:
 
@@ -7,7 +10,7 @@ Two kinds of source:
   same per-neuron map), weighted by their trial counts, exactly like the scenes (a sparse-noise
   frame is shown once, so its "mean" is one noisy trial).
 - :class:`MovieSource` (natural movies): the model's output for every movie frame is a rate; a
-  causal calcium kernel (fitted to the data, :func:`meiscope.container.responses.fit_calcium_kernel`)
+  causal kernel (``TrainingSource.kernel``: for two-photon data a calcium kernel fitted to the data)
   turns the rates into the dF/F trace, and a per-neuron gain and offset (:class:`MovieHead`,
   one pair per movie recording: baselines differ between sessions) map it onto the recorded
   repeat-averaged trace, standardised per neuron. A batch is a window of consecutive frames plus
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,8 +32,7 @@ import torch.nn.functional as F
 from meiscope.model.data import ResponseNormalisation, SplitTensors
 from meiscope.model.readouts import feature_r2_map, robust_z, rf_position_map, spot_map
 
-if TYPE_CHECKING:
-    from meiscope.container.responses import ContainerStimuli
+from meiscope.model.source_protocol import TrainingSource
 
 MOVIE_WINDOW = 64  # target frames per movie batch (+ the kernel's history)
 RF_INIT_TRIALS = 3000  # at most this many extra-stimulus conditions enter the readouts' receptive-field estimate
@@ -162,9 +164,9 @@ def movie_loss(model: torch.nn.Module, head: MovieHead, source: MovieSource, win
     return masked_mse(trace, source.targets[targets_out], source.mask[targets_out])
 
 
-def build_sources(extra: "ContainerStimuli", normalisation: ResponseNormalisation, train: "SplitTensors",
+def build_sources(extra: "TrainingSource", normalisation: ResponseNormalisation, train: "SplitTensors",
                   n_neurons: int, device: torch.device) -> tuple[list[TrialSource | MovieSource], Optional[MovieHead]]:
-    """The container's stimuli as training sources of the studied session, and the movies' head.
+    """``extra``'s stimuli as training sources of the studied session, and the movies' head.
 
     ``normalisation`` and ``train`` (the train scenes' tensors) are the studied session's.
     """
@@ -262,14 +264,14 @@ def core_position_map(model: torch.nn.Module, train: "SplitTensors", sources: Se
     return sum(maps)
 
 
-def movie_position_maps(extra: "ContainerStimuli") -> list[torch.Tensor]:
+def movie_position_maps(extra: "TrainingSource") -> list[torch.Tensor]:
     """Each movie's receptive-field map ``(n, H, W)``, robust z units, for :func:`rf_init_map`.
 
     The regression of :func:`~meiscope.model.readouts.rf_position_map` on the movie's frames against
-    its repeat-averaged trace, the features filtered through the container's calcium kernel (the
+    its repeat-averaged trace, the features filtered through the source's (calcium) kernel (the
     trace at a frame mixes the rates of the frames before it). Its R^2 ignores each cell's scale and
     offset, so the raw dF/F trace serves (unrecorded cells: flat maps). It costs seconds per movie,
-    so it is computed once per loaded container and kept on its movies: every trial of ``tune`` and
+    so it is computed once per loaded source and kept on its movies: every trial of ``tune`` and
     every member of ``train`` reuses it.
     """
     kernel = torch.as_tensor(np.asarray(extra.kernel, dtype=np.float32))

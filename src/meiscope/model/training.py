@@ -46,7 +46,7 @@ from meiscope.model.sources import (MovieHead, MovieSource, build_sources, core_
                                     scene_statistics, trial_loss, warmup_factor)
 
 if TYPE_CHECKING:
-    from meiscope.container.responses import ContainerStimuli
+    from meiscope.model.source_protocol import TrainingSource
 
 # Poisson log(0) guard: the model output ELU(x)+1 can approach 0.
 _EPS = 1e-6
@@ -87,10 +87,11 @@ class TrainResult:
 
 
 def loss_kind(model_cfg: ModelConfig, ds: ResponseDataset) -> str:
-    """``model.loss``, with ``auto`` resolved: Poisson for spike counts, MSE for dF/F (which can be negative)."""
+    """``model.loss``, with ``auto`` resolved from what the responses are (``ds.response_kind``):
+    Poisson for spike counts, MSE for dF/F (which can be negative)."""
     if model_cfg.loss != "auto":
         return model_cfg.loss
-    return "poisson" if ds.recording == "neuropixels" else "mse"
+    return "poisson" if ds.response_kind == "counts" else "mse"
 
 
 def response_loss(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, kind: str) -> torch.Tensor:
@@ -128,7 +129,7 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 
 
 def _fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
-                 datasets: Sequence[ResponseDataset], extra: "Optional[ContainerStimuli]" = None) -> str:
+                 datasets: Sequence[ResponseDataset], extra: "Optional[TrainingSource]" = None) -> str:
     """What a checkpoint must match to be resumed (configuration and every session's data, not max_epochs)."""
     digest = hashlib.md5()
     for ds in datasets:
@@ -320,7 +321,7 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
               device: torch.device | str = "cpu", checkpoint_path: Optional[str | Path] = None,
               resume: bool = False, max_epochs: Optional[int] = None,
               on_epoch: Optional[Callable[[int, dict], Any]] = None, progress: bool = True,
-              extra: "Optional[ContainerStimuli]" = None) -> TrainResult:
+              extra: "Optional[TrainingSource]" = None) -> TrainResult:
     """Train one ensemble member on ``ds`` (already restricted to the modelled neurons).
 
     Args:
@@ -334,7 +335,8 @@ def train_one(model_cfg: ModelConfig, train_cfg: TrainConfig, ds: ResponseDatase
             checkpoint stays resumable).
         on_epoch: ``on_epoch(epoch, record)`` after every epoch; return True to stop, raise to abort.
         progress: show a tqdm bar over epochs.
-        extra: the container's other stimuli of ``ds``'s cells (:mod:`meiscope.model.sources`): each
+        extra: other stimuli of ``ds``'s cells (a :class:`~meiscope.model.source_protocol.TrainingSource`,
+            :mod:`meiscope.model.sources`): each
             epoch adds ``train_cfg.batches_per_source`` batches of each of them to the natural scenes'.
 
     Bad configurations (kernel larger than the image, too few images) raise before any training.
@@ -348,7 +350,7 @@ def train_shared(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Seque
                  device: torch.device | str = "cpu", checkpoint_path: Optional[str | Path] = None,
                  resume: bool = False, max_epochs: Optional[int] = None,
                  on_epoch: Optional[Callable[[int, dict], Any]] = None, progress: bool = True,
-                 extra: "Optional[ContainerStimuli]" = None) -> TrainResult:
+                 extra: "Optional[TrainingSource]" = None) -> TrainResult:
     """Train one member whose core is shared by several sessions, each with its own readout.
 
     ``datasets[0]`` is the studied session: its validation correlation alone steps the LR
@@ -397,11 +399,11 @@ class _TrainingInputs:
     Attributes:
         sessions: the studied session first, then the others (their copies of its test scenes
             moved to their test split).
-        sources: the container's other stimuli of the studied session (empty without a container).
+        sources: the other stimuli of the studied session (``extra``'s; empty without one).
         movie_head: the movies' calcium-kernel head (``None`` without movies); its weights are
             trained and checkpointed with the member's.
         movie_maps: the movies' receptive-field maps, for the readouts' starting positions.
-        kernel: the container's calcium kernel ``(taps,)`` (``None`` without a container).
+        kernel: ``extra``'s (calcium) kernel ``(taps,)`` (``None`` without ``extra``).
         fingerprint: what a checkpoint must match to be resumed (:func:`_fingerprint`).
         device: where the tensors live.
     """
@@ -416,7 +418,7 @@ class _TrainingInputs:
 
 
 def _training_inputs(model_cfg: ModelConfig, train_cfg: TrainConfig, datasets: Sequence[ResponseDataset],
-                     seed: int, device: torch.device, extra: "Optional[ContainerStimuli]") -> _TrainingInputs:
+                     seed: int, device: torch.device, extra: "Optional[TrainingSource]") -> _TrainingInputs:
     """Check the sessions, hide the studied test scenes from the others, put every source on the device.
 
     Bad configurations and unusable splits raise here, before any weight exists.
@@ -549,14 +551,14 @@ def _run_epochs(member: _Member, inputs: _TrainingInputs, model_cfg: ModelConfig
 
 def _epoch_order(inputs: _TrainingInputs, train_cfg: TrainConfig,
                  generator: torch.Generator) -> list[tuple[int, torch.Tensor]]:
-    """One epoch's ``(source index, rows)`` batches: sessions ``0 .. n_sessions-1``, then the container's sources.
+    """One epoch's ``(source index, rows)`` batches: sessions ``0 .. n_sessions-1``, then ``extra``'s sources.
 
-    Without a container this is :func:`_epoch_batches`; with one, each source's batches
+    Without other stimuli this is :func:`_epoch_batches`; with them, each source's batches
     (:func:`~meiscope.model.sources.extra_batches`) join the scenes' and all are shuffled together.
     """
     n_sessions = len(inputs.sessions)
     batches = _epoch_batches([len(s.train) for s in inputs.sessions], train_cfg.batch_size, generator)
-    if inputs.sources:  # the container's other stimuli, interleaved with the scenes (source index offset)
+    if inputs.sources:  # the other stimuli, interleaved with the scenes (source index offset)
         batches = batches + [(n_sessions + j, rows) for j, rows in extra_batches(
             inputs.sources, train_cfg.batches_per_source, train_cfg.batch_size, generator)]
         batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
@@ -597,7 +599,7 @@ def _scene_step(member: _Member, session: _Session, view: ResponseModel, model_c
 
 def _source_step(member: _Member, inputs: _TrainingInputs, model_cfg: ModelConfig, source: Any,
                  rows: torch.Tensor, warmup: float) -> None:
-    """One Adam step on a batch of a container stimulus (trial rows, or a movie window index), studied session.
+    """One Adam step on a batch of another stimulus (trial rows, or a movie window index), studied session.
 
     The step is taken at ``warmup`` times the learning rate (the other stimuli join gradually);
     the core's batch statistics stay the scenes' (:func:`~meiscope.model.sources.scene_statistics`).
@@ -616,7 +618,7 @@ def _source_step(member: _Member, inputs: _TrainingInputs, model_cfg: ModelConfi
 
 def _epoch_record(member: _Member, inputs: _TrainingInputs, train_cfg: TrainConfig, epoch: int,
                   totals: Sequence[torch.Tensor]) -> dict:
-    """Relocate far readouts (at ``train.relocate_epochs``, with a container), then score the validation images.
+    """Relocate far readouts (at ``train.relocate_epochs``, with other stimuli), then score the validation images.
 
     Returns the epoch's record: ``epoch``, ``train_loss`` (mean per train image), ``val_corr_to_avg``,
     ``val_feve`` (median over neurons), ``lr``, [``readouts_relocated``], and per other session

@@ -17,6 +17,7 @@ import numpy as np
 from meiscope.atomic import atomic_path, write_json, write_npz
 from meiscope.config import Params
 from meiscope.paths import Layout
+from meiscope.recordings import recording_of
 from meiscope.stages._insilico import InSilicoSetup, load_meis, load_setup, log_stage
 
 
@@ -68,7 +69,10 @@ def run(params: Params, root: Path, device: str | None = None) -> dict:
             "wilcoxon_p_opt": float(p_opt), "wilcoxon_p_val": float(p_val),
             "wilcoxon_p_opt_bh": float(p_adj[0]), "wilcoxon_p_val_bh": float(p_adj[1]),
         }
-        metrics.update(_presented_gabor_check(params, layout, s, best.params, out))
+        # stimuli the recording itself presented, checked against the optimal Gabors (Neuropixels: Gabor patches)
+        metrics.update(recording_of(params).check_optimal_gabors(
+            params, layout.cache_dir, s.experiment_id, layout.dataset(s.experiment_id), s.cell_ids, s.image_shape,
+            best.params, out))
         write_json(layout.metrics_file("gabor"), metrics)
         log_stage(mlf, metrics, out, {f"gabor_cell_{c}": s.to_pixels(g)
                                       for c, g in zip(s.cell_ids[:n_show], best.images[:n_show])})
@@ -91,27 +95,3 @@ def _plot_gallery(s: InSilicoSetup, meis: np.ndarray, best: Any, fit_images: np.
         cell_titles=[[f"opt {mei_opt[i]:.2f} val {mei_val[i]:.2f}",
                       f"opt {best.activations[i]:.2f} val {gabor_val[i]:.2f}",
                       f"similarity {similarity[i]:.2f}"] for i in range(n_show)])
-
-
-def _presented_gabor_check(params: Params, layout: Layout, s: InSilicoSetup, optimal_params: np.ndarray,
-                           out: Path) -> dict:
-    """Neuropixels sessions: the best presented Gabor patch of each unit vs its optimal Gabor (else nothing)."""
-    from meiscope import truth
-    from meiscope.atomic import save_figure
-    from meiscope.neuropixels.gabor_check import gabor_patch_check, receptive_field_figure, scene_fraction_to_degrees
-    from meiscope.neuropixels.responses import load_other_stimuli, other_stimuli_path
-
-    patches = load_other_stimuli(other_stimuli_path(layout.dataset(s.experiment_id))).get("gabors")
-    if patches is None:
-        return {}
-    population = truth.load_population(layout.cache_dir, s.experiment_id)
-    true_xy = None
-    if population is not None:
-        columns = truth.cell_columns(population, s.cell_ids)
-        true_xy = scene_fraction_to_degrees(population.params.x[columns], population.params.y[columns])
-    table, metrics = gabor_patch_check(patches, s.cell_ids, np.asarray(optimal_params), params.extract.crop,
-                                       s.image_shape, true_xy)
-    with atomic_path(out / "presented_gabors.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    save_figure(receptive_field_figure(patches, table, params.mei.n_show), out / "receptive_fields.png")
-    return metrics

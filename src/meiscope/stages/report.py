@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from meiscope.atomic import write_json
-from meiscope.config import RECORDINGS, Params
+from meiscope.config import Params
 from meiscope.errors import MeiscopeError
 from meiscope.paths import Layout
-
-STAGES = ("ranking", "tune", "train", "mei", "gabor", "validate")  # whose metrics files the report reads
+from meiscope.recordings import label_of
 
 
 def run(params: Params, root: Path) -> Path:
@@ -24,10 +23,10 @@ def run(params: Params, root: Path) -> Path:
 
     layout = Layout.from_params(params, root)
     metrics = _load_all_metrics(params, layout, root)
-    if not any(metrics[stage] for stage in STAGES) and not metrics["replicates"].get("figures"):
+    if not any(metrics[stem] for stem in stage_metric_stems()) and not metrics["replicates"].get("figures"):
         raise MeiscopeError(f"report: no results in {layout.metrics} yet: run the study first "
                             "(`make run`, or `dvc repro` after `meiscope data`)")
-    subtitle = (f"data source: {params.data.source} ({RECORDINGS[params.data.recording]}); "
+    subtitle = (f"data source: {params.data.source} ({label_of(params.data.recording)}); "
                 f"{metrics['ranking'].get('n_selected', '?')} of "
                 f"{metrics['ranking'].get('n_cells', '?')} cells selected and modelled")
     path = write_report(layout.report / "index.html", "meiscope study report", subtitle,
@@ -39,17 +38,25 @@ def run(params: Params, root: Path) -> Path:
     return path
 
 
+def stage_metric_stems() -> tuple[str, ...]:
+    """The metrics files the report reads, in stage order: every stage's of the table but its own."""
+    from meiscope.pipeline import STAGES
+
+    return tuple(stem for s in STAGES if s.name != "report" for stem in s.metric_names)
+
+
 def _load_all_metrics(params: Params, layout: Layout, root: Path) -> dict[str, dict]:
     """Every stage's metrics (empty where a stage has not run), the replicates' and the ablation's."""
-    from meiscope.ablation import summary_path as ablation_path
+    from meiscope.recordings import RECORDINGS
     from meiscope.replicate import summary_file
     from meiscope.report import load_metrics
 
-    metrics = {stage: load_metrics(layout.metrics_file(stage)) for stage in STAGES}
-    # the replicates of this recording's study, and of another recording's (same cortices) to compare:
-    # the whole container with the scenes alone, each single-stimulus recording with the other
+    metrics = {stem: load_metrics(layout.metrics_file(stem)) for stem in stage_metric_stems()}
+    # the replicates of this recording's study, and those of every other recording (the report compares
+    # the studies whose replicates exist; the same cortices when their seeds match)
     metrics["replicates"] = load_metrics(summary_file(root, params.data.recording))
-    other = {"container": "two_photon", "neuropixels": "two_photon"}.get(params.data.recording, "neuropixels")
-    metrics["replicates_other"] = load_metrics(summary_file(root, other))
-    metrics["ablation"] = load_metrics(ablation_path(root))  # the container's ablation, when it was run
+    metrics["replicates_of"] = {name: load_metrics(summary_file(root, name))
+                                for name in RECORDINGS if name != params.data.recording}
+    for kind in RECORDINGS.values():  # studies a recording adds (the container's stimulus ablation), when run
+        metrics.update({name: load_metrics(path) for name, path in kind().report_summaries(root).items()})
     return metrics

@@ -24,20 +24,22 @@ def run(params: Params, root: Path, device: str | None = None, workers: int | No
         storage: str | None = None, n_trials: int | None = None) -> dict:
     """Run (or resume) the architecture search on the selected neurons and write ``best_model.yaml``."""
     from meiscope import tuning
-    from meiscope.container.responses import container_path
+    from meiscope.model.source_protocol import SavedSource
     from meiscope.tracking import file_hash, start_run
 
     layout = Layout.from_params(params, root)
     ds = selected_dataset(layout)
-    extra = recording_of(params).training_extras(layout.dataset(ds.experiment_id), ds.cell_ids)
+    recording = recording_of(params)
+    extra = recording.training_extras(layout.dataset(ds.experiment_id), ds.cell_ids)
     device = device or params.train.device
     with start_run(params, "tune", root, sections=("tune", "model", "train")) as mlf:
         tmp_dataset = layout.tune / "selected.npz"
         ds.save(tmp_dataset)
         data_hash = file_hash(tmp_dataset)
-        if extra is not None:  # the workers read the container's stimuli from beside the dataset
-            extra.save(container_path(tmp_dataset))
-            data_hash += file_hash(container_path(tmp_dataset))
+        saved = None
+        if extra is not None:  # the workers read them back from where the recording keeps them, beside the dataset
+            saved = SavedSource.write(extra, recording.training_extras_path(tmp_dataset))
+            data_hash += file_hash(saved.path)
         cfg = tuning.keyed_study(params.tune, params.model, params.train, data_hash)
         log.info("tune: study %s in %s", cfg.study_name, storage or cfg.storage or cfg.journal_file)
         if mlf is not None:  # the study's one parent run: this run, unless another process set one
@@ -45,10 +47,11 @@ def run(params: Params, root: Path, device: str | None = None, workers: int | No
         try:  # the workers read the selected neurons from this file
             study, new = tuning.run_study(tmp_dataset, cfg, params.model, params.train, device, root,
                                           storage_url=storage, workers=workers or params.tune.workers,
-                                          n_trials=n_trials, progress=True)
+                                          n_trials=n_trials, progress=True, extras=saved)
         finally:
             tmp_dataset.unlink()
-            container_path(tmp_dataset).unlink(missing_ok=True)
+            if saved is not None:
+                saved.path.unlink(missing_ok=True)
         summary, figures = _write_outputs(params, layout, study, cfg)
         if mlf is not None:
             tuning.log_trials(mlf, study, new, parent_id, cfg)

@@ -2,17 +2,12 @@
 
 Screen geometry
 ---------------
-Allen's stimulus monitor is a 1920 x 1200 px panel with a 61.214 cm diagonal (16:10, so 51.9 cm
-wide, 0.02704 cm per pixel), 15 cm from the eye; the 918 x 1174 px natural scenes are shown
-centred, one image pixel per monitor pixel. At the screen centre (small-angle approximation, as
-allensdk's ``stimulus_info`` uses: its 45 px locally-sparse-noise squares are 4.65 deg) that is
-
-    PIXELS_PER_DEGREE = 15 cm / 0.02704 cm * pi / 180 = 9.68 px / deg,
-
-so a scene spans about 1174 / 9.68 = 121 deg x 95 deg. Receptive-field geometry is stored in
-NORMALISED image coordinates so that it does not depend on the resolution an image is given at:
-``x`` in [0, 1] of the width, ``y`` in [0, 1] of the height, ``sigma`` as a fraction of the image
-width and spatial frequency ``sf`` in cycles per image width.
+The cells look at Allen's stimulus monitor (:mod:`meiscope.recordings.screen`): the 918 x 1174 px
+natural scenes shown centred at 9.68 px / deg at the screen centre, so a scene spans about
+1174 / 9.68 = 121 deg x 95 deg. Receptive-field geometry is stored in NORMALISED image
+coordinates (the screen's scene fractions) so that it does not depend on the resolution an image
+is given at: ``x`` in [0, 1] of the width, ``y`` in [0, 1] of the height, ``sigma`` as a fraction
+of the image width and spatial frequency ``sf`` in cycles per image width.
 
 Cell kinds (``c`` = contrast (pixels - 127) / 127, ``a``/``b`` = dot products with two Gabors)
 -------------------------------------------------------------------------------------------
@@ -50,13 +45,10 @@ import torch.nn.functional as F
 
 from meiscope.atomic import write_json, write_npz
 from meiscope.errors import MeiscopeError
+from meiscope.recordings.screen import GRAY, PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE_WIDTH_PX
 from meiscope.synthetic import portable
 
-SCENE_HEIGHT_PX = 918
-SCENE_WIDTH_PX = 1174
-PIXELS_PER_DEGREE = 9.68  # of the 918 x 1174 scene on Allen's monitor (see module docstring)
 WORK_SHAPE = (115, 147)  # the population's own resolution: 1/8 of 918 x 1174 (8 px = 0.83 deg)
-GRAY = 127.0  # Allen's mean-gray screen value
 SF_RANGE_CPD = (0.02, 0.08)  # preferred spatial frequency of mouse V1, cycles / deg (log-uniform)
 MIN_CYCLES_PER_SIGMA = 0.2  # keep sf >= this / sigma, so every RF is a Gabor, not a blob
 RF_CENTRE_RANGE = (0.2, 0.8)  # RF centres within the central 60% of each image axis

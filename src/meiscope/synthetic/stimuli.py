@@ -10,7 +10,7 @@
   The movies use NO photographs: the natural scenes are crops of the bundled photographs
   (test images included), so a movie panning over one could show a test image's content to the
   model during training. Dead leaves share no source with any scene.
-- Static and drifting gratings are drawn from their parameters (:mod:`meiscope.neuropixels.stimuli`,
+- Static and drifting gratings are drawn from their parameters (:mod:`meiscope.recordings.brain_observatory`,
   :mod:`meiscope.visual_field`); Allen stores no template for them.
 """
 

@@ -26,8 +26,6 @@ once more.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -35,26 +33,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from meiscope.atomic import atomic_path
-from meiscope.config import AllenConfig
-from meiscope.errors import MeiscopeError
+from meiscope.recordings.two_photon.settings import AllenConfig
+from meiscope.recordings.downloads import (API_HOST, OFFLINE_HINT, DownloadError, GrowthBar, SelectionError,
+                                           is_readable_hdf5, read_metrics_csv, reason, remove)
 
 log = logging.getLogger(__name__)
 
 SESSION_TYPE = "three_session_B"  # the only session type with natural scenes
 STIMULUS = "natural_scenes"
-API_HOST = "api.brain-map.org"
-OFFLINE_HINT = ("Offline? Use the synthetic source: set data.source: synthetic in params.yaml "
-                "(the default) and run `meiscope synthesize`")
 # Natural-scenes columns the ranking stage joins; written (as NaN) even when Allen lists no value.
 NS_COLUMNS = ("p_ns", "reliability_ns", "peak_dff_ns", "image_sel_ns", "pref_image_ns")
-
-
-class DownloadError(MeiscopeError):
-    """The Allen API could not be reached, or a downloaded / cached file is unusable."""
-
-
-class SelectionError(MeiscopeError, ValueError):
-    """The ``allen:`` section of params.yaml selects no (or unknown) natural-scenes experiments."""
 
 
 # --------------------------------------------------------------------------------------
@@ -70,37 +58,12 @@ def cell_metrics_file(cache_dir: Path, experiment_id: int) -> Path:
     return Path(cache_dir) / "cell_metrics" / f"{int(experiment_id)}.csv"
 
 
-def is_readable_hdf5(path: Path) -> bool:
-    """True if ``path`` opens as an HDF5 file (a truncated download does not)."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r"):
-            return True
-    except (OSError, ValueError):
-        return False
-
-
 # --------------------------------------------------------------------------------------
 # errors
 # --------------------------------------------------------------------------------------
-def _reason(err: BaseException) -> str:
-    """One line describing ``err`` (type and first line of its message, shortened)."""
-    text = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def _unreachable(what: str, err: BaseException) -> DownloadError:
     return DownloadError(f"could not reach the Allen Brain Observatory API ({API_HOST}) to {what}: "
-                         f"{_reason(err)}. {OFFLINE_HINT}")
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+                         f"{reason(err)}. {OFFLINE_HINT}")
 
 
 def _cached_fetch(path: Path, what: str, fetch: Callable[[], Any]) -> Any:
@@ -114,16 +77,16 @@ def _cached_fetch(path: Path, what: str, fetch: Callable[[], Any]) -> Any:
         data = fetch()
     except BaseException as err:
         if not existed:
-            _remove(path)
+            remove(path)
         if not isinstance(err, Exception):
             raise  # KeyboardInterrupt / SystemExit: the partial file is gone, let it through
         if existed and isinstance(err, ValueError):  # JSONDecodeError: a truncated cache file
-            log.warning("%s does not parse (%s); fetching it again", path, _reason(err))
-            _remove(path)
+            log.warning("%s does not parse (%s); fetching it again", path, reason(err))
+            remove(path)
             return _cached_fetch(path, what, fetch)
         raise _unreachable(what, err) from None
     if not isinstance(data, list):  # the API's error envelope ('msg' is a string) got cached
-        _remove(path)
+        remove(path)
         raise _unreachable(what, ValueError(f"unexpected answer {str(data)[:120]!r}"))
     return data
 
@@ -140,7 +103,7 @@ def open_cache(cache_dir: Path) -> Any:
     try:
         return BrainObservatoryCache(manifest_file=str(manifest))
     except Exception as err:  # outdated manifest version, unparsable JSON, unwritable folder
-        raise DownloadError(f"{manifest}: unusable allensdk manifest ({_reason(err)}); "
+        raise DownloadError(f"{manifest}: unusable allensdk manifest ({reason(err)}); "
                             "delete it and run `meiscope download` again") from None
 
 
@@ -199,35 +162,6 @@ def select_experiments(boc: Any, cfg: AllenConfig) -> list[dict]:
 # --------------------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------------------
-class _GrowthBar:
-    """Show the bytes allensdk has streamed into ``path`` so far (it shows nothing itself)."""
-
-    def __init__(self, path: Path, desc: str, enabled: bool):
-        self.path, self.desc, self.enabled = path, desc, enabled
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def _watch(self) -> None:
-        with tqdm(desc=self.desc, unit="B", unit_scale=True, leave=False) as bar:
-            while not self._stop.wait(0.5):
-                try:
-                    size = os.path.getsize(self.path)
-                except OSError:
-                    continue
-                bar.update(size - bar.n)
-
-    def __enter__(self) -> "_GrowthBar":
-        if self.enabled:
-            self._thread = threading.Thread(target=self._watch, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
 def _fetch_nwb(boc: Any, experiment_id: int, progress: bool) -> Any:
     """``boc.get_ophys_experiment_data(id)``, never leaving a partial NWB at the final path.
 
@@ -236,24 +170,24 @@ def _fetch_nwb(boc: Any, experiment_id: int, progress: bool) -> Any:
     path = Path(boc.get_cache_path(None, boc.EXPERIMENT_DATA_KEY, experiment_id))
     if path.exists() and not is_readable_hdf5(path):
         log.warning("%s is not a readable HDF5 file (an interrupted download?); fetching it again", path)
-        _remove(path)
+        remove(path)
     existed = path.exists()
     if not existed:
         log.info("downloading experiment %d into %s (~275 MB)", experiment_id, path)
     try:
-        with _GrowthBar(path, f"NWB {experiment_id}", progress and not existed):
+        with GrowthBar(path, f"NWB {experiment_id}", progress and not existed):
             data = boc.get_ophys_experiment_data(experiment_id)
     except BaseException as err:
         if not existed:
-            _remove(path)  # allensdk keeps it on KeyboardInterrupt, or if opening it failed
+            remove(path)  # allensdk keeps it on KeyboardInterrupt, or if opening it failed
         if not isinstance(err, Exception):
             raise
         if existed:  # nothing was fetched: the kept file is readable HDF5 but not a session
-            raise DownloadError(f"{path}: not a Brain Observatory NWB file ({_reason(err)}); "
+            raise DownloadError(f"{path}: not a Brain Observatory NWB file ({reason(err)}); "
                                 "delete it and run `meiscope download` again") from None
         raise _unreachable(f"download the NWB file of experiment {experiment_id}", err) from None
     if not is_readable_hdf5(path):  # e.g. the server closed the stream early without an error
-        _remove(path)
+        remove(path)
         raise DownloadError(f"{path}: the downloaded NWB file is not readable HDF5 (truncated?) and "
                             "was removed; run `meiscope download` again")
     return data
@@ -357,14 +291,3 @@ def _session_letter(experiment: dict) -> str:
 def load_cell_metrics(cache_dir: Path, experiment_id: int) -> Optional[pd.DataFrame]:
     """``cache_dir/cell_metrics/<id>.csv`` as a DataFrame (one row per cell), or None if absent."""
     return read_metrics_csv(cell_metrics_file(cache_dir, experiment_id), "cell metrics")
-
-
-def read_metrics_csv(path: Path, what: str) -> Optional[pd.DataFrame]:
-    """A metrics table that ``meiscope download`` wrote, or None if absent; a broken one is a one-line error."""
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path)
-    except (ValueError, OSError) as err:  # pandas' EmptyDataError / ParserError are ValueErrors
-        raise DownloadError(f"{path}: unreadable {what} ({_reason(err)}); "
-                            "delete it and run `meiscope download` again") from None

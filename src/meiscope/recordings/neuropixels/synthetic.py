@@ -34,9 +34,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from meiscope.config import SyntheticConfig, SyntheticNeuropixelsConfig
-from meiscope.neuropixels import stimuli
-from meiscope.neuropixels.nwb import Channels, EcephysSessionArrays, Probes, Units, write_session
+from meiscope.config import SyntheticConfig
+from meiscope.recordings.neuropixels.settings import SyntheticNeuropixelsConfig
+from meiscope.recordings import brain_observatory as bo
+from meiscope.recordings.neuropixels import stimuli
+from meiscope.recordings.neuropixels.nwb import Channels, EcephysSessionArrays, Probes, Units, write_session
+from meiscope.recordings.screen import GRAY
 from meiscope.synthetic import portable
 from meiscope.synthetic.cortex import shared_gain
 from meiscope.synthetic.population import WORK_SHAPE, CellParams, TruePopulation, save_ground_truth
@@ -117,10 +120,10 @@ def _rates(population: TruePopulation, images: np.ndarray, device: Any, batch: i
 
 def condition_rates(population: TruePopulation, scenes: np.ndarray, device: Any = "cpu") -> dict[str, np.ndarray]:
     """True rates ``(n_conditions + 1, n_units)`` of each stimulus; the last row is the blank (gray screen)."""
-    gray = np.full((1, *RENDER_SHAPE), stimuli.GRAY, dtype=np.float32)
+    gray = np.full((1, *RENDER_SHAPE), GRAY, dtype=np.float32)
     blank = _rates(population, gray, device)
-    gratings = stimuli.grating_conditions()
-    grating_images = np.stack([stimuli.grating_pixels(r.orientation, r.spatial_frequency, r.phase, RENDER_SHAPE)
+    gratings = bo.grating_conditions()
+    grating_images = np.stack([bo.grating_pixels(r.orientation, r.spatial_frequency, r.phase, RENDER_SHAPE)
                                for r in gratings.itertuples()])
     patches = stimuli.gabor_conditions()
     phases = np.arange(GABOR_PHASE_STEPS) / GABOR_PHASE_STEPS
@@ -141,7 +144,7 @@ def make_schedule(n_scenes: int, cfg: SyntheticNeuropixelsConfig, rng: np.random
         return codes[rng.permutation(len(codes))]
 
     scenes = np.array_split(shuffled(n_scenes, cfg.scene_repeats, True), 2)
-    gratings = np.array_split(shuffled(len(stimuli.grating_conditions()), cfg.grating_repeats, True), 2)
+    gratings = np.array_split(shuffled(len(bo.grating_conditions()), cfg.grating_repeats, True), 2)
     gabors = shuffled(len(stimuli.gabor_conditions()), cfg.gabor_repeats, False)
     spont = np.full(int(round(cfg.spontaneous_s / PRESENTATION_S)), -1)
     tail = np.full(int(round(30.0 / PRESENTATION_S)), -1)
@@ -235,7 +238,7 @@ def presentation_tables(schedule: Presentations) -> dict[str, pd.DataFrame]:
     """Allen's ``<stimulus>_presentations`` tables (columns as in BO1.1 NWB files)."""
     tables: dict[str, pd.DataFrame] = {}
     stimulus_index = {"gabors": 0.0, "spontaneous": -1.0, "natural_scenes": 1.0, "static_gratings": 2.0}
-    conditions = {"static_gratings": stimuli.grating_conditions(), "gabors": stimuli.gabor_conditions()}
+    conditions = {"static_gratings": bo.grating_conditions(), "gabors": stimuli.gabor_conditions()}
     for name in ("gabors", "natural_scenes", "static_gratings"):
         rows = np.flatnonzero(schedule.stimulus == name)
         if not len(rows):
@@ -253,7 +256,7 @@ def presentation_tables(schedule: Presentations) -> dict[str, pd.DataFrame]:
         if name == "gabors":
             table["spatial_frequency"] = stimuli.GABOR_SF
             table["temporal_frequency"] = stimuli.GABOR_TF
-            table["contrast"] = stimuli.CONTRAST
+            table["contrast"] = bo.CONTRAST
             table["size"] = f"[{stimuli.GABOR_SIZE_DEG}, {stimuli.GABOR_SIZE_DEG}]"
             table["phase"] = "[0.0, 0.0]"
         tables[name] = table

@@ -11,7 +11,7 @@ Response of a unit to a presentation = its spike count in ``count_window`` secon
 :class:`~meiscope.dataset.ResponseDataset` every later stage reads (trials, blank trials, the
 scene templates at model resolution, the same split as two-photon data). Static gratings and Gabor
 patches are counted the same way and kept beside it (:func:`stimulus_counts`): the Gabor patches are
-the measured check of the optimal-Gabor search (:mod:`meiscope.neuropixels.gabor_check`).
+the measured check of the optimal-Gabor search (:mod:`meiscope.recordings.neuropixels.gabor_check`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from meiscope.atomic import write_npz
-from meiscope.config import ExtractConfig, NeuropixelsConfig
+from meiscope.config import ExtractConfig
+from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
 from meiscope.dataset import ResponseDataset
-from meiscope.neuropixels.cache import NeuropixelsError, check_session_file, open_cache, session_nwb
+from meiscope.recordings.neuropixels.cache import NeuropixelsError, check_session_file, open_cache, session_nwb
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from meiscope.atomic import save_figure, write_json
-from meiscope.config import CONTAINER_STIMULI, Params
+from meiscope.config import Params
+from meiscope.recordings.container.settings import CONTAINER_STIMULI
 from meiscope.errors import MeiscopeError
 from meiscope.replicate import (draw_interval, interval_seeds, replicate_dir, replicate_params, replicate_stages,
                                 replicates_dir, run_project, run_replicate, settings_key)
@@ -154,7 +155,7 @@ def ablation_figure(summary: dict[str, Any]) -> Any:
             offset = (j - (len(names) - 1) / 2) * 0.22
             for y, arm in enumerate(arms):
                 draw_interval(ax, arm["figures"][name], y + offset, colour, label=kind if y == 0 else None)
-        ax.axvline(0.8, color="tab:red", lw=0.8, ls=":")  # the targets of the container issue
+        ax.axvline(0.8, color="tab:red", lw=0.8, ls=":")  # the 0.8 target line
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         if len(names) > 1:

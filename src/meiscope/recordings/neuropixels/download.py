@@ -1,7 +1,7 @@
 """`meiscope download` for Neuropixels: real Allen Visual Coding - Neuropixels sessions into allensdk's cache.
 
 Everything lands in allensdk's ``EcephysProjectCache`` layout under ``cache_dir`` (see
-:mod:`meiscope.neuropixels.cache`)::
+:mod:`meiscope.recordings.neuropixels.cache`)::
 
     manifest.json                                    written by allensdk, no network
     sessions.csv probes.csv channels.csv units.csv   project tables, ~58 MB together (allensdk's lazy cache)
@@ -38,12 +38,11 @@ from typing import Any, Callable, Optional
 import pandas as pd
 from tqdm import tqdm
 
-# allen.py's private helpers are shared on purpose: one wording of errors, one byte-count bar
-from meiscope.allen import (API_HOST, OFFLINE_HINT, DownloadError, SelectionError, _GrowthBar, _reason, _remove,
-                            is_readable_hdf5, read_metrics_csv)
 from meiscope.atomic import atomic_path
-from meiscope.config import NeuropixelsConfig
-from meiscope.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
+from meiscope.recordings.downloads import (API_HOST, OFFLINE_HINT, DownloadError, GrowthBar, SelectionError,
+                                           is_readable_hdf5, read_metrics_csv, reason, remove)
+from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
+from meiscope.recordings.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def unit_metrics_file(cache_dir: Path, session_id: int) -> Path:
 
 def _failed(what: str, err: BaseException) -> DownloadError:
     return DownloadError(f"could not fetch {what} from the Allen Brain Observatory API ({API_HOST}): "
-                         f"{_reason(err)}. {OFFLINE_HINT}")
+                         f"{reason(err)}. {OFFLINE_HINT}")
 
 
 # --------------------------------------------------------------------------------------
@@ -85,12 +84,12 @@ def session_table(cache: Any, cache_dir: Path) -> pd.DataFrame:
         return cache.get_session_table()
     except BaseException as err:
         for path in new:
-            _remove(path)
+            remove(path)
         if not isinstance(err, Exception):
             raise  # KeyboardInterrupt / SystemExit: the files it started are gone
         if new or not all(path.exists() for path in paths):  # (allensdk deletes a cached table it failed to re-fetch)
             raise _failed("the Neuropixels project tables (sessions, probes, channels, units.csv)", err) from None
-        raise DownloadError(f"{Path(cache_dir)}: the cached Neuropixels tables are unusable ({_reason(err)}); "
+        raise DownloadError(f"{Path(cache_dir)}: the cached Neuropixels tables are unusable ({reason(err)}); "
                             "delete sessions.csv, probes.csv, channels.csv and units.csv and run "
                             "`meiscope download` again") from None
 
@@ -146,14 +145,14 @@ def _remove_partials(path: Path) -> None:
     """Remove temporary files a killed download left beside ``path`` (``atomic_path`` names them ``.<name>.*``)."""
     for leftover in path.parent.glob(f".{path.name}.*"):
         log.info("removing %s (left by an interrupted download)", leftover)
-        _remove(leftover)
+        remove(leftover)
 
 
 def _download(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any], None],
               readable: Callable[[Path], bool], bar: Optional[str]) -> None:
     """Stream one file into a temporary file beside ``path``; rename it onto ``path`` once it reads cleanly."""
     with atomic_path(path, suffix=f".part{path.suffix}") as tmp:  # removed on any failure, Ctrl-C included
-        with _GrowthBar(tmp, bar or "", bar is not None):
+        with GrowthBar(tmp, bar or "", bar is not None):
             write(str(tmp), fetch())
         if not readable(tmp):  # e.g. the server closed the stream early without an error
             raise DownloadError("the downloaded file does not read cleanly (truncated?)")
@@ -172,7 +171,7 @@ def _fetch_file(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any]
         if readable(path):
             return False
         log.warning("%s does not read cleanly (an interrupted download?); fetching it again", path)
-        _remove(path)
+        remove(path)
     _remove_partials(path)
     log.log(logging.INFO if size else logging.DEBUG, "downloading %s into %s%s", what, path,
             f" (expected size {size})" if size else "")
@@ -181,7 +180,7 @@ def _fetch_file(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any]
             _download(path, fetch, write, readable, bar)
             return True
         except Exception as err:
-            log.warning("could not fetch %s (%s); trying again", what, _reason(err))
+            log.warning("could not fetch %s (%s); trying again", what, reason(err))
     try:
         _download(path, fetch, write, readable, bar)
     except Exception as err:

@@ -30,10 +30,11 @@ import numpy as np
 
 from meiscope import visual_field as vf
 from meiscope.atomic import write_npz
-from meiscope.config import ContainerConfig, ExtractConfig
-from meiscope.container.layout import MOVIES
+from meiscope.config import ExtractConfig
+from meiscope.recordings.container.settings import ContainerConfig
+from meiscope.recordings.container.layout import MOVIES
 from meiscope.dataset import DatasetError, ResponseDataset
-from meiscope.neuropixels.stimuli import CONTRAST
+from meiscope.recordings.brain_observatory import CONTRAST
 from meiscope.responses import SessionError, nwb_path, open_session, trial_responses, within_recording
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,12 @@ class MovieStimulus:
 
 @dataclass
 class ContainerStimuli:
-    """Everything the container adds to the studied dataset; saved beside it (``<id>.container.npz``)."""
+    """Everything the container adds to the studied dataset; saved beside it (``<id>.container.npz``).
+
+    A :class:`~meiscope.model.source_protocol.TrainingSource` (``kernel``: the calcium kernel
+    :func:`fit_calcium_kernel` fits; ``trials`` and ``movies``; :meth:`select_neurons`, :meth:`save`
+    and :meth:`load`): the model trains on it without knowing it came from a container.
+    """
 
     experiment_id: int
     cell_ids: np.ndarray
@@ -79,6 +85,7 @@ class ContainerStimuli:
     movies: list[MovieStimulus] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
+        """Write every stimulus as arrays of one ``.npz`` (read back by :meth:`load`)."""
         arrays = {"experiment_id": self.experiment_id, "cell_ids": self.cell_ids, "kernel": self.kernel}
         for s in self.trials:
             key = f"trials__{s.session}__{s.name}"
@@ -91,6 +98,7 @@ class ContainerStimuli:
 
     @classmethod
     def load(cls, path: Path) -> "ContainerStimuli":
+        """Read what :meth:`save` wrote; a missing file is a DatasetError."""
         path = Path(path)
         if not path.is_file():
             raise DatasetError(f"{path}: no container stimuli (run `meiscope extract` with data.recording: container)")

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from meiscope.config import SyntheticConfig, SyntheticContainerConfig
-from meiscope.neuropixels.stimuli import grating_conditions
+from meiscope.config import SyntheticConfig
+from meiscope.recordings.container.settings import SyntheticContainerConfig
+from meiscope.recordings.brain_observatory import grating_conditions
 
 SESSION_TYPES = {"A": "three_session_A", "B": "three_session_B", "C": "three_session_C"}
 STATIC_S = 0.25

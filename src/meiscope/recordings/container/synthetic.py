@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from meiscope import visual_field as vf
-from meiscope.config import SyntheticConfig, SyntheticContainerConfig
-from meiscope.container import layout
-from meiscope.neuropixels.stimuli import CONTRAST, GRATING_PHASES, grating_conditions
+from meiscope.config import SyntheticConfig
+from meiscope.recordings.container.settings import SyntheticContainerConfig
+from meiscope.recordings.brain_observatory import CONTRAST, GRATING_PHASES, grating_conditions
+from meiscope.recordings.container import layout
 from meiscope.synthetic import cortex
 from meiscope.synthetic import fluorescence as fl
 from meiscope.synthetic.nwb import SessionArrays, SessionMetadata, StimulusTable, write_session_nwb

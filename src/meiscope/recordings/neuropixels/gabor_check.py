@@ -16,7 +16,7 @@ model alone):
 
 - ``position_error_deg``: distance between the best patch position and the optimal Gabor's centre,
   in degrees at the screen centre (the optimal Gabor's model pixels mapped back through
-  ``extract.crop`` onto the scene, :data:`meiscope.synthetic.population.PIXELS_PER_DEGREE`);
+  ``extract.crop`` onto the scene, :data:`meiscope.recordings.screen.PIXELS_PER_DEGREE`);
 - ``orientation_agrees``: the best orientation is the presented orientation nearest to the
   optimal Gabor's (mod 180 deg; 135 deg is as near to 90 as to 0 = 180, and either counts).
 
@@ -27,13 +27,14 @@ centres are also compared with the true receptive-field centre.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from meiscope.neuropixels.stimuli import GABOR_ORIENTATIONS, degrees_to_scene_fraction
-from meiscope.synthetic.population import PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE_WIDTH_PX
+from meiscope.recordings.neuropixels.stimuli import GABOR_ORIENTATIONS
+from meiscope.recordings.screen import PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE_WIDTH_PX
 
 GRID_STEP_DEG = 10.0
 RF_P_VALUE = 0.01  # Allen's threshold for a significant receptive field (Siegle et al. 2021)
@@ -47,13 +48,6 @@ def model_pixels_to_degrees(col: np.ndarray, row: np.ndarray, crop: list[float],
     x_frac = left + (np.asarray(col, dtype=float) + 0.5) / width * (right - left)
     y_frac = top + (np.asarray(row, dtype=float) + 0.5) / height * (bottom - top)
     return ((x_frac - 0.5) * SCENE_WIDTH_PX / PIXELS_PER_DEGREE, (0.5 - y_frac) * SCENE_HEIGHT_PX / PIXELS_PER_DEGREE)
-
-
-def scene_fraction_to_degrees(x_frac: np.ndarray, y_frac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The truth's normalised scene coordinates -> screen degrees (inverse of ``degrees_to_scene_fraction``)."""
-    x0, y0 = degrees_to_scene_fraction(0.0, 0.0)
-    return ((np.asarray(x_frac) - x0) * SCENE_WIDTH_PX / PIXELS_PER_DEGREE,
-            (y0 - np.asarray(y_frac)) * SCENE_HEIGHT_PX / PIXELS_PER_DEGREE)
 
 
 def _orientation_agrees(best_deg: np.ndarray, optimal_deg: np.ndarray) -> np.ndarray:
@@ -105,7 +99,7 @@ def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, opti
     """Compare each unit's best presented Gabor patch with its in-silico optimal Gabor.
 
     Args:
-        patches: the ``gabors`` arrays of :func:`meiscope.neuropixels.responses.stimulus_counts`
+        patches: the ``gabors`` arrays of :func:`meiscope.recordings.neuropixels.responses.stimulus_counts`
             (``x_position``, ``y_position``, ``orientation``, ``repeats`` per condition,
             ``mean_counts`` ``(n_conditions, n_units)``, ``unit_ids``).
         cell_ids: ``(n,)`` the modelled units (rows of ``optimal_params``).
@@ -188,3 +182,32 @@ def receptive_field_figure(patches: dict[str, np.ndarray], table: pd.DataFrame, 
                  "x, y in degrees from the screen centre)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def check_presented_gabors(params: Any, cache_dir: Path, experiment_id: int, dataset_path: Path, cell_ids: np.ndarray,
+                           image_shape: tuple[int, int], optimal_params: np.ndarray, out: Path) -> dict:
+    """The best presented Gabor patch of each unit vs its optimal Gabor; writes ``presented_gabors.csv`` and
+    ``receptive_fields.png`` into ``out`` and returns the metrics (nothing when no patches were extracted).
+
+    ``optimal_params``: ``(n_units, n_params)`` the optimal Gabors of ``cell_ids``; ``image_shape``: the
+    model's ``(height, width)``. On synthetic sessions the true receptive-field centres are scored too.
+    """
+    from meiscope import truth
+    from meiscope.atomic import atomic_path, save_figure
+    from meiscope.recordings.neuropixels.responses import load_other_stimuli, other_stimuli_path
+    from meiscope.recordings.screen import scene_fraction_to_degrees
+
+    patches = load_other_stimuli(other_stimuli_path(dataset_path)).get("gabors")
+    if patches is None:
+        return {}
+    population = truth.load_population(cache_dir, experiment_id)
+    true_xy = None
+    if population is not None:
+        columns = truth.cell_columns(population, cell_ids)
+        true_xy = scene_fraction_to_degrees(population.params.x[columns], population.params.y[columns])
+    table, metrics = gabor_patch_check(patches, cell_ids, np.asarray(optimal_params), params.extract.crop,
+                                       image_shape, true_xy)
+    with atomic_path(out / "presented_gabors.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    save_figure(receptive_field_figure(patches, table, params.mei.n_show), out / "receptive_fields.png")
+    return metrics

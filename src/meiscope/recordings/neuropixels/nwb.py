@@ -2,7 +2,7 @@
 
 The session arrives as plain arrays (:class:`EcephysSessionArrays`); how the spikes were made is
 not this module's business. It writes allensdk 2.16.2's ``EcephysProjectCache`` layout (see
-:mod:`meiscope.neuropixels.cache`): ``session_<sid>/session_<sid>.nwb``, the four project CSVs and
+:mod:`meiscope.recordings.neuropixels.cache`): ``session_<sid>/session_<sid>.nwb``, the four project CSVs and
 ``natural_scene_templates/natural_scene_<n>.tiff``. What allensdk needs from them
 (``shared/docs/allen-neuropixels.md`` sections 1-3, and its reader's source) decides the details:
 
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from meiscope.atomic import atomic_path
-from meiscope.neuropixels.cache import (NeuropixelsError, TABLES, open_cache, scene_template_file,
+from meiscope.recordings.neuropixels.cache import (NeuropixelsError, TABLES, open_cache, scene_template_file,
                                         session_nwb, table_csv)
 
 SCENE_SHAPE = (918, 1174)  # Allen's natural-scene templates: uint8, rows x columns
@@ -122,7 +122,7 @@ def write_session(cache_dir: Path, arrays: EcephysSessionArrays) -> Path:
     """Write ``arrays`` into the allensdk cache at ``cache_dir``; return the session's NWB path.
 
     Creates ``manifest.json`` (through :func:`open_cache`) if missing, then writes the NWB file at
-    :func:`~meiscope.neuropixels.cache.session_nwb`, this session's rows of the four project CSVs
+    :func:`~meiscope.recordings.neuropixels.cache.session_nwb`, this session's rows of the four project CSVs
     (other sessions' rows are kept) and the natural-scene templates.
     """
     cache_dir = Path(cache_dir)

@@ -1,0 +1,95 @@
+"""Allen Visual Coding - Neuropixels as a data source: spiking units, read through allensdk's ecephys API.
+
+Modules: ``cache`` (allensdk's cache layout, opened safely), ``download`` (EcephysProjectCache
+selection and lazy download), ``nwb`` (the NWB 2 writer of synthetic sessions), ``stimuli`` (static
+gratings and Gabor patches in the scene frame), ``synthetic`` (the simulated session),
+``responses`` (spike counts -> the response dataset), ``gabor_check`` (presented Gabor patches vs
+the in-silico optimal Gabor).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from meiscope.recordings.neuropixels.settings import NeuropixelsConfig, SyntheticNeuropixelsConfig
+from meiscope.recordings.protocol import ScenesOnly
+
+if TYPE_CHECKING:
+    from meiscope.config import Params
+    import numpy as np
+
+    from meiscope.dataset import ResponseDataset
+    from meiscope.ranking import AllenMetrics
+
+# Allen's unit quality metrics set beside meiscope's ranking metrics for real Neuropixels sessions
+UNIT_METRIC_COLUMNS = ("snr", "firing_rate", "amplitude_cutoff", "presence_ratio", "isi_violations")
+
+
+class Neuropixels(ScenesOnly):
+    """Visual Coding - Neuropixels sessions: ``session_<id>/session_<id>.nwb``, spike counts per presentation."""
+
+    name = "neuropixels"
+    label = "Neuropixels spike counts"
+    # the params sections it owns (recordings/neuropixels/settings.py)
+    sections = {"neuropixels": NeuropixelsConfig, "synthetic_neuropixels": SyntheticNeuropixelsConfig}
+    synthetic_dir_key, download_dir_key = "synthetic_neuropixels_dir", "neuropixels_dir"
+
+    def find_sessions(self, cache_dir: Path) -> list[int]:
+        from meiscope.recordings.neuropixels.cache import find_sessions
+
+        return find_sessions(cache_dir)
+
+    def session_file(self, cache_dir: Path, session_id: int) -> Path:
+        from meiscope.recordings.neuropixels.cache import session_nwb
+
+        return session_nwb(cache_dir, session_id)
+
+    def synthesize(self, params: Params, folder: Path) -> list[int]:
+        """Write the synthetic Neuropixels session (the cortex's cells, as spikes) into ``folder``."""
+        from meiscope.recordings.neuropixels.synthetic import synthesize_neuropixels_session
+
+        return [synthesize_neuropixels_session(params.synthetic, params.synthetic_neuropixels, folder)]
+
+    def synthetic_ids(self, params: Params) -> list[int]:
+        return [params.synthetic_neuropixels.session_id]
+
+    def synthetic_stamp(self, params: Params) -> dict:
+        """The cortex and the Neuropixels recording of it."""
+        from meiscope.config import as_dict
+
+        return {"synthetic": as_dict(params.synthetic), "synthetic_neuropixels": as_dict(params.synthetic_neuropixels)}
+
+    def download(self, params: Params, folder: Path) -> list[int]:
+        """The sessions ``params.neuropixels`` selects, into ``folder`` (lazily)."""
+        from meiscope.recordings.neuropixels.download import download_sessions
+
+        return download_sessions(params.neuropixels, folder)
+
+    def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
+                dataset_path: Path) -> "ResponseDataset":
+        """Natural-scene spike counts saved to ``dataset_path``; gratings and Gabor patches beside it."""
+        from meiscope.recordings.neuropixels import responses
+
+        ds, other = responses.extract_session(cache_dir, session_id, params.extract, params.neuropixels,
+                                              f"{source}_neuropixels")
+        ds.save(dataset_path)
+        responses.save_other_stimuli(responses.other_stimuli_path(dataset_path), other)
+        return ds
+
+    def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]":
+        """Allen's quality metrics of the session's units (downloaded sessions only)."""
+        from meiscope.recordings.neuropixels.download import load_unit_metrics
+        from meiscope.ranking import AllenMetrics
+
+        table = load_unit_metrics(cache_dir, session_id)
+        return None if table is None else AllenMetrics(table, "unit_id", UNIT_METRIC_COLUMNS)
+
+    def check_optimal_gabors(self, params: Params, cache_dir: Path, experiment_id: int, dataset_path: Path,
+                             cell_ids: "np.ndarray", image_shape: tuple[int, int], optimal_params: "np.ndarray",
+                             out: Path) -> dict[str, Any]:
+        """The best presented Gabor patch of each unit vs its optimal Gabor (:mod:`.gabor_check`)."""
+        from meiscope.recordings.neuropixels.gabor_check import check_presented_gabors
+
+        return check_presented_gabors(params, cache_dir, experiment_id, dataset_path, cell_ids, image_shape,
+                                      optimal_params, out)
