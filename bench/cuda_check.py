@@ -33,9 +33,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from meiscope.pipeline import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
-STAGES_SAME_MODELS = ["mei", "gabor", "validate"]
-STAGES_CHAIN = ["tune", "train", "mei", "gabor", "validate", "report"]
+# from the stage table: the in-silico stages (they reuse one trained ensemble) and every stage from tune on
+_TABLE = [s.name for s in STAGES if s.in_dvc and not s.per_session]
+STAGES_CHAIN = _TABLE[_TABLE.index("tune"):]
+STAGES_SAME_MODELS = STAGES_CHAIN[STAGES_CHAIN.index("train") + 1:-1]
 # metrics compared in the whole-chain table (stage, key)
 KEY_METRICS = [("tune", "best_value"), ("train", "test_corr_to_avg_mean"), ("train", "gt_test_corr_mean"),
                ("mei", "mei_over_best_image_median"), ("mei", "seed_consistency_median"),

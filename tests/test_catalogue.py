@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from meiscope.pipeline import STAGES
 from meiscope.report_sections import validate_rows
 from meiscope.science.catalogue import (CATALOGUE, CONCLUSIONS, DVC_HEADLINE, HEADLINE, KINDS, Metric, by_name,
                                         format_conclusion, format_interval, format_value, lookup, verdict_phrase)
 from meiscope.summaries import summary_lines
 
 METRICS = Path(__file__).resolve().parents[1] / "metrics"
-STAGE_FILES = {"rank": "ranking", "tune": "tune", "train": "train", "mei": "mei", "gabor": "gabor",
-               "validate": "validate"}
+STAGE_FILES = {s.name: s.metric_names[0] for s in STAGES if s.metrics and s.name != "report"}
 
 
 class _Recording(dict):
@@ -41,7 +41,7 @@ def test_every_figure_the_terminal_prints_is_in_the_catalogue(stage):
     assert printed and not [key for key in printed if lookup(STAGE_FILES[stage], key) is None]
 
 
-@pytest.mark.parametrize("stem", ["ranking", "tune", "train", "mei", "gabor", "validate", "headline"])
+@pytest.mark.parametrize("stem", [stem for s in STAGES for stem in s.metric_names])
 def test_every_key_of_the_studys_metrics_files_is_in_the_catalogue(stem):
     keys = json.loads((METRICS / f"{stem}.json").read_text())
     assert not [key for key in keys if lookup(stem, key) is None]

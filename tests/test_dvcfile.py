@@ -167,3 +167,21 @@ def test_stage_outputs_record_the_code_that_made_them(tmp_path, monkeypatch):
     with open(tmp_path / "src" / "meiscope" / "study.py", "a") as f:  # code rank runs
         f.write("\n# a change\n")
     assert dvcfile.code_key(rank.module.__name__) != record["code_key"]
+
+
+def test_the_raw_data_gets_no_provenance_file(tmp_path):
+    """data.dvc versions the raw data: a file that names the commit would change its hash at every commit."""
+    import meiscope.dvcfile as dvcfile
+
+    (tmp_path / "data").mkdir()
+    assert dvcfile.write_provenance(pipeline.stage("data"), tmp_path) == []
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_no_stage_runs_the_code_of_a_stage_after_it():
+    """Else a change to a later stage would rerun the whole pipeline (an import chain can do that unseen)."""
+    for i, stage in enumerate(pipeline.STAGES):
+        later = {s.module.__name__ for s in pipeline.STAGES[i + 1:]} - {stage.module.__name__}
+        files = {p.resolve() for p in code_dependencies(stage.module.__name__)}
+        reached = {m for m in later if Path(sys.modules[m].__file__).resolve() in files}
+        assert not reached, (stage.name, sorted(reached))

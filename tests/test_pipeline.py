@@ -109,8 +109,9 @@ def test_report_and_mlflow_runs(study):
     runs = mlflow.search_runs(experiment_names=["meiscope"])
     stages = runs["tags.stage"].value_counts().to_dict()
     assert stages["tune-trial"] == 2
-    for stage in ("extract", "rank", "tune", "train", "mei", "gabor", "validate", "report"):
-        assert stages.get(stage) == 1, stage
+    for stage in pipeline.commands():  # every stage of the table the study ran logs one run
+        if stage.in_dvc and stage.name != "sessions":
+            assert stages.get(stage.name) == 1, stage.name
     tune_id = runs.loc[runs["tags.stage"] == "tune", "run_id"].iloc[0]
     assert (runs.loc[runs["tags.stage"] == "tune-trial", "tags.mlflow.parentRunId"] == tune_id).all()
 

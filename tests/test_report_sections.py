@@ -12,7 +12,7 @@ from meiscope.recordings import RECORDINGS
 from meiscope.report_sections import STAGE_SECTIONS, study_sections
 from meiscope.stages import report as report_stage
 
-STEMS = ("ranking", "tune", "train", "mei", "gabor", "validate")
+STEMS = tuple(stem for stage in pipeline.STAGES if stage.name != "report" for stem in stage.metric_names)
 
 
 def _summary(recording: str, value: float = 0.6) -> dict:

@@ -121,10 +121,6 @@ def _make_stage_command(stage: Any) -> None:
     from meiscope.pipeline import STAGES
 
     def command(params: Any, root: Path, **kwargs: Any) -> Any:
-        if stage.name == "tune":
-            import optuna
-
-            optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials: progress bar, MLflow, dashboard
         from meiscope.dvcfile import write_provenance
 
         session = kwargs.pop("session", None)

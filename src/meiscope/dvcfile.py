@@ -185,11 +185,14 @@ def write_provenance(stage: Stage, root: Path, session: int | None = None) -> li
     """Write ``provenance.json`` into each folder ``stage`` outputs: the code that produced it and the commit.
 
     ``code_key`` identifies the stage's code exactly (every file it imports); ``git_commit`` is the
-    checkout's commit when the stage ran (None outside git). Returns the files written.
+    checkout's commit when the stage ran ("unknown" outside git). Returns the files written. The raw data
+    (``data``) gets none: ``data.dvc`` versions it, and its bytes must not depend on the commit.
     """
     from meiscope.atomic import write_json
     from meiscope.tracking import git_commit
 
+    if not stage.in_dvc:
+        return []
     record = {"stage": stage.name, "code_key": code_key(stage.module.__name__), "git_commit": git_commit(root)}
     written = []
     for output in stage.outputs:

@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 def run(params: Params, root: Path, device: str | None = None, workers: int | None = None,
         storage: str | None = None, n_trials: int | None = None) -> dict:
     """Run (or resume) the architecture search on the selected neurons and write ``best_model.yaml``."""
+    import optuna
+
     from meiscope import tuning
     from meiscope.model.source_protocol import SavedSource
     from meiscope.tracking import file_hash, start_run
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials show in the progress bar, MLflow, the dashboard
     layout = Layout.from_params(params, root)
     ds = selected_dataset(layout)
     recording = recording_of(params)

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from meiscope.recordings.container.responses import ContainerStimuli
 
 
+# where `meiscope ablation` (.ablation) writes its summary, relative to the project root
+ABLATION_SUMMARY = "metrics/ablation-container.json"
+
 class Container(TwoPhoton):
     """Whole Brain Observatory experiment containers: session B's natural scenes are studied, and every
     stimulus of sessions A, B and C (``container`` params) trains the model too (:mod:`meiscope.recordings.container`)."""
@@ -92,6 +95,4 @@ class Container(TwoPhoton):
 
     def report_summaries(self, root: Path) -> dict[str, Path]:
         """The stimulus ablation's summary (``meiscope ablation``: what each stimulus adds)."""
-        from meiscope.recordings.container.ablation import summary_path
-
-        return {"ablation": summary_path(root)}
+        return {"ablation": Path(root) / ABLATION_SUMMARY}

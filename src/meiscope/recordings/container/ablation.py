@@ -59,7 +59,10 @@ def arm_stages() -> tuple[Any, ...]:
 
 
 def summary_path(root: Path) -> Path:
-    return Path(root) / "metrics" / "ablation-container.json"
+    """``metrics/ablation-container.json`` under ``root``."""
+    from meiscope.recordings.container import ABLATION_SUMMARY
+
+    return Path(root) / ABLATION_SUMMARY
 
 
 def is_replicate(params: Params, arm: Arm) -> bool:
