@@ -1,5 +1,6 @@
 """params.yaml parsing: defaults, the shipped file, and one-line errors naming the key."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,12 @@ def test_the_sessions_sharing_the_core_are_validated_naming_the_key(raw, key):
     assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
     assert parse_params({}).sessions.shared == []  # default: the studied session alone
     assert load_params(ROOT / "params.yaml").sessions.shared == []
+
+
+@pytest.mark.parametrize("text, key", [("mei:\n  norm_fraction: .inf\n", "mei.norm_fraction"),
+                                       ("train:\n  lr: .nan\n", "train.lr"),
+                                       ("neuropixels:\n  count_window: [0.03, .inf]\n", "neuropixels.count_window[1]")])
+def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, text, key):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}' must be a finite number"):
+        load_params(tmp_path / "params.yaml")

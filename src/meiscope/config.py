@@ -8,6 +8,7 @@ one-line :class:`ConfigError` that names the key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -531,6 +532,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float:
         require(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number (got {value!r})")
+        # .inf passes every "> 0" check and .nan every comparison: refuse them before any range check
+        require(math.isfinite(value), key, f"must be a finite number (got {value!r})")
         return float(value)
     if hint is str:
         require(isinstance(value, str), key, f"must be a string (got {value!r})")
