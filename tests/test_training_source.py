@@ -3,7 +3,6 @@ loss follows what the responses are (``response_kind``), not which recording wro
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import pickle
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import torch
 
 from meiscope.config import ModelConfig, TrainConfig
 from meiscope.dataset import ResponseDataset, response_kind_of
+from meiscope.dvcfile import imported_modules
 from meiscope.model.source_protocol import SavedSource, TrainingSource
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "meiscope"
@@ -30,48 +30,18 @@ PENDING: dict[str, str] = {}  # file -> why it still imports a recording package
 # ---------------------------------------------------------------------------------------------
 # no recording package below the model, the tuning and the stages
 # ---------------------------------------------------------------------------------------------
-def imported_modules(path: Path, package: str) -> set[str]:
-    """Every module ``path`` (a module of ``package``) imports, anywhere in the file (functions and
-    ``TYPE_CHECKING`` blocks too): ``import a.b`` gives ``a.b``; ``from a import b`` gives ``a`` and ``a.b``
-    (``b`` may be a module); relative imports are resolved against ``package``."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
-
-
-def _package_of(path: Path) -> str:
-    return ".".join(path.relative_to(SRC.parent).parts[:-1])
-
-
 def _checked_files() -> list[Path]:
     files = sorted((SRC / "model").rglob("*.py")) + sorted((SRC / "stages").rglob("*.py")) + [SRC / "tuning.py"]
     return [f for f in files if str(f.relative_to(SRC)) not in PENDING]
 
 
-def test_the_scan_sees_imports_inside_functions_and_relative_ones(tmp_path):
-    probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from meiscope.recordings.container.responses import ContainerStimuli\n"
-                     "from ..recordings import neuropixels\nimport meiscope.recordings.two_photon.download\n"
-                     "from meiscope.recordings import recording_of\n")
-    names = imported_modules(probe, "meiscope.stages")
-    assert {"meiscope.recordings.container.responses", "meiscope.recordings.neuropixels",
-            "meiscope.recordings.two_photon.download", "meiscope.recordings.recording_of"} <= names
-    assert _package_of(SRC / "stages" / "tune.py") == "meiscope.stages"
-
-
 @pytest.mark.parametrize("path", _checked_files(), ids=lambda p: str(p.relative_to(SRC)))
 def test_no_model_tuning_or_stage_module_imports_a_recording_package(path):
-    """They type against TrainingSource and ask the registry (``meiscope.recordings.recording_of``)."""
-    bad = sorted(m for m in imported_modules(path, _package_of(path)) if m.startswith(RECORDING_PACKAGES))
+    """They type against TrainingSource and ask the registry (``meiscope.recordings.recording_of``).
+
+    The scan (:func:`meiscope.dvcfile.imported_modules`, the one that makes dvc.yaml's deps) sees imports
+    inside functions and relative ones (tests/test_dvcfile.py)."""
+    bad = sorted(m for m in imported_modules(path) if m.startswith(RECORDING_PACKAGES))
     assert not bad, f"{path.relative_to(SRC)} imports {bad}"
 
 

@@ -120,14 +120,16 @@ def _make_stage_command(stage: Any) -> None:
     """Register ``meiscope <stage>``: thin over the stage's ``run`` function."""
     from meiscope.pipeline import STAGES
 
+    # with --session, the command runs this stage's per-session twin (extract-session@ID, ...)
+    per_session = next((s for s in STAGES if s.per_session and s.cli_command == stage.name), None)
+
     def command(params: Any, root: Path, **kwargs: Any) -> Any:
         from meiscope.dvcfile import write_provenance
 
         session = kwargs.pop("session", None)
-        # with --session, the outputs are those of the per-session stage (extract-session@ID, ...)
         ran = stage
         if session is not None:
-            ran = next(s for s in STAGES if s.per_session and s.cli_command == stage.name)
+            ran = per_session
             kwargs["session"] = session
         try:
             result = stage.run(params, root, **kwargs)
@@ -140,9 +142,8 @@ def _make_stage_command(stage: Any) -> None:
         return result
 
     command.__name__ = stage.name
-    command.__doc__ = stage.module.__doc__ or stage.help
     wrapped = _stage(command)
-    if any(s.per_session and s.cli_command == stage.name for s in STAGES):
+    if per_session is not None:
         wrapped = SESSION_OPTION(wrapped)
     for option in reversed(EXTRA_OPTIONS.get(stage.name, [])):
         wrapped = option(wrapped)

@@ -172,7 +172,7 @@ def run_project(folder: Path, raw: dict[str, Any], stages: tuple[Any, ...], head
     with open(logfile, "w") as out:
         code = _dvc(folder, "repro", log=out)
     if bar is not None:
-        bar.update(len([s for s in stages if not s.per_session or raw.get("sessions", {}).get("shared")]))
+        bar.update(len(stages))  # the bar counts the table's stages, as its total does
     if code != 0:
         errors = [line for line in logfile.read_text(errors="replace").splitlines() if line.startswith("ERROR")]
         raise MeiscopeError(f"{folder.name}: dvc repro failed ({(errors or ['no error line'])[-1]}); "
@@ -180,7 +180,7 @@ def run_project(folder: Path, raw: dict[str, Any], stages: tuple[Any, ...], head
     return load_replicate_metrics(folder, stages)
 
 
-def code_key(folder: Path) -> str:
+def locked_code_key(folder: Path) -> str:
     """A key of the code every stage of the project in ``folder`` ran (the code hashes in its dvc.lock)."""
     import yaml
 
@@ -296,7 +296,7 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
     summary = summarise_replicates(metrics, params.replicate.confidence)
     summary["recording"] = params.data.recording
     summary["params_key"] = settings_key(params)
-    summary["code_keys"] = {str(seed): code_key(replicate_dir(params, root, seed)) for seed in seeds}
+    summary["code_keys"] = {str(seed): locked_code_key(replicate_dir(params, root, seed)) for seed in seeds}
     summary["git_commit"] = git_commit(Path(root))
     dirty = git_dirty(Path(root))
     summary["git_working_tree_clean"] = None if dirty == "unknown" else dirty == "false"
