@@ -17,6 +17,7 @@ import json
 import shutil
 import stat
 import sys
+import os
 import tempfile
 import threading
 import time
@@ -115,6 +116,10 @@ def main() -> int:
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
     scratch = Path(tempfile.mkdtemp(prefix="meiscope-bench-tune-"))
+    # the scratch stack's password file goes into a scratch folder too, not into ~/.config/meiscope
+    own_secrets = None if services.SECRETS_ENV in os.environ else tempfile.mkdtemp(prefix="meiscope-bench-secrets-")
+    if own_secrets:
+        os.environ[services.SECRETS_ENV] = own_secrets
     scratch.chmod(scratch.stat().st_mode | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
     stack = ServicesConfig(postgres_port=5491, mlflow_port=5492)
     try:
@@ -123,6 +128,7 @@ def main() -> int:
         url = args.storage
         if url is None:
             services.start_postgres(stack, scratch)
+            os.environ.update(services.client_env(stack, scratch))  # PGPASSFILE: the workers log in with it
             url = services.urls(stack).optuna_storage
         rows = [time_study(dataset, int(w), args.trials, url, scratch) for w in args.workers.split(",") if w]
         overhead = claim_overhead(url, scratch, [int(n) for n in args.overhead.split(",") if n])
@@ -130,6 +136,8 @@ def main() -> int:
         if args.storage is None:
             services.stop_postgres(stack, scratch)
         shutil.rmtree(scratch, ignore_errors=True)
+        if own_secrets:
+            shutil.rmtree(own_secrets, ignore_errors=True)
     print(f"\n{describe(machine())}: tune on PostgreSQL, {args.trials} trials of {params.tune.epochs} epochs each")
     print("| workers | seconds | trials / hour | complete / pruned / failed | distinct configs | peak connections |")
     print("|---|---|---|---|---|---|")

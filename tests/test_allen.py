@@ -292,3 +292,24 @@ def test_unreadable_cell_metrics_file(tmp_path):
         load_cell_metrics(tmp_path, 5)
     path.write_text(pd.DataFrame({"cell_specimen_id": [1, 2], "p_ns": [0.1, 0.2]}).to_csv(index=False))
     assert load_cell_metrics(tmp_path, 5)["p_ns"].tolist() == [0.1, 0.2]
+
+
+def test_an_nwb_without_the_session_groups_is_fetched_again(cache, monkeypatch):
+    api = FakeApi(monkeypatch)
+    path = nwb_file(cache, 101)
+    path.parent.mkdir(parents=True)
+    with h5py.File(path, "w") as f:  # whole HDF5, but not a session: never taken as a match
+        f["padding"] = np.zeros(16)
+    download_experiments(AllenConfig(), cache, progress=False)
+    assert len(api.streams) == 1
+    assert path.read_bytes() == _nwb_bytes(101)
+
+
+@pytest.mark.parametrize("text", ['{"foo": 1}', "not json"])
+def test_a_foreign_manifest_is_one_line_and_kept(tmp_path, text):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(text)
+    with pytest.raises(DownloadError, match=re.escape(f"{manifest}: not an allensdk manifest")) as info:
+        download_experiments(AllenConfig(), tmp_path, progress=False)
+    assert "\n" not in str(info.value)
+    assert manifest.read_text() == text

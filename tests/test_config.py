@@ -129,3 +129,72 @@ def test_non_finite_numbers_are_refused_naming_the_key(tmp_path, text, key):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ConfigError, match=rf"'{re.escape(key)}' must be a finite number"):
         load_params(tmp_path / "params.yaml")
+
+
+def _numeric_settings():
+    """(key, scalar type) of every int and float setting of every section, recording sections included."""
+    import dataclasses
+    import typing
+
+    from meiscope.config import _SECTIONS
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint, key = hints[f.name], f"{prefix}.{f.name}"
+            if dataclasses.is_dataclass(hint):
+                yield from walk(hint, key)
+                continue
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            kind = args[0] if typing.get_origin(hint) is typing.Union and args else hint
+            if kind in (int, float):
+                yield key, kind
+
+    return [setting for name, cls in _SECTIONS for setting in walk(cls, name)]
+
+
+def _nested(key, value):
+    raw = node = {}
+    *sections, last = key.split(".")
+    for part in sections:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("key", [k for k, kind in _numeric_settings() if kind is float])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_every_float_setting_refuses_non_finite_values(key, value):
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}' must be a finite number"):
+        parse_params(_nested(key, value))
+
+
+# ports: checked (1024..65535) in the services section, which another module owns
+NEGATIVE_OK = {"services.postgres_port", "services.mlflow_port"}
+
+
+@pytest.mark.parametrize("key", [k for k, kind in _numeric_settings() if kind is int and k not in NEGATIVE_OK])
+def test_every_int_setting_has_a_range_that_refuses_negative_values(key):
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}'") as err:
+        parse_params(_nested(key, -1))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"synthetic": {"seed": 2**32}}, "synthetic.seed"),
+    ({"synthetic": {"n_cells": 20_000}}, "synthetic.n_cells"),
+    ({"synthetic": {"spontaneous_s": -1.0}}, "synthetic.spontaneous_s"),
+    ({"train": {"seeds": [1, -2]}}, "train.seeds[1]"),
+    ({"rank": {"min_reliability": 1.5}}, "rank.min_reliability"),
+    ({"rank": {"min_frac_sig_trials": 2.0}}, "rank.min_frac_sig_trials"),
+    ({"tune": {"space": {"first_kernel": [4]}}}, "tune.space.first_kernel"),
+    ({"tune": {"space": {"batch_size": [0]}}}, "tune.space.batch_size"),
+    ({"neuropixels": {"session_ids": [0]}}, "neuropixels.session_ids[0]"),
+    ({"neuropixels": {"snr_minimum": -1.0}}, "neuropixels.snr_minimum"),
+    ({"allen": {"experiment_ids": [-5]}}, "allen.experiment_ids[0]"),
+    ({"extract": {"image_width": 4}}, "extract.image_width"),
+])
+def test_range_checks_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)

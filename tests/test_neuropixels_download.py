@@ -20,7 +20,8 @@ from allensdk.brain_observatory.ecephys.ecephys_project_api.http_engine import H
 from allensdk.brain_observatory.ecephys.ecephys_project_api.rma_engine import RmaEngine
 from meiscope.recordings.downloads import DownloadError, SelectionError, is_readable_hdf5
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
-from meiscope.recordings.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
+from meiscope.recordings.neuropixels.cache import (NWB_GROUPS, TABLES, open_cache, scene_template_file, session_nwb,
+                                                   table_csv)
 from meiscope.recordings.neuropixels.download import (N_SCENES, download_sessions, load_unit_metrics, select_sessions,
                                            session_table, unit_metrics_file)
 
@@ -80,6 +81,8 @@ def _nwb_bytes(sid: int) -> bytes:
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
         f.attrs["identifier"] = str(sid)
+        for group in NWB_GROUPS:  # what the downloader checks a session file has
+            f.create_group(group)
         f["padding"] = np.zeros(4096)  # so that half a file is really truncated
     return buffer.getvalue()
 
@@ -372,3 +375,25 @@ def test_neuropixels_unreadable_unit_metrics_file(tmp_path):
     with pytest.raises(DownloadError, match="5.csv"):
         load_unit_metrics(tmp_path, 5)
 
+
+
+def test_neuropixels_nwb_without_the_session_groups_is_fetched_again(cache, tmp_path_factory, monkeypatch):
+    api = FakeAllen(monkeypatch, tmp_path_factory.mktemp("tiffs"))
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:  # whole HDF5 without units / intervals: not a session
+        f["padding"] = np.zeros(16)
+    path = _write_nwb(cache, 101, buffer.getvalue())
+    assert is_readable_hdf5(path) and not is_readable_hdf5(path, NWB_GROUPS)
+    download_sessions(NeuropixelsConfig(), cache, progress=False)
+    assert len(api.streams) == 1
+    assert path.read_bytes() == _nwb_bytes(101)
+
+
+@pytest.mark.parametrize("text", ['{"manifest": "x"}', "[1"])
+def test_neuropixels_foreign_manifest_is_one_line_and_kept(tmp_path, text):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(text)
+    with pytest.raises(DownloadError, match=re.escape(f"{manifest}: not an allensdk manifest")) as info:
+        open_cache(tmp_path, offline=False)
+    assert "\n" not in str(info.value)
+    assert manifest.read_text() == text

@@ -33,3 +33,34 @@ def fraction(value: float, key: str, low_open: bool = False) -> None:
 def one_of(value: str, choices: tuple[str, ...], key: str) -> None:
     """``value`` must be one of ``choices``."""
     require(value in choices, key, f"must be one of {list(choices)} (got {value!r})")
+
+
+def at_least(value: float, low: float, key: str) -> None:
+    """``value`` must be >= ``low``."""
+    require(value >= low, key, f"must be >= {low} (got {value})")
+
+
+SEED_LIMIT = 2**32  # numpy's legacy seeding and most CUDA generators take 32-bit seeds
+
+
+def seed(value: int, key: str) -> None:
+    """``value`` must be a usable random seed: an integer in [0, 2**32)."""
+    require(0 <= value < SEED_LIMIT, key, f"must be a seed in [0, 2**32) (got {value})")
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 when the platform does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def fits_memory(need_bytes: float, key: str, what: str) -> None:
+    """Refuse ``key`` when ``what`` would need more memory than this machine has (before anything allocates it)."""
+    have = physical_memory_bytes()
+    require(have <= 0 or need_bytes <= have, key,
+            f"is too large: {what} would need at least {need_bytes / 1e9:.1f} GB of memory, "
+            f"more than this machine's {have / 1e9:.1f} GB")

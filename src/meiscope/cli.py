@@ -6,6 +6,7 @@ Heavy libraries (allensdk, torch, mlflow) are imported inside the commands, so t
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -46,6 +47,30 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Some regimes for parameter")  # Optuna importances on few trials
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device / disk quota exceeded
+
+
+def _disk_full(err: OSError) -> bool:
+    """True for a full disk or quota; h5py reports one as an OSError whose text holds the C library's words."""
+    return err.errno in _DISK_FULL or any(os.strerror(code) in str(err) for code in _DISK_FULL)
+
+
+def _disk_full_message(err: OSError, root: Path) -> str:
+    """One line for a full disk: the path being written and the space left where it lives."""
+    import shutil
+
+    path = Path(err.filename) if err.filename else root
+    probe = next((p for p in (path, *path.parents) if p.exists()), root)
+    try:
+        free = f"{shutil.disk_usage(probe).free / 1e9:.2f} GB free"
+    except OSError:
+        free = "free space unknown"
+    quota = err.errno == errno.EDQUOT or os.strerror(errno.EDQUOT) in str(err)
+    what = "disk quota exceeded" if quota else "no space left on the device"
+    return (f"{path}: {what} ({free} in {probe}); the outputs being written were not kept: "
+            "free some space and run the command again")
+
+
 def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
     """Load params, run the stage, print its summary, and turn user-fixable errors into one line + exit 1."""
 
@@ -57,11 +82,21 @@ def _stage(func: Callable[..., Any]) -> Callable[..., Any]:
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         _quiet_libraries()
+        root = Path(params_path).resolve().parent
         try:
             params = load_params(params_path, overrides)
-            result = func(params, Path(params_path).resolve().parent, **kwargs)
+            result = func(params, root, **kwargs)
         except MeiscopeError as err:
             click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except OSError as err:
+            if not _disk_full(err):
+                raise
+            click.echo(f"error: {_disk_full_message(err, root)}", err=True)
+            sys.exit(1)
+        except MemoryError:  # the size checks of params.yaml are lower bounds: the last line of defence
+            click.echo(f"error: {params_path}: `meiscope {func.__name__}` ran out of memory; reduce the sizes in "
+                       "params.yaml (synthetic.n_cells, .n_images, .repeats, batch sizes)", err=True)
             sys.exit(1)
         for line in summary_lines(func.__name__, result):
             click.echo(line)
@@ -119,6 +154,7 @@ INTERRUPTED = {"train": "`meiscope train --resume` continues from the last check
 def _make_stage_command(stage: Any) -> None:
     """Register ``meiscope <stage>``: thin over the stage's ``run`` function."""
     from meiscope.pipeline import STAGES
+    from meiscope.restore import restoring
 
     # with --session, the command runs this stage's per-session twin (extract-session@ID, ...)
     per_session = next((s for s in STAGES if s.per_session and s.cli_command == stage.name), None)
@@ -142,7 +178,8 @@ def _make_stage_command(stage: Any) -> None:
         return result
 
     command.__name__ = stage.name
-    wrapped = _stage(command)
+    # `dvc repro` deletes the outputs before running the command: a failure copies the last good ones back
+    wrapped = restoring(stage, per_session, _stage(command))
     if per_session is not None:
         wrapped = SESSION_OPTION(wrapped)
     for option in reversed(EXTRA_OPTIONS.get(stage.name, [])):
@@ -268,31 +305,45 @@ def ablation(params: Any, root: Path, device: str | None, seeds: str | None) -> 
 @main.command()
 @PARAMS_OPTION
 @click.argument("action", type=click.Choice(["start", "stop", "status"]))
+@click.option("--expose", is_flag=True,
+              help="start: allow a services.host that is not a loopback address (other machines reach both "
+                   "servers; the MLflow server has no authentication).")
 @_stage
-def services(params: Any, root: Path, action: str) -> None:
+def services(params: Any, root: Path, action: str, expose: bool) -> None:
     """The local team stack: a PostgreSQL server and an MLflow tracking server on it (`make services`).
 
-    Everything they write stays in services.dir. meiscope uses them only when told:
+    Everything they write stays in services.dir; the database passwords stay in a private file
+    outside the repository (PGPASSFILE). meiscope uses the stack only when told:
     MEISCOPE_TUNE_STORAGE (or tune --storage) and MLFLOW_TRACKING_URI.
     """
+    import shlex
+
     from meiscope import services as stack
 
     cfg = params.services
     if action == "stop":
-        stopped = stack.stop(cfg, root)
+        state = stack.stop(cfg, root)
+        stopped = [name for name, up in (("mlflow server", state.mlflow), ("postgresql", state.postgres)) if up]
+        for note in state.notes:
+            click.echo(note)
         click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
         return
     if action == "start":
-        stack.start(cfg, root)
-    up = {"postgresql": stack.postgres_running(cfg, root), "mlflow server": stack.mlflow_healthy(cfg)}
+        stack.require_exposure(cfg, expose)
+        for line in stack.exposure_lines(cfg):
+            click.echo(line)
+    # start returns once both answer: no second, shorter health check after it
+    state = stack.start(cfg, root, expose=expose) if action == "start" else stack.status(cfg, root)
+    for note in state.notes:
+        click.echo(note)
     urls = stack.urls(cfg)
-    click.echo(f"postgresql     {'up' if up['postgresql'] else 'down'}   {urls.optuna_storage}")
-    click.echo(f"mlflow server  {'up' if up['mlflow server'] else 'down'}   {urls.tracking_uri}")
-    if all(up.values()):
-        click.echo("use them in this shell:")
+    click.echo(f"postgresql     {'up' if state.postgres else 'down'}   {stack.redact(urls.optuna_storage)}")
+    click.echo(f"mlflow server  {'up' if state.mlflow else 'down'}   {stack.redact(urls.tracking_uri)}")
+    if state.postgres and state.mlflow:
+        click.echo("use them in this shell (PGPASSFILE holds the database password):")
+        click.echo(f"  export PGPASSFILE={shlex.quote(str(stack.password_file(cfg, root)))}")
         click.echo(f"  export MEISCOPE_TUNE_STORAGE={urls.optuna_storage}")
         click.echo(f"  export MLFLOW_TRACKING_URI={urls.tracking_uri}")
-
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from meiscope.checks import ConfigError, fraction, one_of, positive, require  # noqa: F401 (ConfigError: re-exported)
+from meiscope.checks import (ConfigError, at_least, fits_memory, fraction, one_of, positive, require,  # noqa: F401
+                             seed)  # (ConfigError: re-exported)
 
 
 # --------------------------------------------------------------------------------------
@@ -139,6 +140,39 @@ class SyntheticConfig:
         for key in ("neuropil_r_sd", "neuropil_r_error_sd"):
             require(getattr(self, key) >= 0, f"synthetic.{key}", "must be >= 0")
         require(0 <= self.nan_cells < self.n_cells, "synthetic.nan_cells", "must be in [0, n_cells)")
+        seed(self.seed, "synthetic.seed")
+        positive(self.first_experiment_id, "synthetic.first_experiment_id")
+        at_least(self.spontaneous_s, 0, "synthetic.spontaneous_s")
+        # checked before the id range below: a size that cannot fit in memory is the clearer message
+        fits_memory(synthetic_memory_bytes(self), "synthetic.n_cells",
+                    f"{self.n_cells} cells x {synthetic_frames(self)} frames (synthetic.n_images, .repeats, "
+                    f".spontaneous_s) plus {self.n_images} scenes of {self.image_height} x {self.image_width}")
+        # cortex.cell_ids_for keeps the cell ids of different sessions apart only up to 10,000 cells
+        require(self.n_cells <= MAX_SYNTHETIC_CELLS, "synthetic.n_cells",
+                f"must be <= {MAX_SYNTHETIC_CELLS} (cell ids of different sessions would collide; got {self.n_cells})")
+
+
+# The synthetic session's schedule (meiscope.synthetic.cortex.make_schedule): 0.25 s presentations at 30 Hz,
+# (n_images + 1) x repeats scenes and blanks, four 30 s blocks of other stimuli and the spontaneous epoch.
+_PRESENTATION_S, _FRAME_RATE_HZ, _OTHER_BLOCKS_S = 0.25, 30.0, 4 * 30.0
+# float64 (n_cells, n_frames) arrays alive together at the peak of fluorescence.simulate_traces (calcium,
+# neuropil, neighbours, local noise, the bincount buffer, the output traces): a lower bound, not a promise
+_TRACE_ARRAYS = 6
+MAX_SYNTHETIC_CELLS = 10_000
+
+
+def synthetic_frames(cfg: SyntheticConfig) -> int:
+    """Two-photon frames of one synthetic session (as cortex.make_schedule lays it out)."""
+    segments = ((cfg.n_images + 1) * cfg.repeats + round(_OTHER_BLOCKS_S / _PRESENTATION_S)
+                + round(max(cfg.spontaneous_s, 0.0) / _PRESENTATION_S))
+    return int(segments * _PRESENTATION_S * _FRAME_RATE_HZ)
+
+
+def synthetic_memory_bytes(cfg: SyntheticConfig) -> float:
+    """A lower bound of the memory ``meiscope synthesize`` needs for one session of ``cfg`` (bytes)."""
+    traces = _TRACE_ARRAYS * 8.0 * cfg.n_cells * synthetic_frames(cfg)
+    scenes = 2 * 4.0 * cfg.n_images * cfg.image_height * cfg.image_width  # float32 scenes + one working copy
+    return traces + scenes
 
 
 # --------------------------------------------------------------------------------------
@@ -155,6 +189,7 @@ class SplitConfig:
     def __post_init__(self) -> None:
         fraction(self.val_fraction, "extract.split.val_fraction", low_open=True)
         fraction(self.test_fraction, "extract.split.test_fraction", low_open=True)
+        seed(self.seed, "extract.split.seed")
         require(self.val_fraction + self.test_fraction < 1, "extract.split",
                  "val_fraction + test_fraction must be < 1")
 
@@ -180,8 +215,10 @@ class ExtractConfig:
         c = self.crop
         require(len(c) == 4 and 0 <= c[0] < c[1] <= 1 and 0 <= c[2] < c[3] <= 1, "extract.crop",
                  f"must be [top, bottom, left, right] fractions with top < bottom, left < right (got {c})")
-        require(self.image_height >= 8 and self.image_width >= 8, "extract.image_height",
-                 "image_height and image_width must be >= 8")
+        for key in ("image_height", "image_width"):
+            require(getattr(self, key) >= 8, f"extract.{key}", f"must be >= 8 (got {getattr(self, key)})")
+        if self.experiment_id is not None:
+            positive(self.experiment_id, "extract.experiment_id")
 
 
 # --------------------------------------------------------------------------------------
@@ -231,6 +268,12 @@ class RankConfig:
         positive(self.n_splits, "rank.n_splits")
         if self.max_p_anova is not None:
             fraction(self.max_p_anova, "rank.max_p_anova")
+        if self.min_reliability is not None:  # a correlation between halves of the repeats
+            require(-1 <= self.min_reliability <= 1, "rank.min_reliability",
+                    f"must be in [-1, 1] (got {self.min_reliability})")
+        if self.min_frac_sig_trials is not None:
+            fraction(self.min_frac_sig_trials, "rank.min_frac_sig_trials")
+        seed(self.seed, "rank.seed")
 
 
 # --------------------------------------------------------------------------------------
@@ -294,6 +337,9 @@ class TrainConfig:
         require(len(self.seeds) >= 2, "train.seeds",
                  "needs at least 2 seeds (the MEI stage optimises on some models and checks on another)")
         require(len(set(self.seeds)) == len(self.seeds), "train.seeds", "must be distinct")
+        for i, value in enumerate(self.seeds):
+            seed(value, f"train.seeds[{i}]")
+        seed(self.fresh_seed, "train.fresh_seed")
         for key in ("lr", "batch_size", "max_epochs", "patience"):
             positive(getattr(self, key), f"train.{key}")
         require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -332,6 +378,11 @@ class SearchSpace:
             require(len(getattr(self, key)) > 0, f"tune.space.{key}", "must list at least one choice")
         for r in self.readout:
             one_of(r, READOUTS, "tune.space.readout")
+        for key in ("first_kernel", "hidden_kernel"):
+            for k in getattr(self, key):
+                require(k > 0 and k % 2 == 1, f"tune.space.{key}", f"must list positive odd integers (got {k})")
+        for b in self.batch_size:
+            positive(b, "tune.space.batch_size")
 
 
 @dataclass(frozen=True)
@@ -357,6 +408,9 @@ class TuneConfig:
         positive(self.workers, "tune.workers")
         one_of(self.objective, ("val_corr_to_avg", "val_feve"), "tune.objective")
         one_of(self.pruner, ("median", "none"), "tune.pruner")
+        seed(self.seed, "tune.seed")
+        at_least(self.pruner_startup_trials, 0, "tune.pruner_startup_trials")
+        at_least(self.pruner_warmup_epochs, 0, "tune.pruner_warmup_epochs")
 
 
 # --------------------------------------------------------------------------------------
@@ -397,6 +451,7 @@ class MeiConfig:
         require(isinstance(self.window, bool), "mei.window", "must be true or false")
         require(0 <= self.converge_tol < 1, "mei.converge_tol", "must be in [0, 1) (0 = never stop early)")
         fraction(self.agree_threshold, "mei.agree_threshold")
+        seed(self.seed, "mei.seed")
 
 
 @dataclass(frozen=True)
@@ -420,7 +475,8 @@ class GaborConfig:
                  "must be [rows, cols], both > 0")
         for key in ("orientations", "phases", "batch_size"):
             positive(getattr(self, key), f"gabor.{key}")
-        require(self.refine_steps >= 0 and self.fit_steps >= 0, "gabor.refine_steps", "steps must be >= 0")
+        for key in ("refine_steps", "fit_steps"):
+            at_least(getattr(self, key), 0, f"gabor.{key}")
         require(self.preselect >= 0, "gabor.preselect", f"must be >= 0 (got {self.preselect})")
         require(0 <= self.converge_tol < 1, "gabor.converge_tol", "must be in [0, 1) (0 = never stop early)")
         require(isinstance(self.window, bool), "gabor.window", "must be true or false")
@@ -437,13 +493,17 @@ class ReplicateConfig:
     confidence: float = 0.95  # of the t-interval of each figure's mean
 
     def __post_init__(self) -> None:
+        import posixpath
+
         require(len(self.seeds) >= 2, "replicate.seeds", f"needs at least 2 seeds for an interval (got {self.seeds})")
         require(len(set(self.seeds)) == len(self.seeds), "replicate.seeds", "must be distinct")
-        for i, seed in enumerate(self.seeds):
-            require(seed >= 0, f"replicate.seeds[{i}]", f"must be >= 0 (got {seed})")
+        for i, value in enumerate(self.seeds):
+            require(value >= 0, f"replicate.seeds[{i}]", f"must be >= 0 (got {value})")
         require(0 < self.confidence < 1, "replicate.confidence", f"must be in (0, 1) (got {self.confidence})")
-        require(bool(self.folder.strip()) and not Path(self.folder).is_absolute(), "replicate.folder",
-                 "must be a relative folder inside the project")
+        # lexically here; after symlinks where the project root is known (meiscope.containment)
+        folder = posixpath.normpath(self.folder.strip() or ".")
+        require(folder != "." and not folder.startswith("/") and folder.split("/")[0] != "..", "replicate.folder",
+                f"must be a relative folder below the project root (got {self.folder!r})")
 
 
 @dataclass(frozen=True)
@@ -460,16 +520,37 @@ class ServicesConfig:
     """The local team stack of `make services`: a PostgreSQL server and an MLflow tracking server."""
 
     dir: str = ".services"  # everything the servers write (database, logs, artifacts); under the repository
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # anything but a loopback address needs `meiscope services start --expose`
     postgres_port: int = 5433
     mlflow_port: int = 5001
 
     def __post_init__(self) -> None:
+        require(self.valid_host(self.host), "services.host",
+                f"must be an IP address or a host name (dot-separated labels of letters, digits and '-'; "
+                f"got {self.host!r})")
         for key in ("postgres_port", "mlflow_port"):
             require(1024 <= getattr(self, key) <= 65535, f"services.{key}", "must be a port in 1024..65535")
         require(self.postgres_port != self.mlflow_port, "services.mlflow_port", "must differ from postgres_port")
         require(not Path(self.dir).is_absolute() and ".." not in Path(self.dir).parts, "services.dir",
                  "must be a folder inside the repository (a relative path without '..')")
+
+    @staticmethod
+    def valid_host(host: object) -> bool:
+        """An IP address, or a host name of RFC 1123 labels (it reaches a command line and a URL)."""
+        import ipaddress
+        import re
+
+        if not isinstance(host, str):
+            return False
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            pass
+        labels = (host[:-1] if host.endswith(".") else host).split(".")
+        label = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+        return (len(host) <= 253 and all(label.fullmatch(part) for part in labels)
+                and not labels[-1].isdigit())  # an all-digit last label is a malformed IPv4 address
 
 
 class _StudyChecks:
@@ -565,8 +646,6 @@ def apply_overrides(raw: dict, overrides: "list[str] | tuple[str, ...]") -> dict
     """``raw`` with ``section.key=value`` overrides applied (values parsed as YAML), as ``dvc exp run -S`` does."""
     import copy
 
-    import yaml
-
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -578,8 +657,20 @@ def apply_overrides(raw: dict, overrides: "list[str] | tuple[str, ...]") -> dict
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"params: override {item!r}: '{part}' is not a section")
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _override_value(item, value)
     return raw
+
+
+def _override_value(item: str, value: str) -> Any:
+    """The YAML value of override ``item`` (its text after '='); a ConfigError when it is not YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"params: override {item!r}: the value is not valid YAML ({problem}); "
+                          "for example --set 'train.seeds=[1, 2]'") from None
 
 
 def load_params(path: str | Path = "params.yaml", overrides: "list[str] | tuple[str, ...]" = ()) -> Params:
@@ -591,6 +682,8 @@ def load_params(path: str | Path = "params.yaml", overrides: "list[str] | tuple[
         raise ConfigError(f"{path}: no such params file")
     try:
         raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the params file ({type(err).__name__}: {err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -599,7 +692,11 @@ def load_params(path: str | Path = "params.yaml", overrides: "list[str] | tuple[
     if not raw:  # an empty file would run the whole study on built-in defaults without a word
         raise ConfigError(f"{path}: empty; give at least one section (the repository's params.yaml lists them all)")
     try:
-        return parse_params(apply_overrides(raw, overrides))
+        params = parse_params(apply_overrides(raw, overrides))
+        from meiscope.containment import check_paths  # needs the project root, which only the file gives
+
+        check_paths(params, path.resolve().parent)
+        return params
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
 

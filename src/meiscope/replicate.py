@@ -25,13 +25,14 @@ models) whether it holds in every replicate.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -98,7 +99,11 @@ def stale_note(summary: dict[str, Any], params: Params, rerun: str) -> str:
 
 
 def replicates_dir(params: Params, root: Path) -> Path:
-    """Where the replicates of ``data.recording`` live (and their interval figure)."""
+    """Where the replicates of ``data.recording`` live (and their interval figure); inside the project, or a
+    ConfigError naming ``replicate.folder``."""
+    from meiscope.containment import inside_project
+
+    inside_project(Path(root), params.replicate.folder, "replicate.folder")
     folder = Path(root) / params.replicate.folder
     return folder if params.data.recording == "two_photon" else folder / params.data.recording
 
@@ -131,6 +136,46 @@ def run_replicate(params: Params, root: Path, seed: int, device: Optional[str] =
                        replicate_stages(), header, device, bar)
 
 
+LOCK_FILE = ".meiscope.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold ``<folder>/.meiscope.lock`` while ``command`` works in ``folder``: a second meiscope process that
+    wants the folder gets a one-line MeiscopeError naming the holder (pid, since when) instead of
+    running the same stages on the same files. The kernel drops the lock when the process ends, however
+    it ends (``fcntl.flock``), so a crash never leaves the folder locked.
+    """
+    import fcntl
+    import os
+    import time
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process (starting up)"
+            raise MeiscopeError(f"{folder}: in use by {holder}; wait for it to end, or stop it "
+                                f"(its lock: {path})") from None
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command} (pid {os.getpid()}, since {since})\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # nobody holds it now: a later reader must not name this process
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def command_line() -> str:
+    """This process's command, as a lock names its holder (``meiscope replicate --seeds 1,2``)."""
+    return "`" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "`"
+
+
 def stage_command_path() -> str:
     """The PATH under which ``dvc repro`` finds the ``meiscope`` of this environment for the stage commands."""
     import os
@@ -160,17 +205,17 @@ def run_project(folder: Path, raw: dict[str, Any], stages: tuple[Any, ...], head
 
     from meiscope.dvcfile import dvc_yaml_text
 
-    folder.mkdir(parents=True, exist_ok=True)
     if device:
         raw = {**raw, "train": {**raw["train"], "device": device}, "mei": {**raw["mei"], "device": device}}
-    write_text(folder / "params.yaml", header + "\n" + yaml.safe_dump(raw, sort_keys=False))
-    write_text(folder / "dvc.yaml", dvc_yaml_text(folder, stages, with_data=True, moved_inputs=moved_inputs))
-    if not (folder / ".dvc").is_dir() and _dvc(folder, "init", "--no-scm", "-q") != 0:
-        raise MeiscopeError(f"{folder}: `dvc init --no-scm` failed")
-    logfile = folder / "logs" / "dvc-repro.log"
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(logfile, "w") as out:
-        code = _dvc(folder, "repro", log=out)
+    with folder_lock(folder, command_line()):  # two runs at once would run the same stages on the same files
+        write_text(folder / "params.yaml", header + "\n" + yaml.safe_dump(raw, sort_keys=False))
+        write_text(folder / "dvc.yaml", dvc_yaml_text(folder, stages, with_data=True, moved_inputs=moved_inputs))
+        if not (folder / ".dvc").is_dir() and _dvc(folder, "init", "--no-scm", "-q") != 0:
+            raise MeiscopeError(f"{folder}: `dvc init --no-scm` failed")
+        logfile = folder / "logs" / "dvc-repro.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(logfile, "w") as out:
+            code = _dvc(folder, "repro", log=out)
     if bar is not None:
         bar.update(len(stages))  # the bar counts the table's stages, as its total does
     if code != 0:
@@ -253,19 +298,22 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
               ("ratio", "Ratios (log scale; 1 = equal)", True))
     rows = {p: [f for f in HEADLINE if f.panel == p and summary["figures"].get(f.name, {}).get("mean") is not None]
             for p, _, _ in panels}
-    fig = MplFigure(figsize=(16, 0.32 * max(len(r) for r in rows.values()) + 1.6))
-    axes = fig.subplots(1, 3)
+    # one panel under the other, 9.5 in wide: shown ~1:1 on a 1000 px page, so 8 pt stays >= 9 px there
+    heights = [max(len(r), 1) for r in rows.values()]
+    fig = MplFigure(figsize=(9.5, 0.27 * sum(heights) + 0.6 * len(panels) + 0.8))
+    axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights})
     for ax, (panel, title, log_scale) in zip(axes, panels):
         for y, figure in enumerate(rows[panel]):
             draw_interval(ax, summary["figures"][figure.name], y)
-        ax.set_yticks(range(len(rows[panel])), [f.label for f in rows[panel]], fontsize=7)
+        ax.set_yticks(range(len(rows[panel])), [f.label for f in rows[panel]], fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
         ax.invert_yaxis()
         if log_scale:
             ax.set_xscale("log")
             ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{summary['k']} replicates (seeds {summary['seeds']}): dots = replicates, diamond = mean "
+    fig.suptitle(f"{summary['k']} replicates (seeds {summary['seeds']}): dots = replicates,\ndiamond = mean "
                  f"(geometric for ratios), bar = {summary['confidence']:.0%} t-interval", fontsize=9)
     fig.tight_layout()
     return fig
@@ -291,7 +339,9 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
         raise MeiscopeError("replicate: data.source must be 'synthetic' (only the synthetic cortex has a "
                             "ground truth to measure the study against)")
     seeds = interval_seeds(params, seeds, "replicate")
-    with tqdm(total=len(seeds) * len(replicate_stages()), desc="replicates", disable=not progress) as bar:
+    # the whole run holds the replicates' folder: a second `meiscope replicate` stops at once, not at a shared seed
+    with folder_lock(replicates_dir(params, root), command_line()), \
+            tqdm(total=len(seeds) * len(replicate_stages()), desc="replicates", disable=not progress) as bar:
         metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
     summary = summarise_replicates(metrics, params.replicate.confidence)
     summary["recording"] = params.data.recording

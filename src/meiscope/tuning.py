@@ -213,21 +213,41 @@ def open_storage(cfg: TuneConfig, root: Path, storage_url: str | None = None) ->
         import warnings
 
         import optuna
+        import sqlalchemy.exc
+
+        from meiscope.errors import MeiscopeError
 
         # the first connection creates Optuna's tables: two hosts doing so at once collide in PostgreSQL
         schema = (shared_study.postgres_lock(url, "optuna-schema") if shared_study.is_postgresql(url)
                   else contextlib.nullcontext())
-        with warnings.catch_warnings(), schema:  # heartbeat_interval is marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=shared_study.HEARTBEAT_S, grace_period=shared_study.GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        try:
+            with warnings.catch_warnings(), schema:  # heartbeat_interval is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=shared_study.HEARTBEAT_S, grace_period=shared_study.GRACE_S,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except sqlalchemy.exc.OperationalError as err:
+            raise MeiscopeError(unreachable_storage(url, err)) from None
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(root) / cfg.journal_file
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def unreachable_storage(url: str, err: Exception) -> str:
+    """One line for a study database that refused the connection: the URL (password hidden) and what to do."""
+    from meiscope.pgpass import redact
+
+    detail = (str(getattr(err, "orig", None) or err).strip().splitlines() or ["no detail"])[0]
+    if not shared_study.is_postgresql(url):
+        hint = "check the URL"
+    elif "password" in detail:  # the server is up: the client lacks the password file
+        hint = "export PGPASSFILE as `meiscope services status` prints it (the password file of `make services`)"
+    else:
+        hint = "is the database running? start the team stack with `make services` (meiscope services start)"
+    return f"tune: cannot connect to the study's database {redact(url)}: {redact(detail)}; {hint}"
 
 
 def lock_file(cfg: TuneConfig, root: Path) -> Path:

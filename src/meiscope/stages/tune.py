@@ -27,6 +27,7 @@ def run(params: Params, root: Path, device: str | None = None, workers: int | No
 
     from meiscope import tuning
     from meiscope.model.source_protocol import SavedSource
+    from meiscope.pgpass import redact
     from meiscope.tracking import file_hash, start_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials show in the progress bar, MLflow, the dashboard
@@ -44,7 +45,7 @@ def run(params: Params, root: Path, device: str | None = None, workers: int | No
             saved = SavedSource.write(extra, recording.training_extras_path(tmp_dataset))
             data_hash += file_hash(saved.path)
         cfg = tuning.keyed_study(params.tune, params.model, params.train, data_hash)
-        log.info("tune: study %s in %s", cfg.study_name, storage or cfg.storage or cfg.journal_file)
+        log.info("tune: study %s in %s", cfg.study_name, redact(storage or cfg.storage or cfg.journal_file))
         if mlf is not None:  # the study's one parent run: this run, unless another process set one
             parent_id = _parent_run(mlf, cfg, root, storage)
         try:  # the workers read the selected neurons from this file

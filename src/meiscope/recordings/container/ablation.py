@@ -27,8 +27,9 @@ from meiscope.atomic import save_figure, write_json
 from meiscope.config import Params
 from meiscope.recordings.container.settings import CONTAINER_STIMULI
 from meiscope.errors import MeiscopeError
-from meiscope.replicate import (draw_interval, interval_seeds, replicate_dir, replicate_params, replicate_stages,
-                                replicates_dir, run_project, run_replicate, settings_key)
+from meiscope.replicate import (command_line, draw_interval, folder_lock, interval_seeds, replicate_dir,
+                                replicate_params, replicate_stages, replicates_dir, run_project, run_replicate,
+                                settings_key)
 from meiscope.science.catalogue import HEADLINE, KINDS, by_name, format_interval, label_of
 from meiscope.science.stats import interval
 
@@ -148,7 +149,7 @@ def ablation_figure(summary: dict[str, Any]) -> Any:
     from matplotlib.figure import Figure as MplFigure
 
     arms = summary["arms"]
-    fig = MplFigure(figsize=(13, 0.55 * len(arms) + 1.6))
+    fig = MplFigure(figsize=(9.5, 0.55 * len(arms) + 1.8))  # ~1:1 on a 1000 px page: 8 pt stays >= 9 px
     axes = fig.subplots(1, len(PANELS), sharey=True)
     for ax, (title, prefix) in zip(axes, PANELS):
         names = [n for n in arms[0]["figures"] if n.startswith(prefix)]
@@ -159,13 +160,14 @@ def ablation_figure(summary: dict[str, Any]) -> Any:
             for y, arm in enumerate(arms):
                 draw_interval(ax, arm["figures"][name], y + offset, colour, label=kind if y == 0 else None)
         ax.axvline(0.8, color="tab:red", lw=0.8, ls=":")  # the 0.8 target line
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title, fontsize=9, wrap=True)
         ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
         if len(names) > 1:
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(fontsize=8, loc="best")
     axes[0].set_yticks(range(len(arms)), [a["label"] for a in arms], fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle(f"What each stimulus buys ({len(summary.get('seeds', []))} replicates): dots = replicates, "
+    fig.suptitle(f"What each stimulus buys ({len(summary.get('seeds', []))} replicates): dots = replicates,\n"
                  f"diamond = mean, bar = {summary['confidence']:.0%} t-interval, red line = 0.8", fontsize=9)
     fig.tight_layout()
     return fig
@@ -182,7 +184,9 @@ def ablation(params: Params, root: Path, seeds: Optional[list[int]] = None, devi
     seeds = interval_seeds(params, seeds, "ablation")
     metrics: dict[str, dict[int, dict]] = {arm.slug: {} for arm in ARMS}
     total = len(seeds) * sum(len(replicate_stages() if is_replicate(params, arm) else arm_stages()) for arm in ARMS)
-    with tqdm(total=total, desc="ablation", disable=not progress) as bar:
+    # the whole run holds the replicates' folder, as `meiscope replicate` does: a second run is refused
+    with folder_lock(replicates_dir(params, root), command_line()), \
+            tqdm(total=total, desc="ablation", disable=not progress) as bar:
         for seed in seeds:
             run_replicate(params, root, seed, device, bar=None)  # the data every arm reads
             for arm in ARMS:

@@ -29,6 +29,8 @@ TABLES = ("sessions", "probes", "channels", "units")
 MANIFEST_VERSION = "0.3.0"
 # hdmf >= 4 (e.g. 6.2) cannot build an NWBFile under pynwb 2.8.x: "Can't instantiate abstract class NWBFile"
 HDMF_MAJOR = 3
+# Top-level groups every Neuropixels session NWB 2 file has (Allen's and the synthetic ones)
+NWB_GROUPS = ("general", "intervals", "units")
 
 
 class NeuropixelsError(MeiscopeError):
@@ -106,6 +108,9 @@ def open_cache(cache_dir: Path, offline: bool) -> Any:
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     manifest = cache_dir / "manifest.json"
+    from meiscope.recordings.downloads import check_manifest
+
+    check_manifest(manifest)
     try:
         if offline:
             return EcephysProjectCache(fetch_api=EcephysProjectFixedApi(), stream_writer=_refuse_network,

@@ -16,7 +16,7 @@ A second run with everything cached makes no network call at all: the tables are
 allensdk's lazy cache, and an NWB or template file that reads cleanly is kept as it is.
 
 Session files are never opened as sessions here (that takes minutes on real files); h5py only
-checks that they are HDF5. This also sidesteps an allensdk trap: when reading a cached file
+checks that they are whole HDF5 files with a session's top-level groups (``cache.NWB_GROUPS``). This also sidesteps an allensdk trap: when reading a cached file
 raises, allensdk fetches it again and, if that fails, deletes it.
 
 Guarding against half-written files: allensdk streams a file straight onto its final path and
@@ -40,9 +40,10 @@ from tqdm import tqdm
 
 from meiscope.atomic import atomic_path
 from meiscope.recordings.downloads import (API_HOST, OFFLINE_HINT, DownloadError, GrowthBar, SelectionError,
-                                           is_readable_hdf5, read_metrics_csv, reason, remove)
+                                           hdf5_problem, read_metrics_csv, reason, remove)
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
-from meiscope.recordings.neuropixels.cache import TABLES, open_cache, scene_template_file, session_nwb, table_csv
+from meiscope.recordings.neuropixels.cache import (NWB_GROUPS, TABLES, open_cache, scene_template_file, session_nwb,
+                                                   table_csv)
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +189,18 @@ def _fetch_file(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any]
     return True
 
 
+def _whole_session(path: Path) -> bool:
+    """True if ``path`` is a whole session NWB file (:func:`~meiscope.recordings.downloads.hdf5_problem`)."""
+    problem = hdf5_problem(path, NWB_GROUPS)
+    if problem is not None:
+        log.info("%s: %s", path, problem)
+    return problem is None
+
+
 def fetch_session_nwb(cache: Any, cache_dir: Path, session_id: int, progress: bool = True) -> Path:
     """``session_<sid>/session_<sid>.nwb`` in the cache, downloaded if missing or unreadable (not opened)."""
     path = session_nwb(cache_dir, session_id)
-    _fetch_file(path, partial(cache.fetch_api.get_session_data, session_id), cache.stream_writer, is_readable_hdf5,
+    _fetch_file(path, partial(cache.fetch_api.get_session_data, session_id), cache.stream_writer, _whole_session,
                 f"the NWB file of session {session_id}", cache.fetch_tries, size=NWB_SIZE,
                 bar=f"NWB {session_id}" if progress else None)
     return path

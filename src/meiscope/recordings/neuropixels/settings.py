@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from meiscope.checks import one_of, positive, require
+from meiscope.checks import at_least, one_of, positive, require, seed
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class NeuropixelsConfig:
         require(len(self.count_window) == 2 and 0 <= self.count_window[0] < self.count_window[1] <= 0.5,
                  "neuropixels.count_window", f"must be [start, stop] seconds with 0 <= start < stop <= 0.5 "
                  f"(got {self.count_window})")
+        for i, session_id in enumerate(self.session_ids):
+            positive(session_id, f"neuropixels.session_ids[{i}]")
+        for key in ("amplitude_cutoff_maximum", "presence_ratio_minimum", "isi_violations_maximum", "snr_minimum"):
+            if getattr(self, key) is not None:  # Allen's quality metrics are all >= 0
+                at_least(getattr(self, key), 0, f"neuropixels.{key}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class SyntheticNeuropixelsConfig:
                  "synthetic_neuropixels.baseline_rate_hz", f"must be [low, high] with 0 < low <= high "
                  f"(got {self.baseline_rate_hz})")
         require(self.refractory_ms >= 0, "synthetic_neuropixels.refractory_ms", "must be >= 0")
-        require(self.other_area_units >= 0 and self.poor_units >= 0, "synthetic_neuropixels",
-                 "other_area_units and poor_units must be >= 0")
+        for key in ("other_area_units", "poor_units"):
+            at_least(getattr(self, key), 0, f"synthetic_neuropixels.{key}")
         require(self.spontaneous_s >= 0, "synthetic_neuropixels.spontaneous_s", "must be >= 0")
+        positive(self.session_id, "synthetic_neuropixels.session_id")
+        seed(self.seed, "synthetic_neuropixels.seed")

@@ -18,7 +18,9 @@ deletes it again on ``Exception`` only, so Ctrl-C (``KeyboardInterrupt``) or a k
 a truncated file that the next run would take as complete. We therefore (1) delete a file created
 by a failed or interrupted call ourselves, (2) check every NWB opens with h5py after download and
 (3) check an existing NWB opens with h5py before reuse, removing and re-fetching it if not
-(HDF5 stores the file's length in its superblock, so h5py refuses a truncated file). allensdk's
+(HDF5 stores the file's length in its superblock, so h5py refuses a truncated file; the session's
+top-level groups must be there and every dataset's bytes inside the file, see
+:func:`meiscope.recordings.downloads.hdf5_problem`). allensdk's
 JSON caches are written in place too; a cached JSON that no longer parses is removed and fetched
 once more.
 """
@@ -35,7 +37,8 @@ from tqdm import tqdm
 from meiscope.atomic import atomic_path
 from meiscope.recordings.two_photon.settings import AllenConfig
 from meiscope.recordings.downloads import (API_HOST, OFFLINE_HINT, DownloadError, GrowthBar, SelectionError,
-                                           is_readable_hdf5, read_metrics_csv, reason, remove)
+                                           check_manifest, hdf5_problem, read_metrics_csv, reason, remove)
+from meiscope.recordings.downloads import is_readable_hdf5  # noqa: F401 (re-exported: tests import it here)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ SESSION_TYPE = "three_session_B"  # the only session type with natural scenes
 STIMULUS = "natural_scenes"
 # Natural-scenes columns the ranking stage joins; written (as NaN) even when Allen lists no value.
 NS_COLUMNS = ("p_ns", "reliability_ns", "peak_dff_ns", "image_sel_ns", "pref_image_ns")
+# Top-level groups every Brain Observatory NWB 1 session has (Allen's and the synthetic ones)
+NWB_GROUPS = ("general", "processing")
 
 
 # --------------------------------------------------------------------------------------
@@ -100,6 +105,7 @@ def open_cache(cache_dir: Path) -> Any:
     from allensdk.core.brain_observatory_cache import BrainObservatoryCache
 
     manifest = Path(cache_dir) / "manifest.json"
+    check_manifest(manifest)
     try:
         return BrainObservatoryCache(manifest_file=str(manifest))
     except Exception as err:  # outdated manifest version, unparsable JSON, unwritable folder
@@ -168,8 +174,9 @@ def _fetch_nwb(boc: Any, experiment_id: int, progress: bool) -> Any:
     Returns the ``BrainObservatoryNwbDataSet``.
     """
     path = Path(boc.get_cache_path(None, boc.EXPERIMENT_DATA_KEY, experiment_id))
-    if path.exists() and not is_readable_hdf5(path):
-        log.warning("%s is not a readable HDF5 file (an interrupted download?); fetching it again", path)
+    problem = hdf5_problem(path, NWB_GROUPS) if path.exists() else None
+    if problem is not None:
+        log.warning("%s: truncated or damaged (%s; an interrupted download?); fetching it again", path, problem)
         remove(path)
     existed = path.exists()
     if not existed:
@@ -186,9 +193,10 @@ def _fetch_nwb(boc: Any, experiment_id: int, progress: bool) -> Any:
             raise DownloadError(f"{path}: not a Brain Observatory NWB file ({reason(err)}); "
                                 "delete it and run `meiscope download` again") from None
         raise _unreachable(f"download the NWB file of experiment {experiment_id}", err) from None
-    if not is_readable_hdf5(path):  # e.g. the server closed the stream early without an error
+    problem = hdf5_problem(path, NWB_GROUPS)
+    if problem is not None:  # e.g. the server closed the stream early without an error
         remove(path)
-        raise DownloadError(f"{path}: the downloaded NWB file is not readable HDF5 (truncated?) and "
+        raise DownloadError(f"{path}: the downloaded NWB file is truncated or damaged ({problem}) and "
                             "was removed; run `meiscope download` again")
     return data
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from meiscope.checks import positive, require
+from meiscope.checks import at_least, positive, require
 
 
 @dataclass(frozen=True)
@@ -20,5 +20,9 @@ class AllenConfig:
 
     def __post_init__(self) -> None:
         positive(self.max_experiments, "allen.max_experiments")
+        for i, experiment_id in enumerate(self.experiment_ids):
+            positive(experiment_id, f"allen.experiment_ids[{i}]")
+        at_least(self.imaging_depth_min, 0, "allen.imaging_depth_min")
+        at_least(self.imaging_depth_max, 0, "allen.imaging_depth_max")
         require(self.imaging_depth_min <= self.imaging_depth_max, "allen.imaging_depth_min",
                  "must be <= allen.imaging_depth_max")
