@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 export GIT_PYTHON_REFRESH := quiet
 
-.PHONY: install run run-neuropixels run-two-photon ablation test bench clean-results mlflow-ui optuna-dashboard push pull services services-stop
+.PHONY: install run run-neuropixels run-two-photon ablation test bench clean-results mlflow-ui experiments optuna-dashboard push pull services services-stop
 
 install: $(STAMP)
 
@@ -54,15 +54,24 @@ pull: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
+## the MLflow UI on 127.0.0.1; first prints the links that open the training runs (not the GenAI view)
+MLFLOW_UI_PORT ?= 5000
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
+	@$(BIN)/python -m meiscope.tracking --store sqlite:///mlflow.db --port $(MLFLOW_UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
+
+## DVC experiments side by side, in a terminal: the params and metrics that differ (code and data hashes left out)
+experiments: $(STAMP)
+	$(BIN)/dvc exp show --no-pager --only-changed --drop '^(src|data|results|models|metrics|report)(/|$$)'
 
 optuna-dashboard: $(STAMP)
 	$(BIN)/optuna-dashboard --storage-class JournalFileStorage .optuna/journal.log
 
-## the team stack on this machine: PostgreSQL + an MLflow tracking server on it (all under .services/)
+## the team stack on this machine: PostgreSQL + an MLflow tracking server on it (all under .services/;
+## passwords in a private file outside the repository). `make services EXPOSE=1` allows a services.host
+## that other machines reach (the MLflow server has no authentication).
 services: $(STAMP)
-	$(BIN)/meiscope services start
+	$(BIN)/meiscope services start $(if $(EXPOSE),--expose)
 
 services-stop: $(STAMP)
 	$(BIN)/meiscope services stop

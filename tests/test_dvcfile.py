@@ -185,3 +185,24 @@ def test_no_stage_runs_the_code_of_a_stage_after_it():
         files = {p.resolve() for p in code_dependencies(stage.module.__name__)}
         reached = {m for m in later if Path(sys.modules[m].__file__).resolve() in files}
         assert not reached, (stage.name, sorted(reached))
+
+
+def test_dvc_plots_show_writes_a_page_that_needs_no_network(tmp_path):
+    """Every declared plot is an image the stages write: DVC embeds them as <img>, with no Vega from a CDN."""
+    import re
+
+    rendered = render(ROOT)
+    assert rendered["plots"] and all(isinstance(p, str) and p.endswith(".png") for p in rendered["plots"])
+    assert sum("learning_curves" in p or "/history" in p for p in rendered["plots"]) == 1  # one overlay figure
+    for plot in rendered["plots"]:
+        (tmp_path / plot).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / plot).write_bytes(b"\x89PNG\r\n\x1a\n" + plot.encode())
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"plots": rendered["plots"]}))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([str(DVC), "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+    out = subprocess.run([str(DVC), "plots", "show", "-o", "page"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    page = (tmp_path / "page" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=|https?://", page)
+    assert len(re.findall(r"<img ", page)) == len(rendered["plots"])

@@ -291,7 +291,7 @@ def test_in_silico_stage_modules_expose_run_and_import_light():
     import sys
 
     stages = {"mei": ["params", "root", "device"], "gabor": ["params", "root", "device"],
-              "validate": ["params", "root", "device"], "report": ["params", "root"]}
+              "validate": ["params", "root", "device"], "report": ["params", "root", "device"]}
     for name, arguments in stages.items():
         module = __import__(f"meiscope.stages.{name}", fromlist=["run"])
         assert list(inspect.signature(module.run).parameters) == arguments, name

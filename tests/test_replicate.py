@@ -1,7 +1,6 @@
 """Replicates: per-seed projects, resumable runs, intervals and conclusions that must hold in every replicate."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import yaml
 from scipy.stats import t
 
 from meiscope import replicate as rep
-from meiscope.config import as_dict, load_params, parse_params
+from meiscope.config import load_params, parse_params
 from meiscope.errors import MeiscopeError
 from meiscope.science.catalogue import format_conclusion, format_interval
 
@@ -52,11 +51,12 @@ def test_the_two_recordings_replicates_sit_side_by_side_in_their_own_files(tmp_p
     patched = {s: {**m, "gabor": {"gabor_patch_frac_orientation_agrees": 0.5 + s / 10}} for s, m in seeds.items()}
     neuropixels = {**rep.summarise_replicates(patched, confidence=0.95), "recording": "neuropixels"}
     section = recordings_section(neuropixels, two_photon)
-    assert section.title == "Two-photon dF/F vs Neuropixels spike counts: the same study, two recordings"
-    assert "(metrics/replicates.json, metrics/replicates-neuropixels.json)" in section.intro
-    assert section.metrics["ranking precision vs truth"] == ("two-photon dF/F: 0.60 [0.00, 1.00] | "
-                                                             "Neuropixels spike counts: 0.60 [0.00, 1.00]")
-    assert section.metrics["best patch orientation agrees with optimal Gabor"].startswith("two-photon dF/F: n/a | ")
+    assert section.title == "Two recordings of one study: two-photon dF/F against Neuropixels spike counts"
+    assert section.grid[0][1:] == ["two-photon dF/F", "Neuropixels spike counts"]
+    rows = {row[0]: row[1:] for row in section.grid[1:]}
+    assert rows["ranking precision vs truth"] == ["0.60 [0.00, 1.00]"] * 2
+    assert rows["best patch orientation agrees with optimal Gabor"][0] == "n/a"
+    assert "metrics/replicates-neuropixels.json" in section.source
     assert "the same synthetic cortices" in section.intro
     params = parse_params({"data": {"recording": "neuropixels"}})
     assert rep.summary_file(tmp_path, "neuropixels").name == "replicates-neuropixels.json"

@@ -8,8 +8,11 @@ from meiscope import pipeline
 from meiscope import replicate as rep
 from meiscope.config import parse_params
 from meiscope.paths import Layout
-from meiscope.recordings import RECORDINGS
+from meiscope.recordings import RECORDINGS, label_of
+from meiscope.report_numbers import display_entry, format_entry
 from meiscope.report_sections import STAGE_SECTIONS, study_sections
+from meiscope.science.catalogue import by_name
+from meiscope.science.catalogue import label_of as label_of_metric
 from meiscope.stages import report as report_stage
 
 STEMS = tuple(stem for stage in pipeline.STAGES if stage.name != "report" for stem in stage.metric_names)
@@ -65,13 +68,52 @@ def test_a_recording_is_compared_only_where_its_replicates_exist(study):
     titles = [s.title for s in study_sections(params, layout, m)][len(STAGE_SECTIONS):]
     assert titles == ["Replicates (two-photon dF/F, every stimulus of the experiment container): what holds "
                       "across new cortices",
-                      "Two-photon dF/F vs two-photon dF/F, every stimulus of the experiment container: the same "
-                      "study, two recordings"]
+                      "Two recordings of one study: two-photon dF/F against two-photon dF/F, every stimulus of the "
+                      "experiment container"]
     m["replicates_of"]["neuropixels"] = _summary("neuropixels")
-    compared = [s.title for s in study_sections(params, layout, m) if "two recordings" in s.title]
-    assert [t.split(" vs ")[0] for t in compared] == ["Two-photon dF/F", "Neuropixels spike counts"]
+    compared = [s for s in study_sections(params, layout, m) if s.title.startswith("Two recordings")]
+    assert [s.grid[0][1:] for s in compared] == [[label_of("two_photon"), label_of("container")],
+                                                 [label_of("neuropixels"), label_of("container")]]
     m["replicates"] = {}  # no replicates of this study: nothing to compare with
     assert len(study_sections(params, layout, m)) == len(STAGE_SECTIONS)
+
+
+def test_the_comparison_table_names_each_recording_once_in_its_header(study):
+    params, layout, m = study
+    m["replicates"], m["replicates_of"] = _summary("container", 0.5), {"two_photon": _summary("two_photon", 0.7)}
+    table = next(s for s in study_sections(params, layout, m) if s.title.startswith("Two recordings")).grid
+    header, rows = table[0], table[1:]
+    assert header[1:] == [label_of("two_photon"), label_of("container")]
+    assert [row[0] for row in rows] == [label_of_metric("ranking", "gt_precision"),
+                                        label_of_metric("train", "gt_fresh_corr_mean")]
+    for row in rows:  # a row's label once, then one interval per recording, no recording's name in a cell
+        assert not any(name in cell for cell in row[1:] for name in header[1:])
+    # the columns follow the header: two-photon's precision (0.7 + seed / 10) left of the container's (0.5 + ...)
+    assert rows[0][1].startswith("0.85") and rows[0][2].startswith("0.65")
+
+
+def test_committed_sections_are_set_apart_from_this_run(study):
+    params, layout, m = study
+    m["replicates"] = _summary("two_photon")
+    sections = study_sections(params, layout, m)
+    assert [s.part for s in sections] == ["run"] * len(STAGE_SECTIONS) + ["committed"]
+    assert "not rerun by `make run`" in sections[-1].source and not any(s.source for s in sections[:-1])
+
+
+def test_intervals_are_shown_inside_their_range_and_ratios_on_the_log_scale():
+    old = {"values": [0.0, 0.0, 1.0], "mean": 1 / 3, "ci_low": -1.10, "ci_high": 1.77, "scale": "linear"}
+    shown = display_entry(by_name("validate.gt_n_zero_rate_mei_conjunction"), old, 0.95)  # cells: >= 0
+    assert shown["ci_low"] == 0.0 and shown["ci_high"] == pytest.approx(1.77, abs=0.01)
+    fraction = display_entry(by_name("validate.gt_mei_rate_ratio_median_simple"), {**old, "values": [0.0, 0.2, 0.43]},
+                             0.95)
+    assert 0.0 <= fraction["ci_low"] <= fraction["ci_high"] <= 1.0
+    ratio = display_entry(by_name("validate.gt_mei_over_gabor_rate_median_simple"),
+                          {**old, "values": [0.5, 2.0, 1.0]}, 0.95)
+    assert ratio["mean"] == pytest.approx(1.0) and ratio["ci_low"] > 0  # the geometric mean of 1/2, 2 and 1
+    no_values = display_entry(by_name("ranking.gt_recall"), {"mean": 0.9, "ci_low": 0.7, "ci_high": 1.2}, 0.95)
+    assert no_values["ci_high"] == 1.0
+    assert format_entry(by_name("validate.gt_frac_mei_beats_gabor_simple"), {"mean": 0.07, "ci_low": 0.01,
+                                                                             "ci_high": 0.14}) == "7% [1%, 14%]"
 
 
 def test_the_report_stage_loads_every_other_recordings_replicates(tmp_path):

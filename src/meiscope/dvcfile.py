@@ -118,7 +118,7 @@ def render(project_root: Path, stages: Iterable[Stage] | None = None, with_data:
     chosen = [s for s in (stages or STAGES) if s.in_dvc or with_data]
     out: dict[str, Any] = {"stages": {s.name: stage_entry(s, project_root, moved_inputs) for s in chosen}}
     if stages is None:
-        out["plots"] = [dict(p) if isinstance(p, dict) else p for p in PLOTS]
+        out["plots"] = list(PLOTS)  # images only: `dvc plots show` then needs no network (no Vega)
     return out
 
 

@@ -104,17 +104,12 @@ STAGES: tuple[Stage, ...] = (
           outputs=("report/index.html",), metrics=("metrics/headline.json",)),
 )
 
-# Figures `dvc plots show` draws: data series first, then the static images the stages write.
-PLOTS: tuple[dict[str, Any], ...] = (
-    {"results/train/history": {"x": "epoch", "y": "val_corr_to_avg", "template": "linear",
-                               "title": "validation correlation per epoch, one file per ensemble member"}},
-    {"results/train/pred_vs_obs.csv": {"x": "observed", "y": "predicted", "template": "scatter",
-                                       "title": "test images, every neuron - observed mean dF/F vs ensemble "
-                                                "prediction"}},
-    {"results/tune/history.csv": {"x": "trial", "y": "best_so_far", "template": "linear",
-                                  "title": "architecture search - best validation score so far"}},
-    "results/ranking/reliability.png", "results/ranking/tuning.png", "results/train/learning_curves.png",
-    "results/train/pred_vs_obs.png", "results/tune/optimization_history.png", "results/mei/gallery.png",
+# Figures `dvc plots show` draws: the PNGs the stages write, which DVC embeds as <img> in its HTML page (a
+# Vega plot would load Vega from a CDN and render blank offline). One figure per subject: the learning curves
+# overlay every ensemble member. The CSVs behind them stay in the outputs (results/train/history/, ...).
+PLOTS: tuple[str, ...] = (
+    "results/ranking/reliability.png", "results/ranking/tuning.png", "results/tune/optimization_history.png",
+    "results/train/learning_curves.png", "results/train/pred_vs_obs.png", "results/mei/gallery.png",
     "results/gabor/gallery.png", "results/validate/closed_loop.png",
 )
 

@@ -9,15 +9,17 @@ Gabor patches, the replicates of other recordings) shows where those data exist,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from meiscope.config import Params
 from meiscope.recordings import RECORDINGS
 from meiscope.recordings import label_of as recording_label
 from meiscope.paths import Layout
-from meiscope.report import Section, figure_png
-from meiscope.science.catalogue import (DVC_HEADLINE, HEADLINE, KINDS, format_conclusion, format_interval,
-                                        format_metric, label_of)
+from meiscope.report import Section
+from meiscope.report_figures import png_bytes
+from meiscope.report_numbers import display_summary, format_entry
+from meiscope.science.catalogue import (DVC_HEADLINE, HEADLINE, KINDS, format_conclusion, format_metric,
+                                        label_of)
 
 # The closed-loop targets of the study (simple and complex cells) and the model accuracy they need.
 TARGETS = {"gt_mei_corr": 0.8, "gt_mei_rate_ratio": 0.9, "gt_fresh_corr": 0.8}
@@ -81,89 +83,144 @@ def validate_rows(v: dict) -> dict[str, Any]:
     return rows
 
 
-def replicate_section(summary: dict, params: Params) -> Any:
+def committed_source(root: Optional[Path], path: Path, rerun: str) -> str:
+    """Where a committed summary comes from: ``from metrics/x.json, committed at <hash>, not rerun by `make run```."""
+    from meiscope.provenance import code_commit, committed_at
+
+    name = f"metrics/{Path(path).name}"
+    in_git = root is not None and code_commit(root) is not None  # outside git nothing can be said
+    commit = committed_at(root, path) if in_git else None
+    when = f", committed at {commit}" if commit else (", not committed (written in this checkout)" if in_git else "")
+    return f"From {name}{when}, written by `{rerun}`; not rerun by `make run`: not this run's results."
+
+
+def _summary_path(root: Optional[Path], recording: str) -> Path:
+    from meiscope.replicate import summary_file
+
+    return summary_file(Path(root or "."), recording)
+
+
+def replicate_section(summary: dict, params: Params, root: Optional[Path] = None) -> Any:
     """The replicate run: every headline figure with its interval, and which conclusions hold in all."""
     from meiscope.replicate import intervals_figure, stale_note
 
-    rows = {f.label: format_interval(summary["figures"][f.name]) for f in HEADLINE if f.name in summary["figures"]}
-    for kind, found in summary["conclusions"].items():
-        for label, c in found.items():
-            rows[f"{kind} cells: {label}"] = format_conclusion(c)
-    recording = recording_label(summary.get("recording", "two_photon"))  # older summaries: two-photon
+    shown = display_summary(summary)
+    rows = {f.label: format_entry(f, shown["figures"][f.name]) for f in HEADLINE
+            if shown["figures"].get(f.name, {}).get("mean") is not None}
+    conclusions = [(f"{kind} cells: {label}", format_conclusion(c))
+                   for kind, found in summary["conclusions"].items() for label, c in found.items()]
+    name = summary.get("recording", "two_photon")  # older summaries: two-photon
+    recording = recording_label(name)
     intro = (f"The synthetic {recording} study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
              f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
-             "(geometric mean and log-scale interval for ratios) "
-             "over replicates. Only conclusions that hold in every replicate are conclusions; the single run above "
-             "is one draw. Written by `meiscope replicate` (not part of `dvc repro`)."
+             "(geometric mean and log-scale interval for ratios; intervals kept inside the range a figure can take) "
+             "over replicates. Only conclusions that hold in every replicate are conclusions; this run is one draw."
              + stale_note(summary, params, "meiscope replicate"))
     return Section(f"Replicates ({recording}): what holds across new cortices", intro, rows,
-                   inline_figures=[("replicate intervals", figure_png(intervals_figure(summary)))])
+                   inline_figures=[("replicate intervals", png_bytes(intervals_figure(shown)))], part="committed",
+                   key_rows=conclusions, table_title="Every figure: mean [interval] over replicates",
+                   source=committed_source(root, _summary_path(root, name), "meiscope replicate"),
+                   anchor=f"replicates-{name}")
 
 
-def ablation_section(summary: dict, params: Params) -> Section:
+def ablation_section(summary: dict, params: Params, root: Optional[Path] = None) -> Section:
     """What each stimulus of the container buys (``meiscope ablation``): one row per training set."""
     from meiscope.recordings.container.ablation import ablation_figure, ablation_grid
     from meiscope.replicate import stale_note
 
+    shown = display_summary(summary)
     intro = (f"The container study's replicates (seeds {summary['seeds']}), each retrained from extract on the same "
              "data with only container.stimuli changed (tune, train, MEIs and the closed loop rerun per arm). "
-             f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the issue's targets are 0.8. "
-             "Written by `meiscope ablation` (metrics/ablation-container.json)."
+             f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the issue's targets are 0.8."
              + stale_note(summary, params, "make ablation"))
-    return Section("What each stimulus buys (container ablation)", intro, grid=ablation_grid(summary),
-                   inline_figures=[("ablation", figure_png(ablation_figure(summary)))])
+    path = Path(root or ".") / "metrics" / "ablation-container.json"
+    return Section("What each stimulus buys (container ablation)", intro, grid=ablation_grid(shown),
+                   inline_figures=[("ablation", png_bytes(ablation_figure(shown)))], part="committed",
+                   source=committed_source(root, path, "meiscope ablation"), anchor="ablation")
 
 
-def recordings_section(summary: dict, other: dict) -> Section:
-    """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds match)."""
-    from meiscope.replicate import summary_file
-
+def recordings_section(summary: dict, other: dict, root: Optional[Path] = None) -> Section:
+    """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds
+    match): one row per figure, one column per recording."""
     pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
-    names = [recording_label(s.get("recording", "two_photon")) for s in pair]
-    rows = {}
+    keys = [s.get("recording", "two_photon") for s in pair]
+    names = [recording_label(k) for k in keys]
+    shown = [display_summary(s) for s in pair]
+    grid = [["figure: mean [interval]", *names]]
     for f in HEADLINE:
-        if any(f.name in s["figures"] for s in pair):
-            rows[f.label] = " | ".join(f"{n}: {format_interval(s['figures'].get(f.name, {}))}" for n, s in zip(names, pair))
+        if any(s["figures"].get(f.name, {}).get("mean") is not None for s in shown):  # a figure either measured
+            grid.append([f.label, *(format_entry(f, s["figures"].get(f.name, {})) for s in shown)])
     same = pair[0]["seeds"] == pair[1]["seeds"]
-    files = ", ".join(f"metrics/{summary_file(Path('.'), s.get('recording', 'two_photon')).name}" for s in pair)
-    intro = (f"Replicates of the {names[0]} study (seeds {pair[0]['seeds']}) and of the {names[1]} study (seeds "
+    intro = (f"Replicates of the study recorded as {names[0]} (seeds {pair[0]['seeds']}) and as {names[1]} (seeds "
              f"{pair[1]['seeds']})" + (": the same synthetic cortices, so the same true cells, recorded two ways. "
                                        if same else ": different cortices, so not a paired comparison. ")
-             + f"Mean [t-interval] over replicates ({files}).")
-    title = f"{names[0]} vs {names[1]}: the same study, two recordings"
-    return Section(title[0].upper() + title[1:], intro, rows)
+             + "Mean [t-interval] over replicates.")
+    sources = " ".join(committed_source(root, _summary_path(root, k), "meiscope replicate") for k in keys)
+    return Section(f"Two recordings of one study: {names[0]} against {names[1]}", intro, grid=grid,
+                   grid_title=f"Every figure side by side ({len(grid) - 1} rows)",
+                   part="committed", source=sources, anchor=f"recordings-{keys[0]}-{keys[1]}")
+
+
+def _key_rows(stage: str, m: dict) -> list[tuple[str, str]]:
+    """The stage's few headline lines (the terminal's, :mod:`meiscope.summaries`); none for an unusual run."""
+    from meiscope.summaries import STAGES as LINES
+
+    try:
+        return LINES[stage](m) if m and stage in LINES else []
+    except (KeyError, TypeError):
+        return []
+
+
+def _ranked_by(metric: str) -> str:
+    """The ranking metric in words (the catalogue's label of its median, without "median")."""
+    return label_of("ranking", f"median_{metric}").removeprefix("median ")
 
 
 def _rank_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
     """The ranking's thresholds and what passed them."""
     return Section("Most expressive neurons (rank)",
-                   f"Cells ranked by {params.rank.metric}; selected cells pass every threshold in params.yaml (rank:).",
-                   m["ranking"], [layout.ranking / "reliability.png", layout.ranking / "tuning.png"], stage="ranking")
+                   f"Cells ranked by {_ranked_by(params.rank.metric)} (rank.metric: {params.rank.metric}); selected "
+                   "cells pass every threshold in params.yaml (rank:).",
+                   m["ranking"], [layout.ranking / "reliability.png"], stage="ranking",
+                   folded_figures=[layout.ranking / "tuning.png"],
+                   key_rows=_key_rows("rank", m["ranking"]), anchor="rank")
 
 
 def _tune_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
     """The architecture search."""
     return Section("Architecture search (tune)",
                    "Optuna study over the CNN architecture; trial 0 is the default configuration of params.yaml.",
-                   dict(m["tune"]), [layout.tune / "optimization_history.png", layout.tune / "param_importances.png"],
-                   stage="tune")
+                   dict(m["tune"]), stage="tune",
+                   folded_figures=[layout.tune / "optimization_history.png", layout.tune / "param_importances.png"],
+                   key_rows=_key_rows("tune", m["tune"]), anchor="tune")
 
 
 def _train_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
-    """The response model's accuracy."""
+    """The response model's accuracy, per neuron against its noise ceiling, and where its receptive fields sit."""
+    from meiscope.report_cells import accuracy_figure
+
     return Section("Response model (train)",
                    "CNN ensemble (shared core + per-neuron readout) vs the linear-nonlinear baseline on held-out test "
-                   "images; FEVE and correlation to average are measured against the noise ceiling; on synthetic data "
-                   "gt_fresh_corr_* scores the models against the true rates on 1,000 new scenes.",
-                   m["train"], [layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"], stage="train")
+                   "images; accuracy is measured against each neuron's noise ceiling (oracle correlation); on "
+                   "synthetic data the models are also scored against the true rates on 1,000 new scenes. The "
+                   "receptive-field positions are the readouts' positions mapped onto the monitor.",
+                   m["train"], stage="train",
+                   folded_figures=[layout.train / "learning_curves.png", layout.train / "pred_vs_obs.png"],
+                   inline_figures=accuracy_figure(params, layout), key_rows=_key_rows("train", m["train"]),
+                   anchor="train")
 
 
 def _mei_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
-    """The MEIs against the best natural images."""
+    """Every MEI, grouped by cell kind (beside its true optimum where there is a truth), and the contrast sweep."""
+    from meiscope.report_cells import gallery_figures
+
+    gallery = gallery_figures(params, layout)
     return Section("Most Exciting Inputs (mei)",
                    "One batched gradient ascent for all neurons under a fixed L2 budget in the model's pixel space; "
-                   "'val' scores come from an ensemble member held out of the optimisation.",
-                   m["mei"], [layout.mei / "gallery.png", layout.mei / "contrast_sweep.png"], stage="mei")
+                   "'held-out' scores come from an ensemble member kept out of the optimisation. Every MEI is shown.",
+                   m["mei"], ([] if gallery else [layout.mei / "gallery.png"]), stage="mei",
+                   folded_figures=[layout.mei / "contrast_sweep.png"], inline_figures=gallery,
+                   key_rows=_key_rows("mei", m["mei"]), anchor="mei")
 
 
 def _gabor_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
@@ -173,22 +230,25 @@ def _gabor_section(params: Params, layout: Layout, m: dict[str, dict]) -> Sectio
     return Section("MEI vs optimal Gabor (gabor)",
                    "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
                    "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction."
-                   + (" Neuropixels: gabor_patch_* compare each unit's best presented Gabor patch (its receptive-field "
-                      "map) with the optimal Gabor." if patches else ""),
+                   + (" Neuropixels: each unit's best presented Gabor patch (its receptive-field map) is compared "
+                      "with the optimal Gabor." if patches else ""),
                    m["gabor"], [layout.gabor / "gallery.png"] + ([layout.gabor / "receptive_fields.png"] if patches
-                                                                  else []), stage="gabor")
+                                                                  else []), stage="gabor",
+                   key_rows=_key_rows("gabor", m["gabor"]), anchor="gabor")
 
 
 def _validate_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
     """The closed loop on the true neurons, with the targets it missed (or why it was skipped)."""
     validate_note = m["validate"].get("note", "") if m["validate"].get("skipped") else target_note(m)
+    rows = validate_rows(m["validate"])
     return Section("Closed loop on the true neurons (validate)",
                    "Synthetic sessions only: every MEI start, the optimal Gabors and the best natural images shown to "
                    "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
                    "true optimum under the same budget. Ratios are medians of log-ratios over the cells both stimuli "
                    "drive; cells a stimulus does not drive are counted apart; 'ties' = no difference shown by the "
                    "sign test (p >= 0.05). All figures: metrics/validate.json.",
-                   validate_rows(m["validate"]), [layout.validate / "closed_loop.png"], note=validate_note)
+                   figures=[layout.validate / "closed_loop.png"], note=validate_note,
+                   key_rows=[(k, str(v)) for k, v in rows.items()], anchor="validate")
 
 
 # The section each stage of the table (meiscope.pipeline.STAGES) adds to the report; the table sets their order.
@@ -204,23 +264,23 @@ def stage_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
     return [STAGE_SECTIONS[s.name](params, layout, m) for s in STAGES if s.name in STAGE_SECTIONS]
 
 
-def replicate_sections(params: Params, m: dict[str, dict]) -> list[Section]:
+def replicate_sections(params: Params, m: dict[str, dict], root: Optional[Path] = None) -> list[Section]:
     """What was run beside the pipeline, where its summary exists: this recording's replicates, a comparison
     with each other recording whose replicates exist (``m["replicates_of"]``, in registry order), the ablation."""
     sections = []
     if m.get("replicates", {}).get("figures"):
-        sections.append(replicate_section(m["replicates"], params))
-        sections += [recordings_section(m["replicates"], other)
+        sections.append(replicate_section(m["replicates"], params, root))
+        sections += [recordings_section(m["replicates"], other, root)
                      for other in m.get("replicates_of", {}).values() if other.get("figures")]
     if m.get("ablation", {}).get("arms"):
-        sections.append(ablation_section(m["ablation"], params))
+        sections.append(ablation_section(m["ablation"], params, root))
     return sections
 
 
 def study_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[Section]:
-    """Every section of the report: the stages' in pipeline order, then the replicates' and the ablation's;
-    ``m`` maps each metrics file's stem to its contents."""
-    return stage_sections(params, layout, m) + replicate_sections(params, m)
+    """Every section of the report: the stages' in pipeline order, then the committed replicates' and the
+    ablation's; ``m`` maps each metrics file's stem to its contents."""
+    return stage_sections(params, layout, m) + replicate_sections(params, m, layout.root)
 
 
 def headline_metrics(m: dict[str, dict]) -> dict[str, Any]:

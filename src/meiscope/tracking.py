@@ -9,7 +9,6 @@ that runs started from any folder land in one store.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import subprocess
@@ -28,7 +27,11 @@ USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
     """The store URI: ``MLFLOW_TRACKING_URI`` when the user set it (e.g. a team's tracking server,
     see `make services`), else ``tracking.uri``, with a relative sqlite path made absolute under ``root``."""
-    uri = USER_TRACKING_URI or cfg.uri
+    return absolute_store(USER_TRACKING_URI or cfg.uri, root)
+
+
+def absolute_store(uri: str, root: Path) -> str:
+    """``uri`` with a relative sqlite path made absolute under ``root`` (other URIs as they are)."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
         return prefix + str((root / uri[len(prefix):]).resolve())
@@ -66,14 +69,82 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+# Tracked files the pipeline writes besides the outputs dvc.yaml declares: DVC's lock, the ``.dvc`` files
+# `meiscope data` rewrites, and params.yaml, which `dvc exp run -S` edits (its values are the runs' params).
+PIPELINE_WRITTEN = ("dvc.lock", "*.dvc", "params.yaml")
+
+
 def git_dirty(root: Path) -> str:
-    """``true`` when tracked files differ from the commit (the code that ran is not the commit), else ``false``."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+    """``true`` when the code differs from the commit, ``false`` when only what the pipeline writes does.
+
+    A stage runs after others have rewritten tracked files (``dvc.lock``, ``metrics/*.json``): those do
+    not make the code that ran differ from the commit. So files that :func:`pipeline_written` matches are
+    left out; any other tracked file that differs (source, docs, ``dvc.yaml`` itself) makes the tree
+    dirty. ``unknown`` outside git or without a commit.
+    """
+    changed = _git_lines(root, "diff", "--name-only", "-z", "HEAD")
+    top = _git_lines(root, "rev-parse", "--show-toplevel")
+    if changed is None or not top:
         return "unknown"
-    return "unknown" if out.returncode else ("true" if out.stdout.strip() else "false")
+    top_dir = Path(top[0].strip()).resolve()
+    try:
+        prefix = Path(root).resolve().relative_to(top_dir).as_posix() + "/"
+    except ValueError:  # git found the repository through a link: paths cannot be matched
+        return "unknown"
+    patterns = [_join("" if prefix == "./" else prefix, p) for p in pipeline_written(root)]
+    if prefix != "./":  # a project inside another (a replicate): the outer pipeline's outputs are not code either
+        patterns += pipeline_written(top_dir)
+    return "true" if any(not _matches(path, patterns) for path in changed) else "false"
+
+
+def pipeline_written(root: Path) -> list[str]:
+    """Path patterns (relative to ``root``; ``*`` for ``${item}``) of the tracked files the pipeline writes.
+
+    Read from ``root``'s ``dvc.yaml``, which ``meiscope dvcfile`` writes from the stage table: every
+    output, every folder holding a metrics file (``metrics/``: the replicate summaries live there too)
+    and every plot, plus :data:`PIPELINE_WRITTEN`. Reading the generated file, not the table, keeps this
+    module free of the stage modules (their code would become every stage's DVC dependency).
+    """
+    import yaml
+
+    patterns = list(PIPELINE_WRITTEN)
+    try:
+        spec = yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return patterns
+    for entry in (spec.get("stages") or {}).values():
+        entry = entry.get("do", entry) if isinstance(entry, dict) else {}
+        for out in (entry.get("outs") or []) + (entry.get("metrics") or []):
+            path, options = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+            is_metric = out in (entry.get("metrics") or []) or (options or {}).get("cache") is False
+            patterns.append(path.rsplit("/", 1)[0] if is_metric and "/" in path else path)
+    patterns += [p if isinstance(p, str) else next(iter(p)) for p in spec.get("plots") or []]
+    return [p.replace("${item}", "*") for p in dict.fromkeys(patterns)]
+
+
+def _matches(path: str, patterns: list[str]) -> bool:
+    """Whether ``path`` is one of ``patterns``, lies under one, or matches one (``fnmatch``)."""
+    from fnmatch import fnmatchcase
+
+    name = path.rsplit("/", 1)[-1]
+    return any(path == p or path.startswith(p + "/") or fnmatchcase(path, p) or fnmatchcase(path, p + "/*")
+               or (p.startswith("*") and fnmatchcase(name, p)) for p in patterns)  # "*.dvc": in any folder
+
+
+def _join(prefix: str, pattern: str) -> str:
+    """``pattern`` relative to the repository's top level (``prefix``: where ``root`` lies in it)."""
+    return pattern if pattern.startswith("*") else prefix + pattern
+
+
+def _git_lines(root: Path, *args: str) -> list[str] | None:
+    """The output of ``git <args>`` in ``root`` split into entries (NUL with ``-z``), None when it fails."""
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode:
+        return None
+    return [p for p in out.stdout.split("\0" if "-z" in args else "\n") if p.strip()]
 
 
 def provenance_tags(stage: str, root: Path) -> dict[str, str]:
@@ -110,7 +181,9 @@ def file_hash(path: Path) -> str:
     """md5 of a file's bytes (``missing`` if absent): ties a run to the exact stage input."""
     if not path.is_file():
         return "missing"
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    from meiscope.digests import file_digest
+
+    return file_digest(path)
 
 
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -133,6 +206,8 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
 
     # a tracking server keeps the artifacts of every host in its own store
     location = None if is_server(uri) else (Path(root).resolve() / "mlruns").as_uri()
+    own_file = _own_sqlite_file(uri, root)
+    store_is_new = own_file is not None and not own_file.exists()  # meiscope creates this store now
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None and location is not None and _own_sqlite_file(uri, root) is not None:
@@ -142,7 +217,11 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
             experiment = client.get_experiment_by_name(name)  # None, unless a process beside us made it anew
     if experiment is None:  # a model-training experiment, so the UI opens it on its training runs
         try:
-            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            created = client.create_experiment(name, artifact_location=location,
+                                               tags={EXPERIMENT_KIND: MODEL_TRAINING})
+            if store_is_new:
+                _hide_default_experiment(client)
+            return created
         except mlflow.exceptions.MlflowException:  # another host created it a moment ago (shared server)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
@@ -150,6 +229,19 @@ def own_experiment(uri: str, name: str, root: Path) -> str:
     if EXPERIMENT_KIND not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return experiment.experiment_id
+
+
+def _hide_default_experiment(client: Any) -> None:
+    """Delete the empty ``Default`` experiment (id 0) that MLflow puts in every new store, so that the UI
+    lists only meiscope's. Only for a store meiscope has just created: nobody logged to it yet. The
+    deletion is MLflow's soft one (``mlflow experiments restore --experiment-id 0`` brings it back)."""
+    import mlflow
+
+    try:
+        if not client.search_runs(["0"], max_results=1, run_view_type=3):  # 3: ViewType.ALL
+            client.delete_experiment("0")
+    except mlflow.exceptions.MlflowException as err:  # not fatal: the UI then lists an empty Default
+        log.info("kept MLflow's Default experiment: %s", err)
 
 
 def _set_aside(client: Any, experiment: Any, elsewhere: Path, root: Path) -> None:
@@ -230,7 +322,9 @@ def start_run(params: Params, stage: str, root: Path, sections: tuple[str, ...] 
         for name in sections:
             logged.update(flat_dict(getattr(params, name), f"{name}."))
         if logged:
-            mlflow.log_params({k: str(v)[:500] for k, v in logged.items()})
+            from meiscope.pgpass import redact  # a storage URL in params.yaml may carry a password
+
+            mlflow.log_params({k: redact(str(v))[:500] for k, v in logged.items()})
         yield mlflow
         del run
 
@@ -245,14 +339,19 @@ def log_training_data(mlflow: Any, ds: Any, path: Path) -> None:
     mlflow.log_input(dataset, context="training")
 
 
-def log_ensemble(mlflow: Any, ensemble_dir: Path, registered_name: str) -> Any:
+def log_ensemble(mlflow: Any, ensemble_dir: Path, registered_name: str,
+                 crop: "tuple[float, ...] | list[float] | None" = None) -> Any:
     """The trained ensemble as an MLflow LoggedModel, registered as a new version of ``registered_name``.
 
-    Input ``(N, 1, H, W)`` float32 model-space images, output ``(N, n_neurons)`` (normalised units,
-    ``ensemble.json`` maps them to dF/F). Requirements are given explicitly (inferring them imports
-    and times the whole environment); loading it needs meiscope installed (the members are its modules).
+    Input ``(N, 1, H, W)`` float32 model-space images, output ``(N, n_neurons)`` in normalised units,
+    one column per cell (the signature names them ``cell_<id>``). What a user needs to feed it and read
+    it travels with it (:func:`model_card`): in the MLmodel file's metadata, as tags of the model
+    version and in its description. ``crop``: ``extract.crop``, which gives the degrees per pixel.
+    Requirements are given explicitly (inferring them imports and times the whole environment);
+    loading it needs meiscope installed (the members are its modules).
     """
     import numpy as np
+    import pandas as pd
     import torch
     from mlflow.models import infer_signature
 
@@ -260,11 +359,128 @@ def log_ensemble(mlflow: Any, ensemble_dir: Path, registered_name: str) -> Any:
     from meiscope.model.ensemble import load_ensemble
 
     ensemble = load_ensemble(ensemble_dir, device="cpu")
+    card = model_card(ensemble, crop)
     module = ensemble.as_module().eval()
     example = np.zeros((2, 1, *ensemble.image_shape), dtype=np.float32)
     with torch.no_grad():
-        output = module(torch.from_numpy(example)).numpy()
+        output = pd.DataFrame(module(torch.from_numpy(example)).numpy(), columns=card["output_columns"])
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"]
-    return mlflow.pytorch.log_model(module, name="ensemble", signature=infer_signature(example, output),
+    info = mlflow.pytorch.log_model(module, name="ensemble", signature=infer_signature(example, output),
                                     pip_requirements=requirements, registered_model_name=registered_name,
-                                    await_registration_for=0, serialization_format="pickle")
+                                    await_registration_for=0, serialization_format="pickle", metadata=card)
+    if info.registered_model_version is not None:
+        describe_version(mlflow.MlflowClient(), registered_name, str(info.registered_model_version), card)
+    return info
+
+
+def model_card(ensemble: Any, crop: "tuple[float, ...] | list[float] | None") -> dict[str, Any]:
+    """What the registered ensemble's user needs: cell ids in output order, the pixel normalisation, the
+    image geometry (and, given ``crop``, degrees per pixel) and the map from its output to dF/F."""
+    height, width = (int(v) for v in ensemble.image_shape)
+    card: dict[str, Any] = {
+        "cell_ids": [int(c) for c in ensemble.cell_ids],
+        "output_columns": [f"cell_{int(c)}" for c in ensemble.cell_ids],
+        "image_height": height, "image_width": width,
+        "pixel_mean": float(ensemble.pixel_mean), "pixel_std": float(ensemble.pixel_std),
+        "input": "(N, 1, image_height, image_width) float32 model-space images: (screen pixels 0-255 - pixel_mean)"
+                 " / pixel_std",
+        "output": "(N, n_cells) normalised units, one column per cell id; dF/F = output * response_scale + "
+                  "response_offset (per cell)",
+        "response_scale": [float(v) for v in ensemble.response_scale],
+        "response_offset": [float(v) for v in ensemble.response_offset],
+        "seeds": [int(s) for s in ensemble.seeds],
+    }
+    if crop is not None:
+        from meiscope.visual_field import VisualField
+
+        deg_h, deg_w = VisualField.from_crop(crop, (height, width)).pixel_size_deg()
+        card["degrees_per_pixel"] = [round(float(deg_h), 6), round(float(deg_w), 6)]
+    return card
+
+
+def describe_version(client: Any, name: str, version: str, card: dict[str, Any]) -> None:
+    """The model version's description and tags from ``card`` (searchable and shown in the registry UI)."""
+    geometry = f"{card['image_height']}x{card['image_width']} px"
+    if "degrees_per_pixel" in card:
+        geometry += " at {:.3g} x {:.3g} deg/px".format(*card["degrees_per_pixel"])
+    description = (f"meiscope CNN ensemble ({len(card['seeds'])} members) predicting {len(card['cell_ids'])} "
+                   f"cells. Input: {card['input']}, pixel_mean {card['pixel_mean']:.6g}, pixel_std "
+                   f"{card['pixel_std']:.6g}, {geometry}. Output: {card['output']}. Cell ids, scales and "
+                   "offsets: the MLmodel metadata (mlflow.models.get_model_info(uri).metadata).")
+    client.update_model_version(name, version, description=description)
+    tags = {"cell_ids": ",".join(str(c) for c in card["cell_ids"]), "pixel_mean": f"{card['pixel_mean']:.8g}",
+            "pixel_std": f"{card['pixel_std']:.8g}", "image_height": str(card["image_height"]),
+            "image_width": str(card["image_width"]), "output_units": "normalised (see description)"}
+    if "degrees_per_pixel" in card:
+        tags["degrees_per_pixel"] = ",".join(f"{v:.6g}" for v in card["degrees_per_pixel"])
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value[:5000])
+
+
+def load_registered_model(model_uri: str, tracking_uri: str | None = None) -> Any:
+    """Load a registered ensemble (``models:/meiscope-ensemble/<version>``) without writing into its store.
+
+    MLflow writes a ``registered_model_meta`` file into the folder it loads a model from, and for a
+    local artifact store that folder is the model's own artifacts: in a copied checkout, the
+    original's ``mlruns/``. Loading through a temporary folder keeps every store as it was.
+    """
+    import tempfile
+
+    import mlflow
+    import mlflow.pytorch
+
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="meiscope-model-") as folder:
+        return mlflow.pytorch.load_model(model_uri, dst_path=folder)
+
+
+# The MLflow UI's runs table of an experiment. MLflow 3.17's UI picks its GenAI or model-training view
+# from the `workflowType` URL parameter (else from the browser's last choice), not from the experiment's
+# tags, and drops every other parameter when it redirects a bare experiment link to a tab: so the link
+# names the runs tab and the view itself. `searchFilter` is the runs table's filter box.
+UI_RUNS_LINK = "http://{host}:{port}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def ui_link(experiment_id: str, port: int = 5000, stage: str | None = "train", host: str = "127.0.0.1") -> str:
+    """The link that opens ``experiment_id``'s runs (of ``stage``; every run with None) in the MLflow UI."""
+    from urllib.parse import quote, urlencode
+
+    query = {"workflowType": "machine_learning"}
+    if stage:
+        query["searchFilter"] = f'tags.stage = "{stage}"'
+    return UI_RUNS_LINK.format(host=host, port=int(port), experiment_id=experiment_id,
+                               query=urlencode(query, quote_via=quote))
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    """``python -m meiscope.tracking [--store URI] [--port N]``: print the MLflow UI links of this checkout's
+    experiment (``make mlflow-ui``), creating the experiment in the store if needed so that the id exists."""
+    import argparse
+
+    from meiscope.config import load_params
+    from meiscope.errors import MeiscopeError
+
+    parser = argparse.ArgumentParser(prog="python -m meiscope.tracking", description=main.__doc__)
+    parser.add_argument("--store", help="the store the UI serves (default: params.yaml's tracking.uri)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    root = Path.cwd()
+    try:
+        cfg = load_params(args.params).tracking
+    except MeiscopeError as err:
+        print(f"error: {err}")
+        return 1
+    store = absolute_store(args.store or cfg.uri, root)  # the store the UI serves, whatever the environment says
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    experiment_id = own_experiment(store, cfg.experiment, root)
+    print(f"MLflow UI, training runs:  {ui_link(experiment_id, args.port)}\n"
+          f"every stage's runs:        {ui_link(experiment_id, args.port, stage=None)}\n"
+          "(starting the server takes about 15 s; open the links once it says it is listening)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

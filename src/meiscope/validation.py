@@ -224,9 +224,12 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
 
     kinds = [k for k in KINDS if k in set(table.kind)]
     colors = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green")))
-    fig = Figure(figsize=(15, 4.6))
-    grid = fig.add_gridspec(max(min(n_show, 5), 1), 5, width_ratios=[1.2, 1.2, 1.0, 0.32, 0.32])
-    ax = fig.add_subplot(grid[:, 0])
+    # drawn for a ~1000 px wide page at save_figure's 110 dpi: 9.5 in shows nearly 1:1, so 8 pt is ~12 px
+    rows = min(n_show, 5)
+    fig = Figure(figsize=(9.5, 6.8 if rows else 4.8))
+    outer = fig.add_gridspec(2 if rows else 1, 1, height_ratios=[3.4, 1.4] if rows else None)
+    panels = outer[0].subgridspec(1, 3, wspace=0.45)
+    ax = fig.add_subplot(panels[0])
     limit = 4.0
     band = limit + ZERO_BAND
     for x, kind in enumerate(kinds):
@@ -237,7 +240,7 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
         ax.scatter(x + jitter[both], y[both], s=14, alpha=0.75, color=colors[kind])
         ax.scatter(x + jitter[~both], y[~both], s=22, marker="x", color="k")
         wins, n = int((g.mei_vs_gabor > 0).sum()), len(g)
-        ax.text(x, -band - 0.9, f"MEI wins {wins}/{n}", ha="center", fontsize=7)
+        ax.text(x, -band - 0.9, f"MEI wins\n{wins}/{n}", ha="center", fontsize=8)
     ticks = np.arange(-limit, limit + 1, 1.0)
     ax.set_yticks([-band, *ticks, band], ["MEI 0", *[(f"{2 ** t:g}" if t >= 0 else f"1/{2 ** -t:g}")
                                                       for t in ticks], "Gabor 0"])
@@ -246,10 +249,10 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
     ax.axhline(0, color="k", lw=0.8, ls=":")
     ax.set_ylim(-band - 1.3, band + 0.5)
     ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_ylabel("true rate above baseline: MEI / optimal Gabor (log scale)")
-    ax.set_title("Truth: MEI vs optimal Gabor\n(x: one does not drive the cell; both: at 1)", fontsize=9)
+    ax.set_ylabel("true rate: MEI / optimal Gabor (log scale)", fontsize=9)
+    ax.set_title("Truth: MEI vs optimal Gabor\n(x: one does not drive the cell)", fontsize=9)
 
-    ax = fig.add_subplot(grid[:, 1])
+    ax = fig.add_subplot(panels[1])
     names = (("mei", "MEI"), ("gabor", "optimal Gabor"), ("best_image", "best natural"))
     for j, (name, label) in enumerate(names):
         data = [table.loc[table.kind == k, f"{name}_rate_ratio"].dropna().to_numpy() for k in kinds]
@@ -261,11 +264,11 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
         ax.plot([], [], color=("tab:red", "tab:gray", "tab:olive")[j], lw=6, alpha=0.6, label=label)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("true rate above baseline / true optimum's")
-    ax.set_title("How close each stimulus gets to the true optimum", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="upper right")
+    ax.set_ylabel("true rate / true optimum's", fontsize=9)
+    ax.set_title("How close each stimulus gets\nto the true optimum", fontsize=9)
+    ax.legend(fontsize=8, frameon=False, loc="lower left")
 
-    ax = fig.add_subplot(grid[:, 2])
+    ax = fig.add_subplot(panels[2])
     for kind in kinds:
         g = table[table.kind == kind]
         y, both = _log2_ratio_points(g.true_rate_above_baseline_mei.to_numpy(),
@@ -274,21 +277,22 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
                    color=colors[kind], label=kind)
     ax.axhline(0, color="k", lw=0.8, ls=":")
     ax.axvline(0, color="k", lw=0.8, ls=":")
-    ax.set_xlabel("model: log2 MEI / optimal Gabor")
-    ax.set_ylabel("truth: log2 MEI / optimal Gabor")
-    ax.set_title("Does the model's conclusion hold in truth?", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel("model: log2 MEI / optimal Gabor", fontsize=9)
+    ax.set_ylabel("truth: log2 MEI / optimal Gabor", fontsize=9)
+    ax.set_title("Does the model's conclusion\nhold in truth?", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    for a in fig.axes:
+        a.tick_params(labelsize=8)
 
-    rows = min(n_show, 5)
+    strip = outer[1].subgridspec(1, 2 * rows, wspace=0.08) if rows else None
     for i in range(rows):
-        for j, (image, label) in enumerate(((meis[i], "MEI"), (optima[i], "true optimum"))):
-            a = fig.add_subplot(grid[i, 3 + j])
+        for j, (image, label) in enumerate(((meis[i], "MEI"), (optima[i], "optimum"))):
+            a = fig.add_subplot(strip[2 * i + j])
             a.imshow(np.clip(to_pixels(image), 0, 255), cmap="gray", vmin=0, vmax=255)
             a.set_xticks([])
             a.set_yticks([])
-            if i == 0:
-                a.set_title(label, fontsize=8)
+            a.set_title(label, fontsize=8)
             if j == 0:
-                a.set_ylabel(f"{table.kind.iloc[i]}\nr={table.mei_truth_corr.iloc[i]:.2f}", fontsize=6)
+                a.set_xlabel(f"{table.kind.iloc[i]}\nr={table.mei_truth_corr.iloc[i]:.2f}", fontsize=8)
     fig.tight_layout()
     return fig

@@ -404,7 +404,8 @@ def write_results(outputs: TrainOutputs, metrics: dict, table: pd.DataFrame, res
 
 def write_figures(results_dir: Path, results: list[TrainResult], ds: ResponseDataset, test: HeldOutImages,
                   pred: Predictions, scores: HeldOutScores) -> None:
-    """The figures' data as CSV (for `dvc plots`), the learning curves and predicted vs observed responses."""
+    """The figures' data as CSV, the learning curves (every member on one figure: the one `dvc plots show`
+    draws) and predicted vs observed responses."""
     _write_plot_data(results, ds, test.rows, pred.ensemble, results_dir)
     save_figure(_learning_curves_figure(results), results_dir / "learning_curves.png")
     save_figure(_pred_vs_obs_figure(ds, test.rows, pred.ensemble, pred.ln, scores.cnn["corr_to_avg"],
@@ -446,7 +447,7 @@ def _median(values: np.ndarray) -> Optional[float]:
 # --------------------------------------------------------------------------------------
 def _write_plot_data(results: list[TrainResult], ds: ResponseDataset, test: np.ndarray, ensemble_pred: np.ndarray,
                      results_dir: Path) -> None:
-    """The data behind the figures as CSV, for `dvc plots` (declared in dvc.yaml, overlaid across experiments).
+    """The data behind the figures as CSV (`dvc plots` shows the PNGs, which need no network to view).
 
     ``history/seed_<s>.csv``: one row per epoch of a member; ``pred_vs_obs.csv``: one row per
     (test image, neuron), observed image mean and ensemble prediction (dF/F).

@@ -49,6 +49,9 @@ class Recording(Protocol):
     def training_extras_path(self, dataset_path: Path) -> Optional[Path]:
         """Where this kind keeps its other training data beside ``dataset_path`` (None: it has none)."""
         ...
+    def training_stimuli(self, params: Params) -> tuple[str, ...]:
+        """The stimuli the model trains on, as Allen names them (the report says which)."""
+        ...
     def report_summaries(self, root: Path) -> dict[str, Path]:
         """Summaries of studies this kind adds, for the report: ``{metrics key: JSON file}`` (may not exist)."""
         ...
@@ -79,6 +82,10 @@ class ScenesOnly:
     def training_extras_path(self, dataset_path: Path) -> Optional[Path]:
         """Where more training data would lie beside the dataset (nowhere: natural scenes only)."""
         return None
+
+    def training_stimuli(self, params: "Params") -> tuple[str, ...]:
+        """Natural scenes alone."""
+        return ("natural_scenes",)
 
     def report_summaries(self, root: Path) -> dict[str, Path]:
         """No study of its own beside the pipeline's."""

@@ -147,12 +147,18 @@ def _plot_contrast_sweep(scales: np.ndarray, sweep: np.ndarray, cell_ids: np.nda
 
     from meiscope.atomic import save_figure
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for c, curve in zip(cell_ids, sweep):
-        ax.plot(scales, curve / max(curve[np.argmin(np.abs(scales - 1))], 1e-9), alpha=0.7, label=str(c))
+    # sized for a ~1000 px page at save_figure's 110 dpi (9 pt is ~13 px there); one colour (and, past the
+    # palette's 10, one dash style) per neuron so that no two legend entries look alike
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
+    colours = plt.get_cmap("tab10").colors
+    styles = ("-", "--", ":", "-.")
+    for k, (c, curve) in enumerate(zip(cell_ids, sweep)):
+        ax.plot(scales, curve / max(curve[np.argmin(np.abs(scales - 1))], 1e-9), color=colours[k % len(colours)],
+                ls=styles[(k // len(colours)) % len(styles)], lw=1.6, label=f"cell {c}")
     ax.axvline(1.0, color="k", lw=0.8, ls=":")
-    ax.set_xlabel("norm scale (1 = the MEI's budget)")
-    ax.set_ylabel("predicted response / at budget")
-    ax.set_title("Contrast sweep of the MEIs")
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_xlabel("norm scale (1 = the MEI's budget)", fontsize=9)
+    ax.set_ylabel("predicted response / at budget", fontsize=9)
+    ax.set_title("Contrast sweep of the MEIs", fontsize=10)
+    ax.tick_params(labelsize=9)
+    ax.legend(fontsize=9, ncol=1 + len(cell_ids) // 13, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     save_figure(fig, path)

@@ -15,10 +15,13 @@ from meiscope.paths import Layout
 from meiscope.recordings import label_of
 
 
-def run(params: Params, root: Path) -> Path:
-    """Write report/index.html from the metrics and figures of every stage (sections: report_sections.py)."""
+def run(params: Params, root: Path, device: str | None = None) -> Path:
+    """Write report/index.html from the metrics and figures of every stage (sections: report_sections.py,
+    summary: report_summary.py, provenance: provenance.py)."""
+    from meiscope import provenance
     from meiscope.report import write_report
     from meiscope.report_sections import headline_metrics, study_sections
+    from meiscope.report_summary import render_summary
     from meiscope.tracking import start_run
 
     layout = Layout.from_params(params, root)
@@ -30,7 +33,9 @@ def run(params: Params, root: Path) -> Path:
                 f"{metrics['ranking'].get('n_selected', '?')} of "
                 f"{metrics['ranking'].get('n_cells', '?')} cells selected and modelled")
     path = write_report(layout.report / "index.html", "meiscope study report", subtitle,
-                        study_sections(params, layout, metrics))
+                        study_sections(params, layout, metrics),
+                        render_summary(params, layout, metrics, metrics["replicates"]),
+                        provenance.collect(params, root, device).rows())
     write_json(layout.metrics_file("headline"), headline_metrics(metrics))
     with start_run(params, "report", root) as mlf:
         if mlf is not None:

@@ -43,7 +43,8 @@ def run(params: Params, root: Path, device: str | None = None, resume: bool = Fa
                                truth=truth, device=device or train_cfg.device, resume=resume, log=mlf)
         if mlf is not None:
             log_training_data(mlf, ds, layout.dataset(ds.experiment_id))
-            log_ensemble(mlf, layout.ensemble, registered_name=f"{params.tracking.experiment}-ensemble")
+            log_ensemble(mlf, layout.ensemble, registered_name=f"{params.tracking.experiment}-ensemble",
+                         crop=params.extract.crop)
     return metrics
 
 

@@ -47,6 +47,10 @@ class Container(TwoPhoton):
 
         return [i for i in self.find_sessions(cache_dir) if session_info(cache_dir, i)[1] == "B"]
 
+    def training_stimuli(self, params: Params) -> tuple[str, ...]:
+        """Every stimulus of ``container.stimuli``: the model trains on all of them."""
+        return tuple(params.container.stimuli)
+
     def synthesize(self, params: Params, folder: Path) -> list[int]:
         """Write the synthetic containers (sessions ``container.sessions`` of each) into ``folder``."""
         from meiscope.recordings.container.synthetic import synthesize_containers
