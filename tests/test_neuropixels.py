@@ -200,6 +200,38 @@ def test_neuropixels_counts_equal_counts_from_the_spike_times(npx_study):
         np.testing.assert_array_equal(ds.blank_responses[:, column], counts[~shown])
 
 
+def test_neuropixels_extract_keeps_the_gabor_presentations_counts(npx_study):
+    import pynwb
+
+    from meiscope.dataset import ResponseDataset
+    from meiscope.recordings.neuropixels.cache import session_nwb
+    from meiscope.recordings.neuropixels.responses import load_other_stimuli, other_stimuli_path
+
+    root, params = npx_study
+    session_id = params.synthetic_neuropixels.session_id
+    dataset_path = root / "results" / "responses" / f"{session_id}.npz"
+    other = load_other_stimuli(other_stimuli_path(dataset_path))
+    gabors, ids = other["gabors"], ResponseDataset.load(dataset_path).cell_ids
+    counts, condition = gabors["presentation_counts"], gabors["presentation_condition"]
+    assert counts.shape == (243 * 3, 30) and counts.dtype.kind == "i" and condition.shape == (243 * 3,)
+    assert "presentation_counts" not in other["static_gratings"]  # only the shuffle test needs them
+    means = np.stack([np.bincount(condition, weights=counts[:, u], minlength=243) for u in range(30)], axis=1) / 3
+    np.testing.assert_allclose(gabors["mean_counts"], means, rtol=1e-6)  # the existing keys are unchanged
+    with pynwb.NWBHDF5IO(str(session_nwb(root / "data" / "synthetic_ecephys", session_id)), "r",
+                         load_namespaces=True) as io:
+        nwb = io.read()
+        units = nwb.units.to_dataframe().set_index("id") if "id" in nwb.units.colnames else nwb.units.to_dataframe()
+        table = nwb.intervals["gabors_presentations"].to_dataframe().sort_values("start_time")
+    for key in ("x_position", "y_position", "orientation"):  # each presentation's condition is its own
+        np.testing.assert_allclose(gabors[key][condition], table[key].astype(float), atol=1e-6)
+    start = table.start_time.to_numpy()
+    lo, hi = params.neuropixels.count_window
+    for column, unit in enumerate(ids[:5]):
+        spikes = np.asarray(units.loc[unit, "spike_times"])
+        upto = np.searchsorted(spikes, start + hi, side="left")
+        np.testing.assert_array_equal(counts[:, column], upto - np.searchsorted(spikes, start + lo, side="left"))
+
+
 def test_neuropixels_whole_study_runs_and_checks_the_presented_gabors(npx_study):
     root, params = npx_study
     pipeline.stage("rank").run(params, root)
@@ -217,6 +249,8 @@ def test_neuropixels_whole_study_runs_and_checks_the_presented_gabors(npx_study)
     assert run["model"]["loss"] == "auto"
     assert gabor["gabor_patch_n_units"] == 8 and 0 <= gabor["gabor_patch_n_units_with_rf"] <= 8
     table = pd.read_csv(root / "results" / "gabor" / "presented_gabors.csv")
-    assert len(table) == 8 and table.best_patch_true_error_deg.notna().all() and table.rf_p_value.between(0, 1).all()
+    assert len(table) == 8 and table.best_patch_true_error_deg.notna().all()
+    assert table.rf_p_value.dropna().between(0, 1).all() and (table.rf_test == "shuffle").all()
+    assert (table.rf_p_value.isna() | (table.has_rf == (table.rf_p_value < 0.01))).all()
     assert (root / "results" / "gabor" / "receptive_fields.png").stat().st_size > 10_000
     assert "Neuropixels spike counts" in (root / "report" / "index.html").read_text()

@@ -6,9 +6,15 @@ so each unit's preference is read the way Allen's receptive-field analysis reads
 
 - the **receptive-field map**: mean count per position, summed over the 3 orientations (45
   presentations per position); its peak is the unit's best patch position;
-- **significance**: a chi-square test of the map's spike totals against a flat map (Poisson
-  counts; Allen's ``p_value_rf`` uses a shuffle test of the same statistic). Units with
-  ``p >= RF_P_VALUE`` have no measurable receptive field and are left out of the medians;
+- **significance**: Allen's ``p_value_rf`` test: the Pearson chi-square of the map's spike totals
+  against a flat map, its p-value the fraction of :data:`RF_RESAMPLES` resamples (presentations'
+  counts drawn with replacement, positions kept) whose statistic exceeds the observed one, so the
+  null keeps the unit's own over-dispersed count distribution (the analytic chi-square
+  distribution assumes Poisson counts and calls ~half of real flat maps significant). Outputs
+  without per-presentation counts (older extracts) fall back to the analytic p-value, and the
+  table's ``rf_test`` column says which was used. Units with fewer than :data:`RF_MIN_SPIKES`
+  spikes get a NaN p-value, like Allen's. Units with ``p >= RF_P_VALUE`` (or NaN) have no
+  measurable receptive field and are left out of the medians;
 - the best orientation: the largest mean count of the 3 orientations at the best position.
 
 Each modelled unit's best patch is compared with meiscope's in-silico optimal Gabor (found on the
@@ -38,6 +44,10 @@ from meiscope.recordings.screen import PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE
 
 GRID_STEP_DEG = 10.0
 RF_P_VALUE = 0.01  # Allen's threshold for a significant receptive field (Siegle et al. 2021)
+RF_RESAMPLES = 1000  # Allen's number of shuffles for p_value_rf
+RF_MIN_SPIKES = 10  # Allen leaves p_value_rf NaN below this many spikes in all Gabor presentations
+RF_SEED = 0  # default seed of the shuffle test: the same outputs give the same p-values
+_CHUNK_ELEMENTS = 4_000_000  # resamples x presentations x units drawn at once (~32 MB of float64)
 
 
 def model_pixels_to_degrees(col: np.ndarray, row: np.ndarray, crop: list[float], image_shape: tuple[int, int]
@@ -58,17 +68,58 @@ def _orientation_agrees(best_deg: np.ndarray, optimal_deg: np.ndarray) -> np.nda
     return (nearest & mine).any(axis=1)  # ties (135 deg: 0 and 90 equally near) accept either
 
 
-def receptive_field_maps(patches: dict[str, np.ndarray], columns: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Orientation-summed maps of the units in ``columns`` of ``patches["mean_counts"]``.
+def _chi_square(totals: np.ndarray, shown: np.ndarray) -> np.ndarray:
+    """Pearson chi-square of spike ``totals`` ``(..., n_positions, n)`` against a flat map (``shown`` presentations)."""
+    expected = totals.sum(axis=-2, keepdims=True) * (shown / shown.sum())[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(expected > 0, (totals - expected) ** 2 / expected, 0.0).sum(axis=-2)
+
+
+def shuffle_p_values(counts: np.ndarray, position: np.ndarray, n_positions: int, seed: int = RF_SEED,
+                     n_resamples: int = RF_RESAMPLES) -> np.ndarray:
+    """Allen's shuffle p-value of each unit's receptive-field map.
+
+    Args:
+        counts: ``(n_presentations, n)`` spike counts per presentation.
+        position: ``(n_presentations,)`` position index of each presentation.
+        seed: seeds the numpy Generator that draws the resamples (same seed, same p-values).
 
     Returns:
-        ``(positions, maps, p_values)``: ``(n_positions, 2)`` x, y in degrees; ``(n_positions, n)``
-        mean count per presentation at each position; ``(n,)`` chi-square p-value of each map
-        against a flat one (module docstring).
+        ``(n,)`` Allen's plain fraction of resamples whose chi-square is strictly greater than the
+        observed one (so 0 is possible); NaN for units with fewer than :data:`RF_MIN_SPIKES` spikes.
+        Each resample draws ``n_presentations`` presentations with replacement, the same draw for
+        every unit (as Allen's), and lays their counts on the real positions (``shown`` of each).
     """
-    from scipy.stats import chi2
+    counts = np.asarray(counts, dtype=float)
+    n_pres = len(counts)
+    shown = np.bincount(position, minlength=n_positions).astype(float)
+    totals = np.zeros((n_positions, counts.shape[1]))
+    np.add.at(totals, position, counts)
+    observed = _chi_square(totals, shown)
+    # draws are iid, so the slots can be taken in position order: each position's total is then a
+    # difference of cumulative sums at the ends of its run of slots (empty positions give 0)
+    bounds = np.concatenate([[0], np.cumsum(shown).astype(np.int64)])
+    rng = np.random.default_rng(seed)
+    exceed = np.zeros(counts.shape[1])
+    # integer counts are summed as int64 (exact and faster than float); others as float64
+    summable = counts.astype(np.int64) if np.array_equal(counts, np.rint(counts)) else counts
+    chunk = max(1, _CHUNK_ELEMENTS // (n_pres * counts.shape[1]))
+    for first in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - first)
+        drawn = summable[rng.integers(0, n_pres, size=(size, n_pres))]  # (size, n_pres, n)
+        running = np.cumsum(drawn, axis=1)
+        ends = running[:, np.maximum(bounds[1:] - 1, 0)]  # an empty position repeats its predecessor's sum
+        ends[:, bounds[1:] == 0] = 0  # ... or 0 before the first presentation
+        starts = np.concatenate([np.zeros_like(ends[:, :1]), ends[:, :-1]], axis=1)
+        resampled = (ends - starts).astype(float)  # (size, n_positions, n)
+        exceed += (_chi_square(resampled, shown) > observed).sum(axis=0)
+    p_values = exceed / n_resamples
+    return np.where(counts.sum(axis=0) >= RF_MIN_SPIKES, p_values, np.nan)
 
+
+def _position_maps(patches: dict[str, np.ndarray], columns: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions, position_of_condition, shown, totals)`` from the condition means of ``columns``."""
     xy = np.stack([patches["x_position"], patches["y_position"]], axis=1)
     positions, position_of = np.unique(xy, axis=0, return_inverse=True)
     position_of = position_of.ravel()
@@ -77,10 +128,47 @@ def receptive_field_maps(patches: dict[str, np.ndarray], columns: np.ndarray
     totals = np.zeros((len(positions), len(columns)))
     np.add.at(totals, position_of, spikes)
     shown = np.bincount(position_of, weights=repeats, minlength=len(positions))
-    expected = totals.sum(axis=0, keepdims=True) * (shown / shown.sum())[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        statistic = np.where(expected > 0, (totals - expected) ** 2 / expected, 0.0).sum(axis=0)
-    p_values = np.where(totals.sum(axis=0) > 0, chi2.sf(statistic, len(positions) - 1), 1.0)
+    return positions, position_of, shown, totals
+
+
+def rf_test_kind(patches: dict[str, np.ndarray]) -> str:
+    """``"shuffle"`` when ``patches`` hold per-presentation counts, else ``"analytic"`` (older extracts)."""
+    return "shuffle" if "presentation_counts" in patches and "presentation_condition" in patches else "analytic"
+
+
+def _check_presentations(patches: dict[str, np.ndarray]) -> None:
+    """ValueError unless the per-presentation arrays agree with each other and with the conditions."""
+    counts, condition = patches["presentation_counts"], np.asarray(patches["presentation_condition"])
+    n_conditions, n_units = np.shape(patches["mean_counts"])
+    if np.ndim(counts) != 2 or counts.shape != (len(condition), n_units):
+        raise ValueError(f"gabors/presentation_counts has shape {np.shape(counts)}, expected "
+                         f"({len(condition)}, {n_units}) (presentations x units)")
+    if condition.size and (condition.min() < 0 or condition.max() >= n_conditions):
+        raise ValueError(f"gabors/presentation_condition holds indices outside 0..{n_conditions - 1}")
+
+
+def receptive_field_maps(patches: dict[str, np.ndarray], columns: np.ndarray, seed: int = RF_SEED
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Orientation-summed maps of the units in ``columns`` of ``patches["mean_counts"]``.
+
+    Returns:
+        ``(positions, maps, p_values)``: ``(n_positions, 2)`` x, y in degrees; ``(n_positions, n)``
+        mean count per presentation at each position; ``(n,)`` p-value of each map against a flat
+        one: :func:`shuffle_p_values` (``seed``) when ``patches`` hold ``presentation_counts``, else
+        the analytic chi-square distribution (:func:`rf_test_kind`); NaN below :data:`RF_MIN_SPIKES`.
+    """
+    from scipy.stats import chi2
+
+    positions, position_of, shown, totals = _position_maps(patches, columns)
+    if rf_test_kind(patches) == "shuffle":
+        _check_presentations(patches)
+        position = position_of[np.asarray(patches["presentation_condition"], dtype=np.int64)]
+        counts = np.asarray(patches["presentation_counts"])[:, columns]
+        p_values = shuffle_p_values(counts, position, len(positions), seed)
+    else:
+        p_values = chi2.sf(_chi_square(totals, shown), len(positions) - 1)
+        # rint: totals are float32 means x repeats; a unit with exactly RF_MIN_SPIKES spikes must pass
+        p_values = np.where(np.rint(totals.sum(axis=0)) >= RF_MIN_SPIKES, p_values, np.nan)
     return positions, totals / shown[:, None], p_values
 
 
@@ -95,27 +183,31 @@ def _best_orientation(patches: dict[str, np.ndarray], counts: np.ndarray, best_x
 
 def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, optimal_params: np.ndarray,
                       crop: list[float], image_shape: tuple[int, int],
-                      true_xy_deg: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[pd.DataFrame, dict]:
+                      true_xy_deg: tuple[np.ndarray, np.ndarray] | None = None, seed: int = RF_SEED
+                      ) -> tuple[pd.DataFrame, dict]:
     """Compare each unit's best presented Gabor patch with its in-silico optimal Gabor.
 
     Args:
         patches: the ``gabors`` arrays of :func:`meiscope.recordings.neuropixels.responses.stimulus_counts`
             (``x_position``, ``y_position``, ``orientation``, ``repeats`` per condition,
-            ``mean_counts`` ``(n_conditions, n_units)``, ``unit_ids``).
+            ``mean_counts`` ``(n_conditions, n_units)``, ``unit_ids``; ``presentation_counts`` and
+            ``presentation_condition`` select the shuffle test, see :func:`receptive_field_maps`).
         cell_ids: ``(n,)`` the modelled units (rows of ``optimal_params``).
         optimal_params: ``(n, 6)`` optimal Gabors in model pixels (:mod:`meiscope.insilico.gabor` columns).
         true_xy_deg: the true RF centres of ``cell_ids`` in screen degrees (synthetic sessions).
+        seed: seeds the shuffle test's resamples.
 
     Returns:
         ``(table, metrics)``: one row per unit; medians and fractions over the units with a
-        significant receptive field (``rf_p_value < RF_P_VALUE``).
+        significant receptive field (``rf_p_value < RF_P_VALUE``; a NaN p-value, fewer than
+        :data:`RF_MIN_SPIKES` spikes, is not significant). ``rf_test`` names the test used.
     """
     column = {int(u): i for i, u in enumerate(patches["unit_ids"])}
     missing = [int(c) for c in cell_ids if int(c) not in column]
     if missing:
         raise ValueError(f"units {missing[:5]} have no Gabor-patch counts")
     columns = np.array([column[int(c)] for c in cell_ids], dtype=np.int64)
-    positions, maps, p_values = receptive_field_maps(patches, columns)
+    positions, maps, p_values = receptive_field_maps(patches, columns, seed)
     best_xy = positions[maps.argmax(axis=0)]
     best_x, best_y = best_xy[:, 0], best_xy[:, 1]
     best_ori = _best_orientation(patches, patches["mean_counts"][:, columns], best_xy)
@@ -124,7 +216,7 @@ def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, opti
     table = pd.DataFrame({
         "cell_id": cell_ids, "best_patch_x_deg": best_x, "best_patch_y_deg": best_y,
         "best_patch_orientation": best_ori, "rf_peak_count": maps.max(axis=0), "rf_p_value": p_values,
-        "has_rf": p_values < RF_P_VALUE,
+        "rf_test": rf_test_kind(patches), "has_rf": np.nan_to_num(p_values, nan=1.0) < RF_P_VALUE,
         "optimal_gabor_x_deg": opt_x, "optimal_gabor_y_deg": opt_y, "optimal_gabor_orientation": opt_ori,
         "position_error_deg": np.hypot(best_x - opt_x, best_y - opt_y),
         "orientation_agrees": _orientation_agrees(best_ori, opt_ori)})
@@ -155,7 +247,8 @@ def receptive_field_figure(patches: dict[str, np.ndarray], table: pd.DataFrame, 
 
     column = {int(u): i for i, u in enumerate(patches["unit_ids"])}
     rows = table.head(n_show)
-    positions, maps, _ = receptive_field_maps(patches, np.array([column[int(c)] for c in rows.cell_id]))
+    positions, _, shown, totals = _position_maps(patches, np.array([column[int(c)] for c in rows.cell_id]))
+    maps = totals / shown[:, None]  # p-values come from the table: no second shuffle test
     xs, ys = np.unique(positions[:, 0]), np.unique(positions[:, 1])
     half = GRID_STEP_DEG / 2
     n_cols = min(4, max(1, len(rows)))
@@ -194,6 +287,7 @@ def check_presented_gabors(params: Any, cache_dir: Path, experiment_id: int, dat
     """
     from meiscope import truth
     from meiscope.atomic import atomic_path, save_figure
+    from meiscope.errors import MeiscopeError
     from meiscope.recordings.neuropixels.responses import load_other_stimuli, other_stimuli_path
     from meiscope.recordings.screen import scene_fraction_to_degrees
 
@@ -205,8 +299,11 @@ def check_presented_gabors(params: Any, cache_dir: Path, experiment_id: int, dat
     if population is not None:
         columns = truth.cell_columns(population, cell_ids)
         true_xy = scene_fraction_to_degrees(population.params.x[columns], population.params.y[columns])
-    table, metrics = gabor_patch_check(patches, cell_ids, np.asarray(optimal_params), params.extract.crop,
-                                       image_shape, true_xy)
+    try:
+        table, metrics = gabor_patch_check(patches, cell_ids, np.asarray(optimal_params), params.extract.crop,
+                                           image_shape, true_xy)
+    except ValueError as err:  # inconsistent arrays in the extract's file: name it, one line
+        raise MeiscopeError(f"{other_stimuli_path(dataset_path)}: {err}") from None
     with atomic_path(out / "presented_gabors.csv") as tmp:
         table.to_csv(tmp, index=False)
     save_figure(receptive_field_figure(patches, table, params.mei.n_show), out / "receptive_fields.png")

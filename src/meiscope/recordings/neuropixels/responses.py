@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 SCENES = "natural_scenes"
 PARAMETERS = {"static_gratings": ("orientation", "spatial_frequency", "phase"),
               "gabors": ("x_position", "y_position", "orientation")}
+# stimuli whose per-presentation counts are kept too: the Gabor patches' receptive-field shuffle test
+# resamples presentations (gabor_check), which needs each presentation's count, not only condition means
+KEEP_PRESENTATIONS = ("gabors",)
 
 
 def open_session(cache_dir: Path, session_id: int, cfg: NeuropixelsConfig) -> tuple[Any, Any]:
@@ -122,7 +125,9 @@ def stimulus_counts(session: Any, table: pd.DataFrame, unit_ids: np.ndarray, win
     """Mean counts per condition of ``name`` (blanks excluded), as arrays ready for an ``.npz``.
 
     Keys: ``<parameter>`` ``(n_conditions,)`` float for each parameter of :data:`PARAMETERS`,
-    ``mean_counts`` ``(n_conditions, n_units)``, ``repeats`` ``(n_conditions,)``.
+    ``mean_counts`` ``(n_conditions, n_units)``, ``repeats`` ``(n_conditions,)``; for the stimuli of
+    :data:`KEEP_PRESENTATIONS` also ``presentation_counts`` ``(n_presentations, n_units)`` int32 spike
+    counts and ``presentation_condition`` ``(n_presentations,)`` int64 row of each presentation's condition.
     """
     columns = PARAMETERS[name]
     values = table[list(columns)].replace("null", np.nan).astype(float)
@@ -136,8 +141,12 @@ def stimulus_counts(session: Any, table: pd.DataFrame, unit_ids: np.ndarray, win
     np.add.at(sums, inverse, counts)
     repeats = np.bincount(inverse, minlength=len(conditions))
     out = {column: conditions[:, i] for i, column in enumerate(columns)}
-    return {**out, "mean_counts": (sums / repeats[:, None]).astype(np.float32), "repeats": repeats.astype(np.int64),
-            "unit_ids": unit_ids}
+    out = {**out, "mean_counts": (sums / repeats[:, None]).astype(np.float32), "repeats": repeats.astype(np.int64),
+           "unit_ids": unit_ids}
+    if name in KEEP_PRESENTATIONS:
+        out["presentation_counts"] = np.rint(counts).astype(np.int32)
+        out["presentation_condition"] = inverse.astype(np.int64)
+    return out
 
 
 def other_stimuli_path(dataset_path: Path) -> Path:
