@@ -99,3 +99,43 @@ def test_the_terminal_the_report_and_the_replicates_say_the_same_verdict():
         "MEI beats (MEI vs optimal Gabor, on the held-out model: n/a)")
     conclusion = {"per_replicate": ["ties", "ties"], "holds_in_every_replicate": True, "conclusion": "ties"}
     assert format_conclusion(conclusion) == "MEI ties in every replicate"
+
+
+def test_per_kind_figures_for_kinds_beyond_the_default_three():
+    from meiscope.science.catalogue import headline_for, ordered_kinds
+
+    assert ordered_kinds(["end_stopped", "simple", "unresponsive", "centre_surround", "simple"]) == [
+        "simple", "centre_surround", "end_stopped"]
+    metric = lookup("validate", "gt_mei_drive_ratio_median_centre_surround")
+    assert metric.label == "true drive: MEI / optimum (centre_surround)" and metric.unit == "fraction"
+    assert lookup("validate", "gt_mei_drive_ratio_median_not a kind") is None
+    names = {m.name for m in headline_for(["simple", "end_stopped"])}
+    assert "validate.gt_mei_drive_ratio_median_end_stopped" in names
+    assert "validate.gt_mei_drive_ratio_median_complex" not in names
+    assert {m.name for m in HEADLINE} == {m.name for m in headline_for(KINDS)}
+
+
+def test_every_closed_loop_figure_says_which_cells_it_covers():
+    from meiscope.science.catalogue import COVERAGE_WORDS, coverage_key
+
+    per_cell = [m for m in CATALOGUE if m.stage == "validate" and m.key.startswith(("gt_", "model_", "ci_verdicts"))]
+    assert per_cell and all(m.covers in COVERAGE_WORDS for m in per_cell)
+    assert coverage_key(lookup("validate", "gt_mei_rate_ratio_median_simple")) == "n_simple"
+    assert coverage_key(lookup("validate", "gt_mei_rate_ratio_median_ci_high_complex")) == "n_complex"
+    assert coverage_key(lookup("validate", "gt_all_best_scene_native_rate_ratio_median")) == "n_truth_responsive"
+    assert all(lookup("validate", coverage_key(m)) is not None for m in per_cell)
+
+
+def test_intervals_over_cells_and_the_correctness_checks_have_their_place():
+    from meiscope.science.catalogue import BOOTSTRAPPED, CORRECTNESS, interval_keys
+
+    assert interval_keys(lookup("validate", "gt_mei_rate_ratio_median_simple")) == (
+        "gt_mei_rate_ratio_median_ci_low_simple", "gt_mei_rate_ratio_median_ci_high_simple")
+    assert interval_keys(lookup("validate", "gt_mei_rate_ratio_median_ci_low_simple")) is None
+    assert interval_keys(lookup("train", "gt_fresh_corr_mean")) is None
+    for key in BOOTSTRAPPED:  # an interval has the figure's unit, so it is clipped to the same range
+        assert lookup("validate", f"{key}_ci_low").bounds == lookup("validate", key).bounds
+    assert [m.key for m in CORRECTNESS] == ["n_true_optimum_beaten"]
+    assert format_value(lookup("validate", "ci_verdicts_agree_mei_vs_gabor"), 0) == "no"
+    assert format_value(lookup("validate", "ci_verdicts_agree_mei_vs_gabor"), 1) == "yes"
+    assert {"gt_ci_verdict_mei_vs_gabor", "model_val_ci_verdict_mei_vs_gabor"} <= {key for _, key in CONCLUSIONS}

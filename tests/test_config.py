@@ -198,3 +198,69 @@ def test_range_checks_name_the_key(raw, key):
     with pytest.raises(ConfigError) as err:
         parse_params(raw)
     assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------
+# synthetic.profile: named cortices whose keys a params file can still set
+# --------------------------------------------------------------------------------------
+def test_the_out_of_family_profile_supplies_its_kinds_and_rf_range():
+    from meiscope.config import SYNTHETIC_PROFILES, SyntheticConfig
+
+    cfg = parse_params({"synthetic": {"profile": "out_of_family"}}).synthetic
+    planted = SYNTHETIC_PROFILES["out_of_family"]
+    assert {k: getattr(cfg.kinds, k) for k in planted["kinds"]} == planted["kinds"]
+    assert cfg.kinds.centre_surround > 0 and cfg.kinds.suppressed > 0
+    assert cfg.rf_centre_range == [0.0, 1.0]
+    # every other key keeps its default
+    default = SyntheticConfig()
+    assert cfg.seed == default.seed and cfg.suppressed_strength == default.suppressed_strength
+
+
+def test_a_key_set_explicitly_wins_over_the_profile():
+    cfg = parse_params({"synthetic": {"profile": "out_of_family", "rf_centre_range": [0.1, 0.9]}}).synthetic
+    assert cfg.rf_centre_range == [0.1, 0.9] and cfg.kinds.centre_surround > 0  # kinds still from the profile
+    kinds = {"simple": 0.5, "complex": 0.0, "conjunction": 0.0, "unresponsive": 0.5}
+    cfg = parse_params({"synthetic": {"profile": "out_of_family", "kinds": kinds}}).synthetic
+    assert cfg.kinds.simple == 0.5 and cfg.kinds.centre_surround == 0 and cfg.kinds.suppressed == 0
+    assert cfg.rf_centre_range == [0.0, 1.0]
+
+
+def test_the_gabor_family_profile_is_the_default_cortex():
+    from meiscope.config import SyntheticConfig
+
+    assert parse_params({"synthetic": {"profile": "gabor_family"}}).synthetic == SyntheticConfig()
+    assert SyntheticConfig().kinds.centre_surround == 0 and SyntheticConfig().rf_centre_range == [0.2, 0.8]
+
+
+def test_the_shipped_params_file_follows_its_profile():
+    """params.yaml sets no key a profile supplies, so switching its profile switches the cortex."""
+    import yaml
+
+    from meiscope.config import SYNTHETIC_PROFILES
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    supplied = {key for profile in SYNTHETIC_PROFILES.values() for key in profile}
+    assert not supplied & set(raw["synthetic"]), "params.yaml would override its profile"
+    shipped = load_params(ROOT / "params.yaml").synthetic
+    switched = parse_params({**raw, "synthetic": {**raw["synthetic"], "profile": "out_of_family"}}).synthetic
+    assert shipped.kinds.suppressed == 0 and switched.kinds.suppressed > 0
+    assert switched.rf_centre_range == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"profile": "in_the_models_image"}, "synthetic.profile"),
+    ({"profile": None}, "synthetic.profile"),
+    ({"rf_centre_range": [0.8, 0.2]}, "synthetic.rf_centre_range"),
+    ({"rf_centre_range": [-0.1, 0.5]}, "synthetic.rf_centre_range"),
+    ({"rf_centre_range": [0.2]}, "synthetic.rf_centre_range"),
+    ({"centre_surround_ratio": [0.5, 2.0]}, "synthetic.centre_surround_ratio"),
+    ({"centre_surround_on_fraction": 1.5}, "synthetic.centre_surround_on_fraction"),
+    ({"suppressed_ratio": [3.0, 2.0]}, "synthetic.suppressed_ratio"),
+    ({"suppressed_strength": [0.5, 2.5]}, "synthetic.suppressed_strength"),
+    ({"kinds": {"simple": 0.2, "centre_surround": -0.1, "unresponsive": 0.9}}, "synthetic.kinds.centre_surround"),
+    ({"kinds": {"simple": 0.5, "suppressed": 0.6}}, "synthetic.kinds"),
+])
+def test_out_of_family_settings_are_checked_naming_the_key(raw, key):
+    with pytest.raises(ConfigError) as err:
+        parse_params({"synthetic": raw})
+    assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)

@@ -111,3 +111,34 @@ def test_build_fails_with_the_page_and_file_named(tmp_path):
     result = mkdocs_build(config, tmp_path / "site")
     assert result.returncode != 0
     assert "index.md" in result.stderr and "metrics/nope.json" in result.stderr
+
+
+def test_closed_loop_table_shows_intervals_coverage_and_every_kind(tmp_path):
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    values = {"n_true_optimum_beaten": 0, "n_responsive": 5, "n_simple": 3, "n_centre_surround": 2,
+              "n_truth_responsive": 12, "n_truth_simple": 7, "n_truth_centre_surround": 5,
+              "gt_mei_corr_median_simple": 0.91, "gt_mei_corr_median_ci_low_simple": 0.85,
+              "gt_mei_corr_median_ci_high_simple": 0.95, "gt_mei_corr_median_centre_surround": 0.4,
+              "gt_all_best_scene_native_rate_ratio_median_simple": 0.5}
+    (tmp_path / "metrics" / "validate.json").write_text(json.dumps(values))
+    rows = hook.render("<!-- metrics-table: validate -->", tmp_path).splitlines()
+    assert rows[0] == "| figure | cells | all cells | simple | centre_surround |"
+    corr = catalogue.lookup("validate", "gt_mei_corr_median")
+    # the interval over cells beside its figure, not on rows of its own; a kind beyond the default three
+    assert f"| {corr.label} | selected cells |  | 0.91 [0.85, 0.95] | 0.40 |" in rows
+    assert not any("end of the interval" in row for row in rows)
+    assert any(row.endswith("| all truly responsive cells |  | 0.50 |  |") for row in rows)
+    assert "| truly responsive cells |  | 12 | 7 | 5 |" in rows  # the pooled count shares its kinds' row
+    assert any(row.startswith("| correctness check: ") for row in rows)
+
+
+def test_replicates_table_shows_each_replicates_interval_over_its_cells(tmp_path):
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    entry = {"mean": 0.9, "ci_low": 0.85, "ci_high": 0.95, "values": [0.88, 0.92], "n": 2, "scale": "linear",
+             "per_replicate_ci": [[0.8, 0.93], [None, None]]}
+    summary = {"seeds": [1, 2], "figures": {"validate.gt_mei_corr_median_simple": entry}}
+    (tmp_path / "metrics" / "replicates-x.json").write_text(json.dumps(summary))
+    out = hook.render("<!-- replicates-table: metrics/replicates-x.json -->", tmp_path)
+    assert "| 0.90 [0.85, 0.95] | 0.88 [0.80, 0.93] / 0.92 |" in out  # a replicate without one shows its value

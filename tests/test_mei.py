@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from meiscope.config import ConfigError, MeiConfig, parse_params
 from meiscope.errors import MeiscopeError
 from meiscope.insilico.budget import MeiError, check_budget, project_to_budget
 from meiscope.insilico.gabor import gabor_images
-from meiscope.insilico.mei import blur, blur_sigmas, roll_images, synthesize_meis, synthesize_meis_looped
+from meiscope.insilico.mei import (_Progress, blur, blur_sigmas, roll_images, start_state, step_levels,
+                                   synthesize_meis, synthesize_meis_looped)
 from meiscope.insilico.scoring import best_natural_images, contrast_sweep, score_images
 from planted import local_models
 
@@ -58,6 +60,41 @@ class SmallCNN(nn.Module):
         return F.elu(self.readout(self.core(images).flatten(1))) + 1
 
 
+class LinearReLU(nn.Module):
+    """``relu(<w_k, image> + bias)`` with unit-norm ``w (K, H, W)``: under an unclipped L2 budget ``n`` the
+    optimum is ``n * w_k`` and its response ``n + bias`` (Cauchy-Schwarz). The bias keeps random starts off
+    the flat, zero-gradient side of the ReLU."""
+
+    def __init__(self, weights: torch.Tensor, bias: float):
+        super().__init__()
+        self.register_buffer("weights", weights / weights.flatten(1).norm(dim=1)[:, None, None])
+        self.bias = bias
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.relu(torch.einsum("nchw,khw->nk", images, self.weights) + self.bias)
+
+
+class Energy(nn.Module):
+    """Complex cells: ``sum_q <pair_kq, image>^2`` over a quadrature pair ``pairs (K, 2, H, W)`` (phase-invariant)."""
+
+    def __init__(self, pairs: torch.Tensor):
+        super().__init__()
+        self.register_buffer("pairs", pairs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nchw,kqhw->nkq", images, self.pairs).square().sum(-1)
+
+
+class Gains(nn.Module):
+    """Another model with each neuron's response multiplied by its own gain ``(K,)``."""
+
+    def __init__(self, model: nn.Module, gains: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("gains", gains)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images) * self.gains
 
 
 def planted() -> PlantedLN:
@@ -217,6 +254,132 @@ def test_converged_starts_stop_early_and_lose_nothing():
     for k, start in enumerate(early.best_start):
         stop = early.steps_run[k, start] // 10
         assert (early.history[stop - 1:, k] == early.history[stop - 1, k]).all()
+
+
+# --------------------------------------------------------------------------------------
+# the step rule, per-image step halving and per-image convergence
+# --------------------------------------------------------------------------------------
+TOL = MeiConfig().converge_tol
+
+
+def test_mei_of_a_linear_relu_unit_reaches_its_closed_form_optimum():
+    # rough (white noise), Gabor and smooth filters; optimum NORM * w, response NORM + bias
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.stack([torch.randn(H, W, generator=gen), gabor_images(TRUE_PARAMS[:1], (H, W), DEVICE)[0],
+                           F.avg_pool2d(torch.randn(1, 1, H + 2, W + 2, generator=gen), 3, 1)[0, 0]])
+    bias = 0.1 * NORM
+    model = LinearReLU(weights, bias)
+    cfg = MeiConfig(n_starts=2)  # the default recipe
+    result = synthesize_meis([model], [0, 1, 2], (H, W), cfg, NORM, WIDE, DEVICE, seed=0, progress=False)
+    optimum = NORM + bias
+    assert np.all(result.start_activations >= (1 - TOL) * optimum), result.start_activations / optimum
+    assert np.all(result.start_activations <= optimum * (1 + 1e-5))
+    for k in range(3):
+        assert corr(result.meis[k], model.weights[k].numpy()) > 0.99
+    assert result.steps_run.max() < cfg.steps  # every start converged before the cap
+
+
+def test_mei_of_a_complex_cell_beats_every_gabor_of_a_grid():
+    # energy units of quadrature Gabor pairs: the exact optimum under the budget is NORM^2 times the
+    # largest eigenvalue of sum_q pair_q pair_q^T, i.e. of the pair's 2 x 2 Gram matrix
+    params = torch.tensor([[11.3, 12.6, 0.6, 7.5, 3.2, 0.0], [19.7, 10.4, 2.2, 10.0, 3.8, 0.0]])
+    quadrature = params + torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, np.pi / 2])
+    pairs = torch.stack([gabor_images(params, (H, W), DEVICE), gabor_images(quadrature, (H, W), DEVICE)], 1)
+    model = Energy(pairs)
+    optimum = NORM ** 2 * torch.linalg.eigvalsh(torch.einsum("kqhw,krhw->kqr", pairs, pairs))[:, -1].numpy()
+    # a coarse grid (2 px positions, 8 orientations) that misses the true parameters, as a real one does
+    grid = torch.tensor(list(itertools.product(np.arange(1.0, W, 2), np.arange(1.0, H, 2),
+                                               np.linspace(0, np.pi, 8, endpoint=False), [6.0, 8.0, 11.0],
+                                               [3.0, 4.0], [0.0])), dtype=torch.float32)
+    gabors = project_to_budget(gabor_images(grid, (H, W), DEVICE), NORM, WIDE)
+    with torch.no_grad():
+        best_gabor = model(gabors[:, None]).max(dim=0).values.numpy()
+    assert np.all(best_gabor < 0.999 * optimum)  # the grid leaves room: the test below is not a tie
+    result = synthesize_meis([model], [0, 1], (H, W), MeiConfig(n_starts=2), NORM, WIDE, DEVICE, seed=0,
+                             progress=False)
+    assert np.all(result.start_activations >= (1 - TOL) * best_gabor[:, None])
+    assert np.all(result.activations >= 0.998 * optimum), result.activations / optimum
+    assert np.all(result.activations <= optimum * (1 + 1e-5))
+
+
+def test_each_neuron_of_a_batch_ends_as_if_optimised_alone():
+    # gains 1e-2 .. 1e2: a step, blur or plateau test shared across the batch would shortchange some
+    gains = torch.logspace(-2, 2, 5)
+    models = [Gains(m, gains) for m in local_models(5, (H, W))]
+    cfg = MeiConfig(n_starts=2, jitter=1)
+    neurons = [0, 1, 2, 3, 4]
+    together = synthesize_meis(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
+    alone = synthesize_meis_looped(models, neurons, (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
+    assert np.allclose(together.start_activations, alone.start_activations, rtol=0.02)
+    assert np.array_equal(together.steps_run, alone.steps_run)
+    assert len(np.unique(together.steps_run)) > 1  # the neurons really converge at different steps
+
+
+def test_a_plateaued_image_stops_while_another_keeps_ascending():
+    models = local_models(5, (H, W))  # neuron 0 sits in the corner and climbs for longer than neuron 1
+    cfg = MeiConfig(n_starts=2, steps=150)
+    result = synthesize_meis(models, [0, 1], (H, W), cfg, 6.0, (-1.5, 2.0), DEVICE, seed=7, progress=False)
+    assert (result.steps_run[1] < cfg.steps).all() and (result.steps_run[0] == cfg.steps).all()
+    stopped = int(result.steps_run[1, result.best_start[1]]) // 10  # history rows are every 10 steps
+    still = result.history[stopped - 1:, 0]
+    assert still[-1] > (1 + TOL) * still[0]  # neuron 0 went on rising after neuron 1 stopped
+    assert np.all(result.history[stopped - 1:, 1] == result.history[stopped - 1, 1])
+    # the step cap is the only thing that ended neuron 0: with more steps it climbs higher
+    longer = synthesize_meis(models, [0, 1], (H, W), dataclasses.replace(cfg, steps=300), 6.0, (-1.5, 2.0),
+                             DEVICE, seed=7, progress=False)
+    assert longer.activations[0] > result.activations[0]
+    assert np.array_equal(longer.steps_run[1], result.steps_run[1])
+    # an image's MEI is the best image it scored: never below its history (no jitter: the same objective)
+    assert np.all(result.activations >= np.nanmax(result.history, axis=0) - 1e-6)
+
+
+def test_one_step_moves_lr_times_the_budget_along_the_unit_gradient():
+    model = LinearReLU(gabor_images(TRUE_PARAMS, (H, W), DEVICE), 0.1 * NORM)
+    cfg = MeiConfig(n_starts=1, steps=1, blur_sigma=[0.0, 0.0])
+    result = synthesize_meis([model], [2], (H, W), cfg, NORM, WIDE, DEVICE, seed=4, progress=False)
+    init, _ = start_state(4, 2, 0, (H, W), cfg.init_std, 1, 0)
+    start = NORM * init / np.linalg.norm(init)  # projected onto the budget (no clipping in WIDE)
+    moved = start + cfg.lr * NORM * model.weights[2].numpy()  # the gradient of w.x is w, of unit norm
+    assert np.allclose(result.meis[0], NORM * moved / np.linalg.norm(moved), atol=1e-5)
+    levels = step_levels(cfg.lr, cfg.lr_decay)
+    assert levels[0] == cfg.lr and levels[-1] == pytest.approx(cfg.lr * cfg.lr_decay)
+    assert np.allclose(levels[1:-1] / levels[:-2], 0.5) and levels[-1] <= levels[-2]
+
+
+@pytest.mark.parametrize("tol", [1e-3, 0.0])
+def test_a_plateau_halves_the_step_from_the_best_image_and_ends_at_the_smallest(tol):
+    # three images, each a constant: 0 rises, 1 falls after its first test, 2 falls at the smallest step
+    x = torch.arange(3.0)[:, None, None].expand(3, 2, 2).clone()
+    state = _Progress.start(x, steps=50)
+    every = torch.arange(3)
+    state.record(every, x, torch.tensor([1.0, 2.0, 3.0]))
+    assert torch.equal(state.test_plateaus(x, every, tol, last_level=4, t=9), every)  # the first test only sets a mark
+    state.level[2] = 4
+    moved = x + 10
+    state.record(every, moved, torch.tensor([1.5, 1.0, 2.0]))
+    still = state.test_plateaus(moved, every, tol, last_level=4, t=19)
+    assert state.level.tolist() == [0, 1, 4]
+    assert torch.equal(moved[0], x[0] + 10)  # still rising: keeps its image and its step
+    assert torch.equal(moved[1], x[1])  # plateaued: back to its best image, with half the step
+    if tol > 0:
+        assert still.tolist() == [0, 1] and state.steps_run.tolist() == [50, 50, 20]
+    else:  # converge_tol = 0: every image runs to the cap
+        assert still.tolist() == [0, 1, 2] and state.steps_run.tolist() == [50, 50, 50]
+
+
+@pytest.mark.parametrize("norm,bounds", [(NORM, WIDE), (12.0, (-0.5, 0.6))])
+def test_no_step_leaves_the_budget(norm, bounds):
+    # the largest step allowed (lr = 1: one budget norm per step), with and without heavy clipping
+    models = [SmallCNN(6, seed=1), SmallCNN(6, seed=2)]
+    cfg = MeiConfig(n_starts=2, steps=40, lr=1.0, jitter=1)
+    result = synthesize_meis(models, [0, 3, 5], (H, W), cfg, norm, bounds, DEVICE, seed=2, progress=False)
+    norms = np.linalg.norm(result.all_starts.reshape(6, -1).astype(np.float64), axis=1)
+    assert np.all(norms <= norm + 1e-6 * norm) and np.all(norms >= norm * (1 - 1e-5))
+    assert result.all_starts.min() >= bounds[0] and result.all_starts.max() <= bounds[1]
+    with pytest.raises(ConfigError, match="mei.lr"):
+        MeiConfig(lr=1.5)  # a step longer than the budget's norm
+    with pytest.raises(ConfigError, match="mei.converge_window"):
+        MeiConfig(converge_window=0)
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import re
 from pathlib import Path
 
@@ -77,14 +78,10 @@ def _units_of(sid: int) -> list[int]:
 
 
 def _nwb_bytes(sid: int) -> bytes:
-    """Any readable HDF5 file will do: the downloader never opens it as a session."""
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        f.attrs["identifier"] = str(sid)
-        for group in NWB_GROUPS:  # what the downloader checks a session file has
-            f.create_group(group)
-        f["padding"] = np.zeros(4096)  # so that half a file is really truncated
-    return buffer.getvalue()
+    """A small real session NWB (pynwb and allensdk read it): the downloader reads every session file first."""
+    from test_unit_metrics import planted_nwb_bytes
+
+    return planted_nwb_bytes(sid)
 
 
 def _scene(number: int) -> np.ndarray:
@@ -168,6 +165,12 @@ class FakeAllen:
         if "EcephysNwb" in query:
             sid = int(re.search(r"attachable_id\$eq(\d+)", query).group(1))
             return [{"id": 1, "download_link": f"/api/v2/well_known_file_download/session/{sid}"}]
+        if "EcephysUnitMetricBundle" in query:
+            sid = int(re.search(r"ecephys_session\[id\$in(\d+)", query).group(1))
+            return [{"id": k, "ecephys_unit_id": uid,
+                     "data": json.dumps({"p_value_rf": 0.001 * k, "azimuth_rf": 60.0, "elevation_rf": 20.0,
+                                         "pref_image_ns": 243 + k % 3, "image_selectivity_ns": 0.2,
+                                         "g_osi_sg": 0.3})} for k, uid in enumerate(_units_of(sid))]
         if "well_known_file_type[name$eq'Stimulus']" in query:
             return [{"id": 2 + n, "path": f"/external/ecephys/templates/{n}.tiff",
                      "download_link": f"/api/v2/well_known_file_download/scene/{n}"} for n in range(N_SCENES)]
@@ -279,7 +282,11 @@ def test_neuropixels_download_layout_templates_and_unit_metrics(tables_only, tmp
     picked = table["unit_id"].to_numpy()[::-1][:2]
     joined = join_allen_metrics(pd.DataFrame({"cell_id": np.append(picked, 12345)}),
                                 Neuropixels().allen_metrics(tables_only, 101))
-    assert list(joined.columns[1:]) == [f"allen_{c}" for c in UNIT_METRIC_COLUMNS]
+    assert list(joined.columns[1:1 + len(UNIT_METRIC_COLUMNS)]) == [f"allen_{c}" for c in UNIT_METRIC_COLUMNS]
+    assert "allen_p_value_rf" in joined.columns and "allen_pref_image_ns_condition" in joined.columns
+    # the downloaded condition ids (243-245: the first scene conditions) become the images they name
+    assert set(joined["allen_pref_image_ns_condition"][:2]) <= {243.0, 244.0, 245.0}
+    assert set(joined["allen_pref_image_ns"][:2]) <= set(range(5))
     np.testing.assert_allclose(joined["allen_snr"].to_numpy()[:2],
                                table.set_index("unit_id").loc[picked, "snr"].to_numpy(dtype=float))
     assert joined.iloc[2, 1:].isna().all() and Neuropixels().allen_metrics(tables_only, 102) is None
@@ -290,8 +297,9 @@ def test_neuropixels_everything_cached_makes_no_network_call(cache, tmp_path_fac
     _write_nwb(cache, 101)
     assert download_sessions(NeuropixelsConfig(), cache, progress=False) == [101]
     assert unit_metrics_file(cache, 101).is_file()
+    first = api.calls  # the unit analysis metrics: one query
     assert download_sessions(NeuropixelsConfig(), cache, progress=False) == [101]
-    assert api.calls == 0
+    assert api.calls == first == 1
     assert session_nwb(cache, 101).read_bytes() == _nwb_bytes(101)
 
 
@@ -306,16 +314,35 @@ def test_neuropixels_tables_are_fetched_once(tmp_path, tmp_path_factory, monkeyp
     assert len(api.queries) == 4  # the second reading is served by the cache
 
 
-def test_neuropixels_truncated_cached_nwb_is_fetched_again(cache, tmp_path_factory, monkeypatch):
+def _damaged(kind: str, sid: int) -> bytes:
+    whole = _nwb_bytes(sid)
+    if kind == "truncated":
+        return whole[: len(whole) // 2]
+    if kind == "garbage":
+        return bytes(range(256)) * 64
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:  # HDF5 with a session's top-level groups, but not NWB
+        for group in ("general", "intervals", "units"):
+            f.create_group(group)
+        f["padding"] = np.zeros(64)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "hdf5_not_nwb"])
+def test_neuropixels_damaged_cached_nwb_is_reported_and_kept(cache, tmp_path_factory, monkeypatch, kind):
+    from meiscope.recordings.neuropixels.cache import NeuropixelsError, check_session_file
+
     api = FakeAllen(monkeypatch, tmp_path_factory.mktemp("tiffs"))
-    whole = _nwb_bytes(101)
-    path = _write_nwb(cache, 101, whole[: len(whole) // 2])  # what a killed download leaves
-    assert not is_readable_hdf5(path)
-    (path.parent / f".{path.name}.abc.part.nwb").write_bytes(b"x")  # a killed run's temporary file
-    download_sessions(NeuropixelsConfig(), cache, progress=False)
-    assert len(api.streams) == 1
-    assert path.read_bytes() == whole
-    assert _leftovers(cache) == []
+    data = _damaged(kind, 101)
+    path = _write_nwb(cache, 101, data)
+    with pytest.raises(DownloadError) as info:
+        download_sessions(NeuropixelsConfig(), cache, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable Neuropixels session NWB") and "\n" not in message
+    assert api.streams == []  # nothing fetched over it
+    with pytest.raises(NeuropixelsError, match="not a readable Neuropixels session NWB"):
+        check_session_file(path)  # what the extract stage calls before allensdk opens the session
+    assert path.read_bytes() == data
 
 
 def test_neuropixels_offline_missing_nwb_is_one_line_download_error(cache):
@@ -375,18 +402,6 @@ def test_neuropixels_unreadable_unit_metrics_file(tmp_path):
     with pytest.raises(DownloadError, match="5.csv"):
         load_unit_metrics(tmp_path, 5)
 
-
-
-def test_neuropixels_nwb_without_the_session_groups_is_fetched_again(cache, tmp_path_factory, monkeypatch):
-    api = FakeAllen(monkeypatch, tmp_path_factory.mktemp("tiffs"))
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:  # whole HDF5 without units / intervals: not a session
-        f["padding"] = np.zeros(16)
-    path = _write_nwb(cache, 101, buffer.getvalue())
-    assert is_readable_hdf5(path) and not is_readable_hdf5(path, NWB_GROUPS)
-    download_sessions(NeuropixelsConfig(), cache, progress=False)
-    assert len(api.streams) == 1
-    assert path.read_bytes() == _nwb_bytes(101)
 
 
 @pytest.mark.parametrize("text", ['{"manifest": "x"}', "[1"])

@@ -142,3 +142,55 @@ def test_model_space_filters_reproduce_the_population_exactly():
                                    atol=1e-10)
         np.testing.assert_allclose(x.reshape(7, -1) @ filters.w2[j].ravel() + filters.b0[j], b[:, col].numpy(),
                                    atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["simple", "complex", "conjunction", "centre_surround", "suppressed"])
+@pytest.mark.parametrize("bounds", [WIDE, TIGHT])
+def test_certified_upper_bound_agrees_with_the_optimum_within_1_percent(kind, bounds):
+    """Lower bound (the stored optimum's drive) and certified upper bound agree; no feasible stimulus beats the upper."""
+    from meiscope.optima import drive_upper_bounds
+
+    w1, w2 = subunit_pair(0.6, seed=11)
+    w2 = 0.7 * w2  # a suppressed cell's surround weight lives in its filter
+    _, drive, _ = optimum_of_cell(kind, w1, w2, 0.01, -0.02, 2.0, bounds)
+    upper = float(drive_upper_bounds(kind, w1[None], w2[None], np.array([0.01]), np.array([-0.02]), 2.0, bounds)[0])
+    assert drive > 0 and drive <= upper * (1 + 1e-12) and upper <= drive * 1.01  # equal to rounding where tight
+    rng = np.random.default_rng(2)
+    stimuli = project_to_budget(torch.as_tensor(rng.standard_normal((3000, 1, P))), 2.0, bounds)[:, 0].numpy()
+    assert drive_from_subunits(kind, stimuli @ w1 + 0.01, stimuli @ w2 - 0.02).max() <= upper
+
+
+def test_out_of_family_optima_are_certified_and_beat_every_gabor_of_a_grid():
+    """On planted cells: centre-surround and suppressed optima beat the best Gabor of a grid that contains the
+    cells' own orientation, frequency and position, while a simple cell's optimum is that grid's best Gabor (so
+    the grid is fine enough to find a Gabor optimum); every optimum's lower and upper bounds agree within 1%."""
+    import itertools
+
+    from test_population import SHAPE, planted_cells
+
+    from meiscope.synthetic.population import TruePopulation, gabor
+
+    kinds = ["centre_surround", "centre_surround", "suppressed", "simple"]
+    params = planted_cells(kinds, sigma=0.05, sf=12.0, orientation=0.3, ratio=[2.0, 3.0, 2.0, 1.0],
+                           strength=[0.0, 0.0, 1.0, 0.0], polarity=[1.0, -1.0, 1.0, 1.0])
+    # model space = contrast (pixel mean and s.d. 127): the filters are the population's own
+    filters = model_space_subunits(TruePopulation(params, work_shape=SHAPE), range(4), 127.0, 127.0, SHAPE)
+    norm, bounds = 6.0, (-1.0, 1.0)
+    best = true_optima(filters, kinds, norm, bounds)
+    assert np.all(best.drives > 0) and np.all(np.abs(best.relative_gap) < 0.01)
+    assert np.all(best.drives <= best.upper * (1 + 1e-9))
+    # Gabors at the cells' centre: 16 sizes x 8 frequencies x 8 orientations (the planted one among them) x 8 phases
+    grid = np.array(list(itertools.product(np.geomspace(0.015, 0.12, 16), [2, 4, 6, 9, 11, 12, 13, 16],
+                                           0.3 + np.arange(8) * np.pi / 8, np.arange(8) * np.pi / 4)))
+    centre = np.full(len(grid), 0.5)
+    images = gabor(centre, centre, *grid.T, *SHAPE).reshape(len(grid), -1)
+    images = project_to_budget(torch.as_tensor(images)[:, None], norm, bounds)[:, 0].numpy()  # same budget
+    ratio = []
+    for i, kind in enumerate(kinds):
+        drive = drive_from_subunits(kind, images @ filters.w1[i].ravel() + filters.a0[i],
+                                    images @ filters.w2[i].ravel() + filters.b0[i])
+        assert drive.max() <= best.upper[i]  # no Gabor beats the certificate
+        ratio.append(best.drives[i] / drive.max())
+    assert ratio[0] > 1.3 and ratio[1] > 1.3  # a DoG spot is far from any Gabor
+    assert ratio[2] > 1.05  # the surround carves the optimum out of the centre Gabor
+    assert ratio[3] < 1.01  # control: a Gabor cell's optimum is (nearly) on the grid

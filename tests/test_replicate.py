@@ -1,5 +1,6 @@
 """Replicates: per-seed projects, resumable runs, intervals and conclusions that must hold in every replicate."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_replicate_refuses_real_data_and_single_seeds(tmp_path):
     with pytest.raises(MeiscopeError, match="synthetic"):
         rep.replicate(parse_params({"data": {"source": "allen"}}), tmp_path, progress=False)
     with pytest.raises(MeiscopeError, match="at least 2 distinct seeds"):
-        rep.replicate(parse_params({}), tmp_path, seeds=[5, 5], progress=False)
+        rep.replicate(parse_params({"replicate": {"protocol": "development"}}), tmp_path, seeds=[5, 5], progress=False)
 
 
 FAKE_MEISCOPE = """#!{python}
@@ -175,7 +176,7 @@ def test_an_interrupted_replicate_run_resumes_where_it_stopped(tmp_path, monkeyp
     monkeypatch.setattr(dvcfile, "SOURCE_ROOT", source)
     project = tmp_path / "project"
     project.mkdir()
-    (project / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}}))
+    (project / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2], "protocol": "development"}}))
     params = load_params(project / "params.yaml")
     with pytest.raises(MeiscopeError, match="seed_2: dvc repro failed"):
         rep.replicate(params, project, progress=False)
@@ -189,7 +190,8 @@ def test_an_interrupted_replicate_run_resumes_where_it_stopped(tmp_path, monkeyp
     assert written["seeds"] == [1, 2] and (project / "replicates" / "intervals.png").stat().st_size > 10_000
     assert written["params_key"] == rep.settings_key(params)  # the report tells a summary of other settings
     # another MEI setting: every replicate reruns from mei on; its data, models and ranking are kept
-    (project / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2]}, "mei": {"steps": 50}}))
+    (project / "params.yaml").write_text(yaml.safe_dump({"replicate": {"seeds": [1, 2], "protocol": "development"},
+                                                        "mei": {"steps": 50}}))
     rep.replicate(load_params(project / "params.yaml"), project, progress=False)
     assert stages_run() == [(f"seed_{s}", stage) for s in (1, 2) for stage in ("mei", "gabor", "validate")]
     # a change of the code the gabor stage runs: gabor and validate rerun, nothing before them
@@ -212,7 +214,8 @@ def test_two_tiny_replicates_end_to_end(tmp_path):
     """The real stages, each in its own process, on two tiny cortices; then the report shows the intervals."""
     from meiscope import pipeline
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "replicate": {"seeds": [11, 12]},
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**TINY, "replicate": {"seeds": [11, 12],
+                                                                              "protocol": "development"},
                                                        "tracking": {"enabled": False}}))  # MLflow: test_pipeline
     params = load_params(tmp_path / "params.yaml")
     summary = rep.replicate(params, tmp_path, device="cpu", progress=False)
@@ -228,3 +231,202 @@ def test_two_tiny_replicates_end_to_end(tmp_path):
     pipeline.stage("report").run(params, tmp_path)
     html = (tmp_path / "report" / "index.html").read_text()
     assert "Replicates (two-photon dF/F): what holds across new cortices" in html and "replicate intervals" in html
+
+
+# --------------------------------------------------------------------------------------
+# protocols: confirmatory seeds drawn from the commit, development seeds fixed
+# --------------------------------------------------------------------------------------
+def _git(root, *args):
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch):
+    """A committed project in a tiny git repository whose src/ is the code that runs (as in meiscope's own)."""
+    import meiscope.dvcfile as dvcfile
+
+    root = tmp_path / "project"
+    (root / "src" / "meiscope").mkdir(parents=True)
+    (root / "src" / "meiscope" / "stage.py").write_text("STEP = 1\n")
+    (root / "params.yaml").write_text("replicate:\n  seeds: [101, 102, 103]  # development\n")
+    (root / "dvc.lock").write_text("schema: '2.0'\n")
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-q", "-m", "one")
+    monkeypatch.setattr(dvcfile, "SOURCE_ROOT", root / "src")
+    return root
+
+
+def _commit(root, path, text):
+    (root / path).write_text(text)
+    _git(root, "commit", "-q", "-am", f"edit {path}")
+
+
+def _seeds(root, **replicate):
+    params = load_params(root / "params.yaml", [f"replicate.{k}={v}" for k, v in replicate.items()])
+    return rep.confirmatory_seeds(params, root)
+
+
+def test_confirmatory_seeds_are_the_published_function_of_the_committed_src_tree_and_params_yaml(checkout):
+    seeds, derivation = _seeds(checkout)
+    assert derivation["src_tree"] == _git(checkout, "rev-parse", "HEAD:src")
+    assert derivation["params_blob"] == _git(checkout, "hash-object", "params.yaml")
+    # the rule as the docs state it, recomputed by hand from the two ids
+    by_hand = []
+    for i in range(3):
+        text = f"meiscope-confirmatory {derivation['src_tree']} {derivation['params_blob']} {i}"
+        by_hand.append(1000 + int(hashlib.sha256(text.encode()).hexdigest()[:8], 16) % 1_000_000)
+    assert seeds == by_hand and len(set(seeds)) == 3 and derivation["n"] == 3
+    assert _seeds(checkout) == (seeds, derivation)  # deterministic
+    assert all(1000 <= s < 1_001_000 and s * 1000 + 999 < 2**32 for s in seeds)  # training seeds stay 32-bit
+    assert 101 in derivation["avoided"] and 0 in derivation["avoided"]  # development seeds and the default run's
+    # more replicates extend the same sequence (replicate.* is no setting of the study)
+    assert _seeds(checkout, n_confirmatory=5)[0][:3] == seeds
+    # a seed to avoid is skipped, the next one drawn instead
+    assert rep.derive_seeds("a", "b", 2, avoid=(rep.derive_seeds("a", "b", 1)[0],)) == rep.derive_seeds("a", "b", 3)[1:]
+
+    _commit(checkout, "params.yaml", "replicate:\n  seeds: [101, 102, 103]  # development seeds\n")  # a comment
+    after_params, d2 = _seeds(checkout)
+    assert d2["src_tree"] == derivation["src_tree"] and d2["params_blob"] != derivation["params_blob"]
+    assert not set(after_params) & set(seeds)
+    _commit(checkout, "src/meiscope/stage.py", "STEP = 2\n")
+    after_code, d3 = _seeds(checkout)
+    assert d3["src_tree"] != d2["src_tree"] and d3["params_blob"] == d2["params_blob"]
+    assert not set(after_code) & (set(seeds) | set(after_params))
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda root: (root / "src" / "meiscope" / "stage.py").write_text("STEP = 3\n"), "src/meiscope/stage.py"),
+    (lambda root: (root / "params.yaml").write_text("replicate:\n  seeds: [1, 2]\n"), "params.yaml"),
+    (lambda root: (root / "src" / "meiscope" / "new.py").write_text(""), "src/meiscope/new.py (untracked)"),
+    (lambda root: (root / "README.md").write_text("x"), None),  # untracked outside src/: not code that runs
+    (lambda root: (root / "dvc.lock").write_text("schema: '3.0'\n"), None),  # what the pipeline writes
+])
+def test_a_confirmatory_run_refuses_a_tree_that_is_not_its_commit_in_one_line(checkout, edit, named):
+    from click.testing import CliRunner
+
+    from meiscope.cli import main
+
+    edit(checkout)
+    if named is None:
+        assert len(_seeds(checkout)[0]) == 3
+        return
+    with pytest.raises(MeiscopeError, match="a confirmatory run needs a clean tree") as err:
+        _seeds(checkout)
+    assert named in str(err.value) and "\n" not in str(err.value)
+    result = CliRunner().invoke(main, ["replicate", "--params", str(checkout / "params.yaml")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
+    assert not (checkout / "replicates").exists() or not list((checkout / "replicates").rglob("dvc.yaml"))
+
+
+def test_a_confirmatory_run_refuses_what_would_make_its_seeds_lie(checkout, tmp_path, monkeypatch):
+    import meiscope.dvcfile as dvcfile
+
+    with pytest.raises(MeiscopeError, match="settings differ from the file's"):
+        rep.confirmatory_seeds(load_params(checkout / "params.yaml", ["mei.steps=7"]), checkout)
+    with pytest.raises(MeiscopeError, match="--seeds chooses the seeds"):
+        rep.run_seeds(load_params(checkout / "params.yaml"), checkout, [1, 2])
+    outside = tmp_path / "not-git"
+    outside.mkdir()
+    with pytest.raises(MeiscopeError, match="not a git checkout with a commit"):
+        rep.tree_changes(outside)
+    monkeypatch.setattr(dvcfile, "SOURCE_ROOT", tmp_path)  # an installed meiscope running elsewhere
+    with pytest.raises(MeiscopeError, match="is not .*/src; a confirmatory run"):
+        _seeds(checkout)
+
+
+def _fake_runs(monkeypatch, during=None):
+    """replicate() without running stages: each seed's metrics are fake, ``during(seed)`` runs per seed."""
+    def run(params, root, seed, device=None, bar=None):
+        if during:
+            during(seed)
+        return fake_metrics(0.5 + seed % 7 / 20, -1)
+
+    monkeypatch.setattr(rep, "run_replicate", run)
+    monkeypatch.setattr(rep, "locked_code_key", lambda folder: "code")
+
+
+def test_summaries_are_labelled_with_their_protocol_and_how_the_seeds_were_drawn(checkout, monkeypatch):
+    from meiscope.summaries import summary_lines
+
+    _fake_runs(monkeypatch)
+    summary = rep.replicate(load_params(checkout / "params.yaml"), checkout, progress=False)
+    written = json.loads((checkout / "metrics" / "replicates.json").read_text())
+    seeds, derivation = _seeds(checkout)
+    assert written["protocol"] == "confirmatory" and written["seeds"] == sorted(seeds)  # summaries sort them
+    assert written["seed_derivation"] == derivation and derivation["rule"] == rep.SEED_RULE
+    assert written["git_commit"] == _git(checkout, "rev-parse", "HEAD") and written["git_working_tree_clean"]
+    lines = summary_lines("replicate", summary)
+    assert lines[1].split(None, 1) == ["protocol", f"confirmatory (commit {written['git_commit'][:7]})"]
+    assert rep.protocol_note(written).startswith(f"Confirmatory replicates: seeds drawn from commit "
+                                                 f"{written['git_commit'][:7]}")
+    development = rep.replicate(load_params(checkout / "params.yaml", ["replicate.protocol=development"]), checkout,
+                                seeds=[4, 5], progress=False)
+    assert development["protocol"] == "development" and development["seeds"] == [4, 5]
+    assert development["seed_derivation"] == {"rule": "fixed: --seeds"}
+    assert "development" in summary_lines("replicate", development)[1]
+
+
+def test_code_edited_while_confirmatory_replicates_run_is_not_labelled_confirmatory(checkout, monkeypatch):
+    _fake_runs(monkeypatch, during=lambda seed: _commit(checkout, "src/meiscope/stage.py", f"STEP = {seed}\n"))
+    with pytest.raises(MeiscopeError, match="changed while the replicates ran"):
+        rep.replicate(load_params(checkout / "params.yaml"), checkout, progress=False)
+    assert not (checkout / "metrics" / "replicates.json").exists()
+
+
+def test_a_summary_without_a_label_reads_as_development_everywhere_it_is_shown(tmp_path):
+    from meiscope.report_sections import recordings_section, replicate_section
+    from meiscope.report_summary import findings
+
+    old = rep.summarise_replicates({1: fake_metrics(0.5, -1), 2: fake_metrics(0.7, -1)}, confidence=0.95)
+    assert "protocol" not in old and rep.protocol_of(old) == "development"
+    with pytest.raises(MeiscopeError, match="'protocol' must be one of"):
+        rep.protocol_of({**old, "protocol": "final"})
+    params = parse_params({})
+    section = replicate_section(old, params, tmp_path)
+    assert section.intro.startswith("Development replicates: fixed seeds that were looked at while meiscope was "
+                                    "developed")
+    assert section.table_title == "Every figure: mean [interval] over development replicates"
+    confirmatory = {**old, "protocol": "confirmatory", "git_commit": "abcdef0123",
+                    "seed_derivation": {"src_tree": "1234567aa", "params_blob": "89abcdeff"}}
+    assert replicate_section(confirmatory, params, tmp_path).intro.startswith(
+        "Confirmatory replicates: seeds drawn from commit abcdef0 (src/ tree 1234567, params.yaml blob 89abcde)")
+    both = recordings_section({**confirmatory, "recording": "neuropixels"}, old, tmp_path)
+    assert "(development seeds [1, 2])" in both.intro and "(confirmatory seeds [1, 2])" in both.intro
+    _, note = findings({"train": {"test_corr_to_avg_mean": 0.5, "gt_fresh_corr_mean": 0.6}}, old)
+    assert "(development replicates m [a, b])" in note and "development figures, not confirmatory ones" in note
+
+
+def test_replicate_protocol_settings_are_range_checked():
+    from meiscope.checks import ConfigError
+
+    assert parse_params({}).replicate.protocol == "confirmatory" and parse_params({}).replicate.n_confirmatory == 3
+    with pytest.raises(ConfigError, match="'replicate.n_confirmatory' must be an integer in \\[3, 20\\] \\(got 2\\)"):
+        parse_params({"replicate": {"n_confirmatory": 2}})
+    with pytest.raises(ConfigError, match="'replicate.n_confirmatory'"):
+        parse_params({"replicate": {"n_confirmatory": 21}})
+    with pytest.raises(ConfigError, match="'replicate.protocol' must be one of"):
+        parse_params({"replicate": {"protocol": "final"}})
+    with pytest.raises(ConfigError, match="'replicate.n_confirmatory'"):
+        parse_params({"replicate": {"n_confirmatory": 3.5}})
+
+
+def test_the_docs_tables_say_which_protocol_each_summary_comes_from(tmp_path):
+    from test_docs import load_hook
+
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    old = rep.summarise_replicates({1: fake_metrics(0.5, -1), 2: fake_metrics(0.7, -1)}, confidence=0.95)
+    (tmp_path / "metrics" / "replicates-old.json").write_text(json.dumps(old))
+    (tmp_path / "metrics" / "replicates-new.json").write_text(json.dumps({**old, "protocol": "confirmatory"}))
+    (tmp_path / "metrics" / "replicates-bad.json").write_text(json.dumps({**old, "protocol": "final"}))
+    one = hook.render("<!-- replicates-table: metrics/replicates-old.json -->", tmp_path)
+    assert "| development seeds 1 / 2 |" in one
+    both = hook.render("<!-- replicates-table: metrics/replicates-old.json metrics/replicates-new.json -->", tmp_path)
+    assert "`replicates-old.json` (development)" in both and "`replicates-new.json` (confirmatory)" in both
+    with pytest.raises(hook.MetricTableError, match="metrics/replicates-bad.json: .*'protocol' must be one of"):
+        hook.render("<!-- replicates-table: metrics/replicates-bad.json -->", tmp_path)

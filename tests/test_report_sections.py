@@ -126,3 +126,29 @@ def test_the_report_stage_loads_every_other_recordings_replicates(tmp_path):
         assert list(m["replicates_of"]) == [name for name in RECORDINGS if name != recording]
         assert m["replicates"] == (neuropixels if recording == "neuropixels" else {})
     assert m["replicates_of"]["neuropixels"] == neuropixels
+
+
+def test_the_closed_loop_findings_say_which_cells_their_intervals_and_keep_the_correctness_check_apart():
+    from meiscope.report_summary import correctness_checks, findings
+
+    v = {"kinds": ["simple", "complex"], "n_responsive": 9, "n_simple": 5, "n_complex": 4, "n_truth_responsive": 20,
+         "n_true_optimum_beaten": 0, "ci_confidence": 0.95, "tie_tolerance": 0.05, "gt_mei_corr_median": 0.9,
+         "gt_mei_rate_ratio_median": 0.9, "gt_mei_rate_ratio_median_ci_low": 0.85,
+         "gt_mei_rate_ratio_median_ci_high": 0.93, "gt_mei_drive_ratio_median": 0.75,
+         "gt_all_best_scene_native_rate_ratio_median": 0.4, "gt_sel_best_scene_native_rate_ratio_median": 0.5,
+         "gt_ci_verdict_mei_vs_gabor_simple": -1, "model_val_ci_verdict_mei_vs_gabor_simple": 0,
+         "ci_verdicts_agree_mei_vs_gabor_simple": 0, "gt_ci_verdict_mei_vs_gabor_complex": 0,
+         "model_val_ci_verdict_mei_vs_gabor_complex": 0, "ci_verdicts_agree_mei_vs_gabor_complex": 1}
+    found, _ = findings({"validate": v}, {})
+    truth = next(x for x in found if x.title == "Closed loop on the true neurons")
+    # each figure with the cells it covers and its interval over them; the drive beside the compressed rate
+    assert "9 selected cells; 95% interval over cells [0.85, 0.93]" in truth.numbers
+    assert "20 all truly responsive cells" in truth.numbers and "75% of its drive" in truth.meaning
+    verdicts = next(x for x in found if "held-out model" in x.title)
+    assert "simple cells: MEI loses in truth, ties on the held-out model" in verdicts.numbers
+    assert verdicts.meaning.startswith("The held-out model's verdict differs from the truth's for simple cells:")
+    # the optimum check is a check of the instrument, not a finding
+    label = label_of_metric("validate", "n_true_optimum_beaten")
+    assert correctness_checks({"validate": v}) == [(label, "0: passed")]
+    assert not any(label in x.numbers or label in x.meaning for x in found)
+    assert correctness_checks({"validate": {**v, "n_true_optimum_beaten": 2}}) == [(label, "2: FAILED")]

@@ -85,3 +85,58 @@ def test_an_interval_stays_inside_what_the_quantity_can_take():
     assert entry["scale"] == "log" and entry["mean"] == pytest.approx(1.0) and 0 < entry["ci_low"] < 0.05
     # a bound that does not bind changes nothing
     assert interval([0.5, 0.55, 0.6], 0.95, bounds=(0.0, 1.0)) == interval([0.5, 0.55, 0.6], 0.95)
+
+
+def test_wilson_interval_stays_in_0_1_and_matches_the_closed_form():
+    from meiscope.science.stats import wilson_interval
+
+    z2 = 1.959963984540054 ** 2
+    assert wilson_interval(0, 10, 0.95) == (0.0, pytest.approx(z2 / (10 + z2)))  # not [0, 0]
+    assert wilson_interval(10, 10, 0.95) == (pytest.approx(10 / (10 + z2)), 1.0)
+    low, high = wilson_interval(5, 10, 0.95)
+    assert low == pytest.approx(1 - high) and 0 < low < 0.5 < high < 1  # symmetric about 1/2
+    # the case a t-interval over 3 replicates got wrong, 0.33 [-1.10, 1.77]: 1 of 3 stays inside [0, 1]
+    assert 0 < wilson_interval(1, 3, 0.95)[0] < 1 / 3 < wilson_interval(1, 3, 0.95)[1] < 1
+    assert np.isnan(wilson_interval(0, 0, 0.95)).all()
+    with pytest.raises(StatisticsError, match="successes"):
+        wilson_interval(4, 3, 0.95)
+    with pytest.raises(StatisticsError, match="confidence"):
+        wilson_interval(1, 3, 1.0)
+
+
+def test_bootstrap_median_interval_is_seeded_log_scaled_and_bounded():
+    from meiscope.science.stats import bootstrap_median_interval
+
+    ratios = np.exp(np.random.default_rng(0).normal(0, 0.3, 60))
+    low, high = bootstrap_median_interval(ratios, 0.95, 2000, seed=5, log_scale=True)
+    assert 0 < low < np.median(ratios) < high
+    assert bootstrap_median_interval(ratios, 0.95, 2000, seed=5, log_scale=True) == (low, high)
+    # on the log scale, inverting every ratio inverts the interval (2 and 1/2 are equally far from 1)
+    inv = bootstrap_median_interval(1 / ratios, 0.95, 2000, seed=5, log_scale=True)
+    assert inv == (pytest.approx(1 / high), pytest.approx(1 / low))
+    assert bootstrap_median_interval(np.full(7, 0.8), 0.95, 1000, seed=0) == (pytest.approx(0.8), pytest.approx(0.8))
+    # clipped to the range: fractions of an optimum near 1 never get an end above 1
+    near_one = np.clip(1 - np.abs(np.random.default_rng(1).normal(0, 0.02, 5)), 0, 1) * 1.03
+    assert bootstrap_median_interval(near_one, 0.95, 1000, seed=0, log_scale=True, bounds=(0, 1))[1] <= 1.0
+    assert np.isnan(bootstrap_median_interval(np.array([np.nan]), 0.95, 1000, seed=0)).all()
+    # one cell pins nothing down: no interval (not the zero-width [x, x] every resample would give)
+    assert np.isnan(bootstrap_median_interval(np.array([1.3, np.nan]), 0.95, 1000, seed=0, log_scale=True)).all()
+    with pytest.raises(StatisticsError, match="> 0"):
+        bootstrap_median_interval(np.array([1.0, 0.0]), 0.95, 1000, seed=0, log_scale=True)
+    with pytest.raises(StatisticsError, match="n_boot"):
+        bootstrap_median_interval(ratios, 0.95, 0, seed=0)
+
+
+def test_banded_verdict_reads_the_interval_against_the_tie_band():
+    from meiscope.science.stats import banded_verdict
+
+    assert banded_verdict(1.06, 1.2, 0.05) == 1          # wholly above 1.05
+    assert banded_verdict(0.80, 0.94, 0.05) == -1        # wholly below 1 / 1.05
+    assert banded_verdict(0.90, 0.96, 0.05) == 0         # meets the band: a tie
+    assert banded_verdict(0.5, 2.0, 0.05) == 0           # a wide interval shows no difference
+    assert banded_verdict(1.01, 1.03, 0.0) == 1          # no band: the interval excludes 1
+    assert banded_verdict(None, 1.0, 0.05) is None and banded_verdict(float("nan"), 1.0, 0.05) is None
+    with pytest.raises(StatisticsError, match="tolerance"):
+        banded_verdict(1.0, 1.1, -0.1)
+    with pytest.raises(StatisticsError, match="swapped"):
+        banded_verdict(1.2, 1.1, 0.05)

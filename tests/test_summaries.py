@@ -28,5 +28,17 @@ def test_validate_summary_names_verdicts_and_survives_missing_figures():
     assert summary_lines("report", "report/index.html") == ["report:", "  wrote  report/index.html"]
 
 
-def test_the_summaries_are_keyed_by_stages_of_the_table():
-    assert set(summaries.STAGES) <= {s.name for s in pipeline.STAGES}
+def test_the_summaries_are_keyed_by_stages_of_the_table_or_commands():
+    from meiscope.cli import main
+
+    assert set(summaries.STAGES) <= {s.name for s in pipeline.STAGES} | set(main.commands)
+
+
+def test_replicate_summary_names_its_protocol_and_where_the_seeds_came_from():
+    confirmatory = {"protocol": "confirmatory", "git_commit": "0123456789abcdef", "seeds": [744958, 468452, 147770],
+                    "seed_derivation": {"src_tree": "abcdef0123", "params_blob": "fedcba9876"}}
+    text = "\n".join(summary_lines("replicate", confirmatory))
+    assert "confirmatory (commit 0123456)" in text
+    assert "744958, 468452, 147770: drawn from src/ tree abcdef0 and params.yaml blob fedcba9" in text
+    development = {"protocol": "development", "seeds": [101, 102], "seed_derivation": {"rule": "fixed seeds"}}
+    assert "looked at while developing" in "\n".join(summary_lines("replicate", development))

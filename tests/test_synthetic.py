@@ -516,3 +516,21 @@ def test_bytes_do_not_depend_on_the_cpus_vector_width(tmp_path):
         assert done.returncode == 0, done.stderr[-1500:]
         hashes.append(done.stdout)
     assert "900000001.nwb" in hashes[0] and hashes[0] == hashes[1]
+
+
+def test_default_population_draw_is_unchanged_by_the_out_of_family_kinds():
+    """Pinned before the out-of-family kinds existed: the default cortex's cell draws keep their bytes."""
+    from dataclasses import asdict
+
+    from meiscope.synthetic.cortex import cell_ids_for, session_rngs
+    from meiscope.synthetic.population import sample_cells
+
+    cfg = SyntheticConfig()
+    p = sample_cells(cfg.n_cells, asdict(cfg.kinds), tuple(cfg.rf_sigma_deg), tuple(cfg.peak_rate_hz),
+                     cfg.baseline_rate_hz, cell_ids_for(cfg.first_experiment_id, cfg.n_cells),
+                     session_rngs(cfg, 0)[0], saturation=tuple(cfg.saturation))
+    names = ("cell_ids", "kinds", "x", "y", "sigma", "sf", "orientation", "phase", "orientation2", "phase2",
+             "saturation", "rate_max", "semisaturation", "baseline", "peak_rate")
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(getattr(p, k)).tobytes() for k in names)).hexdigest()
+    assert digest == "c0d926212ab2748054931e1f82ef12709e94972973f88f9005473bfc8a667c85"
+    assert not p.out_of_family

@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from meiscope import optima
-from meiscope.config import GaborConfig, MeiConfig
+from meiscope.config import GaborConfig, MeiConfig, ValidateConfig
 from meiscope.insilico.budget import project_to_budget
 from meiscope.insilico.gabor import optimal_gabors
 from meiscope.insilico.mei import synthesize_meis
 from meiscope.synthetic.population import TruePopulation, sample_cells
-from meiscope.validation import (TrueNeuronsInModelSpace, TrueOptimumBeaten, check_optima, closed_loop_table,
-                                 closed_loop_figure, mei_truth_correlations, summarise_validation, true_responses)
+from meiscope.science.catalogue import coverage_key, lookup
+from meiscope.validation import (TrueNeuronsInModelSpace, TrueOptimumBeaten, best_scene_table, check_optima,
+                                 closed_loop_figure, closed_loop_table, mei_truth_correlations, summarise_best_scenes,
+                                 summarise_validation, true_responses)
 
 SHAPE = (12, 15)
 MEAN, STD = 121.0, 48.0
@@ -105,7 +107,10 @@ def _table(cells, meis):
     n = len(columns)
     rng = np.random.default_rng(0)
     random = project_to_budget(torch.as_tensor(rng.standard_normal((n, *SHAPE))), norm, BOUNDS).numpy()
-    stimuli = {"mei": meis, "gabor": random, "best_image": random[::-1].copy(), "optimum": best.images}
+    # the native best scene: the budget-matched one at 3x its contrast (clipped), as a cell saw it
+    native = np.clip(random[::-1] * 3.0, *BOUNDS)
+    stimuli = {"mei": meis, "gabor": random, "best_image": random[::-1].copy(), "best_image_native": native,
+               "optimum": best.images}
     starts = np.stack([meis, random], axis=1)
     scores = {"mei": np.full(n, 2.0), "gabor": np.ones(n), "mei_val": np.ones(n), "gabor_val": np.ones(n)}
     return closed_loop_table(truth, kinds, population.cell_ids[columns], stimuli, starts,
@@ -142,20 +147,37 @@ def test_complex_cells_are_scored_against_the_span_of_their_quadrature_pair(cell
     assert corr[1] < 0.5    # a simple cell with the wrong phase is wrong
 
 
-def summary_table(mei, gabor, optimum, kind="simple", model=(1, -1)):
+SETTINGS = ValidateConfig(confidence=0.95, n_bootstrap=2000, seed=3, tie_tolerance=0.05)
+
+
+def naka_rushton(drive, semisaturation=1.0, rate_max=10.0):
+    return rate_max * drive / (drive + semisaturation)
+
+
+def summary_table(mei, gabor, optimum, kind="simple", model=(1, -1), native=None, model_ratio=None):
+    """A closed-loop table with planted true rates above baseline (drives: the Naka-Rushton inverse, rate_max 10)."""
     n = len(mei)
-    return pd.DataFrame({
-        "kind": [kind] * n, "mei_truth_corr": np.linspace(0.5, 0.9, n),
-        "true_rate_above_baseline_mei": mei, "true_rate_above_baseline_gabor": gabor,
-        "true_rate_above_baseline_best_image": np.full(n, 0.1), "true_rate_above_baseline_optimum": optimum,
-        "model_mei_vs_gabor": np.resize(model, n), "model_val_mei_vs_gabor": np.zeros(n, int),
-        "optimum_beaten": np.zeros(n, bool)})
+    native = np.full(n, 0.5) if native is None else native
+    rates = {"mei": mei, "gabor": gabor, "best_image": np.full(n, 0.1), "best_image_native": native,
+             "optimum": optimum}
+    table = pd.DataFrame({"kind": [kind] * n if isinstance(kind, str) else list(kind),
+                          "mei_truth_corr": np.linspace(0.5, 0.9, n), "optimum_beaten": np.zeros(n, bool),
+                          "model_mei_vs_gabor": np.resize(model, n), "model_val_mei_vs_gabor": np.zeros(n, int)})
+    for name, r in rates.items():
+        r = np.asarray(r, dtype=float)
+        table[f"true_rate_above_baseline_{name}"] = r
+        table[f"true_drive_{name}"] = r / (10.0 - r)  # the drive that gives rate r
+    table["mei_vs_gabor"] = np.sign(np.asarray(mei) - np.asarray(gabor)).astype(int)
+    ratio = np.ones(n) if model_ratio is None else np.asarray(model_ratio, dtype=float)
+    table["model_mei"], table["model_gabor"] = 2.0 * ratio, np.full(n, 2.0)
+    table["model_mei_val"], table["model_gabor_val"] = 3.0 * ratio, np.full(n, 3.0)
+    return table
 
 
 def test_summary_never_folds_zero_responses_into_ratios():
     mei = np.array([4.0, 0.0, 2.0, 0.0, 3.0, 1.0])
     gabor = np.array([2.0, 3.0, 0.0, 0.0, 3.0, 2.0])
-    s = summarise_validation(summary_table(mei, gabor, np.full(6, 4.0)))
+    s = summarise_validation(summary_table(mei, gabor, np.full(6, 4.0)), SETTINGS)
     assert s["gt_n_zero_rate_mei_simple"] == 2 and s["gt_n_zero_rate_gabor_simple"] == 2
     assert s["gt_n_both_zero_mei_gabor_simple"] == 1
     # log-ratio median over the 3 cells where both fire: 4/2, 3/3, 1/2 -> median 1
@@ -172,17 +194,147 @@ def test_summary_never_folds_zero_responses_into_ratios():
 
 def test_summary_verdicts_follow_the_sign_test():
     mei = np.linspace(2, 3, 12)
-    s = summarise_validation(summary_table(mei, mei - 1, np.full(12, 5.0), model=(1,)))
+    s = summarise_validation(summary_table(mei, mei - 1, np.full(12, 5.0), model=(1,)), SETTINGS)
     assert s["gt_frac_mei_beats_gabor_simple"] == 1.0
     assert s["gt_sign_p_mei_vs_gabor_simple"] == pytest.approx(2 * 0.5 ** 12)
     assert s["gt_verdict_mei_vs_gabor_simple"] == 1 and s["model_verdict_mei_vs_gabor_simple"] == 1
     assert s["model_val_verdict_mei_vs_gabor_simple"] == 0  # all ties on the held-out model
-    s = summarise_validation(summary_table(mei - 1, mei, np.full(12, 5.0)))
+    s = summarise_validation(summary_table(mei - 1, mei, np.full(12, 5.0)), SETTINGS)
     assert s["gt_verdict_mei_vs_gabor_simple"] == -1
     # all-zero denominators: no ratio (null in the JSON), not 0 and not 1e10
-    s = summarise_validation(summary_table(np.zeros(3), np.zeros(3), np.full(3, 5.0)))
+    s = summarise_validation(summary_table(np.zeros(3), np.zeros(3), np.full(3, 5.0)), SETTINGS)
     assert s["gt_mei_over_gabor_rate_median_simple"] is None and s["gt_mei_rate_ratio_median_simple"] is None
+    assert s["gt_mei_rate_ratio_median_ci_low_simple"] is None and s["gt_ci_verdict_mei_vs_gabor_simple"] is None
+    assert s["ci_verdicts_agree_mei_vs_gabor_simple"] is None  # no verdict to agree with
     json.dumps(s, allow_nan=False)  # strict JSON
+
+
+def test_drive_ratios_beside_rate_ratios_show_what_saturation_hides():
+    # planted: optimum drive 1 (rate 5 of rate_max 10, semisaturation 1); MEI drive 1/2, Gabor drive 1/4
+    optimum = np.full(8, naka_rushton(1.0))
+    s = summarise_validation(summary_table(np.full(8, naka_rushton(0.5)), np.full(8, naka_rushton(0.25)), optimum),
+                             SETTINGS)
+    assert s["gt_mei_drive_ratio_median_simple"] == pytest.approx(0.5)
+    assert s["gt_mei_rate_ratio_median_simple"] == pytest.approx((10 / 3) / 5)  # 2/3: compressed towards 1
+    assert s["gt_gabor_drive_ratio_median_simple"] == pytest.approx(0.25)
+    assert s["gt_mei_over_gabor_drive_median_simple"] == pytest.approx(2.0)
+    assert s["gt_mei_over_gabor_rate_median_simple"] == pytest.approx((10 / 3) / 2)
+    # identical cells: every resample has the same median, so the interval is the value itself
+    assert s["gt_mei_drive_ratio_median_ci_low_simple"] == pytest.approx(0.5)
+    assert s["gt_mei_drive_ratio_median_ci_high_simple"] == pytest.approx(0.5)
+
+
+def test_best_natural_image_at_native_contrast_beside_the_budget_matched_one():
+    mei, optimum = np.full(5, 4.0), np.full(5, 5.0)
+    s = summarise_validation(summary_table(mei, mei, optimum, native=np.array([2.0, 2.0, 2.0, 8.0, 8.0])), SETTINGS)
+    assert s["gt_mei_over_best_image_rate_median_simple"] == pytest.approx(40.0)  # vs 0.1 Hz at the budget
+    assert s["gt_mei_over_best_image_native_rate_median_simple"] == pytest.approx(2.0)  # vs 2 Hz as the cell saw it
+    assert s["gt_frac_mei_beats_best_image_native_simple"] == pytest.approx(3 / 5)
+    assert s["gt_best_image_native_rate_ratio_median_simple"] == pytest.approx(0.4)
+    assert "at its native contrast" in lookup("validate", "gt_mei_over_best_image_native_rate_median").label
+    assert "MEI's budget" in lookup("validate", "gt_mei_over_best_image_rate_median").label
+
+
+def test_coverage_counts_and_kinds_present_in_the_data():
+    kinds = ["simple"] * 4 + ["end_stopped"] * 3 + ["unresponsive"] * 2
+    rates = np.array([4.0, 3.0, 2.0, 1.0, 4.0, 4.0, 4.0, 0.0, 0.0])
+    s = summarise_validation(summary_table(rates, rates / 2, np.full(9, 5.0), kind=kinds), SETTINGS)
+    assert (s["n_neurons"], s["n_responsive"], s["n_unresponsive_selected"]) == (9, 7, 2)
+    assert (s["n_simple"], s["n_end_stopped"]) == (4, 3) and "n_complex" not in s
+    assert s["gt_mei_over_gabor_rate_median_end_stopped"] == pytest.approx(2.0)
+    # a kind beyond the default three is labelled, and says which cells it covers
+    metric = lookup("validate", "gt_mei_over_gabor_rate_median_end_stopped")
+    assert metric.label.endswith("(end_stopped)") and coverage_key(metric) == "n_end_stopped"
+    assert coverage_key(lookup("validate", "gt_mei_corr_median")) == "n_responsive"
+    assert not [k for k in s if lookup("validate", k) is None]  # every figure is in the catalogue
+
+
+def test_intervals_over_cells_stay_in_range_and_are_seeded():
+    rng = np.random.default_rng(1)
+    optimum = np.full(40, 5.0)
+    mei = optimum * rng.uniform(0.6, 1.0, 40)  # nothing within the budget beats the optimum
+    table = summary_table(mei, mei * rng.uniform(0.8, 1.2, 40), optimum)
+    s = summarise_validation(table, SETTINGS)
+    for key, (low, high) in {"gt_mei_rate_ratio_median": (0, 1), "gt_mei_drive_ratio_median": (0, 1),
+                             "gt_frac_mei_beats_gabor": (0, 1), "gt_mei_corr_median": (-1, 1),
+                             "gt_mei_over_gabor_rate_median": (0, np.inf)}.items():
+        lo, hi = s[f"{key}_ci_low_simple"], s[f"{key}_ci_high_simple"]
+        assert low <= lo <= s[f"{key}_simple"] <= hi <= high, key
+    assert summarise_validation(table, SETTINGS) == s  # the same seed, the same intervals
+    other = summarise_validation(table, ValidateConfig(seed=4))
+    ends = [k for k in s if "_ci_" in k and "verdict" not in k]
+    assert any(other[k] != s[k] for k in ends)  # another seed resamples other cells
+    # a fraction at its end: 0 of 6 cells is [0, 0.39] (Wilson), not [0, 0] and never below 0
+    s = summarise_validation(summary_table(np.full(6, 1.0), np.full(6, 2.0), np.full(6, 5.0)), SETTINGS)
+    assert s["gt_frac_mei_beats_gabor_ci_low_simple"] == 0.0
+    assert s["gt_frac_mei_beats_gabor_ci_high_simple"] == pytest.approx(0.390, abs=1e-3)
+
+
+def test_interval_verdicts_in_truth_and_model_and_whether_they_agree():
+    n = 30
+    rng = np.random.default_rng(2)
+    optimum = np.full(n, 9.0)
+    jitter = rng.uniform(0.99, 1.01, n)
+
+    def planted(truth_ratio, model_ratio, kind):
+        gabor = np.full(n, 4.0)
+        return summary_table(gabor * truth_ratio * jitter, gabor, optimum, kind=kind, model_ratio=model_ratio * jitter)
+
+    table = pd.concat([planted(0.9, 1.0, "simple"),        # truth: loses by 10%; model: ties -> disagree
+                       planted(1.2, 1.3, "conjunction"),   # both: beats -> agree
+                       planted(1.02, 0.98, "complex")])    # within the 5% band: ties in both -> agree
+    s = summarise_validation(table, SETTINGS)
+    assert (s["gt_ci_verdict_mei_vs_gabor_simple"], s["model_val_ci_verdict_mei_vs_gabor_simple"]) == (-1, 0)
+    assert s["ci_verdicts_agree_mei_vs_gabor_simple"] == 0
+    assert (s["gt_ci_verdict_mei_vs_gabor_conjunction"], s["model_val_ci_verdict_mei_vs_gabor_conjunction"]) == (1, 1)
+    assert s["ci_verdicts_agree_mei_vs_gabor_conjunction"] == 1
+    assert (s["gt_ci_verdict_mei_vs_gabor_complex"], s["model_val_ci_verdict_mei_vs_gabor_complex"]) == (0, 0)
+    assert s["model_val_mei_over_gabor_median_conjunction"] == pytest.approx(1.3, rel=0.01)
+    # the same cells with no tie band: 1.02 is now told apart from 1
+    strict = summarise_validation(table, ValidateConfig(seed=3, tie_tolerance=0.0))
+    assert strict["gt_ci_verdict_mei_vs_gabor_complex"] == 1
+    assert s["tie_tolerance"] == 0.05 and lookup("validate", "ci_verdicts_agree_mei_vs_gabor_simple").unit == "flag"
+
+
+class PlantedTruth(torch.nn.Module):
+    """Cell i's drive is (pixel (0, i) of the model-space image)^2; rate above baseline 10 d / (d + 1)."""
+
+    def __init__(self, quantity):
+        super().__init__()
+        self.quantity = quantity
+
+    def forward(self, images):
+        d = images[:, 0, 0, :] ** 2
+        return d if self.quantity == "drive" else 10.0 * d / (d + 1.0)
+
+
+def test_truth_side_figures_cover_every_truly_responsive_cell():
+    n, width = 4, 4
+    kinds = ["simple", "simple", "complex", "complex"]
+    scenes = np.zeros((3, 2, width))
+    scenes[0, 0] = [1.0, 0.5, 2.0, 0.0]
+    scenes[1, 0] = [0.5, 1.0, 0.0, 1.0]   # cell 3's only scene
+    scenes[2, 0] = [0.0, 0.0, 1.0, 0.5]
+    matched = scenes / 2
+    optima = np.zeros((n, 2, width))
+    optima[np.arange(n), 0, np.arange(n)] = 2.0  # every optimum: drive 4
+    truth = {q: PlantedTruth(q) for q in ("drive", "rate_above_baseline")}
+    table = best_scene_table(truth, kinds, np.arange(10, 14), np.array([True, False, True, False]), scenes,
+                             matched, optima, "cpu")
+    np.testing.assert_allclose(table.true_drive_best_scene_native, [1.0, 1.0, 4.0, 1.0])
+    np.testing.assert_allclose(table.true_drive_best_scene_matched, [0.25, 0.25, 1.0, 0.25])
+    s = summarise_best_scenes(table)
+    assert s["kinds"] == ["simple", "complex"]
+    assert (s["n_truth_responsive"], s["n_truth_simple"], s["n_truth_complex"]) == (4, 2, 2)
+    assert s["gt_all_best_scene_native_drive_ratio_median_simple"] == pytest.approx(0.25)
+    # complex: drive ratios 1 (cell 12, selected) and 1/4 (cell 13): all cells vs the selected one differ
+    assert s["gt_all_best_scene_native_drive_ratio_median_complex"] == pytest.approx(0.5)
+    assert s["gt_sel_best_scene_native_drive_ratio_median_complex"] == pytest.approx(1.0)
+    assert s["gt_sel_best_scene_native_rate_ratio_median_complex"] == pytest.approx(1.0)
+    assert s["gt_all_best_scene_matched_rate_ratio_median_simple"] == pytest.approx((10 * .25 / 1.25) / 8)
+    assert coverage_key(lookup("validate", "gt_all_best_scene_native_rate_ratio_median_complex")) == "n_truth_complex"
+    assert coverage_key(lookup("validate", "gt_sel_best_scene_native_rate_ratio_median")) == "n_responsive"
+    assert not [k for k in s if lookup("validate", k) is None]
 
 
 def test_closed_loop_figure_draws_zero_responses_on_a_readable_axis(cells):
@@ -190,3 +342,25 @@ def test_closed_loop_figure_draws_zero_responses_on_a_readable_axis(cells):
     fig = closed_loop_figure(table, cells[4].images, cells[4].images, lambda x: x * STD + MEAN, n_show=3)
     low, high = fig.axes[0].get_ylim()
     assert -8 < low < high < 8  # log2 scale with the zero bands, never 1e10
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("confidence", 1.0, r"'validate.confidence' must be in \[0.5, 1\)"),
+    ("confidence", float("nan"), "validate.confidence"),
+    ("n_bootstrap", 10, r"'validate.n_bootstrap' must be an integer in \[1000, 100000\]"),
+    ("seed", -1, "validate.seed"),
+    ("tie_tolerance", float("inf"), "validate.tie_tolerance"),
+    ("tie_tolerance", -0.01, "validate.tie_tolerance")])
+def test_validate_settings_are_refused_out_of_range(key, value, message):
+    import pathlib
+
+    import yaml
+
+    from meiscope.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        ValidateConfig(**{key: value})
+    # params.yaml sets every one of them (documented there), to the defaults
+    raw = yaml.safe_load((pathlib.Path(__file__).resolve().parents[1] / "params.yaml").read_text())["validate"]
+    assert ValidateConfig(**raw) == ValidateConfig() and set(raw) == {"confidence", "n_bootstrap", "seed",
+                                                                      "tie_tolerance"}

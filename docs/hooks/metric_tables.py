@@ -6,9 +6,12 @@ markdown table when the site is built. Paths are relative to the repository root
 
 ``<!-- metrics-table: train -->``
     every figure of ``metrics/train.json`` (one stage of the default run); a stage with several
-    per-kind figures (``..._simple``, ``..._complex``, ``..._conjunction``) gets one column per kind.
+    per-kind figures (``..._simple``, ``..._complex``, ``..._conjunction``, and any other kind the
+    cortex has) gets one column per kind. A figure with an interval over cells shows it beside its
+    value, and a stage whose figures say which cells they cover (``validate``) gets a ``cells`` column.
 ``<!-- replicates-table: metrics/replicates-container.json [more files] -->``
-    a replicate summary (``meiscope replicate``): mean [95% interval] and each replicate's value;
+    a replicate summary (``meiscope replicate``): mean [95% interval over replicates] and each
+    replicate's value, with its interval over that replicate's cells where the summary has one;
     with several files, one column per file.
 ``<!-- conclusions-table: metrics/replicates-container.json -->``
     the verdicts of a replicate summary, one column per kind of cell.
@@ -31,11 +34,14 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from meiscope.replicate import protocol_of
 from meiscope.science import catalogue
 
 # a placeholder: `<!-- <kind>-table: <argument> -->` alone on its line
 PLACEHOLDER = re.compile(r"^[ \t]*<!--\s*([a-z]+)-table:\s*(.*?)\s*-->[ \t]*$", re.MULTILINE)
 KINDS: tuple[str, ...] = getattr(catalogue, "KINDS", ("simple", "complex", "conjunction"))
+# pooled counts whose per-kind counts have another stem (``n_simple``, ``n_truth_simple``): one row for both
+POOLED_COUNTS = {"n_responsive": "n", "n_truth_responsive": "n_truth"}
 
 
 class MetricTableError(Exception):
@@ -67,8 +73,12 @@ def _metric(name: str) -> Optional[catalogue.Metric]:
 
 
 def _kind_of(metric: catalogue.Metric) -> Optional[str]:
-    """The cell kind of a per-kind figure (key ``..._<kind>``, label ``... (<kind>)``), else None."""
-    return next((k for k in KINDS if metric.key.endswith(f"_{k}") and metric.label.endswith(f" ({k})")), None)
+    """The cell kind of a per-kind figure (key ``..._<kind>``, label ``... (<kind>)``), else None; any kind
+    the catalogue knows, the default three and those of other cortices (e.g. ``centre_surround``)."""
+    if not metric.label.endswith(")") or " (" not in metric.label:
+        return None
+    kind = metric.label.rsplit(" (", 1)[1][:-1]
+    return kind if kind.isidentifier() and metric.key.endswith(f"_{kind}") else None
 
 
 def _interval(metric: Optional[catalogue.Metric], entry: dict[str, Any]) -> str:
@@ -78,6 +88,20 @@ def _interval(metric: Optional[catalogue.Metric], entry: dict[str, Any]) -> str:
         return mean
     low, high = (catalogue.format_value(metric, entry[k]) for k in ("ci_low", "ci_high"))
     return f"{mean} [{low}, {high}]"
+
+
+def _each(metric: Optional[catalogue.Metric], entry: dict[str, Any]) -> str:
+    """Each replicate's value, ``" / "``-joined, with its interval over that replicate's cells where the summary
+    has one (``per_replicate_ci``: ``0.91 [0.88, 0.93] / 0.89 [0.85, 0.92]``)."""
+    values, ends = entry.get("values") or [], entry.get("per_replicate_ci") or []
+    shown = []
+    for i, value in enumerate(values):
+        text = catalogue.format_value(metric, value)
+        pair = ends[i] if i < len(ends) else None
+        if pair and len(pair) == 2 and None not in pair:
+            text += f" [{catalogue.format_value(metric, pair[0])}, {catalogue.format_value(metric, pair[1])}]"
+        shown.append(text)
+    return " / ".join(shown)
 
 
 def _figures(summary: dict[str, Any], relative: str) -> dict[str, dict[str, Any]]:
@@ -97,28 +121,72 @@ def _ordered(names: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------
 # the tables
 # --------------------------------------------------------------------------------------
+def _stage_metrics(stage: str, values: dict[str, Any]) -> list[catalogue.Metric]:
+    """The catalogue entries of the keys of ``values``: catalogue order, then the per-kind figures of kinds
+    beyond the default three (known to :func:`catalogue.lookup`, not listed in the catalogue)."""
+    listed = [m for m in catalogue.CATALOGUE if m.stage == stage and m.key in values]
+    seen = {m.key for m in listed}
+    extra = [m for k in values if k not in seen and (m := catalogue.lookup(stage, k)) is not None]
+    return listed + extra
+
+
+def _label(metric: catalogue.Metric) -> str:
+    """The catalogue label; a check of the instrument (:data:`catalogue.CORRECTNESS`) says it is one."""
+    return f"correctness check: {metric.label}" if metric in catalogue.CORRECTNESS else metric.label
+
+
+def _with_interval(metric: catalogue.Metric, values: dict[str, Any]) -> str:
+    """The value of ``metric`` in ``values``, with its interval over cells ``[low, high]`` where the stage wrote
+    one (:func:`catalogue.interval_keys`; closed-loop figures)."""
+    shown = catalogue.format_value(metric, values[metric.key])
+    keys = catalogue.interval_keys(metric)
+    if keys is None or values.get(keys[0]) is None or values.get(keys[1]) is None or values[metric.key] is None:
+        return shown
+    return f"{shown} [{catalogue.format_value(metric, values[keys[0]])}, {catalogue.format_value(metric, values[keys[1]])}]"
+
+
 def metrics_table(root: Path, stage: str) -> str:
-    """One stage of the default run, from ``metrics/<stage>.json``, in catalogue order."""
+    """One stage of the default run, from ``metrics/<stage>.json``, in catalogue order.
+
+    A figure with an interval over cells shows it beside its value (``0.92 [0.88, 0.95]``) instead of on rows
+    of its own; a stage whose figures say which cells they cover (the closed loop) gets a ``cells`` column.
+    """
     relative = f"metrics/{stage}.json"
     values = _load(root, relative)
-    known = [m for m in catalogue.CATALOGUE if m.stage == stage and m.key in values]
+    known = _stage_metrics(stage, values)
+    folded = {k for m in known if (keys := catalogue.interval_keys(m)) for k in keys}  # shown beside their figure
+    known = [m for m in known if m.key not in folded]
     unknown = [k for k in values if catalogue.lookup(stage, k) is None]
     # a stage with several per-kind figures gets one column per kind; otherwise one row per figure
     if len({m.key[: -len(k) - 1] for m in known if (k := _kind_of(m))}) < 2:
-        rows = [[m.label, catalogue.format_value(m, values[m.key])] for m in known]
+        rows = [[_label(m), _with_interval(m, values)] for m in known]
         rows += [[key, catalogue.format_value(None, values[key])] for key in unknown]
         return _table(["figure", "value"], rows)
+    kinds = catalogue.ordered_kinds(k for m in known if (k := _kind_of(m)))
+    covers = any(m.covers for m in known)
+    lead = 2 if covers else 1  # figure (| cells) | all cells | one column per kind
     # per-kind figures share a row with their pooled figure: figure | all cells | simple | complex | ...
     rows: dict[str, list[str]] = {}
     for m in known:
         kind = _kind_of(m)
-        base = m.key[: -len(kind) - 1] if kind else m.key
-        label = m.label[: -len(kind) - 3] if kind else m.label
-        row = rows.setdefault(base, [label] + [""] * (1 + len(KINDS)))
-        row[1 + (KINDS.index(kind) + 1 if kind else 0)] = catalogue.format_value(m, values[m.key])
-    table_rows = list(rows.values()) + [[k, catalogue.format_value(None, values[k])] + [""] * len(KINDS)
-                                        for k in unknown]
-    return _table(["figure", "all cells", *KINDS], table_rows)
+        base = m.key[: -len(kind) - 1] if kind else POOLED_COUNTS.get(m.key, m.key)
+        label = m.label[: -len(kind) - 3] if kind else _label(m)
+        row = rows.setdefault(base, [label] + ([catalogue.COVERAGE_WORDS.get(m.covers, "")] if covers else [])
+                              + [""] * (1 + len(kinds)))
+        row[lead + (kinds.index(kind) + 1 if kind else 0)] = _with_interval(m, values)
+    table_rows = list(rows.values()) + [[k] + [""] * (lead - 1) + [catalogue.format_value(None, values[k])]
+                                        + [""] * len(kinds) for k in unknown]
+    return _table(["figure", *(["cells"] if covers else []), "all cells", *kinds], table_rows)
+
+
+def _protocol(summary: dict[str, Any], relative: str) -> str:
+    """``confirmatory`` or ``development`` (no label: development), or an error naming the file."""
+    from meiscope.errors import MeiscopeError
+
+    try:
+        return protocol_of(summary)
+    except MeiscopeError as err:
+        raise MetricTableError(f"{relative}: {err}") from None
 
 
 def replicates_table(root: Path, argument: str) -> str:
@@ -135,13 +203,14 @@ def replicates_table(root: Path, argument: str) -> str:
             return metric.label
         return next(s[name].get("label", name) for s in summaries.values() if name in s)
 
+    # which protocol each summary's figures come from (a summary without the label ran development seeds)
+    protocols = {f: _protocol(_load(root, f), f) for f in files}
     if len(files) == 1:
         (relative, figures), = summaries.items()
         seeds = _load(root, relative).get("seeds") or []
-        each = "seeds " + " / ".join(str(s) for s in seeds) if seeds else "per replicate"
-        rows = [[label(n), _interval(_metric(n), figures[n]),
-                 " / ".join(catalogue.format_value(_metric(n), v) for v in figures[n].get("values", []))]
-                for n in names]
+        each = (f"{protocols[relative]} seeds " + " / ".join(str(s) for s in seeds) if seeds
+                else f"per {protocols[relative]} replicate")
+        rows = [[label(n), _interval(_metric(n), figures[n]), _each(_metric(n), figures[n])] for n in names]
         return _table(["figure", "mean [95% CI]", each], rows)
     rows = []
     for n in names:
@@ -151,10 +220,11 @@ def replicates_table(root: Path, argument: str) -> str:
             if entry is None:
                 cells.append("-")
                 continue
-            values = " / ".join(catalogue.format_value(_metric(n), v) for v in entry.get("values", []))
+            values = _each(_metric(n), entry)
             cells.append(f"{_interval(_metric(n), entry)} ({values})" if values else _interval(_metric(n), entry))
         rows.append([label(n), *cells])
-    return _table(["figure", *(f"`{Path(f).name}`: mean [95% CI] (per replicate)" for f in files)], rows)
+    return _table(["figure", *(f"`{Path(f).name}` ({protocols[f]}): mean [95% CI] (per replicate)" for f in files)],
+                  rows)
 
 
 def _conclusion(entry: dict[str, Any]) -> str:

@@ -244,11 +244,14 @@ def dvcfile(check: bool, root: str) -> None:
 @main.command()
 @PARAMS_OPTION
 @DEVICE_OPTION
-@click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: replicate.seeds).")
+@click.option("--seeds", default=None, help="Comma-separated development seeds (default: replicate.seeds; only "
+              "with replicate.protocol development).")
 @_stage
 def replicate(params: Any, root: Path, device: str | None, seeds: str | None) -> None:
     """Rerun the synthetic study on several new cortices; intervals for every headline figure.
 
+    replicate.protocol confirmatory (the default) draws replicate.n_confirmatory seeds from the committed
+    src/ and params.yaml and refuses a dirty tree; development runs the fixed replicate.seeds.
     Slow (the whole study per seed) and resumable: a rerun continues where it stopped. Writes
     metrics/replicates.json (replicates-<recording>.json for neuropixels or container) and an interval figure;
     `meiscope report` shows them.

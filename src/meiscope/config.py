@@ -77,18 +77,45 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class CellKindFractions:
-    """Share of each synthetic cell kind; they must sum to 1."""
+    """Share of each synthetic cell kind (the fields are :data:`meiscope.synthetic.population.KINDS`); they sum to 1."""
 
     simple: float = 0.14
     complex: float = 0.12
     conjunction: float = 0.09
+    centre_surround: float = 0.0  # outside the Gabor family (the out_of_family profile sets them)
+    suppressed: float = 0.0
     unresponsive: float = 0.65
 
     def __post_init__(self) -> None:
-        for name in ("simple", "complex", "conjunction", "unresponsive"):
+        names = [f.name for f in dataclasses.fields(self)]
+        for name in names:
             fraction(getattr(self, name), f"synthetic.kinds.{name}")
-        total = self.simple + self.complex + self.conjunction + self.unresponsive
+        total = sum(getattr(self, name) for name in names)
         require(abs(total - 1) < 1e-6, "synthetic.kinds", f"fractions must sum to 1 (got {total:.3f})")
+
+
+# Named synthetic cortices (``synthetic.profile``): each supplies defaults for the keys of the
+# ``synthetic`` section it lists; keys set in params.yaml win over the profile's. Plain data, so a new
+# element of the cortex adds its key here.
+SYNTHETIC_PROFILES: dict[str, dict[str, Any]] = {
+    "gabor_family": {},  # the cortex built in the model's image: every cell one or two Gabor subunits
+    "out_of_family": {
+        "kinds": {"simple": 0.10, "complex": 0.09, "conjunction": 0.06, "centre_surround": 0.05,
+                  "suppressed": 0.05, "unresponsive": 0.65},
+        "rf_centre_range": [0.0, 1.0],
+        # dynamics, calcium, gaze, drift and fresh scenes outside the model's family (params.yaml: basis)
+        "temporal_peak_ms": [40.0, 120.0], "temporal_biphasic": 0.3, "adaptation_strength": 1.0,
+        "adaptation_tau_s": 2.0, "spike_amplitude_sd": 0.5, "indicator_hill_n": 2.3, "indicator_kd_spikes": 10.0,
+        "saccade_fraction": 0.1, "saccade_amplitude_deg": [2.0, 8.0], "fresh_scene_sources": "unseen",
+        "drift_rf_deg": 2.0, "drift_orientation_deg": 10.0, "mismatch_fraction": 0.05,
+    },
+}
+
+
+def _range(value: list[float], key: str, low: float, high: float) -> None:
+    """``value`` is ``[a, b]`` with ``low <= a <= b <= high``."""
+    require(len(value) == 2 and low <= value[0] <= value[1] <= high, key,
+            f"must be [low, high] with {low:g} <= low <= high <= {high:g} (got {value})")
 
 
 @dataclass(frozen=True)
@@ -103,7 +130,13 @@ class SyntheticConfig:
     repeats: int = 50
     image_height: int = 918
     image_width: int = 1174
+    profile: str = "gabor_family"  # SYNTHETIC_PROFILES: the defaults of the keys below (set keys win)
     kinds: CellKindFractions = field(default_factory=CellKindFractions)
+    rf_centre_range: list[float] = field(default_factory=lambda: [0.2, 0.8])  # RF centre, fraction of each axis
+    centre_surround_ratio: list[float] = field(default_factory=lambda: [1.5, 3.0])  # DoG surround / centre s.d.
+    centre_surround_on_fraction: float = 0.5  # ON-centre share of the centre-surround cells
+    suppressed_ratio: list[float] = field(default_factory=lambda: [2.0, 4.0])  # surround / centre Gabor s.d.
+    suppressed_strength: list[float] = field(default_factory=lambda: [0.5, 1.0])  # share of the full-field response cancelled
     rf_sigma_deg: list[float] = field(default_factory=lambda: [4.0, 8.0])  # Gaussian envelope
     peak_rate_hz: list[float] = field(default_factory=lambda: [1.0, 30.0])  # log-uniform
     saturation: list[float] = field(default_factory=lambda: [2.0, 4.0])  # ceiling / best scene, log-uniform
@@ -119,8 +152,28 @@ class SyntheticConfig:
     neuropil_r_error_sd: float = 0.1  # error of the pipeline's per-cell estimate
     spontaneous_s: float = 300.0
     nan_cells: int = 0  # cells whose traces get NaNs (to exercise the extract checks)
+    # Outside the model's assumptions (meiscope.synthetic.dynamics; every default reproduces the in-family cortex):
+    temporal_peak_ms: list[float] = field(default_factory=lambda: [0.0, 0.0])  # per-cell filter time to peak; [0, 0] off
+    temporal_biphasic: float = 0.0  # weight of the filter's negative lobe: sustained / transient = 1 - this
+    adaptation_strength: float = 0.0  # divisive adaptation weight (0 = none)
+    adaptation_tau_s: float = 1.0  # its time constant
+    spike_amplitude_sd: float = 0.0  # log-normal s.d. of the per-cell dF/F of one spike (0 = one amplitude)
+    indicator_hill_n: float = 0.0  # Hill coefficient of the indicator (0 = linear calcium -> dF/F)
+    indicator_kd_spikes: float = 10.0  # its Kd, as the calcium of this many spikes' peaks
+    saccade_fraction: float = 0.0  # share of natural-scene presentations seen after a gaze shift
+    saccade_amplitude_deg: list[float] = field(default_factory=lambda: [5.0, 10.0])  # gaze shift size, uniform
+    fresh_scene_sources: str = "session"  # fresh scenes: "session" (same photographs) or "unseen" (others only)
+    drift_rf_deg: float = 0.0  # container: s.d. of A's / C's RF centre shift from B, per axis (degrees)
+    drift_orientation_deg: float = 0.0  # container: s.d. of A's / C's preferred orientation change from B (deg)
+    mismatch_fraction: float = 0.0  # container: share of A's / C's cells recorded under another cell's id
 
     def __post_init__(self) -> None:
+        one_of(self.profile, tuple(SYNTHETIC_PROFILES), "synthetic.profile")
+        _range(self.rf_centre_range, "synthetic.rf_centre_range", 0.0, 1.0)
+        _range(self.centre_surround_ratio, "synthetic.centre_surround_ratio", 1.1, 10.0)
+        fraction(self.centre_surround_on_fraction, "synthetic.centre_surround_on_fraction")
+        _range(self.suppressed_ratio, "synthetic.suppressed_ratio", 1.1, 10.0)
+        _range(self.suppressed_strength, "synthetic.suppressed_strength", 0.0, 2.0)
         for key in ("n_sessions", "n_cells", "repeats", "image_height", "image_width",
                     "tau_decay_s", "tau_rise_s", "spike_amplitude_dff"):
             positive(getattr(self, key), f"synthetic.{key}")
@@ -142,6 +195,7 @@ class SyntheticConfig:
         require(0 <= self.nan_cells < self.n_cells, "synthetic.nan_cells", "must be in [0, n_cells)")
         seed(self.seed, "synthetic.seed")
         positive(self.first_experiment_id, "synthetic.first_experiment_id")
+        self._check_out_of_family()
         at_least(self.spontaneous_s, 0, "synthetic.spontaneous_s")
         # checked before the id range below: a size that cannot fit in memory is the clearer message
         fits_memory(synthetic_memory_bytes(self), "synthetic.n_cells",
@@ -150,6 +204,59 @@ class SyntheticConfig:
         # cortex.cell_ids_for keeps the cell ids of different sessions apart only up to 10,000 cells
         require(self.n_cells <= MAX_SYNTHETIC_CELLS, "synthetic.n_cells",
                 f"must be <= {MAX_SYNTHETIC_CELLS} (cell ids of different sessions would collide; got {self.n_cells})")
+
+
+    def _check_out_of_family(self) -> None:
+        """Range checks of the dynamics, calcium, gaze and fresh-scene settings (all finite)."""
+        def ranged(key: str, low: float, high: float) -> None:
+            value = getattr(self, key)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high,
+                    f"synthetic.{key}", f"must be a number in [{low}, {high}] (got {value!r})")
+
+        peak = self.temporal_peak_ms
+        require(len(peak) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in peak)
+                and (peak[0] == peak[1] == 0 or 5 <= peak[0] <= peak[1] <= 500), "synthetic.temporal_peak_ms",
+                f"must be [0, 0] (no filter) or [low, high] ms with 5 <= low <= high <= 500 (got {peak})")
+        ranged("temporal_biphasic", 0.0, 0.95)
+        ranged("adaptation_strength", 0.0, 10.0)
+        ranged("adaptation_tau_s", 0.01, 60.0)
+        ranged("spike_amplitude_sd", 0.0, 2.0)
+        require(isinstance(self.indicator_hill_n, (int, float)) and (self.indicator_hill_n == 0
+                or 1.0 <= self.indicator_hill_n <= 4.0), "synthetic.indicator_hill_n",
+                f"must be 0 (linear) or in [1, 4] (got {self.indicator_hill_n!r})")
+        ranged("indicator_kd_spikes", 0.5, 1000.0)
+        ranged("saccade_fraction", 0.0, 1.0)
+        amp = self.saccade_amplitude_deg
+        require(len(amp) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in amp)
+                and 0 <= amp[0] <= amp[1] <= 40, "synthetic.saccade_amplitude_deg",
+                f"must be [low, high] degrees with 0 <= low <= high <= 40 (got {amp})")
+        one_of(self.fresh_scene_sources, ("session", "unseen"), "synthetic.fresh_scene_sources")
+        ranged("drift_rf_deg", 0.0, 20.0)
+        ranged("drift_orientation_deg", 0.0, 90.0)
+        ranged("mismatch_fraction", 0.0, 0.5)
+
+
+# Settings outside the model's family (meiscope.synthetic.dynamics, the indicator, drift, gaze, fresh scenes):
+# the ground truth's config leaves them out at their in-family defaults, so an in-family cortex keeps its bytes.
+OUT_OF_FAMILY_SETTINGS = ("temporal_peak_ms", "temporal_biphasic", "adaptation_strength", "adaptation_tau_s",
+                          "spike_amplitude_sd", "indicator_hill_n", "indicator_kd_spikes", "saccade_fraction",
+                          "saccade_amplitude_deg", "fresh_scene_sources", "drift_rf_deg", "drift_orientation_deg",
+                          "mismatch_fraction",
+                          # the cell kinds outside the Gabor family (meiscope.synthetic.population, synthetic.profile)
+                          "profile", "rf_centre_range", "centre_surround_ratio", "centre_surround_on_fraction",
+                          "suppressed_ratio", "suppressed_strength")
+
+
+def recorded_config(cfg: Any) -> dict[str, Any]:
+    """``asdict(cfg)`` without the :data:`OUT_OF_FAMILY_SETTINGS` at their defaults, nor the kinds whose share is 0
+    by default and here (the stamp of the data and their ground truth record it)."""
+    defaults = type(cfg)()
+    out = {key: value for key, value in dataclasses.asdict(cfg).items()
+           if key not in OUT_OF_FAMILY_SETTINGS or value != getattr(defaults, key)}
+    if isinstance(out.get("kinds"), dict):
+        default_kinds = CellKindFractions()
+        out["kinds"] = {k: v for k, v in out["kinds"].items() if v != 0 or getattr(default_kinds, k) != 0}
+    return out
 
 
 # The synthetic session's schedule (meiscope.synthetic.cortex.make_schedule): 0.25 s presentations at 30 Hz,
@@ -421,16 +528,17 @@ class MeiConfig:
     """Gradient-ascent recipe (defaults after Walker et al. 2019 and sinzlab/mei)."""
 
     n_starts: int = 2
-    steps: int = 200
-    lr: float = 1.0  # SGD step on the mean-abs-normalised gradient
-    lr_decay: float = 0.1  # final step = lr * lr_decay (geometric schedule)
+    steps: int = 200  # the cap: an image stops earlier once converged (converge_tol)
+    lr: float = 0.25  # first step's L2 length as a fraction of the norm budget (unit-norm gradient)
+    lr_decay: float = 0.1  # smallest step = lr * lr_decay; an image's step halves at each plateau
     blur_sigma: list[float] = field(default_factory=lambda: [1.5, 0.01])  # gradient blur, start -> end
     jitter: int = 0  # max random shift in pixels per step (0 = off)
     norm: Optional[float] = None  # L2 budget in model space; None = norm_fraction x median natural-image norm
     norm_fraction: float = 0.25  # a whole scene's contrast concentrated in one receptive field would clip
     init_std: float = 0.1
     window: bool = True  # run each model only on the receptive-field window of its neuron (exact)
-    converge_tol: float = 0.001  # a start stops when one step changes its image by less than this (relative)
+    converge_tol: float = 0.001  # plateau: best objective rose by at most this (relative) over converge_window
+    converge_window: int = 10  # steps between an image's plateau tests
     agree_threshold: float = 0.8  # starts whose phase-aware similarity is below this "disagree"
     n_val_models: int = 1  # ensemble members held out to score the MEIs
     n_show: int = 12  # neurons in the gallery
@@ -438,8 +546,9 @@ class MeiConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for key in ("n_starts", "steps", "lr", "n_val_models", "n_show"):
+        for key in ("n_starts", "steps", "n_val_models", "n_show", "converge_window"):
             positive(getattr(self, key), f"mei.{key}")
+        fraction(self.lr, "mei.lr", low_open=True)  # a step longer than the budget's norm only overshoots
         fraction(self.lr_decay, "mei.lr_decay", low_open=True)
         require(len(self.blur_sigma) == 2 and all(s >= 0 for s in self.blur_sigma), "mei.blur_sigma",
                  "must be [start, end] with both >= 0")
@@ -485,16 +594,42 @@ class GaborConfig:
 
 
 @dataclass(frozen=True)
+class ValidateConfig:
+    """The closed loop's intervals over cells and its MEI-vs-Gabor verdicts (meiscope.validation)."""
+
+    confidence: float = 0.95  # of every bootstrap / Wilson interval over one replicate's cells
+    n_bootstrap: int = 2000  # resamples of the cells per interval (Efron & Tibshirani 1993 advise >= 1000)
+    seed: int = 0  # of the resampling, so a rerun gives the same intervals
+    tie_tolerance: float = 0.05  # MEI and Gabor "tie" when the ratio's interval meets [1/1.05, 1.05]
+
+    def __post_init__(self) -> None:
+        require(math.isfinite(self.confidence) and 0.5 <= self.confidence < 1, "validate.confidence",
+                f"must be in [0.5, 1) (got {self.confidence})")
+        require(1000 <= self.n_bootstrap <= 100000, "validate.n_bootstrap",
+                f"must be an integer in [1000, 100000] (got {self.n_bootstrap})")
+        seed(self.seed, "validate.seed")
+        require(math.isfinite(self.tie_tolerance) and 0 <= self.tie_tolerance <= 0.5, "validate.tie_tolerance",
+                f"must be in [0, 0.5] (a relative difference in rate; got {self.tie_tolerance})")
+
+
+@dataclass(frozen=True)
 class ReplicateConfig:
     """``meiscope replicate``: the synthetic study on several new cortices (see meiscope.replicate)."""
 
-    seeds: list[int] = field(default_factory=lambda: [101, 102, 103])  # never the development seed
+    # confirmatory: seeds drawn from the committed code and params.yaml (meiscope.replicate.derive_seeds), on a
+    # clean tree only; development: the fixed ``seeds`` below, which were looked at while developing
+    protocol: str = "confirmatory"
+    n_confirmatory: int = 3  # replicates of a confirmatory run (3 at least: a t-interval on 2 is nearly unbounded)
+    seeds: list[int] = field(default_factory=lambda: [101, 102, 103])  # development seeds, never the default run's
     folder: str = "replicates"  # one project root per seed below it
     confidence: float = 0.95  # of the t-interval of each figure's mean
 
     def __post_init__(self) -> None:
         import posixpath
 
+        one_of(self.protocol, ("confirmatory", "development"), "replicate.protocol")
+        require(3 <= self.n_confirmatory <= 20, "replicate.n_confirmatory",
+                f"must be an integer in [3, 20] (got {self.n_confirmatory})")
         require(len(self.seeds) >= 2, "replicate.seeds", f"needs at least 2 seeds for an interval (got {self.seeds})")
         require(len(set(self.seeds)) == len(self.seeds), "replicate.seeds", "must be distinct")
         for i, value in enumerate(self.seeds):
@@ -578,7 +713,7 @@ def _recording_sections() -> list[tuple[str, type]]:
 _SECTIONS: list[tuple[str, type]] = [
     ("data", DataConfig), ("synthetic", SyntheticConfig), *_recording_sections(), ("extract", ExtractConfig),
     ("sessions", SessionsConfig), ("rank", RankConfig), ("model", ModelConfig), ("train", TrainConfig),
-    ("tune", TuneConfig), ("mei", MeiConfig), ("gabor", GaborConfig), ("tracking", TrackingConfig),
+    ("tune", TuneConfig), ("mei", MeiConfig), ("gabor", GaborConfig), ("validate", ValidateConfig), ("tracking", TrackingConfig),
     ("replicate", ReplicateConfig), ("services", ServicesConfig)]
 Params = dataclasses.make_dataclass("Params", [(name, section, field(default_factory=section))
                                                for name, section in _SECTIONS],
@@ -622,8 +757,18 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint} for {key}")
 
 
+def with_profile(raw: dict) -> dict:
+    """The ``synthetic`` mapping with its profile's defaults under the keys it sets itself."""
+    name = raw.get("profile", SyntheticConfig.profile)
+    require(isinstance(name, str) and name in SYNTHETIC_PROFILES, "synthetic.profile",
+            f"must be one of {', '.join(SYNTHETIC_PROFILES)} (got {name!r})")
+    return {**SYNTHETIC_PROFILES[name], **raw}
+
+
 def build_section(cls: type, raw: dict, prefix: str) -> Any:
     """Build dataclass ``cls`` from a mapping, refusing unknown keys (named with ``prefix``)."""
+    if cls is SyntheticConfig:
+        raw = with_profile(raw)
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     for key in raw:

@@ -93,7 +93,7 @@ STAGES: tuple[Stage, ...] = (
           params=("gabor",), inputs=("models/ensemble", "results/mei", "results/responses"),
           outputs=("results/gabor",), metrics=("metrics/gabor.json",), uses_device=True),
     Stage("validate", validate, "synthetic data: MEIs, Gabors and natural images shown to the true neurons",
-          params=("mei",), inputs=("data", "results/mei", "results/gabor"),
+          params=("mei", "validate"), inputs=("data", "results/mei", "results/gabor"),
           outputs=("results/validate",), metrics=("metrics/validate.json",), uses_device=True),
     Stage("report", report, "one self-contained HTML page with every result",
           inputs=("metrics/ranking.json", "metrics/tune.json", "metrics/train.json", "metrics/mei.json",

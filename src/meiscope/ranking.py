@@ -238,6 +238,26 @@ def preferred_image(responses: np.ndarray, trial_image: np.ndarray) -> np.ndarra
     return np.argmax(means, axis=0)
 
 
+def image_selectivity(responses: np.ndarray, trial_image: np.ndarray, n_steps: int = 1000) -> np.ndarray:
+    """Quian Quiroga et al. 2007's selectivity of the image-mean responses ``(n_neurons,)``, Allen's
+    ``image_selectivity_ns``: 1 - 2 x the area under the fraction of images whose mean exceeds a threshold,
+    over ``n_steps`` thresholds from the smallest mean upwards (0: every image alike; 1 - 2/n: one image
+    only). NaN with fewer than 2 shown images; 0 for a neuron whose means are all equal.
+    """
+    responses, trial_image = _check_inputs(responses, trial_image)
+    means, counts = _image_means(responses, trial_image)
+    means = means[counts > 0]  # (n_shown, n_neurons)
+    if means.shape[0] < 2:
+        return np.full(responses.shape[1], np.nan)
+    low, high = means.min(axis=0), means.max(axis=0)
+    steps = np.arange(n_steps)[:, None] / n_steps  # (n_steps, 1): thresholds low + j (high - low) / n_steps
+    out = np.empty(means.shape[1])
+    for k in range(means.shape[1]):  # one neuron at a time: (n_steps, n_shown) stays small
+        thresholds = low[k] + steps * (high[k] - low[k])
+        out[k] = 1.0 - 2.0 * (means[None, :, k] > thresholds).mean() if high[k] > low[k] else 0.0
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # table, selection, comparisons
 # --------------------------------------------------------------------------------------
@@ -318,13 +338,60 @@ class AllenMetrics:
     """Allen's own metrics of a session's cells, to set beside meiscope's in the ranking table.
 
     Two-photon: rows of ``BrainObservatoryCache.get_cell_specimens()`` keyed by ``cell_specimen_id``
-    (natural-scene metrics :data:`ALLEN_COLUMNS`); Neuropixels: the units table keyed by ``unit_id``
-    (quality metrics).
+    (natural-scene metrics :data:`ALLEN_COLUMNS`); Neuropixels: the units keyed by ``unit_id`` (quality
+    metrics, and the analysis metrics of :mod:`meiscope.recordings.neuropixels.unit_metrics`, with
+    ``pref_image_ns`` the image it names). ``not_medians``: columns whose median over cells means
+    nothing (a p-value, a position, an image label); the rank stage summarises them otherwise
+    (:func:`allen_summaries`).
     """
 
     table: pd.DataFrame
     id_column: str = "cell_specimen_id"
     columns: tuple[str, ...] = ALLEN_COLUMNS
+    not_medians: tuple[str, ...] = ()
+
+
+# Allen's threshold of a significant receptive field (p_value_rf < 0.01; Siegle et al. 2021, Nature)
+ALLEN_RF_P_VALUE = 0.01
+
+
+def add_allen_counterparts(table: pd.DataFrame, ds: ResponseDataset,
+                           allen_metrics: Optional[AllenMetrics]) -> pd.DataFrame:
+    """meiscope's own figure beside each Allen figure that has none yet: ``image_selectivity``
+    (:func:`image_selectivity`, beside ``allen_image_selectivity_ns``) when Allen gives one.
+
+    ``table``: :func:`compute_metrics` of ``ds`` (rows in ``ds.cell_ids`` order). The preferred image
+    (``preferred_image_id``, beside ``allen_pref_image_ns``) is always there.
+    """
+    if allen_metrics is None or "image_selectivity_ns" not in allen_metrics.columns:
+        return table
+    out = table.copy()
+    out.insert(out.columns.get_loc("peak_response") + 1, "image_selectivity",
+               image_selectivity(ds.responses, ds.trial_image))
+    return out
+
+
+def allen_summaries(chosen: pd.DataFrame) -> dict:
+    """The figures of Allen's analysis metrics over the ``chosen`` (selected) cells that mean something.
+
+    - ``allen_rf_significant_fraction``: share with ``allen_p_value_rf`` < :data:`ALLEN_RF_P_VALUE` (a NaN
+      p-value, fewer than 10 spikes or a unit Allen does not list, is not significant);
+    - ``pref_image_allen_agreement``: share of the cells with an Allen preferred image whose
+      ``preferred_image_id`` (meiscope's) is the same image; ``n_pref_image_allen_compared`` those cells.
+
+    Keys whose Allen column is absent are left out; a share over no cell is None.
+    """
+    out: dict = {}
+    if "allen_p_value_rf" in chosen and len(chosen):
+        p = chosen["allen_p_value_rf"].to_numpy(dtype=np.float64)
+        out["allen_rf_significant_fraction"] = float(np.mean(np.nan_to_num(p, nan=1.0) < ALLEN_RF_P_VALUE))
+    if "allen_pref_image_ns" in chosen:
+        allen = chosen["allen_pref_image_ns"].to_numpy(dtype=np.float64)
+        known = np.isfinite(allen)
+        ours = chosen["preferred_image_id"].to_numpy(dtype=np.float64)
+        out["n_pref_image_allen_compared"] = int(known.sum())
+        out["pref_image_allen_agreement"] = float(np.mean(ours[known] == allen[known])) if known.any() else None
+    return out
 
 
 def join_allen_metrics(table: pd.DataFrame, allen_metrics: Optional[AllenMetrics]) -> pd.DataFrame:
@@ -467,14 +534,15 @@ def run_rank(ds: ResponseDataset, cfg: RankConfig, out_dir: Path, metrics_path: 
 
     Returns:
         The metrics: n_cells, n_selected, metric, ``median_<column>`` over the selected cells for
-        every metric (and Allen) column, plus gt_precision / gt_recall / gt_n_responsive when
-        ``truth_responsive_ids`` is given.
+        every metric (and Allen) column whose median means something (not ``allen_metrics.not_medians``,
+        which :func:`allen_summaries` summarises instead), plus gt_precision / gt_recall /
+        gt_n_responsive when ``truth_responsive_ids`` is given.
 
     Raises:
         RankError: if no cell passes the thresholds (nothing is written then).
     """
     out_dir = Path(out_dir)
-    table = compute_metrics(ds, cfg)
+    table = add_allen_counterparts(compute_metrics(ds, cfg), ds, allen_metrics)
     table = join_allen_metrics(table, allen_metrics)
     table = select_neurons(table, cfg)
     if not table["selected"].any():
@@ -491,11 +559,14 @@ def run_rank(ds: ResponseDataset, cfg: RankConfig, out_dir: Path, metrics_path: 
     plot_tuning(ds, table, out_dir / "tuning.png")
 
     chosen = table[table["selected"]]
-    medians = [c for c in table.columns if c in METRIC_COLUMNS or c.startswith("allen_")]
+    not_medians = {f"allen_{c}" for c in allen_metrics.not_medians} if allen_metrics is not None else set()
+    medians = [c for c in table.columns if (c in METRIC_COLUMNS or c == "image_selectivity"
+                                            or c.startswith("allen_")) and c not in not_medians]
     metrics: dict = {"n_cells": int(len(table)), "n_selected": int(len(chosen)), "metric": cfg.metric}
     for col in medians:
         values = chosen[col].to_numpy(dtype=np.float64)
         metrics[f"median_{col}"] = _json_number(np.nanmedian(values)) if np.isfinite(values).any() else None
+    metrics.update(allen_summaries(chosen) if not_medians else {})
     if truth_responsive_ids is not None:
         score = score_against_truth(table, truth_responsive_ids)
         metrics.update({k: _json_number(v) if k != "gt_n_responsive" else v for k, v in score.items()})

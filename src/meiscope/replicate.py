@@ -16,6 +16,14 @@ replicate continues where it stopped, and a change of params or of the code a st
 stage and the ones after it. Its output goes to ``logs/dvc-repro.log``. MLflow runs go to the
 project's store, one experiment per replicate (``<tracking.experiment>-replicate-<s>``).
 
+Two protocols (``replicate.protocol``). *Confirmatory* (the default): the seeds are drawn from the code and
+settings that run, the git tree of ``src/`` and the blob of ``params.yaml`` at ``HEAD``, by a published rule
+(:func:`derive_seeds`), on a checkout that is its commit (:func:`tree_changes`); any change to the code or
+the settings draws new seeds, so nobody can tune to them. *Development*: the fixed ``replicate.seeds``
+(or ``--seeds``), which were looked at while meiscope was developed. Every summary says which
+(``"protocol"``); a summary without the label was written before it existed, by development seeds
+(:func:`protocol_of`).
+
 The summary (``metrics/replicates.json``, ``metrics/replicates-neuropixels.json``): for every headline figure the values per replicate,
 their mean and standard deviation, and a ``replicate.confidence`` t-interval of the mean (clipped to the
 range the figure can take: :func:`meiscope.science.stats.interval`); for every
@@ -39,7 +47,8 @@ import numpy as np
 from meiscope.atomic import write_json, write_text
 from meiscope.config import Params, as_dict
 from meiscope.errors import MeiscopeError
-from meiscope.science.catalogue import CONCLUSIONS, HEADLINE, KINDS, Metric, verdict_word
+from meiscope.science.catalogue import (CONCLUSIONS, HEADLINE, KINDS, Metric, interval_keys, ordered_kinds,
+                                        verdict_word)
 from meiscope.science.stats import interval
 
 log = logging.getLogger(__name__)
@@ -266,8 +275,13 @@ def summarise_replicates(metrics_by_seed: dict[int, dict[str, dict]], confidence
         values = [_value(metrics_by_seed[s], figure) for s in seeds]
         figures[figure.name] = {"label": figure.label,
                                 **interval(values, confidence, figure.log_scale, figure.bounds)}
+        ends = interval_keys(figure)  # each replicate's own interval over its cells, beside the one over replicates
+        if ends:
+            figures[figure.name]["per_replicate_ci"] = [
+                [metrics_by_seed[s].get(figure.stage, {}).get(e) for e in ends] for s in seeds]
     conclusions: dict[str, dict] = {}
-    for kind in KINDS:
+    listed = [k for s in seeds for k in (metrics_by_seed[s].get("validate", {}).get("kinds") or [])]
+    for kind in ordered_kinds(listed) if listed else KINDS:  # the kinds the replicates' cortices have
         conclusions[kind] = {}
         for label, key in CONCLUSIONS:
             raw = [metrics_by_seed[s].get("validate", {}).get(f"{key}_{kind}") for s in seeds]
@@ -313,10 +327,142 @@ def intervals_figure(summary: dict[str, Any]) -> Any:
             ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{summary['k']} replicates (seeds {summary['seeds']}): dots = replicates,\ndiamond = mean "
+    fig.suptitle(f"{summary['k']} {protocol_of(summary)} replicates (seeds {summary['seeds']}): dots = replicates,\ndiamond = mean "
                  f"(geometric for ratios), bar = {summary['confidence']:.0%} t-interval", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# protocols: confirmatory seeds drawn from the commit, development seeds fixed
+# --------------------------------------------------------------------------------------
+PROTOCOLS = ("confirmatory", "development")
+SEED_BASE, SEED_SPAN = 1_000, 1_000_000  # seeds in [1000, 1001000): seed * 1000 + member stays a 32-bit seed
+SEED_RULE = (f"seed_i = {SEED_BASE} + int(first 8 hex digits of sha256(\"meiscope-confirmatory <src_tree> "
+             f"<params_blob> <i>\"), 16) % {SEED_SPAN} for i = 0, 1, 2, ...; a value already drawn or in 'avoided' "
+             "is skipped, until n are drawn; src_tree = `git rev-parse <commit>:src`, params_blob = "
+             "`git rev-parse <commit>:params.yaml`")
+
+
+def protocol_of(summary: dict[str, Any]) -> str:
+    """``summary``'s protocol: its ``"protocol"`` label, ``development`` for a summary written before the label
+    (those all ran the fixed development seeds); a MeiscopeError for a label that is neither."""
+    protocol = summary.get("protocol", "development")
+    if protocol not in PROTOCOLS:
+        raise MeiscopeError(f"replicate summary: 'protocol' must be one of {list(PROTOCOLS)} (got {protocol!r})")
+    return protocol
+
+
+def protocol_note(summary: dict[str, Any]) -> str:
+    """One sentence saying which protocol ``summary``'s figures come from (the report and the docs quote it)."""
+    if protocol_of(summary) == "development":
+        return ("Development replicates: fixed seeds that were looked at while meiscope was developed, so these are "
+                "development figures, not confirmatory ones.")
+    derivation = summary.get("seed_derivation") or {}
+    return (f"Confirmatory replicates: seeds drawn from commit {str(summary.get('git_commit', 'unknown'))[:7]} "
+            f"(src/ tree {str(derivation.get('src_tree', '?'))[:7]}, params.yaml blob "
+            f"{str(derivation.get('params_blob', '?'))[:7]}) by meiscope's published rule, on a clean tree.")
+
+
+def derive_seeds(src_tree: str, params_blob: str, n: int, avoid: tuple[int, ...] = ()) -> list[int]:
+    """The ``n`` confirmatory seeds of (``src_tree``, ``params_blob``), by :data:`SEED_RULE`.
+
+    A pure function of its arguments, so a reader recomputes the seeds from the commit alone; sha256 makes
+    nearby commits draw unrelated seeds. ``avoid``: seeds never drawn (the development seeds).
+    """
+    if n < 1:
+        raise MeiscopeError(f"derive_seeds: n must be >= 1 (got {n})")
+    drawn: list[int] = []
+    i = 0
+    while len(drawn) < n:
+        digest = hashlib.sha256(f"meiscope-confirmatory {src_tree} {params_blob} {i}".encode()).hexdigest()
+        seed = SEED_BASE + int(digest[:8], 16) % SEED_SPAN
+        if seed not in drawn and seed not in avoid:
+            drawn.append(seed)
+        i += 1
+    return drawn
+
+
+def _git_id(root: Path, *args: str) -> str:
+    """The one-line answer of ``git <args>`` in ``root``, or a MeiscopeError saying what git could not tell."""
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise MeiscopeError(f"{root}: `git {' '.join(args)}` failed ({err}); confirmatory replicates need git") from None
+    if out.returncode or not out.stdout.strip():
+        reason = (out.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise MeiscopeError(f"{root}: `git {' '.join(args)}` failed ({reason}); confirmatory replicates draw their "
+                            "seeds from the committed src/ and params.yaml")
+    return out.stdout.strip()
+
+
+def code_and_settings_ids(root: Path) -> tuple[str, str]:
+    """(git tree id of ``<root>/src`` at HEAD, git blob id of ``<root>/params.yaml`` at HEAD).
+
+    Read from the commit, not the files: :func:`tree_changes` makes sure the two are the same.
+    """
+    return _git_id(root, "rev-parse", "HEAD:./src"), _git_id(root, "rev-parse", "HEAD:./params.yaml")
+
+
+def tree_changes(root: Path) -> list[str]:
+    """What keeps the checkout in ``root`` from being its commit, for a confirmatory run (empty: clean).
+
+    :func:`meiscope.tracking.git_dirty` decides for tracked files (what the pipeline writes, ``dvc.lock``
+    and ``metrics/`` among them, does not count); ``params.yaml``, which it lets pass because
+    ``dvc exp run -S`` edits it, counts here, since the seeds are drawn from it; so do untracked files
+    under ``src/``, which would run without being in the commit.
+    """
+    from meiscope.tracking import _git_lines, git_dirty
+
+    state = git_dirty(root)
+    if state == "unknown":
+        raise MeiscopeError(f"{root}: not a git checkout with a commit; confirmatory replicates draw their seeds "
+                            "from the commit (use --set replicate.protocol=development for the fixed seeds)")
+    changed = _git_lines(root, "diff", "--name-only", "-z", "HEAD", "--", "src", "params.yaml") or []
+    untracked = _git_lines(root, "ls-files", "--others", "--exclude-standard", "-z", "--", "src") or []
+    found = [*changed, *(f"{path} (untracked)" for path in untracked)]
+    if state == "true" and not changed:
+        found.append("other tracked files (see `git status`)")
+    return found
+
+
+def confirmatory_seeds(params: Params, root: Path) -> tuple[list[int], dict[str, Any]]:
+    """The seeds of a confirmatory run in ``root`` and how they were drawn (the summary's ``seed_derivation``).
+
+    Refused, one line each: a checkout that is not its commit (:func:`tree_changes`), settings that are not
+    ``params.yaml``'s (``--set`` of anything but ``replicate.*``), code that does not run from ``<root>/src``.
+    """
+    from meiscope.config import load_params
+    from meiscope.dvcfile import SOURCE_ROOT
+
+    root = Path(root).resolve()
+    changes = tree_changes(root)
+    if changes:
+        raise MeiscopeError(f"{root}: uncommitted changes ({', '.join(changes[:5])}"
+                            f"{', ...' if len(changes) > 5 else ''}); a confirmatory run needs a clean tree: "
+                            "commit them, or use --set replicate.protocol=development")
+    if Path(SOURCE_ROOT).resolve() != root / "src":
+        raise MeiscopeError(f"{root}: the code that runs ({SOURCE_ROOT}) is not {root / 'src'}; a confirmatory run "
+                            "draws its seeds from the project's own committed src/")
+    if settings_key(load_params(root / "params.yaml")) != settings_key(params):
+        raise MeiscopeError(f"{root / 'params.yaml'}: the settings differ from the file's (--set or another params "
+                            "file); a confirmatory run uses the committed params.yaml as it is")
+    src_tree, params_blob = code_and_settings_ids(root)
+    avoid = tuple(sorted({*params.replicate.seeds, params.synthetic.seed}))
+    seeds = derive_seeds(src_tree, params_blob, params.replicate.n_confirmatory, avoid)
+    return seeds, {"rule": SEED_RULE, "src_tree": src_tree, "params_blob": params_blob,
+                   "n": params.replicate.n_confirmatory, "avoided": list(avoid)}
+
+
+def run_seeds(params: Params, root: Path, seeds: Optional[list[int]]) -> tuple[list[int], dict[str, Any]]:
+    """The seeds ``meiscope replicate`` runs under ``replicate.protocol`` and how they were chosen."""
+    if params.replicate.protocol == "development":
+        chosen = interval_seeds(params, seeds, "replicate")
+        return chosen, {"rule": "fixed: " + ("--seeds" if seeds else "replicate.seeds")}
+    if seeds:
+        raise MeiscopeError("replicate: --seeds chooses the seeds, which a confirmatory run draws from the commit; "
+                            "add --set replicate.protocol=development to run chosen seeds")
+    return confirmatory_seeds(params, root)
 
 
 def interval_seeds(params: Params, seeds: Optional[list[int]], command: str) -> list[int]:
@@ -338,12 +484,18 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
     if params.data.source != "synthetic":
         raise MeiscopeError("replicate: data.source must be 'synthetic' (only the synthetic cortex has a "
                             "ground truth to measure the study against)")
-    seeds = interval_seeds(params, seeds, "replicate")
+    protocol = params.replicate.protocol
     # the whole run holds the replicates' folder: a second `meiscope replicate` stops at once, not at a shared seed
-    with folder_lock(replicates_dir(params, root), command_line()), \
-            tqdm(total=len(seeds) * len(replicate_stages()), desc="replicates", disable=not progress) as bar:
-        metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
+    with folder_lock(replicates_dir(params, root), command_line()):
+        seeds, derivation = run_seeds(params, root, seeds)
+        with tqdm(total=len(seeds) * len(replicate_stages()), desc="replicates", disable=not progress) as bar:
+            metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
+        if protocol == "confirmatory" and run_seeds(params, root, None)[1] != derivation:  # edited while running
+            raise MeiscopeError(f"{root}: src/ or params.yaml changed while the replicates ran; rerun "
+                                "`meiscope replicate` on the new commit (finished stages are kept)")
     summary = summarise_replicates(metrics, params.replicate.confidence)
+    summary["protocol"] = protocol
+    summary["seed_derivation"] = derivation
     summary["recording"] = params.data.recording
     summary["params_key"] = settings_key(params)
     summary["code_keys"] = {str(seed): locked_code_key(replicate_dir(params, root, seed)) for seed in seeds}

@@ -19,8 +19,8 @@ DISPLAY_WIDTH_PX = 1000  # the widest a figure is shown (report.STYLE: content 1
 DPI = 100  # report figures are rendered at this dpi, so inches * 100 = pixels on screen
 MIN_TEXT_PX = 9.0  # the smallest legible text at display size
 FONT_PT = 9  # the report figures' base font (12.5 px at display size)
-KIND_COLOURS = {"simple": "#1f77b4", "complex": "#ff7f0e", "conjunction": "#2ca02c", "unresponsive": "#7f7f7f",
-                "": "#444444"}
+KIND_COLOURS = {"simple": "#1f77b4", "complex": "#ff7f0e", "conjunction": "#2ca02c", "centre_surround": "#9467bd",
+                "suppressed": "#8c564b", "unresponsive": "#7f7f7f", "": "#444444"}
 
 
 def png_bytes(fig: Any, dpi: int = DPI) -> bytes:

@@ -4,6 +4,10 @@ Replicate and ablation summaries are committed files, some written before interv
 (a fraction of cells "0.33 [-1.10, 1.77]"). So the report recomputes every interval at display time
 from the replicate values with the catalogue's kind of the metric (:attr:`Metric.log_scale`,
 :attr:`Metric.bounds`), the way :func:`meiscope.science.stats.interval` does for new summaries.
+
+Closed-loop figures also say which cells they are over (:func:`coverage_text`), their interval over
+one replicate's cells (:func:`cell_interval_text`) and, in a replicate summary, each replicate's value
+with its interval over cells beside the interval over replicates (:func:`per_replicate_text`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from meiscope.science.catalogue import Metric, by_name, format_value
 
 # what a unit of the catalogue means, in words a reader knows
 UNIT_WORDS = {"fraction": "fraction (0-1)", "correlation": "Pearson r", "p": "p-value", "ratio": "ratio",
-              "cells": "cells", "count": "count", "deg": "degrees", "verdict": "sign test verdict", "": ""}
+              "cells": "cells", "count": "count", "deg": "degrees", "verdict": "sign test verdict",
+              "flag": "yes / no", "": ""}
 
 
 def unit_text(metric: Optional[Metric]) -> str:
@@ -51,13 +56,15 @@ def display_entry(metric: Optional[Metric], entry: dict[str, Any], confidence: f
 
 
 def format_entry(metric: Optional[Metric], entry: dict[str, Any]) -> str:
-    """``mean [low, high]`` each in the metric's format (``n/a`` without a mean)."""
+    """``mean [low, high]`` each in the metric's format (``n/a`` without a mean), followed by each replicate's
+    value and interval over its cells where the summary has them (:func:`per_replicate_text`)."""
     if not entry or entry.get("mean") is None:
         return "n/a"
     mean = format_value(metric, float(entry["mean"]))
-    if entry.get("ci_low") is None:
-        return mean
-    return f"{mean} [{format_value(metric, float(entry['ci_low']))}, {format_value(metric, float(entry['ci_high']))}]"
+    text = mean if entry.get("ci_low") is None else (
+        f"{mean} [{format_value(metric, float(entry['ci_low']))}, {format_value(metric, float(entry['ci_high']))}]")
+    each = per_replicate_text(metric, entry)
+    return f"{text} (each replicate [interval over its cells]: {each})" if each else text
 
 
 def display_figures(figures: dict[str, dict], confidence: float) -> dict[str, dict]:
@@ -80,3 +87,45 @@ def interval_text(name: str, entry: dict[str, Any], confidence: float) -> str:
     """The figure ``name`` of a summary as the report writes it: recomputed, clipped and formatted."""
     metric = by_name(name)
     return format_entry(metric, display_entry(metric, entry, confidence))
+
+
+def coverage_text(metric: Optional[Metric], stage_metrics: dict[str, Any]) -> str:
+    """Which cells a closed-loop figure is over, with their count: ``"21 selected cells"`` (``""`` for a
+    figure not over cells, or when the count is missing)."""
+    from meiscope.science.catalogue import COVERAGE_WORDS, coverage_key
+
+    key = coverage_key(metric) if metric is not None else None
+    count = stage_metrics.get(key) if key else None
+    if not isinstance(count, int) or isinstance(count, bool):
+        return ""
+    words = COVERAGE_WORDS[metric.covers]  # type: ignore[union-attr]
+    kind = key.rpartition("n_truth_" if metric.covers == "responsive" else "n_")[2]  # type: ignore[union-attr]
+    kind_words = "" if kind == "responsive" else f" ({kind})"
+    return f"{count} {words}{kind_words}"
+
+
+def cell_interval_text(metric: Optional[Metric], stage_metrics: dict[str, Any], confidence: float) -> str:
+    """``"95% interval over cells [a, b]"`` of a figure that carries one in its stage's metrics, else ``""``."""
+    from meiscope.science.catalogue import interval_keys
+
+    keys = interval_keys(metric) if metric is not None else None
+    if keys is None or stage_metrics.get(keys[0]) is None or stage_metrics.get(keys[1]) is None:
+        return ""
+    low, high = (_clip(float(stage_metrics[k]), metric.bounds) for k in keys)  # type: ignore[union-attr]
+    return f"{confidence:.0%} interval over cells [{format_value(metric, low)}, {format_value(metric, high)}]"
+
+
+def per_replicate_text(metric: Optional[Metric], entry: dict[str, Any]) -> str:
+    """Each replicate's value with its interval over cells, ``"0.91 [0.88, 0.93]; 0.89 [0.85, 0.92]"``, from
+    a replicate figure's ``per_replicate_ci`` (``""`` without it)."""
+    values, intervals = entry.get("values") or [], entry.get("per_replicate_ci") or []
+    if not intervals:
+        return ""
+    parts = []
+    for value, ends in zip(values, intervals):
+        shown = format_value(metric, value)
+        if ends and None not in ends:
+            low, high = (_clip(float(e), metric.bounds if metric else (None, None)) for e in ends)
+            shown += f" [{format_value(metric, low)}, {format_value(metric, high)}]"
+        parts.append(shown)
+    return "; ".join(parts)

@@ -19,10 +19,13 @@ from meiscope.report import Section
 from meiscope.report_figures import png_bytes
 from meiscope.report_numbers import display_summary, format_entry
 from meiscope.science.catalogue import (DVC_HEADLINE, HEADLINE, KINDS, format_conclusion, format_metric,
-                                        label_of)
+                                        label_of, ordered_kinds)
 
 # The closed-loop targets of the study (simple and complex cells) and the model accuracy they need.
 TARGETS = {"gt_mei_corr": 0.8, "gt_mei_rate_ratio": 0.9, "gt_fresh_corr": 0.8}
+# Kinds whose true optimum is not a Gabor (meiscope.synthetic.population.OUT_OF_FAMILY): their target is an MEI
+# that beats the optimal Gabor in truth.
+BEYOND_GABOR = ("centre_surround", "suppressed")
 
 
 def target_note(m: dict[str, dict]) -> str:
@@ -33,6 +36,11 @@ def target_note(m: dict[str, dict]) -> str:
             value = m["validate"].get(f"{key}_median_{kind}")
             if value is not None and value < TARGETS[key]:
                 missed.append(f"{label_of('validate', f'{key}_median_{kind}')} is {value:.2f} (target {TARGETS[key]})")
+    for kind in BEYOND_GABOR:
+        key = f"gt_verdict_mei_vs_gabor_{kind}"
+        if m["validate"].get(f"n_{kind}") and m["validate"].get(key) != 1:
+            missed.append(f"{label_of('validate', key)} is {format_metric('validate', key, m['validate'].get(key))} "
+                          "(target: MEI beats)")
     if not missed:
         return ""
     model = m["train"].get("gt_fresh_corr_mean")
@@ -59,17 +67,29 @@ def validate_rows(v: dict) -> dict[str, Any]:
         return label_of("validate", key)
 
     rows: dict[str, Any] = {
-        label("n_neurons"): f"{f('n_neurons')} ({label('n_unresponsive_selected')}: {f('n_unresponsive_selected')})",
-        label("n_true_optimum_beaten"): f("n_true_optimum_beaten")}
-    for kind in KINDS:
+        # a check that the instrument is sound, not a finding
+        f"correctness check: {label('n_true_optimum_beaten')}": f("n_true_optimum_beaten"),
+        label("n_neurons"): f"{f('n_neurons')} ({label('n_unresponsive_selected')}: {f('n_unresponsive_selected')})"}
+    if v.get("n_truth_responsive") is not None:  # what the selected cells are out of
+        rows[label("n_truth_responsive")] = f("n_truth_responsive")
+    listed = v.get("kinds")
+    for kind in ordered_kinds(listed) if isinstance(listed, list) else KINDS:
         if not v.get(f"n_{kind}"):
             continue
         k = f"_{kind}"
-        rows[label(f"n_{kind}")] = f(f"n_{kind}")
+        of = f" (of {f(f'n_truth_{kind}')} truly responsive)" if v.get(f"n_truth_{kind}") is not None else ""
+        rows[label(f"n_{kind}")] = f"{f(f'n_{kind}')}{of}"
         rows[label("gt_mei_corr_median" + k)] = f("gt_mei_corr_median" + k)
         rows[label("gt_mei_rate_ratio_median" + k)] = (
             f"{f('gt_mei_rate_ratio_median' + k)} ({label('gt_gabor_rate_ratio_median')}: "
-            f"{f('gt_gabor_rate_ratio_median' + k)})")
+            f"{f('gt_gabor_rate_ratio_median' + k)}; {label('gt_mei_drive_ratio_median')}: "
+            f"{f('gt_mei_drive_ratio_median' + k)})")
+        rows[label("gt_mei_over_best_image_native_rate_median" + k)] = (
+            f"{f('gt_mei_over_best_image_native_rate_median' + k)} ({label('gt_mei_over_best_image_rate_median')}: "
+            f"{f('gt_mei_over_best_image_rate_median' + k)})")
+        rows[label("gt_ci_verdict_mei_vs_gabor" + k)] = (
+            f"{f('gt_ci_verdict_mei_vs_gabor' + k)} ({label('model_val_ci_verdict_mei_vs_gabor')}: "
+            f"{f('model_val_ci_verdict_mei_vs_gabor' + k)}; agree: {f('ci_verdicts_agree_mei_vs_gabor' + k)})")
         rows[label("gt_verdict_mei_vs_gabor" + k)] = (
             f"{f('gt_verdict_mei_vs_gabor' + k)}: wins {f('gt_frac_mei_beats_gabor' + k)}, "
             f"loses {f('gt_frac_gabor_beats_mei' + k)}, sign test p = {f('gt_sign_p_mei_vs_gabor' + k)}; "
@@ -102,7 +122,7 @@ def _summary_path(root: Optional[Path], recording: str) -> Path:
 
 def replicate_section(summary: dict, params: Params, root: Optional[Path] = None) -> Any:
     """The replicate run: every headline figure with its interval, and which conclusions hold in all."""
-    from meiscope.replicate import intervals_figure, stale_note
+    from meiscope.replicate import intervals_figure, protocol_note, protocol_of, stale_note
 
     shown = display_summary(summary)
     rows = {f.label: format_entry(f, shown["figures"][f.name]) for f in HEADLINE
@@ -111,14 +131,16 @@ def replicate_section(summary: dict, params: Params, root: Optional[Path] = None
                    for kind, found in summary["conclusions"].items() for label, c in found.items()]
     name = summary.get("recording", "two_photon")  # older summaries: two-photon
     recording = recording_label(name)
-    intro = (f"The synthetic {recording} study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
+    intro = (protocol_note(summary) + " "
+             f"The synthetic {recording} study rerun on {summary['k']} new cortices (seeds {summary['seeds']}; new cells, "
              f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
              "(geometric mean and log-scale interval for ratios; intervals kept inside the range a figure can take) "
              "over replicates. Only conclusions that hold in every replicate are conclusions; this run is one draw."
              + stale_note(summary, params, "meiscope replicate"))
     return Section(f"Replicates ({recording}): what holds across new cortices", intro, rows,
                    inline_figures=[("replicate intervals", png_bytes(intervals_figure(shown)))], part="committed",
-                   key_rows=conclusions, table_title="Every figure: mean [interval] over replicates",
+                   key_rows=conclusions,
+                   table_title=f"Every figure: mean [interval] over {protocol_of(summary)} replicates",
                    source=committed_source(root, _summary_path(root, name), "meiscope replicate"),
                    anchor=f"replicates-{name}")
 
@@ -142,6 +164,8 @@ def ablation_section(summary: dict, params: Params, root: Optional[Path] = None)
 def recordings_section(summary: dict, other: dict, root: Optional[Path] = None) -> Section:
     """Every headline figure of the two recordings' replicates side by side (the same cortices when the seeds
     match): one row per figure, one column per recording."""
+    from meiscope.replicate import protocol_of
+
     pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
     keys = [s.get("recording", "two_photon") for s in pair]
     names = [recording_label(k) for k in keys]
@@ -151,9 +175,11 @@ def recordings_section(summary: dict, other: dict, root: Optional[Path] = None) 
         if any(s["figures"].get(f.name, {}).get("mean") is not None for s in shown):  # a figure either measured
             grid.append([f.label, *(format_entry(f, s["figures"].get(f.name, {})) for s in shown)])
     same = pair[0]["seeds"] == pair[1]["seeds"]
-    intro = (f"Replicates of the study recorded as {names[0]} (seeds {pair[0]['seeds']}) and as {names[1]} (seeds "
-             f"{pair[1]['seeds']})" + (": the same synthetic cortices, so the same true cells, recorded two ways. "
-                                       if same else ": different cortices, so not a paired comparison. ")
+    protocols = [protocol_of(s) for s in pair]  # which protocol each column's figures come from
+    intro = (f"Replicates of the study recorded as {names[0]} ({protocols[0]} seeds {pair[0]['seeds']}) and as "
+             f"{names[1]} ({protocols[1]} seeds {pair[1]['seeds']})"
+             + (": the same synthetic cortices, so the same true cells, recorded two ways. "
+                if same else ": different cortices, so not a paired comparison. ")
              + "Mean [t-interval] over replicates.")
     sources = " ".join(committed_source(root, _summary_path(root, k), "meiscope replicate") for k in keys)
     return Section(f"Two recordings of one study: {names[0]} against {names[1]}", intro, grid=grid,
@@ -227,14 +253,26 @@ def _gabor_section(params: Params, layout: Layout, m: dict[str, dict]) -> Sectio
     """The MEIs against the optimal Gabors; with the presented Gabor patches when the gabor stage checked them
     (``gabor_patch_*`` in its metrics: recordings that show Gabor patches, e.g. Neuropixels)."""
     patches = "gabor_patch_n_units" in m["gabor"]
+    allen = _allen_grid(params, layout) if patches else ([], "")
     return Section("MEI vs optimal Gabor (gabor)",
                    "Optimal Gabor per neuron from a grid + refinement under the same budget; the fitted Gabor says how "
                    "Gabor-like each MEI is. Paired Wilcoxon tests with Benjamini-Hochberg correction."
                    + (" Neuropixels: each unit's best presented Gabor patch (its receptive-field map) is compared "
-                      "with the optimal Gabor." if patches else ""),
+                      "with the optimal Gabor." if patches else "") + allen[1],
                    m["gabor"], [layout.gabor / "gallery.png"] + ([layout.gabor / "receptive_fields.png"] if patches
                                                                   else []), stage="gabor",
-                   key_rows=_key_rows("gabor", m["gabor"]), anchor="gabor")
+                   key_rows=_key_rows("gabor", m["gabor"]), anchor="gabor", grid=allen[0],
+                   grid_title="meiscope's figures beside Allen's, selected units (RF centre in Allen's gaze-centred "
+                              "degrees)" if allen[0] else "")
+
+
+def _allen_grid(params: Params, layout: Layout) -> tuple[list[list[str]], str]:
+    """Allen's per-unit figures beside meiscope's for the selected units (a grid) and where Allen's come from;
+    ``([], "")`` when the ranking holds none of Allen's analysis metrics."""
+    from meiscope.recordings.neuropixels.unit_metrics import allen_origin, comparison_grid
+
+    grid = comparison_grid(layout.ranking / "ranking.csv", layout.gabor / "unit_receptive_fields.csv")
+    return (grid, " " + allen_origin(params.data.source)) if grid else ([], "")
 
 
 def _validate_section(params: Params, layout: Layout, m: dict[str, dict]) -> Section:
@@ -246,7 +284,9 @@ def _validate_section(params: Params, layout: Layout, m: dict[str, dict]) -> Sec
                    "the ground-truth neurons, compared by true firing rate above baseline with each neuron's exact "
                    "true optimum under the same budget. Ratios are medians of log-ratios over the cells both stimuli "
                    "drive; cells a stimulus does not drive are counted apart; 'ties' = no difference shown by the "
-                   "sign test (p >= 0.05). All figures: metrics/validate.json.",
+                   "sign test (p >= 0.05). Figures are over the selected cells (which have MEIs) unless labelled "
+                   "'all truly responsive cells'; drive ratios (before the rate's saturation) stand beside rate "
+                   "ratios. All figures, with intervals over cells: metrics/validate.json.",
                    figures=[layout.validate / "closed_loop.png"], note=validate_note,
                    key_rows=[(k, str(v)) for k, v in rows.items()], anchor="validate")
 

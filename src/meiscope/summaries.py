@@ -101,9 +101,24 @@ def _sessions(m: dict) -> list[tuple[str, str]]:
             ("sessions in the cache", ", ".join(str(s) for s in m["in_cache"]))]
 
 
+def _replicate(m: dict) -> list[tuple[str, str]]:
+    """Which protocol the replicate figures printed above come from, and what drew their seeds."""
+    from meiscope.replicate import protocol_of
+
+    protocol = protocol_of(m)
+    derivation = m.get("seed_derivation") or {}
+    if protocol == "confirmatory":
+        drawn = (f"drawn from src/ tree {derivation['src_tree'][:7]} and params.yaml blob "
+                 f"{derivation['params_blob'][:7]} (seed_derivation in the summary)")
+    else:
+        drawn = f"{derivation.get('rule', 'fixed')}, looked at while developing"
+    return [("protocol", f"{protocol} (commit {str(m.get('git_commit', 'unknown'))[:7]})"),
+            ("seeds", f"{', '.join(str(s) for s in m['seeds'])}: {drawn}")]
+
+
 STAGES: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "rank": _rank, "sessions": _sessions, "tune": _tune, "train": _train, "mei": _mei, "gabor": _gabor,
-    "validate": _validate}
+    "validate": _validate, "replicate": _replicate}
 
 
 def summary_lines(stage: str, result: Any) -> list[str]:

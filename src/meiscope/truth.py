@@ -89,7 +89,8 @@ def fresh_model_images(cache_dir: Path, experiment_id: int, n_images: int, seed:
     config = ground_truth_summary(Path(cache_dir), experiment_id)["config"]
     height = max(int(config["image_height"]) // FRESH_SCALE, 8)
     width = max(int(config["image_width"]) // FRESH_SCALE, 8)
-    scenes = make_scenes(n_images, height, width, [int(config["seed"]), FRESH_STREAM, int(seed)], progress=progress)
+    scenes = make_scenes(n_images, height, width, [int(config["seed"]), FRESH_STREAM, int(seed)], progress=progress,
+                         sources=str(config.get("fresh_scene_sources", "session")))  # "unseen": no session photograph
     pixels = prepare_images(scenes, crop, tuple(shape))
     return ((pixels - pixel_mean) / pixel_std).astype(np.float32)
 

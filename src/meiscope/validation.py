@@ -17,6 +17,25 @@ one does.
 Likeness of an MEI to the truth: plain correlation with the true optimum, except for complex
 (phase-invariant) cells, whose optima are all images in the span of their two quadrature filters:
 the MEI is scored by its largest correlation with that span (:func:`meiscope.insilico.similarity.span_correlation`).
+
+What each figure covers (:mod:`meiscope.science.catalogue`, ``Metric.covers``): MEIs and optimal
+Gabors exist for the SELECTED cells only, so every figure that needs one is over the selected
+responsive cells (``n_<kind>``). Figures that need no MEI (the truth's own best natural scene, at
+its native contrast and at the MEI's budget, against the true optimum) are given over ALL truly
+responsive cells (``gt_all_*``, ``n_truth_<kind>``) and over the selected ones (``gt_sel_*``), so the
+two can be compared.
+
+Drive beside rate: the rate saturates (Naka-Rushton), which compresses every ratio of rates towards
+1; the drive (before the saturation) shows how far a stimulus really is from the optimum.
+
+Intervals over one replicate's cells (``<figure>_ci_low`` / ``_ci_high``, settings ``validate:``):
+Wilson's for a fraction of cells, a seeded percentile bootstrap of the median for the rest, on the log
+scale for ratios, clipped to the range of the figure.
+
+Verdicts from intervals (``*_ci_verdict_mei_vs_gabor``): MEI vs optimal Gabor "ties" when the
+interval of the median rate ratio meets the tie band [1 / (1 + tol), 1 + tol], and beats / loses
+only when it lies wholly beyond it (:func:`meiscope.science.stats.banded_verdict`); the truth's and
+the held-out model's verdicts are compared per kind (``ci_verdicts_agree_mei_vs_gabor``).
 """
 
 from __future__ import annotations
@@ -27,14 +46,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from meiscope.comparison import compare, log_ratio_median, paired_outcomes
+from meiscope.comparison import ZERO, compare, log_ratio_median, paired_outcomes
 from meiscope.errors import MeiscopeError
 from meiscope.insilico.similarity import image_correlation, span_correlation
-from meiscope.science.catalogue import KINDS
-from meiscope.science.stats import verdict
+from meiscope.science.catalogue import BOOTSTRAPPED, UNRESPONSIVE, ordered_kinds
+from meiscope.science.stats import banded_verdict, bootstrap_median_interval, verdict, wilson_interval
 
 PHASE_INVARIANT_KINDS = ("complex",)
-STIMULI = ("mei", "gabor", "best_image", "optimum")
+# best_image: the model's best natural scene projected to the MEI's budget; best_image_native: the
+# same scene as the cell saw it (not held to the budget, so never checked against the optimum)
+STIMULI = ("mei", "gabor", "best_image", "best_image_native", "optimum")
 OPTIMUM_TOLERANCE = 1e-5  # relative: float32 stimuli sit on the budget only to ~1e-7
 CHECKED = ("mei", "gabor", "best_image", "best_start")  # meiscope's stimuli, checked against the optimum
 
@@ -74,16 +95,22 @@ class TrueNeuronsInModelSpace(nn.Module):
         return out[:, self.columns]
 
 
-def true_responses(truth_model: nn.Module, images: np.ndarray, device: Any, batch: int = 128) -> np.ndarray:
-    """Response of neuron i to image i: ``images (n, H, W)`` model space -> ``(n,)`` float64."""
-    dtype = torch.float64 if any(b.dtype == torch.float64 for b in truth_model.buffers()) else torch.float32
-    out = []
+def _batched_responses(module: nn.Module, images: np.ndarray, device: Any, batch: int):
+    """Yield ``(start, responses)``: ``module``'s ``(b, n_cells)`` float64 responses to ``images[start:start + b]``
+    (model space ``(n, H, W)``), in the truth's own precision."""
+    dtype = torch.float64 if any(b.dtype == torch.float64 for b in module.buffers()) else torch.float32
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             x = torch.as_tensor(np.asarray(images[start:start + batch]), dtype=dtype, device=device)[:, None]
-            responses = truth_model(x)
-            rows = torch.arange(len(x), device=device)
-            out.append(responses[rows, rows + start].double().cpu().numpy())
+            yield start, module(x).double()
+
+
+def true_responses(truth_model: nn.Module, images: np.ndarray, device: Any, batch: int = 128) -> np.ndarray:
+    """Response of neuron i to image i: ``images (n, H, W)`` model space -> ``(n,)`` float64."""
+    out = []
+    for start, responses in _batched_responses(truth_model, images, device, batch):
+        rows = torch.arange(len(responses), device=responses.device)
+        out.append(responses[rows, rows + start].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -110,7 +137,8 @@ def closed_loop_table(truth: dict[str, nn.Module], kinds: Sequence[str], cell_id
     Args:
         truth: :class:`TrueNeuronsInModelSpace` per quantity (``drive``, ``rate``,
             ``rate_above_baseline``); column i = neuron i.
-        stimuli: ``(n, H, W)`` model-space images for each of :data:`STIMULI`, row i for neuron i.
+        stimuli: ``(n, H, W)`` model-space images for each of :data:`STIMULI`, row i for neuron i
+            (``best_image_native``: the best scene as shown, not held to the budget).
         starts: ``(n, n_starts, H, W)`` every start of every MEI.
         spans: ``(n, 2, H, W)`` the cells' subunit filters in model space.
         model_scores: the models' activations ``(n,)``: ``mei``, ``gabor`` (optimisation models) and
@@ -125,13 +153,16 @@ def closed_loop_table(truth: dict[str, nn.Module], kinds: Sequence[str], cell_id
             table[f"true_{quantity}_{name}"] = true_responses(module, stimuli[name], device)
     table["true_drive_best_start"] = _start_responses(truth["drive"], starts, device).max(axis=1)
     above = {name: table[f"true_rate_above_baseline_{name}"].to_numpy() for name in STIMULI}
-    optimum = above["optimum"]
+    drive = {name: table[f"true_drive_{name}"].to_numpy() for name in STIMULI}
     with np.errstate(divide="ignore", invalid="ignore"):
-        for name in ("mei", "gabor", "best_image"):
-            table[f"{name}_rate_ratio"] = np.where(optimum > 0, above[name] / optimum, np.nan)
+        for name in ("mei", "gabor", "best_image", "best_image_native"):
+            table[f"{name}_rate_ratio"] = np.where(above["optimum"] > 0, above[name] / above["optimum"], np.nan)
+            table[f"{name}_drive_ratio"] = np.where(drive["optimum"] > 0, drive[name] / drive["optimum"], np.nan)
     table["mei_truth_corr"] = mei_truth_correlations(stimuli["mei"], stimuli["optimum"], kinds, spans)
-    table["mei_vs_gabor"] = paired_outcomes(above["mei"], above["gabor"])
-    table["mei_vs_best_image"] = paired_outcomes(above["mei"], above["best_image"])
+    for other in ("gabor", "best_image", "best_image_native"):
+        table[f"mei_vs_{other}"] = paired_outcomes(above["mei"], above[other])
+    for name in ("mei", "gabor", "mei_val", "gabor_val"):  # the models' activations, kept for their ratios
+        table[f"model_{name}"] = np.asarray(model_scores[name], dtype=np.float64)
     table["model_mei_vs_gabor"] = paired_outcomes(model_scores["mei"], model_scores["gabor"])
     table["model_val_mei_vs_gabor"] = paired_outcomes(model_scores["mei_val"], model_scores["gabor_val"])
     table["model_mei_over_gabor"] = model_scores["mei"] / model_scores["gabor"]
@@ -161,22 +192,81 @@ def check_optima(table: Any) -> None:
 # --------------------------------------------------------------------------------------
 # summary
 # --------------------------------------------------------------------------------------
-def _kind_summary(group: Any, suffix: str) -> dict[str, Any]:
-    """The headline figures of one group of cells (one kind, or all responsive ones)."""
+# the ratio figures of the closed loop: figure -> (numerator, denominator) columns of the table; each is
+# the median of log-ratios over the cells where both are positive (meiscope.comparison.log_ratio_median)
+_ABOVE, _DRIVE = "true_rate_above_baseline_", "true_drive_"
+RATIO_FIGURES: dict[str, tuple[str, str]] = {
+    **{f"gt_{s}_rate_ratio_median": (_ABOVE + s, _ABOVE + "optimum")
+       for s in ("mei", "gabor", "best_image", "best_image_native")},
+    **{f"gt_{s}_drive_ratio_median": (_DRIVE + s, _DRIVE + "optimum")
+       for s in ("mei", "gabor", "best_image", "best_image_native")},
+    **{f"gt_mei_over_{s}_rate_median": (_ABOVE + "mei", _ABOVE + s) for s in ("gabor", "best_image", "best_image_native")},
+    **{f"gt_mei_over_{s}_drive_median": (_DRIVE + "mei", _DRIVE + s)
+       for s in ("gabor", "best_image", "best_image_native")},
+    "model_mei_over_gabor_median": ("model_mei", "model_gabor"),
+    "model_val_mei_over_gabor_median": ("model_mei_val", "model_gabor_val"),
+}
+# the MEI-vs-Gabor rate ratio each judge's interval verdict is read from
+_VERDICT_RATIOS = {"gt": "gt_mei_over_gabor_rate_median", "model": "model_mei_over_gabor_median",
+                   "model_val": "model_val_mei_over_gabor_median"}
+
+
+def positive_ratios(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a / b`` over the cells where both are positive (above :data:`meiscope.comparison.ZERO`): ``(m,)``, m <= n."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = (a > ZERO) & (b > ZERO)
+    return a[both] / b[both]
+
+
+def _intervals(group: Any, suffix: str, settings: Any) -> dict[str, Any]:
+    """``<figure>_ci_low<suffix>`` / ``_ci_high<suffix>`` of every bootstrapped figure over ``group``'s cells."""
+    out: dict[str, Any] = {}
+    for key in BOOTSTRAPPED:
+        if key == "gt_frac_mei_beats_gabor":
+            low, high = wilson_interval(int((group.mei_vs_gabor > 0).sum()), len(group), settings.confidence)
+        elif key == "gt_mei_corr_median":
+            low, high = bootstrap_median_interval(group.mei_truth_corr.to_numpy(), settings.confidence,
+                                                  settings.n_bootstrap, settings.seed, bounds=(-1.0, 1.0))
+        else:
+            num, den = RATIO_FIGURES[key]
+            # the rate of a budget-held stimulus cannot exceed the optimum's: the interval stays in (0, 1]
+            ceiling = 1.0 if key in ("gt_mei_rate_ratio_median", "gt_mei_drive_ratio_median",
+                                     "gt_gabor_rate_ratio_median", "gt_gabor_drive_ratio_median") else None
+            low, high = bootstrap_median_interval(positive_ratios(group[num], group[den]), settings.confidence,
+                                                  settings.n_bootstrap, settings.seed, log_scale=True,
+                                                  bounds=(0.0, ceiling))
+        out[f"{key}_ci_low{suffix}"], out[f"{key}_ci_high{suffix}"] = low, high
+    return out
+
+
+def _interval_verdicts(intervals: dict[str, Any], suffix: str, tolerance: float) -> dict[str, Any]:
+    """Each judge's MEI-vs-Gabor verdict from its ratio's interval and the tie band, and whether the
+    held-out model's agrees with the truth's (1 / 0; None when either has no verdict)."""
+    out: dict[str, Any] = {}
+    for judge, key in _VERDICT_RATIOS.items():
+        out[f"{judge}_ci_verdict_mei_vs_gabor{suffix}"] = banded_verdict(
+            intervals[f"{key}_ci_low{suffix}"], intervals[f"{key}_ci_high{suffix}"], tolerance)
+    truth, model = out[f"gt_ci_verdict_mei_vs_gabor{suffix}"], out[f"model_val_ci_verdict_mei_vs_gabor{suffix}"]
+    out[f"ci_verdicts_agree_mei_vs_gabor{suffix}"] = None if truth is None or model is None else int(truth == model)
+    return out
+
+
+def _kind_summary(group: Any, suffix: str, settings: Any) -> dict[str, Any]:
+    """The figures of one group of selected cells (one kind, or all responsive ones)."""
     above = {s: group[f"true_rate_above_baseline_{s}"].to_numpy() for s in STIMULI}
     out: dict[str, Any] = {f"n{suffix}" if suffix else "n_responsive": int(len(group)),
                            f"gt_mei_corr_median{suffix}": float(np.median(group.mei_truth_corr))}
-    for name in ("mei", "gabor", "best_image"):
-        out[f"gt_{name}_rate_ratio_median{suffix}"] = log_ratio_median(above[name], above["optimum"])
+    for key, (num, den) in RATIO_FIGURES.items():
+        out[f"{key}{suffix}"] = log_ratio_median(group[num].to_numpy(), group[den].to_numpy())
+    for name in ("mei", "gabor", "best_image", "best_image_native"):
         out[f"gt_n_zero_rate_{name}{suffix}"] = int((above[name] <= 0).sum())
-    for other in ("gabor", "best_image"):
+    for other in ("gabor", "best_image", "best_image_native"):
         c = compare(above["mei"], above[other])
         out.update({
             f"gt_frac_mei_beats_{other}{suffix}": c.frac_a_beats_b,
             f"gt_frac_{other}_beats_mei{suffix}": c.losses / c.n,
             f"gt_n_ties_mei_{other}{suffix}": c.ties,
             f"gt_n_both_zero_mei_{other}{suffix}": c.n_both_zero,
-            f"gt_mei_over_{other}_rate_median{suffix}": c.ratio_median,
             f"gt_sign_p_mei_vs_{other}{suffix}": c.sign_p,
             f"gt_verdict_mei_vs_{other}{suffix}": c.verdict,
         })
@@ -185,21 +275,90 @@ def _kind_summary(group: Any, suffix: str) -> dict[str, Any]:
         out[f"{prefix}_frac_mei_beats_gabor{suffix}"] = wins / len(group)
         out[f"{prefix}_sign_p_mei_vs_gabor{suffix}"] = p
         out[f"{prefix}_verdict_mei_vs_gabor{suffix}"] = decision
+    intervals = _intervals(group, suffix, settings)
+    out.update(intervals)
+    out.update(_interval_verdicts(intervals, suffix, settings.tie_tolerance))
     return out
 
 
-def summarise_validation(table: Any) -> dict[str, Any]:
-    """Per-kind (and pooled responsive) figures of the closed loop; see the module docstring."""
-    responsive = table[table.kind.isin(KINDS)]
-    summary: dict[str, Any] = {"n_neurons": int(len(table)),
-                               "n_unresponsive_selected": int((~table.kind.isin(KINDS)).sum()),
-                               "n_true_optimum_beaten": int(table.optimum_beaten.sum())}
-    if len(responsive):
-        summary.update(_kind_summary(responsive, ""))
-    for kind, group in responsive.groupby("kind"):
-        summary.update(_kind_summary(group, f"_{kind}"))
-    # strict JSON has no NaN: an undefined figure (e.g. no cell that both stimuli drive) is null
+def _strict(summary: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON has no NaN: an undefined figure (e.g. no cell that both stimuli drive) is null."""
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in summary.items()}
+
+
+def summarise_validation(table: Any, settings: Any) -> dict[str, Any]:
+    """Per-kind (and pooled responsive) figures of the closed loop over the selected cells; see the module
+    docstring. ``settings``: :class:`meiscope.config.ValidateConfig` (intervals, seed, tie band)."""
+    responsive = table[table.kind != UNRESPONSIVE]
+    summary: dict[str, Any] = {"n_neurons": int(len(table)),
+                               "n_unresponsive_selected": int((table.kind == UNRESPONSIVE).sum()),
+                               "n_true_optimum_beaten": int(table.optimum_beaten.sum()),
+                               "ci_confidence": float(settings.confidence), "n_bootstrap": int(settings.n_bootstrap),
+                               "tie_tolerance": float(settings.tie_tolerance)}
+    if len(responsive):
+        summary.update(_kind_summary(responsive, "", settings))
+    for kind in ordered_kinds(responsive.kind):
+        summary.update(_kind_summary(responsive[responsive.kind == kind], f"_{kind}", settings))
+    return _strict(summary)
+
+
+# --------------------------------------------------------------------------------------
+# the truth's own best natural scenes, over every truly responsive cell (no MEI needed)
+# --------------------------------------------------------------------------------------
+SCENE_QUANTITIES = ("drive", "rate_above_baseline")
+
+
+def _all_responses(module: nn.Module, images: np.ndarray, device: Any, batch: int = 64) -> np.ndarray:
+    """``(n_images, n_cells)`` float64: every cell's response to every image (model space ``(n_images, H, W)``)."""
+    out = [responses.cpu().numpy() for _, responses in _batched_responses(module, images, device, batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def best_scene_table(truth: dict[str, nn.Module], kinds: Sequence[str], cell_ids: np.ndarray, selected: np.ndarray,
+                     scenes: np.ndarray, matched: np.ndarray, optima: np.ndarray, device: Any) -> Any:
+    """Every cell's true response to its exact optimum and to its best natural scene, native and budget-matched.
+
+    Args:
+        truth: :class:`TrueNeuronsInModelSpace` for ``drive`` and ``rate_above_baseline``; column i = cell i.
+        kinds, cell_ids: ``(n,)`` the cells (typically every truly responsive cell of the cortex).
+        selected: ``(n,)`` bool, whether the ranking selected the cell.
+        scenes: ``(m, H, W)`` the session's natural scenes in model space, as shown; matched: the same
+            scenes projected to the MEI's budget.
+        optima: ``(n, H, W)`` each cell's exact optimum under the budget.
+
+    Returns:
+        One row per cell: ``cell_id``, ``kind``, ``selected``, and ``true_<q>_<optimum | best_scene_native
+        | best_scene_matched>`` for q in :data:`SCENE_QUANTITIES`. The best scene is the one of largest
+        drive (the rate grows with the drive, so it is also the scene of largest rate).
+    """
+    import pandas as pd
+
+    table = pd.DataFrame({"cell_id": np.asarray(cell_ids), "kind": list(kinds), "selected": np.asarray(selected, bool)})
+    columns = np.arange(len(table))
+    for label, images in (("native", scenes), ("matched", matched)):
+        best = _all_responses(truth["drive"], images, device).argmax(axis=0) if len(images) else columns
+        for q in SCENE_QUANTITIES:
+            table[f"true_{q}_best_scene_{label}"] = _all_responses(truth[q], images, device)[best, columns]
+    for q in SCENE_QUANTITIES:
+        table[f"true_{q}_optimum"] = true_responses(truth[q], optima, device)
+    return table
+
+
+def summarise_best_scenes(table: Any) -> dict[str, Any]:
+    """``n_truth_responsive``, ``n_truth_<kind>`` and the truth's best scene over the optimum, as
+    ``gt_all_*`` over every truly responsive cell and ``gt_sel_*`` over the selected ones (pooled and per kind)."""
+    table = table[table.kind != UNRESPONSIVE]
+    out: dict[str, Any] = {"kinds": ordered_kinds(table.kind), "n_truth_responsive": int(len(table))}
+    groups = [("", table)] + [(f"_{k}", table[table.kind == k]) for k in ordered_kinds(table.kind)]
+    for suffix, group in groups:
+        if suffix:
+            out[f"n_truth{suffix}"] = int(len(group))
+        for prefix, cells in (("gt_all", group), ("gt_sel", group[group.selected])):
+            for scene in ("native", "matched"):
+                for q, word in (("rate_above_baseline", "rate"), ("drive", "drive")):
+                    out[f"{prefix}_best_scene_{scene}_{word}_ratio_median{suffix}"] = log_ratio_median(
+                        cells[f"true_{q}_best_scene_{scene}"].to_numpy(), cells[f"true_{q}_optimum"].to_numpy())
+    return _strict(out)
 
 
 # --------------------------------------------------------------------------------------
@@ -222,8 +381,8 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
     """Four panels: truth MEI vs Gabor per kind (log scale), distance to the optimum, model vs truth, images."""
     from matplotlib.figure import Figure
 
-    kinds = [k for k in KINDS if k in set(table.kind)]
-    colors = dict(zip(KINDS, ("tab:blue", "tab:orange", "tab:green")))
+    kinds = ordered_kinds(table.kind)
+    colors = {k: f"C{i}" for i, k in enumerate(kinds)}
     # drawn for a ~1000 px wide page at save_figure's 110 dpi: 9.5 in shows nearly 1:1, so 8 pt is ~12 px
     rows = min(n_show, 5)
     fig = Figure(figsize=(9.5, 6.8 if rows else 4.8))
@@ -253,7 +412,7 @@ def closed_loop_figure(table: Any, meis: np.ndarray, optima: np.ndarray, to_pixe
     ax.set_title("Truth: MEI vs optimal Gabor\n(x: one does not drive the cell)", fontsize=9)
 
     ax = fig.add_subplot(panels[1])
-    names = (("mei", "MEI"), ("gabor", "optimal Gabor"), ("best_image", "best natural"))
+    names = (("mei", "MEI"), ("gabor", "optimal Gabor"), ("best_image", "best natural (at budget)"))
     for j, (name, label) in enumerate(names):
         data = [table.loc[table.kind == k, f"{name}_rate_ratio"].dropna().to_numpy() for k in kinds]
         positions = np.arange(len(kinds)) + (j - 1) * 0.27

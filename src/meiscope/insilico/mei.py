@@ -11,7 +11,10 @@ The pieces are kept apart so each can be read (and swapped) on its own:
   from its own seeded noise.
 * **preconditioning** -- :func:`blur_sigmas`, :func:`blur`, :func:`normalise_gradient`,
   :func:`roll_images` (jitter): what is done to the gradient (and the input) each step.
-* **loop** -- :func:`synthesize_meis`: one batched SGD run for all neurons and all starts.
+* **step sizes** -- :func:`step_levels`: each step moves an image by a fixed fraction of the
+  budget's norm, halved per image whenever that image's objective stops rising.
+* **loop** -- :func:`synthesize_meis`: one batched ascent for all neurons and all starts, each
+  image with its own step size and its own convergence test.
 
 Models are plain torch modules, ``model(images (N, 1, H, W)) -> (N, n_neurons)``, already on
 ``device``; nothing here depends on how they were trained.
@@ -69,9 +72,57 @@ def blur(images: torch.Tensor, kernel: torch.Tensor | None) -> torch.Tensor:
 
 
 def normalise_gradient(grad: torch.Tensor) -> torch.Tensor:
-    """Divide each ``(H, W)`` gradient of ``(N, H, W)`` by its mean absolute value (an all-zero one stays 0)."""
-    scale = grad.abs().mean(dim=(1, 2), keepdim=True)
+    """Divide each ``(H, W)`` gradient of ``(N, H, W)`` by its L2 norm (an all-zero one stays 0).
+
+    A unit direction per image, so that the step size alone sets how far an image moves: the
+    mean-absolute-value normalisation of Walker et al. gives the same direction, but its step
+    length grows as the gradient concentrates on fewer pixels (a small receptive field in a
+    large image moved by many times the budget per step).
+    """
+    scale = grad.flatten(1).norm(dim=1)[:, None, None]
     return grad / scale.clamp_min(1e-30)
+
+
+def blur_groups(grad: torch.Tensor, levels: torch.Tensor, kernels: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """Blur each gradient ``(N, H, W)`` with the kernel of its own step level ``levels (N,)`` long."""
+    present = torch.unique(levels).tolist()
+    if len(present) == 1:  # the common case: no indexing
+        return blur(grad, kernels[present[0]])
+    out = torch.empty_like(grad)
+    for level in present:
+        rows = torch.nonzero(levels == level).flatten()
+        out[rows] = blur(grad[rows], kernels[level])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# step sizes: a fraction of the budget, halved on each plateau
+# --------------------------------------------------------------------------------------
+LEVEL_FACTOR = 0.5  # an image's step shrinks by this factor each time its objective stops rising
+
+
+def step_levels(lr: float, lr_decay: float) -> np.ndarray:
+    """``(n_levels,)`` step lengths as fractions of the budget norm: ``lr``, halved down to ``lr * lr_decay``.
+
+    Why a fraction of the norm: the image lives on the sphere of radius ``norm`` (clipped to
+    the screen), and a unit-norm ascent direction times ``lr * norm`` turns it by about ``lr``
+    radians whatever the budget, the pixel scale or the image size. A fixed per-pixel step
+    instead moves an image by a different share of its budget on every dataset (too far: it
+    jumps about the optimum; too little: it ends below it).
+    """
+    n_halvings = math.ceil(math.log(lr_decay) / math.log(LEVEL_FACTOR) - 1e-9) if lr_decay < 1 else 0
+    return np.maximum(lr * LEVEL_FACTOR ** np.arange(n_halvings + 1), lr * lr_decay)
+
+
+def level_sigmas(blur_sigma: Sequence[float], n_levels: int) -> np.ndarray:
+    """``(n_levels,)`` gradient-blur sigma (px) per step level: ``blur_sigma[0]`` at the first, ``[1]`` at the last.
+
+    The last level's blur is the end one (by default 0.01 px, no blur), so an image converges to
+    an optimum of the model itself, not of its blurred gradient.
+    """
+    if n_levels == 1:
+        return np.array([float(blur_sigma[1])])
+    return blur_sigmas(float(blur_sigma[0]), float(blur_sigma[1]), n_levels)
 
 
 def roll_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -91,11 +142,14 @@ def roll_images(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------
 def _check_recipe(cfg: MeiConfig) -> None:
     # MeiConfig validates itself, but a caller may pass any object with these fields.
-    for key in ("steps", "n_starts", "lr", "init_std"):
+    for key in ("steps", "n_starts", "init_std", "converge_window"):
         if not getattr(cfg, key) > 0:
             raise MeiError(f"mei: '{key}' must be > 0 (got {getattr(cfg, key)})")
-    if not 0 < cfg.lr_decay <= 1:
-        raise MeiError(f"mei: 'lr_decay' must be in (0, 1] (got {cfg.lr_decay})")
+    for key in ("lr", "lr_decay"):
+        if not 0 < getattr(cfg, key) <= 1:
+            raise MeiError(f"mei: '{key}' must be in (0, 1] (got {getattr(cfg, key)})")
+    if not 0 <= cfg.converge_tol < 1:
+        raise MeiError(f"mei: 'converge_tol' must be in [0, 1) (got {cfg.converge_tol})")
     if len(cfg.blur_sigma) != 2 or min(cfg.blur_sigma) < 0:
         raise MeiError(f"mei: 'blur_sigma' must be [start, end] with both >= 0 (got {cfg.blur_sigma})")
     if cfg.jitter < 0:
@@ -133,9 +187,9 @@ class MeiResult:
         seed_consistency_phase: ``(n_neurons,)`` the same ignoring phase
             (:func:`meiscope.insilico.similarity.phase_aware_consistency`): equally good optima of a
             phase-invariant neuron at different phases are not counted as disagreement.
-        history: ``(steps // 10, n_neurons)`` activation of the best start every 10 steps
-            (measured on the jittered input of that step, before its update; after a start
-            has converged, its last value).
+        history: ``(steps // 10, n_neurons)`` the highest activation the best start had scored
+            by every 10th step (measured on the jittered input of each step, before its update;
+            after a start has converged, its last value).
         steps_run: ``(n_neurons, n_starts)`` ascent steps each start took (fewer than
             ``cfg.steps`` where it converged first).
     """
@@ -157,24 +211,28 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
                     seed: int, progress: bool = True, max_batch: int | None = None) -> MeiResult:
     """MEIs of all ``neuron_indices`` in ONE batched gradient ascent (``n_neurons * n_starts`` images).
 
-    Recipe (per step ``t``): jitter (optional) -> ensemble-mean response of each image for its
-    own neuron -> gradient w.r.t. the image -> Gaussian blur (sigma ``cfg.blur_sigma[0] ->
-    [1]``, geometric) -> divide by mean |gradient| per image -> SGD ascent step with size
-    ``cfg.lr * cfg.lr_decay ** (t / (steps - 1))`` -> :func:`project_to_budget`.
+    Recipe (per step): jitter (optional) -> ensemble-mean response of each image for its own
+    neuron -> gradient w.r.t. the image -> Gaussian blur -> divided by its L2 norm -> ascent
+    step of length ``lr * norm`` times the image's step factor -> :func:`project_to_budget`.
 
-    Every 10 steps, a start whose step moved it by less than ``cfg.converge_tol`` (relative L2
-    change of the image) has converged: the projection onto the budget undoes its ascent
-    step, and it stops there (``converge_tol = 0``: every start runs all steps). The
-    activation is no test of convergence here: under the decaying step size it stalls for
-    tens of steps while large steps overshoot, and climbs again once they shrink.
+    Step sizes and convergence, per image (:func:`step_levels`): every image starts with steps
+    of ``cfg.lr * norm`` (a fixed share of the budget, whatever the image size or pixel scale)
+    and the blur ``cfg.blur_sigma[0]``. Every ``cfg.converge_window`` steps it is tested: if its
+    best objective rose by at most ``cfg.converge_tol`` (relative) over the window, its step
+    is halved (down to ``cfg.lr * cfg.lr_decay * norm``, where the blur reaches
+    ``cfg.blur_sigma[1]``) and it goes back to its best image; at the smallest step such a
+    plateau means it has converged, and it stops. ``cfg.steps`` caps the steps of any image.
+    Each image's MEI candidate is the better of its last image and the best one it scored.
+
     With ``cfg.window`` each model that knows its neurons' receptive fields
     (:class:`LocalModel`) runs only on the window its neuron depends on: the same objective and
     gradient (zero outside the window either way), on a fraction of the pixels. The budget,
     blur and step still act on the whole image, so the MEIs are those of the full-image ascent.
 
     Image ``b`` is scored only on its own neuron and the models run in eval mode, so its
-    gradient depends on image ``b`` alone. Its initial noise and its jitter (a circular shift of
-    up to ``cfg.jitter`` px, drawn PER IMAGE per step) come from a generator seeded by
+    gradient depends on image ``b`` alone; its gradient normalisation, step size, blur and
+    stopping are its own too. Its initial noise and its jitter (a circular shift of up to
+    ``cfg.jitter`` px, drawn PER IMAGE per step) come from a generator seeded by
     ``(seed, neuron, start)`` (:func:`start_state`). Hence each MEI is the same whether its
     neuron is optimised with others or alone (:func:`synthesize_meis_looped`), up to float
     rounding of batched convolutions.
@@ -185,7 +243,7 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
         neuron_indices: ``(n_neurons,)`` output columns to optimise.
         image_shape: ``(H, W)`` model pixels.
         cfg: the recipe (``n_starts``, ``steps``, ``lr``, ``lr_decay``, ``blur_sigma``, ``jitter``,
-            ``init_std``).
+            ``init_std``, ``window``, ``converge_tol``, ``converge_window``).
         norm: L2 budget per image in model space.
         bounds: ``(low, high)`` model-space screen range.
         device: torch device for the images.
@@ -203,11 +261,9 @@ def synthesize_meis(models: Sequence[nn.Module], neuron_indices: Sequence[int], 
     if max_batch is not None and cfg.window:
         max_batch = max_batch * _window_shrink(models, targets, image_shape)
     with eval_mode(models):
-        x, history, steps_run = _ascend(models, x, targets, shifts, cfg, norm, bounds, device, max_batch, progress)
-        with torch.inference_mode():
-            final = torch.cat([own_neuron_response(models, x[part], targets[part], cfg.window)
-                               for part in _chunks(len(x), max_batch)])
-    return _collect(neurons, int(cfg.n_starts), x, final, history, steps_run)
+        x, history, state = _ascend(models, x, targets, shifts, cfg, norm, bounds, device, max_batch, progress)
+        x, final = _final_images(models, x, state, targets, cfg.window, max_batch)
+    return _collect(neurons, int(cfg.n_starts), x, final, history, state.steps_run)
 
 
 # --------------------------------------------------------------------------------------
@@ -245,21 +301,74 @@ def _initial_images(neurons: np.ndarray, image_shape: tuple[int, int], cfg: MeiC
     return x, shifts, targets
 
 
+@dataclass
+class _Progress:
+    """Per-image state of the ascent (``B`` images): step level, best image scored, plateau checkpoint.
+
+    Attributes:
+        level: ``(B,)`` long, index into :func:`step_levels` of each image's current step.
+        best: ``(B,)`` the highest objective each image has scored.
+        best_x: ``(B, H, W)`` the image that scored it.
+        checkpoint: ``(B,)`` ``best`` at the last convergence test.
+        steps_run: ``(B,)`` long, steps each image took (the cap until it converges).
+    """
+
+    level: torch.Tensor
+    best: torch.Tensor
+    best_x: torch.Tensor
+    checkpoint: torch.Tensor
+    steps_run: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor, steps: int) -> "_Progress":
+        """The state before the first step of the images ``x (B, H, W)``."""
+        n = x.shape[0]
+        lowest = torch.full((n,), -torch.inf, device=x.device)
+        return cls(level=torch.zeros(n, dtype=torch.long, device=x.device), best=lowest, best_x=x.clone(),
+                   checkpoint=lowest.clone(), steps_run=torch.full((n,), steps, dtype=torch.long, device=x.device))
+
+    def record(self, active: torch.Tensor, x_active: torch.Tensor, activation: torch.Tensor) -> None:
+        """Keep the images of ``active (A,)`` whose ``activation (A,)`` beats their best (``x_active (A, H, W)``)."""
+        better = activation > self.best[active]
+        self.best[active] = torch.where(better, activation, self.best[active])
+        self.best_x[active[better]] = x_active[better]
+
+    def test_plateaus(self, x: torch.Tensor, active: torch.Tensor, tol: float, last_level: int,
+                      t: int) -> torch.Tensor:
+        """The convergence test after step ``t`` of the images ``active (A,)``; returns those still ascending.
+
+        An image whose best objective rose by at most ``tol`` (relative) since the last test has
+        reached a plateau at its step size: it goes back to its best image with the next, smaller
+        step; at the smallest step it has converged and stops (never with ``tol = 0``). Each
+        image is tested on its own objective alone, so no image waits for, or stops with, another.
+        """
+        best = self.best[active]
+        flat = best - self.checkpoint[active] <= tol * best.abs()
+        self.checkpoint[active] = best
+        at_end = self.level[active] == last_level
+        done = flat & at_end if tol > 0 else torch.zeros_like(flat)
+        slower = active[flat & ~at_end]
+        self.level[slower] += 1
+        x[slower] = self.best_x[slower]
+        self.steps_run[active[done]] = t + 1
+        return active[~done]
+
+
 def _ascend(models: Sequence[nn.Module], x: torch.Tensor, targets: torch.Tensor, shifts: torch.Tensor,
             cfg: MeiConfig, norm: float, bounds: tuple[float, float], device: torch.device | str,
-            max_batch: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            max_batch: int | None, progress: bool) -> tuple[torch.Tensor, torch.Tensor, _Progress]:
     """The loop: preconditioned ascent of the images ``x (B, H, W)``, each held to the budget.
 
-    Models in eval mode. Returns the final images ``(B, H, W)``, the activation every 10 steps
-    ``(steps // 10, B)`` (NaN after an image stopped) and the steps each image ran ``(B,)``.
+    Models in eval mode. Returns the last images ``(B, H, W)``, the best objective seen every 10
+    steps ``(steps // 10, B)`` (NaN after an image stopped) and the per-image :class:`_Progress`.
     """
-    steps = int(cfg.steps)
-    kernels = [gaussian_kernel(float(s), device) for s in blur_sigmas(*cfg.blur_sigma, steps)]
-    step_sizes = cfg.lr * cfg.lr_decay ** (np.arange(steps) / max(steps - 1, 1))
+    steps, window = int(cfg.steps), int(cfg.converge_window)
+    lengths = torch.as_tensor(step_levels(cfg.lr, cfg.lr_decay) * norm, dtype=x.dtype, device=device)
+    kernels = [gaussian_kernel(float(s), device) for s in level_sigmas(cfg.blur_sigma, len(lengths))]
     history = torch.full((steps // 10, x.shape[0]), torch.nan, device=device)
-    steps_run = torch.full((x.shape[0],), steps, dtype=torch.long, device=device)
-    active = torch.arange(x.shape[0], device=device)  # images still ascending
     x = project_to_budget(x, norm, bounds)
+    state = _Progress.start(x, steps)
+    active = torch.arange(x.shape[0], device=device)  # images still ascending
     for t in trange(steps, disable=not progress, desc="MEI", leave=False):
         # while every image ascends, work on x itself rather than on an indexed copy
         every = active.numel() == x.shape[0]
@@ -268,18 +377,33 @@ def _ascend(models: Sequence[nn.Module], x: torch.Tensor, targets: torch.Tensor,
                                              shifts[t][active] if cfg.jitter > 0 else None,
                                              _chunks(len(active), max_batch), cfg.window)
         with torch.no_grad():
-            grad = normalise_gradient(blur(grad, kernels[t]))
-            x_new = project_to_budget(x_active + float(step_sizes[t]) * grad, norm, bounds)
+            state.record(active, x_active, activation)
+            levels = state.level[active]
+            grad = normalise_gradient(blur_groups(grad, levels, kernels))
+            x_new = project_to_budget(x_active + lengths[levels][:, None, None] * grad, norm, bounds)
             x = x_new if every else x.index_copy(0, active, x_new)
             if (t + 1) % 10 == 0:
-                history[t // 10, active] = activation
-                if cfg.converge_tol > 0:
-                    moving = _relative_change(x_new, x_active) >= cfg.converge_tol
-                    steps_run[active[~moving]] = t + 1
-                    active = active[moving]
+                history[t // 10, active] = state.best[active]
+            if (t + 1) % window == 0:
+                active = state.test_plateaus(x, active, float(cfg.converge_tol), len(lengths) - 1, t)
         if active.numel() == 0:
             break
-    return x, history, steps_run
+    return x, history, state
+
+
+def _final_images(models: Sequence[nn.Module], x: torch.Tensor, state: _Progress, targets: torch.Tensor,
+                  window: bool, max_batch: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's MEI candidate: the better of its last image and its best scored one; ``(B, H, W)``, ``(B,)``.
+
+    Both are scored afresh (without jitter), so the choice and the returned objective are exact.
+    """
+    n = x.shape[0]
+    both, twice = torch.cat([x, state.best_x]), torch.cat([targets, targets])
+    with torch.inference_mode():
+        scored = torch.cat([own_neuron_response(models, both[part], twice[part], window)
+                            for part in _chunks(2 * n, max_batch)])
+    keep_last = scored[:n] >= scored[n:]
+    return torch.where(keep_last[:, None, None], x, state.best_x), torch.maximum(scored[:n], scored[n:])
 
 
 def _collect(neurons: np.ndarray, n_starts: int, x: torch.Tensor, final: torch.Tensor, history: torch.Tensor,
@@ -307,11 +431,6 @@ def _window_shrink(models: Sequence[nn.Module], targets: torch.Tensor, image_sha
         found = model.response_windows(targets[:1]) if isinstance(model, LocalModel) else None
         largest = max(largest, pixels if found is None else found[1][0] * found[1][1])
     return max(pixels // max(largest, 1), 1)
-
-
-def _relative_change(after: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` ``||after - before|| / ||before||`` per image of ``(B, H, W)``."""
-    return (after - before).flatten(1).norm(dim=1) / before.flatten(1).norm(dim=1).clamp_min(1e-30)
 
 
 def _chunks(n: int, max_batch: int | None) -> list[slice]:

@@ -9,7 +9,10 @@ Pure functions of numpy arrays; scipy is imported inside the functions that need
 - :func:`oneway_anova_p`: one-way ANOVA across images, vectorised over neurons;
 - :func:`spearman_brown`: a split-half correlation corrected to full length;
 - :func:`interval`: mean, s.d. and t-interval of the mean over replicates, on the log scale for
-  ratios and kept inside the range the quantity can take (``bounds``).
+  ratios and kept inside the range the quantity can take (``bounds``);
+- :func:`wilson_interval`, :func:`bootstrap_median_interval`: intervals over the cells of ONE
+  replicate (a fraction of cells; the median of a per-cell figure, seeded, log scale for ratios);
+- :func:`banded_verdict`: beats / ties / loses from a ratio's interval and a stated tie band.
 """
 
 from __future__ import annotations
@@ -182,3 +185,98 @@ def interval(values: Sequence[Optional[float]], confidence: float, log_scale: bo
     if ceiling is not None:
         low, high = min(low, ceiling), min(high, ceiling)
     return {**out, "mean": float(back(mean)), "sd": sd, "ci_low": low, "ci_high": high}
+
+
+# --------------------------------------------------------------------------------------
+# over cells, within one replicate
+# --------------------------------------------------------------------------------------
+def wilson_interval(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval of a fraction ``successes / n`` (Wilson 1927): always inside [0, 1].
+
+    Unlike the normal approximation it never leaves [0, 1] and is not degenerate at 0 or n
+    successes (0 of 10 gives [0, 0.28], not [0, 0]). ``(nan, nan)`` when ``n`` is 0.
+
+    Raises:
+        StatisticsError: ``successes`` outside [0, n], or ``confidence`` outside (0, 1).
+    """
+    from scipy.stats import norm
+
+    if not 0 < confidence < 1:
+        raise StatisticsError(f"wilson_interval: confidence must be in (0, 1) (got {confidence})")
+    if not 0 <= successes <= n:
+        raise StatisticsError(f"wilson_interval: successes must be in [0, n] (got {successes} of {n})")
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(norm.ppf((1 + confidence) / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # at 0 (n) successes the low (high) end is exactly 0 (1); float rounding would leave 1e-17 there
+    low = 0.0 if successes == 0 else max(centre - half, 0.0)
+    high = 1.0 if successes == n else min(centre + half, 1.0)
+    return float(low), float(high)
+
+
+def bootstrap_median_interval(values: np.ndarray, confidence: float, n_boot: int, seed: int,
+                              log_scale: bool = False,
+                              bounds: tuple[Optional[float], Optional[float]] = (None, None)) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values (n,)`` over cells (Efron & Tibshirani 1993).
+
+    Cells are resampled with replacement ``n_boot`` times from ``numpy.random.default_rng(seed)``, so
+    the interval is reproducible. With ``log_scale`` (ratios, which must then be > 0) the medians are
+    taken of the logarithms and transformed back, so the interval is > 0 and 2 and 1/2 are equally
+    far from 1. The ends are clipped to ``bounds`` (e.g. [0, 1] for a fraction of the optimum).
+    Non-finite values are dropped; ``(nan, nan)`` when fewer than two are left (every resample of one
+    cell is that cell: a zero-width interval would claim a certainty that one cell cannot give).
+
+    Raises:
+        StatisticsError: ``confidence`` outside (0, 1), ``n_boot`` < 1, or a value <= 0 on the log scale.
+    """
+    if not 0 < confidence < 1:
+        raise StatisticsError(f"bootstrap_median_interval: confidence must be in (0, 1) (got {confidence})")
+    if n_boot < 1:
+        raise StatisticsError(f"bootstrap_median_interval: n_boot must be >= 1 (got {n_boot})")
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return float("nan"), float("nan")
+    if log_scale:
+        if (x <= 0).any():
+            raise StatisticsError("bootstrap_median_interval: ratios on the log scale must be > 0")
+        x = np.log(x)
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, x.size, size=(n_boot, x.size))], axis=1)
+    low, high = np.quantile(medians, [(1 - confidence) / 2, (1 + confidence) / 2])
+    if log_scale:
+        low, high = np.exp(low), np.exp(high)
+    floor, ceiling = bounds
+    low, high = float(low), float(high)
+    if floor is not None:
+        low, high = max(low, floor), max(high, floor)
+    if ceiling is not None:
+        low, high = min(low, ceiling), min(high, ceiling)
+    return low, high
+
+
+def banded_verdict(ci_low: Optional[float], ci_high: Optional[float], tolerance: float) -> Optional[int]:
+    """A verdict from the interval ``[ci_low, ci_high]`` of a ratio A / B and a tie band of ``tolerance``.
+
+    The tie band is ``[1 / (1 + tolerance), 1 + tolerance]``: differences smaller than that are not
+    worth telling apart. +1 (A beats B) when the whole interval lies above the band, -1 (A loses)
+    when it lies below it, 0 (ties) when the interval meets the band; with ``tolerance`` 0 that is
+    "the interval contains 1". None when the interval is undefined (None or NaN).
+
+    Raises:
+        StatisticsError: a negative or non-finite ``tolerance``, or ``ci_low > ci_high``.
+    """
+    if not (np.isfinite(tolerance) and tolerance >= 0):
+        raise StatisticsError(f"banded_verdict: tolerance must be finite and >= 0 (got {tolerance})")
+    if ci_low is None or ci_high is None or not (np.isfinite(ci_low) and np.isfinite(ci_high)):
+        return None
+    if ci_low > ci_high:
+        raise StatisticsError(f"banded_verdict: interval [{ci_low}, {ci_high}] has its ends swapped")
+    if ci_low > 1 + tolerance:
+        return 1
+    if ci_high < 1 / (1 + tolerance):
+        return -1
+    return 0

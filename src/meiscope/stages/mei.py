@@ -112,7 +112,7 @@ def _per_neuron_table(s: InSilicoSetup, result: Any, compared: _Comparisons) -> 
 
 
 def _metrics(params: Params, s: InSilicoSetup, result: Any, table: Any, sweep: np.ndarray) -> dict:
-    """``metrics/mei.json``: medians over neurons, agreement of the starts, convergence."""
+    """``metrics/mei.json``: medians over neurons, agreement of the starts, convergence (steps run per start)."""
     return {
         "n_neurons": int(len(s.cell_ids)), "norm": s.norm, "n_starts": params.mei.n_starts,
         "mei_over_best_image_median": float(table.mei_over_best_image.median()),
@@ -123,7 +123,10 @@ def _metrics(params: Params, s: InSilicoSetup, result: Any, table: Any, sweep: n
         "seed_consistency_phase_median": float(table.seed_consistency_phase.median()),
         "frac_starts_disagree": float((table.seed_consistency_phase < params.mei.agree_threshold).mean()),
         "contrast_sweep_monotonic_frac": float(np.mean(np.all(np.diff(sweep, axis=1) >= -1e-6, axis=1))),
+        # steps each start ran before its plateau test ended it (mei.steps caps them)
         "steps_run_mean": float(result.steps_run.mean()),
+        "steps_run_median": float(np.median(result.steps_run)),
+        "steps_run_max": int(result.steps_run.max()),
         "frac_starts_converged": float((result.steps_run < params.mei.steps).mean()),
     }
 

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 from scipy.signal import lfilter
 
-from meiscope.config import SyntheticConfig
+from meiscope.config import SyntheticConfig, recorded_config
 from meiscope.synthetic import fluorescence as fl
 from meiscope.synthetic import portable
 from meiscope.synthetic.nwb import SessionArrays, SessionMetadata, write_session_nwb
-from meiscope.synthetic.population import (CellParams, TruePopulation, calibrate, sample_cells,
-                                           save_ground_truth)
+from meiscope.synthetic.population import (CellParams, ExtraRanges, TruePopulation, calibrate,
+                                           sample_cells, save_ground_truth)
 from meiscope.synthetic.scenes import make_scenes
 
 PRESENTATION_S = 0.25
@@ -51,6 +51,8 @@ LINES = (
     ("Emx1-IRES-Cre/wt;Camk2a-tTA/wt;Ai93(TITL-GCaMP6f)/wt", 175),
 )
 OTHER, SPONTANEOUS = -3, -2  # segment codes besides -1 (blank) and 0..n_images-1 (scenes)
+
+
 
 
 @dataclass
@@ -189,7 +191,8 @@ def session_cells(cfg: SyntheticConfig, index: int, scenes: np.ndarray, device: 
     experiment_id = cfg.first_experiment_id + index
     params = sample_cells(cfg.n_cells, asdict(cfg.kinds), tuple(cfg.rf_sigma_deg), tuple(cfg.peak_rate_hz),
                           cfg.baseline_rate_hz, cell_ids_for(experiment_id, cfg.n_cells), session_rngs(cfg, index)[0],
-                          saturation=tuple(cfg.saturation))
+                          saturation=tuple(cfg.saturation), rf_centre_range=tuple(cfg.rf_centre_range),
+                          extras=ExtraRanges.from_config(cfg))
     return calibrate(params, scenes, device=device)
 
 
@@ -268,7 +271,7 @@ def synthesize_sessions(cfg: SyntheticConfig, cache_dir: Path, progress: bool = 
     manifest = cache_dir / "manifest.json"
     cache = BrainObservatoryCache(manifest_file=str(manifest))
     scenes = make_scenes(cfg.n_images, cfg.image_height, cfg.image_width, cfg.seed, progress=progress)
-    config = asdict(cfg)
+    config = recorded_config(cfg)
     ids = []
     for index in tqdm(range(cfg.n_sessions), desc="sessions", disable=not progress):
         arrays, population, _ = simulate_session(cfg, index, scenes, device=device)

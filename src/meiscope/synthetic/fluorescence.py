@@ -22,6 +22,9 @@ rate per cell. The chain, vectorised over cells:
    ``corrected = demixed - r * neuropil``. So the stored dF/F keeps part of the contamination,
    as real traces do: an unresponsive cell can inherit a weak, reliable image tuning from its
    neighbours.
+   Optionally (:class:`Indicator`; off by default) the calcium is not linear in the spikes: each cell
+   has its own dF/F per spike (log-normal over cells) and the indicator saturates (a Hill function of
+   the calcium, GCaMP6f-like), so the calcium is not in the double-exponential family of the kernel fit.
 4. dF/F = (corrected - B) / B with B a running median over 180 s (the Allen pipeline's baseline
    window), computed as the median of 10-s block medians within the window and linearly
    interpolated between block centres (fast, and the same thing for a slowly varying baseline).
@@ -47,6 +50,47 @@ NEUROPIL_POPULATION_WEIGHT = 0.3  # share of (mean) neighbour calcium in the neu
 N_NEIGHBOURS = 8  # cells whose calcium reaches an ROI's local neuropil
 R_TRUE_RANGE = (0.2, 1.0)  # true contamination ratios are clipped to this range
 BLEACH_FRACTION = 0.08  # fluorescence lost over the recording (slow exponential)
+# resting free calcium / the indicator's Kd: ~50 nM at rest (Maravall et al. 2000) over GCaMP6f's 375 nM
+# (Chen et al. 2013); it sets where on the Hill curve a cell at rest sits
+CA_REST_OVER_KD = 50.0 / 375.0
+
+
+@dataclass(frozen=True)
+class Indicator:
+    """A calcium indicator outside the linear, one-amplitude model.
+
+    Attributes:
+        amplitude: ``(n_cells,)`` small-signal dF/F of one spike of each cell.
+        hill_n: Hill coefficient (0: linear in the calcium, as without an :class:`Indicator`).
+        kd_spikes: the indicator's Kd, in units of one spike's peak calcium above rest.
+    """
+
+    amplitude: np.ndarray
+    hill_n: float
+    kd_spikes: float
+
+
+def draw_amplitudes(n_cells: int, mean: float, sd: float, rng: np.random.Generator) -> np.ndarray:
+    """``(n_cells,)`` log-normal dF/F per spike with mean ``mean`` and log-s.d. ``sd``."""
+    return mean * np.exp(sd * rng.standard_normal(n_cells) - sd * sd / 2)
+
+
+def hill_dff(spike_calcium: np.ndarray, hill_n: float, kd_spikes: float) -> np.ndarray:
+    """dF/F per unit amplitude of a saturating indicator, from the calcium above rest in spike units.
+
+    ``F ~ H(c) = c^n / (c^n + Kd^n)`` with ``c = c_rest + spike_calcium``; the result
+    ``(H(c) - H(c_rest)) / H'(c_rest)`` has slope 1 at rest (a cell's amplitude keeps meaning its
+    small-signal dF/F per spike), is supralinear for a few spikes and saturates at
+    ``(1 - H(c_rest)) / H'(c_rest)``. ``hill_n`` 0 returns the calcium unchanged.
+    """
+    if hill_n == 0:
+        return np.asarray(spike_calcium, dtype=np.float64)
+    n, kd = float(hill_n), float(kd_spikes)
+    rest = CA_REST_OVER_KD * kd
+    h_rest = rest ** n / (rest ** n + kd ** n)
+    slope = n * rest ** (n - 1) * kd ** n / (rest ** n + kd ** n) ** 2
+    c = rest + np.clip(spike_calcium, 0.0, None)
+    return (c ** n / (c ** n + kd ** n) - h_rest) / slope
 
 
 @dataclass
@@ -63,6 +107,7 @@ class Traces:
         corrected: ``demixed - r * neuropil`` (the Allen pipeline's correction).
         dff: dF/F of ``corrected``.
         n_spikes: ``(n_cells,)`` int, spikes per cell.
+        spike_amplitude: ``(n_cells,)`` dF/F of one spike of each cell (at rest, with an :class:`Indicator`).
     """
 
     timestamps: np.ndarray
@@ -74,6 +119,7 @@ class Traces:
     corrected: np.ndarray
     dff: np.ndarray
     n_spikes: np.ndarray
+    spike_amplitude: np.ndarray | None = None
 
 
 def frame_times(n_frames: int, offset_s: float = 0.01) -> np.ndarray:
@@ -213,7 +259,8 @@ def running_median_baseline(trace: np.ndarray, window_s: float = BASELINE_WINDOW
 def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_hz: np.ndarray, n_frames: int,
                     rng: np.random.Generator, *, tau_rise_s: float, tau_decay_s: float,
                     spike_amplitude_dff: float, noise_std_dff: float, neuropil_r: float,
-                    neuropil_r_sd: float = 0.0, neuropil_r_error_sd: float = 0.0) -> Traces:
+                    neuropil_r_sd: float = 0.0, neuropil_r_error_sd: float = 0.0,
+                    indicator: Indicator | None = None) -> Traces:
     """Simulate the whole recording of a population.
 
     Args:
@@ -224,6 +271,8 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_
         neuropil_r, neuropil_r_sd: mean and spread over cells of the TRUE contamination ratio.
         neuropil_r_error_sd: error (s.d.) of the pipeline's estimate of each cell's ratio.
             ``neuropil_r`` 0 gives traces without any contamination.
+        indicator: per-cell spike amplitudes and a saturating indicator (replaces ``spike_amplitude_dff``);
+            None: one amplitude for every cell, linear calcium.
 
     Returns:
         :class:`Traces`.
@@ -231,7 +280,14 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_
     n_cells = rates_hz.shape[1]
     timestamps = frame_times(n_frames)
     cell, times = poisson_spikes(onsets_s, duration_s, rates_hz, rng)
-    calcium = calcium_dff(cell, times, n_cells, timestamps, tau_rise_s, tau_decay_s, spike_amplitude_dff)
+    if indicator is None:
+        calcium = calcium_dff(cell, times, n_cells, timestamps, tau_rise_s, tau_decay_s, spike_amplitude_dff)
+        amplitude = np.full(n_cells, float(spike_amplitude_dff))
+    else:
+        amplitude = np.asarray(indicator.amplitude, dtype=np.float64)
+        calcium = hill_dff(calcium_dff(cell, times, n_cells, timestamps, tau_rise_s, tau_decay_s, 1.0),
+                           indicator.hill_n, indicator.kd_spikes)
+        calcium *= amplitude[:, None]
 
     # A one-hour session holds (n_cells, n_frames) float64 arrays of ~250 MB each, so the arrays are
     # updated in place and freed as soon as they are used. Every in-place step computes the same
@@ -290,4 +346,5 @@ def simulate_traces(onsets_s: np.ndarray, duration_s: float | np.ndarray, rates_
     dff /= base
     return Traces(timestamps=timestamps, calcium=calcium_out, demixed=demixed_out,
                   neuropil=neuropil_out, r=r, r_true=r_true, corrected=corrected_out,
-                  dff=dff.astype(np.float32), n_spikes=np.bincount(cell, minlength=n_cells))
+                  dff=dff.astype(np.float32), n_spikes=np.bincount(cell, minlength=n_cells),
+                  spike_amplitude=amplitude)

@@ -1,4 +1,4 @@
-"""The simulated V1 population: Gabor-based model neurons, as a differentiable torch module.
+"""The simulated V1 population: Gabor-based and out-of-family model neurons, as a differentiable torch module.
 
 Screen geometry
 ---------------
@@ -17,6 +17,20 @@ Each responsive cell computes a drive ``D`` that is quadratic in contrast:
 - ``complex``:      D = a^2 + b^2              (energy of a quadrature pair: phase invariant)
 - ``conjunction``:  D = relu(a) * relu(b)      (AND of two orientations 60-90 deg apart at the same
   place; its optimal stimulus is a plaid, NOT a single Gabor)
+
+and two kinds outside the Gabor family, off by default (``synthetic.kinds``; the ``out_of_family`` profile):
+
+- ``centre_surround``: D = relu(a)^2 with ``a`` the dot product with a balanced difference of
+  Gaussians (Rodieck 1965; Enroth-Cugell & Robson 1966), ON or OFF centre (``polarity`` +1 / -1), the
+  surround ``surround_ratio`` times wider than the centre: an unoriented cell whose optimum is a
+  centre-surround spot, not a Gabor.
+- ``suppressed``: D = relu(a - |b|)^2, a Gabor centre ``a`` minus the rectified response ``|b|`` of a
+  surround Gabor of the same orientation, frequency and phase, ``surround_ratio`` times wider and
+  weighted so that it cancels the share ``surround_strength`` of the centre's response to a full-screen
+  grating (about the suppression index; :func:`surround_weights`): a subtractive centre-surround, as in the
+  difference-of-Gaussians fits of Sceniak et al. 1999 to size tuning; divisive forms, Cavanaugh et al.
+  2002, behave alike at a fixed contrast). Its optimum is the centre Gabor with the part the surround
+  sees taken out, not a Gabor.
 
 and fires ``rate = baseline + rate_max * D / (D + semisaturation)`` (a Naka-Rushton contrast
 response with exponent 2, Albrecht & Hamilton 1982); ``unresponsive`` cells fire ``baseline``.
@@ -51,12 +65,19 @@ from meiscope.synthetic import portable
 WORK_SHAPE = (115, 147)  # the population's own resolution: 1/8 of 918 x 1174 (8 px = 0.83 deg)
 SF_RANGE_CPD = (0.02, 0.08)  # preferred spatial frequency of mouse V1, cycles / deg (log-uniform)
 MIN_CYCLES_PER_SIGMA = 0.2  # keep sf >= this / sigma, so every RF is a Gabor, not a blob
-RF_CENTRE_RANGE = (0.2, 0.8)  # RF centres within the central 60% of each image axis
+RF_CENTRE_RANGE = (0.2, 0.8)  # default RF centres: the central 60% of each image axis (synthetic.rf_centre_range)
 CONJUNCTION_ANGLE_DEG = (60.0, 90.0)
-KINDS = ("simple", "complex", "conjunction", "unresponsive")
-
-
-DRIVEN_KINDS = KINDS[:3]  # the kinds whose drive depends on the image
+GABOR_FAMILY = ("simple", "complex", "conjunction")  # one or two Gabor subunits
+OUT_OF_FAMILY = ("centre_surround", "suppressed")  # optima that are not Gabors (module docstring)
+# The one list of cell kinds (<= 16 characters: the ground truth stores them as U16). New kinds sit before
+# ``unresponsive`` so that, at zero share, they leave the kind draw of a Gabor-family cortex unchanged.
+KINDS = (*GABOR_FAMILY, *OUT_OF_FAMILY, "unresponsive")
+DRIVEN_KINDS = (*GABOR_FAMILY, *OUT_OF_FAMILY)  # the kinds whose drive depends on the image
+# The extra parameters of the out-of-family kinds come from a child stream of the population's generator
+# (its seed sequence plus this key), so drawing them moves none of the Gabor-family draws.
+EXTRA_STREAM = 0x0F5F
+# neutral values of the extra parameters, for cells that do not use them
+NEUTRAL_EXTRAS = {"surround_ratio": 1.0, "surround_strength": 0.0, "polarity": 1.0}
 
 
 def kind_drive(kind: str, a: Any, b: Any) -> Any:
@@ -71,6 +92,10 @@ def kind_drive(kind: str, a: Any, b: Any) -> Any:
         return a ** 2 + b ** 2
     if kind == "conjunction":
         return a.clip(min=0) * b.clip(min=0)
+    if kind == "centre_surround":
+        return a.clip(min=0) ** 2
+    if kind == "suppressed":  # the surround's weight is in b's filter (TruePopulation)
+        return (a - abs(b)).clip(min=0) ** 2
     raise ValueError(f"a {kind!r} cell has no image-dependent drive (driven kinds: {DRIVEN_KINDS})")
 
 
@@ -93,12 +118,20 @@ class CellParams:
         sf: ``(n,)`` spatial frequency, cycles per image width.
         orientation, phase: ``(n,)`` radians, first Gabor (orientation = direction of the carrier).
         orientation2, phase2: ``(n,)`` radians, second Gabor (complex: same orientation, phase + pi/2;
-            conjunction: another orientation; simple / unresponsive: unused copy of the first).
+            conjunction: another orientation; other kinds: unused copy of the first).
         saturation: ``(n,)`` ceiling rate / best-scene rate, both above baseline (>= 1).
         rate_max: ``(n,)`` Hz above baseline at saturation (0 for unresponsive cells).
         semisaturation: ``(n,)`` drive at half of ``rate_max``.
         baseline: ``(n,)`` Hz, spontaneous rate.
         peak_rate: ``(n,)`` Hz, the calibration target (max rate over the session's scenes).
+        surround_ratio: ``(n,)`` surround width / centre width (centre_surround, suppressed; else 1).
+        surround_strength: ``(n,)`` the share of the centre's response to its full-screen preferred
+            grating that the surround cancels, about the cell's suppression index (suppressed; else 0;
+            :func:`surround_weights`).
+        polarity: ``(n,)`` +1 ON centre, -1 OFF centre (centre_surround; else +1).
+
+    The last three default to their neutral values (:data:`NEUTRAL_EXTRAS`), so that ground truth
+    written before they existed loads unchanged.
     """
 
     cell_ids: np.ndarray
@@ -116,10 +149,23 @@ class CellParams:
     semisaturation: np.ndarray
     baseline: np.ndarray
     peak_rate: np.ndarray
+    surround_ratio: np.ndarray | None = None
+    surround_strength: np.ndarray | None = None
+    polarity: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in NEUTRAL_EXTRAS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(len(self.cell_ids), value))
 
     @property
     def n_cells(self) -> int:
         return len(self.cell_ids)
+
+    @property
+    def out_of_family(self) -> bool:
+        """True when any cell is of a kind outside the Gabor family (its file then stores the extras)."""
+        return bool(np.isin(self.kinds, OUT_OF_FAMILY).any())
 
     @property
     def responsive(self) -> np.ndarray:
@@ -134,25 +180,85 @@ class CellParams:
         return CellParams(**{name: values[index] for name, values in self.arrays().items()})
 
 
+@dataclass(frozen=True)
+class ExtraRanges:
+    """Ranges of the out-of-family kinds' parameters (uniform draws; the ``synthetic.centre_surround_*`` and
+    ``synthetic.suppressed_*`` keys of params.yaml give their basis)."""
+
+    centre_surround_ratio: tuple[float, float] = (1.5, 3.0)  # DoG surround width / centre width
+    on_fraction: float = 0.5  # share of ON-centre cells among centre-surround cells
+    suppressed_ratio: tuple[float, float] = (2.0, 4.0)  # surround Gabor width / centre width
+    suppressed_strength: tuple[float, float] = (0.5, 1.0)  # suppression index (surround_weights)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ExtraRanges":
+        """The ranges a :class:`meiscope.config.SyntheticConfig` sets."""
+        return cls(centre_surround_ratio=tuple(cfg.centre_surround_ratio),
+                   on_fraction=float(cfg.centre_surround_on_fraction), suppressed_ratio=tuple(cfg.suppressed_ratio),
+                   suppressed_strength=tuple(cfg.suppressed_strength))
+
+
+def extra_rng(rng: np.random.Generator) -> np.random.Generator:
+    """A generator independent of ``rng``'s stream and determined by its seed (``rng`` is not advanced)."""
+    # numpy < 1.25 keeps the seed sequence private (``_seed_seq``)
+    seq = getattr(rng.bit_generator, "seed_seq", None) or rng.bit_generator._seed_seq
+    return np.random.default_rng(np.random.SeedSequence(entropy=seq.entropy,
+                                                         spawn_key=(*seq.spawn_key, EXTRA_STREAM)))
+
+
+def sample_extras(kinds: np.ndarray, rng: np.random.Generator, ranges: ExtraRanges) -> dict[str, np.ndarray]:
+    """The out-of-family parameters of every cell, neutral for the kinds that do not use them.
+
+    Every cell gets its draws whatever its kind, so a cell's values do not depend on the mix of kinds.
+
+    Returns:
+        ``surround_ratio``, ``surround_strength``, ``polarity``: each ``(n,)`` float64.
+    """
+    n = len(kinds)
+    u_ratio, u_strength, u_polarity = rng.random(n), rng.random(n), rng.random(n)
+    is_cs, is_sup = kinds == "centre_surround", kinds == "suppressed"
+
+    def spread(u: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+        return bounds[0] + (bounds[1] - bounds[0]) * u
+
+    ratio = np.where(is_cs, spread(u_ratio, ranges.centre_surround_ratio),
+                     np.where(is_sup, spread(u_ratio, ranges.suppressed_ratio), NEUTRAL_EXTRAS["surround_ratio"]))
+    strength = np.where(is_sup, spread(u_strength, ranges.suppressed_strength), NEUTRAL_EXTRAS["surround_strength"])
+    polarity = np.where(is_cs & (u_polarity >= ranges.on_fraction), -1.0, 1.0)
+    return {"surround_ratio": ratio, "surround_strength": strength, "polarity": polarity}
+
+
 def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[float, float],
                  peak_rate_hz: tuple[float, float], baseline_rate_hz: float, cell_ids: np.ndarray,
-                 rng: np.random.Generator, saturation: tuple[float, float] = (3.0, 3.0)) -> CellParams:
+                 rng: np.random.Generator, saturation: tuple[float, float] = (3.0, 3.0),
+                 rf_centre_range: tuple[float, float] = RF_CENTRE_RANGE,
+                 extras: ExtraRanges | None = None) -> CellParams:
     """Draw a population (not yet calibrated; see :func:`calibrate`).
 
     Args:
-        fractions: share of each kind in :data:`KINDS` (sums to 1); counts are rounded by largest
-            remainder and the kinds are shuffled over the cells.
+        fractions: share of each kind in :data:`KINDS` (sums to 1; a kind left out has share 0);
+            counts are rounded by largest remainder and the kinds are shuffled over the cells.
         rf_sigma_deg: [low, high] envelope s.d. in degrees (uniform).
         peak_rate_hz: [low, high] peak rate over the scenes of each responsive cell (log-uniform).
         cell_ids: ``(n_cells,)`` ids to give the cells.
         saturation: [low, high] ceiling / best-scene rate above baseline (log-uniform).
+        rf_centre_range: [low, high] RF centre as a fraction of each image axis (uniform); (0, 1) is
+            the whole screen.
+        extras: ranges of the out-of-family parameters (drawn from :func:`extra_rng`).
     """
-    share = np.array([fractions[k] for k in KINDS], dtype=np.float64)
+    unknown = sorted(set(fractions) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown cell kinds {unknown} (kinds: {KINDS})")
+    share = np.array([fractions.get(k, 0.0) for k in KINDS], dtype=np.float64)
     raw = share * n_cells
     counts = np.floor(raw).astype(int)
     for i in np.argsort(-(raw - counts), kind="stable")[: n_cells - counts.sum()]:
         counts[i] += 1
-    kinds = np.repeat(np.array(KINDS), counts)[rng.permutation(n_cells)]
+    drawn = np.repeat(np.array(KINDS), counts)[rng.permutation(n_cells)]
+    # the string width of the Gabor-family kinds unless a longer kind is drawn: the arrays of a
+    # Gabor-family cortex keep the bytes they had before the out-of-family kinds existed
+    width = max([len("unresponsive")] + [len(k) for k in KINDS if counts[KINDS.index(k)] > 0])
+    kinds = drawn.astype(f"<U{width}")
 
     deg_to_width = PIXELS_PER_DEGREE / SCENE_WIDTH_PX  # image widths per degree
     sigma_deg = rng.uniform(rf_sigma_deg[0], rf_sigma_deg[1], n_cells)
@@ -170,14 +276,15 @@ def sample_cells(n_cells: int, fractions: dict[str, float], rf_sigma_deg: tuple[
     peak = portable.log_uniform(rng, peak_rate_hz[0], peak_rate_hz[1], n_cells)
     sat = portable.log_uniform(rng, saturation[0], saturation[1], n_cells)
     responsive = kinds != "unresponsive"
+    extra = sample_extras(kinds, extra_rng(rng), extras or ExtraRanges())
     return CellParams(
         cell_ids=np.asarray(cell_ids, dtype=np.int64), kinds=kinds,
-        x=rng.uniform(*RF_CENTRE_RANGE, n_cells), y=rng.uniform(*RF_CENTRE_RANGE, n_cells),
+        x=rng.uniform(*rf_centre_range, n_cells), y=rng.uniform(*rf_centre_range, n_cells),
         sigma=sigma_deg * deg_to_width, sf=sf_cpd / deg_to_width,
         orientation=orientation, phase=phase, orientation2=orientation2, phase2=phase2, saturation=sat,
         rate_max=responsive.astype(np.float64), semisaturation=np.ones(n_cells),
         baseline=np.full(n_cells, float(baseline_rate_hz)),
-        peak_rate=np.where(responsive, peak, float(baseline_rate_hz)))
+        peak_rate=np.where(responsive, peak, float(baseline_rate_hz)), **extra)
 
 
 # --------------------------------------------------------------------------------------
@@ -206,6 +313,78 @@ def gabor(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, sf: np.ndarray, orien
     dc = (envelope * carrier).sum(axis=(1, 2), keepdims=True) / envelope.sum(axis=(1, 2), keepdims=True)
     g = envelope * (carrier - dc)
     return g / np.abs(g).max(axis=(1, 2), keepdims=True)
+
+
+def difference_of_gaussians(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, ratio: np.ndarray, height: int,
+                            width: int) -> np.ndarray:
+    """Balanced ON-centre differences of Gaussians on a ``height x width`` grid, peak value 1.
+
+    Args:
+        x, y, sigma: ``(n,)`` centre and centre s.d. in the normalised units of :class:`CellParams`.
+        ratio: ``(n,)`` surround s.d. / centre s.d. (> 1).
+
+    Returns:
+        ``(n, height, width)`` float64: centre / its sum minus surround / its sum (so each sums to 0
+        on the grid, the surround cut by the screen edge included), scaled to max |value| = 1.
+    """
+    x, y, sigma, ratio = (np.atleast_1d(np.asarray(v, dtype=np.float64))[:, None, None] for v in (x, y, sigma, ratio))
+    px = ((np.arange(width) + 0.5) / width)[None, None, :]
+    py = ((np.arange(height) + 0.5) / height * (height / width))[None, :, None]
+    r2 = (px - x) ** 2 + (py - y * (height / width)) ** 2
+    centre = np.exp(-r2 / (2 * sigma ** 2))
+    surround = np.exp(-r2 / (2 * (ratio * sigma) ** 2))
+    g = centre / centre.sum(axis=(1, 2), keepdims=True) - surround / surround.sum(axis=(1, 2), keepdims=True)
+    return g / np.abs(g).max(axis=(1, 2), keepdims=True)
+
+
+def cell_filters(params: CellParams, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's two subunit filters before normalisation, ``(n, height, width)`` each.
+
+    Gabor-family cells: the two Gabors of :class:`CellParams`. ``centre_surround``: ``polarity`` x a
+    difference of Gaussians (the second filter an unused copy). ``suppressed``: the centre Gabor and a
+    surround Gabor ``surround_ratio`` times wider (same orientation, frequency and phase).
+    """
+    g1 = gabor(params.x, params.y, params.sigma, params.sf, params.orientation, params.phase, height, width)
+    g2 = gabor(params.x, params.y, params.sigma, params.sf, params.orientation2, params.phase2, height, width)
+    cs = np.flatnonzero(params.kinds == "centre_surround")
+    if len(cs):
+        dog = difference_of_gaussians(params.x[cs], params.y[cs], params.sigma[cs], params.surround_ratio[cs],
+                                      height, width) * params.polarity[cs, None, None]
+        g1[cs], g2[cs] = dog, dog
+    sup = np.flatnonzero(params.kinds == "suppressed")
+    if len(sup):
+        g2[sup] = gabor(params.x[sup], params.y[sup], params.sigma[sup] * params.surround_ratio[sup], params.sf[sup],
+                        params.orientation[sup], params.phase[sup], height, width)
+    return g1, g2
+
+
+def surround_weights(params: CellParams, cells: np.ndarray, centre: np.ndarray, surround: np.ndarray, height: int,
+                     width: int) -> np.ndarray:
+    """The weight of each suppressed cell's surround filter, so that ``surround_strength`` is its suppression index.
+
+    The surround cancels the share ``surround_strength`` of the centre's response to the full-screen
+    grating of the cell's own orientation, frequency and phase: ``|b| = strength * a`` there, so the
+    linear response to that grating is ``(1 - strength) * a`` and, as in the size-tuning curves of
+    Sceniak et al. 1999 and Cavanaugh et al. 2002, the suppression index (peak - full-field) / peak is
+    about ``strength`` where the surround is several times wider than the centre.
+
+    Args:
+        cells: ``(m,)`` indices of the suppressed cells in ``params``.
+        centre, surround: ``(m, height * width)`` their unit-norm centre and surround filters.
+
+    Returns:
+        ``(m,)`` float64 weights (``surround_strength`` x centre / surround response to the grating).
+    """
+    px = ((np.arange(width) + 0.5) / width)[None, None, :]
+    py = ((np.arange(height) + 0.5) / height * (height / width))[None, :, None]
+    x, y, sf, ori, phase = (np.asarray(v, dtype=np.float64)[cells][:, None, None]
+                            for v in (params.x, params.y, params.sf, params.orientation, params.phase))
+    along = (px - x) * np.cos(ori) + (py - y * (height / width)) * np.sin(ori)
+    grating = np.cos(2 * np.pi * sf * along + phase).reshape(len(cells), -1)  # the carrier of gabor(), no envelope
+    to_centre = np.abs((centre * grating).sum(axis=1))
+    to_surround = np.abs((surround * grating).sum(axis=1))
+    # both filters share the carrier, so neither response is near 0 unless the envelope leaves the screen
+    return np.asarray(params.surround_strength, dtype=np.float64)[cells] * to_centre / np.maximum(to_surround, 1e-12)
 
 
 def gabor_pixels(params: CellParams, index: int, height: int, width: int, contrast: float = 1.0,
@@ -244,11 +423,15 @@ class TruePopulation(torch.nn.Module):
         self.kinds = [str(k) for k in params.kinds]
         self.responsive = np.asarray(params.responsive, dtype=bool)
         h, w = self.work_shape
-        g1 = gabor(params.x, params.y, params.sigma, params.sf, params.orientation, params.phase, h, w)
-        g2 = gabor(params.x, params.y, params.sigma, params.sf, params.orientation2, params.phase2, h, w)
+        g1, g2 = cell_filters(params, h, w)
         filters = np.concatenate([g1, g2]).reshape(2 * params.n_cells, h * w)
         # unit L2 norm: drives are O(1) whatever the RF size; calibration absorbs the scale
         filters /= np.linalg.norm(filters, axis=1, keepdims=True)
+        # a suppressed cell's surround enters its drive with its weight (kind_drive: relu(a - |b|)^2)
+        sup = np.flatnonzero(params.kinds == "suppressed")
+        if len(sup):
+            filters[params.n_cells + sup] *= surround_weights(params, sup, filters[sup],
+                                                              filters[params.n_cells + sup], h, w)[:, None]
         # The Gaussian tails underflow to float32 denormals, which make CPU matmuls ~16x slower.
         filters[np.abs(filters) < 1e-30] = 0.0
         self.register_buffer("filters", torch.tensor(filters, dtype=torch.float32))  # (2n, h*w)
@@ -367,7 +550,10 @@ def save_ground_truth(cache_dir: Path, experiment_id: int, population: TruePopul
     """
     p = population.params
     npz_path, json_path = ground_truth_paths(cache_dir, experiment_id)
-    arrays = {**p.arrays(), "kinds": p.kinds.astype("U16"), "responsive": p.responsive,
+    arrays = p.arrays()
+    if not p.out_of_family:  # a Gabor-family cortex: the files keep the bytes they had before the extras
+        arrays = {k: v for k, v in arrays.items() if k not in NEUTRAL_EXTRAS}
+    arrays = {**arrays, "kinds": p.kinds.astype("U16"), "responsive": p.responsive,
               "work_shape": np.array(population.work_shape, dtype=np.int64),
               "pixels_per_degree": np.array(PIXELS_PER_DEGREE),
               "scene_shape": np.array([SCENE_HEIGHT_PX, SCENE_WIDTH_PX], dtype=np.int64),
@@ -384,14 +570,25 @@ def save_ground_truth(cache_dir: Path, experiment_id: int, population: TruePopul
         "phase_deg": round(float(np.rad2deg(p.phase[i]) % 360), 2),
         "peak_rate_hz": round(float(p.peak_rate[i]), 3), "baseline_hz": float(p.baseline[i]),
         "rate_max_hz": round(float(p.rate_max[i]), 3), "saturation": round(float(p.saturation[i]), 3),
+        **_extras_summary(p, i),
     } for i in range(p.n_cells)]
-    counts = {k: int((p.kinds == k).sum()) for k in KINDS}
+    counts = {k: int((p.kinds == k).sum()) for k in KINDS if k not in OUT_OF_FAMILY or p.out_of_family}
     write_json(json_path, {
         "experiment_id": int(experiment_id), "config": config, "kind_counts": counts,
         "pixels_per_degree": PIXELS_PER_DEGREE, "work_shape": list(population.work_shape),
         "coordinates": "x, y: fraction of image width / height; sigma_deg, sf_cpd at the screen centre",
         "cells": cells})
     return npz_path, json_path
+
+
+def _extras_summary(p: CellParams, i: int) -> dict[str, Any]:
+    """The out-of-family parameters of cell ``i`` for the readable summary (none for other kinds)."""
+    if p.kinds[i] == "centre_surround":
+        return {"surround_ratio": round(float(p.surround_ratio[i]), 3), "on_centre": bool(p.polarity[i] > 0)}
+    if p.kinds[i] == "suppressed":
+        return {"surround_ratio": round(float(p.surround_ratio[i]), 3),
+                "surround_strength": round(float(p.surround_strength[i]), 3)}
+    return {}
 
 
 def load_true_population(cache_dir: Path, experiment_id: int, device: Any = "cpu") -> TruePopulation:
@@ -407,7 +604,9 @@ def load_true_population(cache_dir: Path, experiment_id: int, device: Any = "cpu
     try:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
-        params = CellParams(**{fld.name: data[fld.name] for fld in fields(CellParams)})
+        # files of Gabor-family cortices have no extras: CellParams fills in the neutral values
+        params = CellParams(**{fld.name: data[fld.name] for fld in fields(CellParams)
+                               if fld.name in data or fld.name not in NEUTRAL_EXTRAS})
     except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
         raise GroundTruthError(f"{path}: unreadable ground truth ({err})") from None
     work_shape = tuple(int(v) for v in data["work_shape"])

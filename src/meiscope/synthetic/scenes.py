@@ -9,6 +9,11 @@ those, so we build a stand-in set with natural-image statistics from two sources
 - dead-leaves images (occluding disks with power-law radii, the classic model of natural-image
   statistics: scale invariance and a ~1/f amplitude spectrum) textured with 1/f noise.
 
+Fresh scenes (new scenes to score a model on) can come from the same generator (``sources="session"``:
+new crops of the same photographs) or from sources the session's scenes never use
+(``sources="unseen"``: the bundled photographs outside :data:`PHOTOGRAPHS`, :data:`UNSEEN_PHOTOGRAPHS`,
+and new dead-leaves textures).
+
 Every scene is then given its own mean luminance and RMS contrast (natural photographs vary in
 both) and quantised to integers in 0..255, like Allen's template (float32 holding uint8 values).
 """
@@ -30,6 +35,10 @@ PHOTOGRAPHS = (
     "grass.png", "gravel.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png",
     "rocket.jpg", "cell.png", "clock_motion.png",
 )
+# Bundled photographs the session's scenes never use (motorcycle_right.png is left out: it is the other
+# half of motorcycle_left.png's stereo pair, the same scene), for fresh scenes from unseen sources.
+UNSEEN_PHOTOGRAPHS = ("ihc.png", "retina.jpg", "microaneurysms.png")
+SCENE_SOURCES = ("session", "unseen")
 PHOTO_FRACTION = 0.6  # share of scenes that are photo crops; the rest are dead leaves
 MEAN_RANGE = (90.0, 160.0)  # per-scene mean luminance (0-255)
 STD_RANGE = (35.0, 65.0)  # per-scene RMS contrast (0-255)
@@ -46,8 +55,8 @@ def photograph_dir() -> Path:
     return Path(skimage.data.__file__).parent
 
 
-def load_photographs() -> list[np.ndarray]:
-    """The bundled photographs present in the installed scikit-image, as grayscale float32 in [0, 1].
+def load_photographs(names: Sequence[str] = PHOTOGRAPHS) -> list[np.ndarray]:
+    """The bundled photographs ``names`` present in the installed scikit-image, as grayscale float32 in [0, 1].
 
     Returns:
         list of ``(height_i, width_i)`` float32 arrays (sizes differ).
@@ -57,7 +66,7 @@ def load_photographs() -> list[np.ndarray]:
 
     folder = photograph_dir()
     photos = []
-    for name in PHOTOGRAPHS:
+    for name in names:
         path = folder / name
         if not path.is_file():  # an older/newer wheel may not bundle it: skip, never download
             continue
@@ -68,7 +77,7 @@ def load_photographs() -> list[np.ndarray]:
             image = image.astype(np.float64) / 255.0
         photos.append(np.asarray(image, dtype=np.float32))
     if not photos:
-        raise SceneSourceError(f"{folder}: none of the photographs {list(PHOTOGRAPHS)} is bundled "
+        raise SceneSourceError(f"{folder}: none of the photographs {list(names)} is bundled "
                                "with the installed scikit-image")
     return photos
 
@@ -155,7 +164,7 @@ def _to_pixels(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_scenes(n_images: int, height: int, width: int, seed: int | Sequence[int],
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, sources: str = "session") -> np.ndarray:
     """Build the natural-scenes template.
 
     Args:
@@ -164,6 +173,8 @@ def make_scenes(n_images: int, height: int, width: int, seed: int | Sequence[int
         seed: all randomness (which photo, crop, flip, leaves, luminance) comes from it (an int or a
             sequence of ints, as ``numpy.random.default_rng`` takes).
         progress: show a progress bar.
+        sources: ``"session"`` (the photographs of :data:`PHOTOGRAPHS`) or ``"unseen"`` (only
+            :data:`UNSEEN_PHOTOGRAPHS`: fresh scenes that share no photograph with any session's scenes).
 
     Returns:
         ``(n_images, height, width)`` float32 holding integer values in 0..255.
@@ -173,8 +184,10 @@ def make_scenes(n_images: int, height: int, width: int, seed: int | Sequence[int
     if n_images < 1 or height < 8 or width < 8:
         raise ValueError(f"make_scenes: need n_images >= 1 and height, width >= 8 "
                          f"(got {n_images}, {height}, {width})")
+    if sources not in SCENE_SOURCES:
+        raise ValueError(f"make_scenes: sources must be one of {list(SCENE_SOURCES)} (got {sources!r})")
     rng = np.random.default_rng(seed)
-    photos = load_photographs()
+    photos = load_photographs(PHOTOGRAPHS if sources == "session" else UNSEEN_PHOTOGRAPHS)
     n_photo = int(round(PHOTO_FRACTION * n_images))
     is_photo = np.zeros(n_images, dtype=bool)
     is_photo[:n_photo] = True

@@ -64,9 +64,10 @@ class Container(TwoPhoton):
 
     def synthetic_stamp(self, params: Params) -> dict:
         """The cortex, the container's stimuli and the sessions written."""
-        from meiscope.config import as_dict
+        from meiscope.config import as_dict, recorded_config  # recorded_config: new keys unrecorded at defaults
 
-        return {"synthetic": as_dict(params.synthetic), "synthetic_container": as_dict(params.synthetic_container),
+        return {"synthetic": recorded_config(params.synthetic),
+                "synthetic_container": as_dict(params.synthetic_container),
                 "sessions": list(params.container.sessions)}
 
     def download(self, params: Params, folder: Path) -> list[int]:

@@ -15,6 +15,13 @@ not matter; a simple cell's modulation at the temporal frequency is not simulate
 sparse noise and the Poisson spiking, shared gain, calcium and fluorescence chain
 (:mod:`meiscope.synthetic.fluorescence`) are as in session B. The movies and the sparse-noise
 template are the same in every session and container, as Allen's are.
+
+Outside the model's assumptions (each off by default; :func:`out_of_family_active`), drawn from random
+streams of their own so that nothing above moves: per-cell temporal filters and adaptation on the movies
+and drifting gratings (:mod:`meiscope.synthetic.dynamics`; a drifting grating then drives a cell through
+its phases over time), per-cell spike amplitudes and a saturating indicator, tuning drift of A and C away
+from B, wrong cell matches in A and C, and gaze shifts before natural-scene presentations. What was
+planted is written beside the ground truth (``ground_truth/<id>.out_of_family.{npz,json}``).
 """
 
 from __future__ import annotations
@@ -27,11 +34,14 @@ from typing import Any
 import numpy as np
 
 from meiscope import visual_field as vf
-from meiscope.config import SyntheticConfig
+from meiscope.config import SyntheticConfig, recorded_config
 from meiscope.recordings.container.settings import SyntheticContainerConfig
 from meiscope.recordings.brain_observatory import CONTRAST, GRATING_PHASES, grating_conditions
 from meiscope.recordings.container import layout
+from meiscope.atomic import write_json, write_npz
+from meiscope.recordings.screen import PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE_WIDTH_PX
 from meiscope.synthetic import cortex
+from meiscope.synthetic import dynamics as dyn
 from meiscope.synthetic import fluorescence as fl
 from meiscope.synthetic.nwb import SessionArrays, SessionMetadata, StimulusTable, write_session_nwb
 from meiscope.synthetic.population import CellParams, TruePopulation, save_ground_truth
@@ -42,6 +52,9 @@ RENDER_FIELD = vf.VisualField.from_crop([0.0, 1.0, 0.0, 1.0], (459, 587))  # hal
 SESSION_KEYS = {"A": 1, "B": 2, "C": 3}  # random streams of a container's sessions (spawn keys)
 TEMPLATE_KEY = 2 ** 31 - 1  # the stream of the movies and the sparse-noise template (all containers)
 BATCH = 64
+CELLS_KEY = 2 ** 31 - 2  # the stream of a container's per-cell draws outside the model's family (dynamics, calcium)
+DRIFT_KEY, GAZE_KEY = 10, 11  # children of a session's stream beyond the four it always spawns
+DG_PHASES = 30  # drifting-grating phases rendered per orientation: every 30-Hz frame of Allen's frequencies
 
 
 @dataclass
@@ -111,13 +124,18 @@ def stimulus_rates(population: TruePopulation, templates: ContainerTemplates) ->
 
 
 def segment_rates(timeline: layout.Timeline, rates: dict[str, np.ndarray], baseline: np.ndarray,
-                  gain: np.ndarray) -> np.ndarray:
+                  gain: np.ndarray, override: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``(n_segments, n_cells)`` Hz: each segment's true rate (baseline for gray and blanks) times the
-    shared gain above baseline (``gain`` per 250-ms bin of the session)."""
+    shared gain above baseline (``gain`` per 250-ms bin of the session).
+
+    ``override``: ``(rows, values)`` rates of the segments that are not their condition's static rate
+    (temporal dynamics, gaze shifts), ``(n_rows,)`` int and ``(n_rows, n_cells)`` Hz, before the gain."""
     out = np.tile(baseline, (len(timeline.onsets_s), 1))
     for name, table in rates.items():
         rows = np.flatnonzero((timeline.stimulus == name) & (timeline.condition >= 0))
         out[rows] = table[timeline.condition[rows]]
+    if override is not None:
+        out[override[0]] = override[1]
     bins = np.minimum((timeline.onsets_s / layout.STATIC_S).astype(np.int64), len(gain) - 1)
     return baseline + gain[bins][:, None] * (out - baseline)
 
@@ -173,6 +191,216 @@ def stimulus_tables(timeline: layout.Timeline, timestamps: np.ndarray, templates
     return natural_scenes, others, spontaneous
 
 
+# --------------------------------------------------------------------------------------
+# outside the model's assumptions
+# --------------------------------------------------------------------------------------
+@dataclass
+class OutOfFamily:
+    """What a container's cells do beyond the in-family cortex (one entry per container cell).
+
+    Attributes:
+        dynamics: the cells' temporal filters and adaptation.
+        amplitude: ``(n_cells,)`` dF/F of one spike of each cell, or None (one amplitude, linear calcium).
+    """
+
+    dynamics: dyn.CellDynamics
+    amplitude: np.ndarray | None
+
+
+def out_of_family_active(synthetic: SyntheticConfig) -> bool:
+    """Whether any element outside the model's family is switched on (else: the in-family container)."""
+    return bool(synthetic.temporal_peak_ms[1] > 0 or synthetic.adaptation_strength > 0
+                or synthetic.spike_amplitude_sd > 0 or synthetic.indicator_hill_n > 0
+                or synthetic.saccade_fraction > 0 or synthetic.drift_rf_deg > 0 or synthetic.drift_orientation_deg > 0
+                or synthetic.mismatch_fraction > 0)
+
+
+def draw_out_of_family(synthetic: SyntheticConfig, index: int, n_cells: int) -> OutOfFamily:
+    """The per-cell draws of container ``index`` (their own stream: the in-family draws do not move)."""
+    root = np.random.SeedSequence(entropy=synthetic.seed, spawn_key=(index, CELLS_KEY))
+    dynamics_rng, calcium_rng = [np.random.default_rng(s) for s in root.spawn(2)]
+    dynamics = dyn.draw_dynamics(n_cells, tuple(synthetic.temporal_peak_ms), synthetic.temporal_biphasic,
+                                 synthetic.adaptation_strength, synthetic.adaptation_tau_s, dynamics_rng)
+    amplitude = None
+    if synthetic.spike_amplitude_sd > 0 or synthetic.indicator_hill_n > 0:
+        amplitude = fl.draw_amplitudes(n_cells, synthetic.spike_amplitude_dff, synthetic.spike_amplitude_sd,
+                                       calcium_rng)
+    return OutOfFamily(dynamics=dynamics, amplitude=amplitude)
+
+
+def stimulus_drives(population: TruePopulation, templates: ContainerTemplates) -> dict[str, np.ndarray]:
+    """Static drives in units of each cell's semisaturation, for the dynamics.
+
+    Returns:
+        movie name -> ``(n_frames, n_cells)``; ``drifting_gratings`` -> ``(n_orientations, DG_PHASES, n_cells)``
+        at the orientations of :func:`layout.drifting_grating_conditions` (mod 180, sorted) and phases
+        ``k / DG_PHASES`` cycles.
+    """
+    import torch
+
+    semisat = population.params.semisaturation[None, :]
+
+    def drives(frames: np.ndarray, to_field=None) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(frames), BATCH):
+                chunk = frames[start:start + BATCH]
+                pixels = to_field(chunk, RENDER_FIELD) if to_field is not None else chunk
+                out.append(population.drive(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float64)))
+                           .double().numpy())
+        return np.concatenate(out) / semisat
+
+    out = {name: drives(frames, vf.movie_to_field) for name, frames in templates.movies.items()}
+    orientations = np.unique(layout.drifting_grating_conditions()["orientation"].to_numpy() % 180.0)
+    frames = np.stack([vf.grating_to_field(o, layout.DG_SPATIAL_FREQUENCY, k / DG_PHASES, CONTRAST, RENDER_FIELD)
+                       for o in orientations for k in range(DG_PHASES)])
+    out["drifting_gratings"] = drives(frames).reshape(len(orientations), DG_PHASES, -1)
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[np.ndarray]:
+    """The maximal runs of consecutive True rows of ``mask``, as row indices."""
+    rows = np.flatnonzero(mask)
+    return np.split(rows, np.flatnonzero(np.diff(rows) > 1) + 1) if len(rows) else []
+
+
+def _run_drive(timeline: layout.Timeline, rows: np.ndarray, drives: dict[str, np.ndarray],
+               cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The static drive of ``cells`` at every substep of the segments ``rows`` (a run of movie or
+    drifting-grating and gray segments), and each substep's segment (position in ``rows``)."""
+    dg = layout.drifting_grating_conditions()
+    orientations = np.unique(dg["orientation"].to_numpy() % 180.0)
+    # each sweep's start: its segments are consecutive and inside the run (a search per row over the whole
+    # timeline made hour-long sessions slow)
+    trials = timeline.trial[rows]
+    _, first = np.unique(trials, return_index=True)
+    sweep_onset = dict(zip(trials[first].tolist(), timeline.onsets_s[rows[first]].tolist()))
+    pieces, owner = [], []
+    for position, row in enumerate(rows):
+        n_sub = max(int(round(timeline.durations_s[row] / dyn.SUBSTEP_S)), 1)
+        name, condition = timeline.stimulus[row], int(timeline.condition[row])
+        piece = np.zeros((n_sub, len(cells)))
+        if name in drives and name != "drifting_gratings" and condition >= 0:
+            piece[:] = drives[name][condition, cells]
+        elif name == "drifting_gratings" and condition >= 0:
+            t = timeline.onsets_s[row] - sweep_onset[int(timeline.trial[row])] + np.arange(n_sub) * dyn.SUBSTEP_S
+            direction, tf = dg["orientation"].iloc[condition], dg["temporal_frequency"].iloc[condition]
+            sign = 1.0 if direction < 180.0 else -1.0  # the opposite direction runs through the phases backwards
+            phase = np.rint(sign * tf * t * DG_PHASES).astype(np.int64) % DG_PHASES
+            o = int(np.searchsorted(orientations, direction % 180.0))
+            piece[:] = drives["drifting_gratings"][o][phase][:, cells]
+        pieces.append(piece)
+        owner.append(np.full(n_sub, position))
+    return np.concatenate(pieces), np.concatenate(owner)
+
+
+def dynamic_rates(timeline: layout.Timeline, drives: dict[str, np.ndarray], cells: CellParams,
+                  dynamics: dyn.CellDynamics) -> tuple[np.ndarray, np.ndarray]:
+    """The rates of the movie and drifting-grating segments through the cells' dynamics.
+
+    Each run of consecutive segments of one movie (or of drifting gratings and their gray) starts from
+    rest; a segment's rate is the mean of its substeps' rates.
+
+    Returns:
+        ``(rows, rates)``: ``(n_rows,)`` segment rows and ``(n_rows, n_cells)`` Hz (for ``segment_rates``).
+    """
+    runs = [run for name in layout.MOVIES for run in _runs(timeline.stimulus == name)]
+    runs += _runs(np.isin(timeline.stimulus, ["drifting_gratings", layout.GRAY_CODE]))
+    all_rows, all_rates = [], []
+    for rows in runs:
+        rates = np.empty((len(rows), cells.n_cells))
+        for start in range(0, cells.n_cells, dyn.CELL_BLOCK):
+            block = np.arange(start, min(start + dyn.CELL_BLOCK, cells.n_cells))
+            drive, owner = _run_drive(timeline, rows, drives, block)
+            v = dyn.respond(drive, dynamics.rows(block))
+            per_step = dyn.naka_rushton(v, cells.baseline[block], cells.rate_max[block])
+            rates[:, block] = (np.add.reduceat(per_step, np.flatnonzero(np.r_[True, np.diff(owner) > 0]), axis=0)
+                               / np.bincount(owner)[:, None])
+        all_rows.append(rows)
+        all_rates.append(rates)
+    if not all_rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, cells.n_cells))
+    return np.concatenate(all_rows), np.concatenate(all_rates)
+
+
+def drift_cells(cells: CellParams, synthetic: SyntheticConfig, rng: np.random.Generator
+                ) -> tuple[CellParams, dict[str, np.ndarray]]:
+    """The cells as session A or C finds them: each RF centre and orientation moved a little from B.
+
+    Returns:
+        ``(drifted, planted)``: the drifted cells and the planted changes, ``(n_cells,)`` each
+        (``drift_x_deg``, ``drift_y_deg`` right / down, ``drift_orientation_deg``).
+    """
+    n = cells.n_cells
+    dx, dy = synthetic.drift_rf_deg * rng.standard_normal(n), synthetic.drift_rf_deg * rng.standard_normal(n)
+    turn = synthetic.drift_orientation_deg * rng.standard_normal(n)
+    arrays = cells.arrays()
+    arrays["x"] = cells.x + dx * PIXELS_PER_DEGREE / SCENE_WIDTH_PX
+    arrays["y"] = cells.y + dy * PIXELS_PER_DEGREE / SCENE_HEIGHT_PX
+    arrays["orientation"] = np.mod(cells.orientation + np.deg2rad(turn), np.pi)
+    arrays["orientation2"] = np.mod(cells.orientation2 + np.deg2rad(turn), np.pi)
+    return CellParams(**arrays), {"drift_x_deg": dx, "drift_y_deg": dy, "drift_orientation_deg": turn}
+
+
+def mismatch_ids(cell_ids: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """``cell_ids`` with ``round(fraction * n)`` of them (at least 2 when any) handed on in a cycle,
+    so exactly that many cells are recorded under another cell's id."""
+    n = len(cell_ids)
+    k = int(round(fraction * n))
+    k = 0 if k == 0 or n < 2 else max(k, 2)
+    out = np.array(cell_ids, copy=True)
+    if k:
+        chosen = rng.choice(n, k, replace=False)
+        out[chosen] = cell_ids[np.roll(chosen, 1)]
+    return out
+
+
+def gaze_rates(timeline: layout.Timeline, shifts_deg: np.ndarray, population: TruePopulation,
+               templates: ContainerTemplates, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rates of the natural-scene presentations seen after a gaze shift.
+
+    Args:
+        shifts_deg: ``(n_shown, 2)`` (down, right) shift of each natural-scene presentation of an image
+            (blank sweeps excluded), in the timeline's order.
+        columns: the population's cells recorded in the session.
+
+    Returns:
+        ``(rows, rates)`` of the shifted presentations (for ``segment_rates``).
+    """
+    import torch
+
+    shown = np.flatnonzero((timeline.stimulus == "natural_scenes") & (timeline.condition >= 0))
+    moved = np.flatnonzero(np.any(shifts_deg != 0, axis=1))
+    out = np.empty((len(moved), len(columns)))
+    # the template always fills the scene's place on the screen: its pixels per degree scale with its width
+    pixels_per_degree = PIXELS_PER_DEGREE * templates.scenes.shape[-1] / SCENE_WIDTH_PX
+    with torch.no_grad():
+        for start in range(0, len(moved), 8):  # full-size scenes: small batches
+            batch = moved[start:start + 8]
+            pixels = np.stack([dyn.shift_image(templates.scenes[timeline.condition[shown[i]]].astype(np.float64),
+                                               shifts_deg[i], pixels_per_degree) for i in batch])
+            out[start:start + len(batch)] = population(torch.from_numpy(pixels)).double().numpy()[:, columns]
+    return shown[moved], out
+
+
+def _write_planted(cache_dir: Path, experiment_id: int, planted: dict[str, np.ndarray]) -> None:
+    """``ground_truth/<id>.out_of_family.{npz,json}``: what was planted beyond the in-family cortex."""
+    folder = Path(cache_dir) / "ground_truth"
+    write_npz(folder / f"{experiment_id}.out_of_family.npz", planted)
+    summary = {key: (value.tolist() if value.ndim else value.item()) for key, value in planted.items()
+               if value.ndim <= 1 and value.dtype.kind in "fiub"}
+    write_json(folder / f"{experiment_id}.out_of_family.json", summary)
+
+
+def load_planted(cache_dir: Path, experiment_id: int) -> dict[str, np.ndarray]:
+    """What :func:`synthesize_containers` planted in a session beyond the in-family cortex ({} if nothing)."""
+    path = Path(cache_dir) / "ground_truth" / f"{experiment_id}.out_of_family.npz"
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as f:
+        return {key: f[key] for key in f.files}
+
+
 def session_id(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, index: int, session: str) -> int:
     """Experiment id of ``session`` of container ``index`` (B keeps the synthetic cortex's ids)."""
     offset = {"B": 0, "A": cfg.session_id_step, "C": 2 * cfg.session_id_step}[session]
@@ -180,9 +408,19 @@ def session_id(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, index:
 
 
 def simulate_container_session(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, index: int, session: str,
-                               cells: CellParams, rates: dict[str, np.ndarray], templates: ContainerTemplates
-                               ) -> tuple[SessionArrays, CellParams]:
-    """Simulate ``session`` (A, B or C) of container ``index``; returns the NWB arrays and the recorded cells."""
+                               cells: CellParams, rates: dict[str, np.ndarray], templates: ContainerTemplates,
+                               world: OutOfFamily | None = None, population: TruePopulation | None = None,
+                               drives: dict[str, np.ndarray] | None = None,
+                               planted: dict[str, np.ndarray] | None = None) -> tuple[SessionArrays, CellParams]:
+    """Simulate ``session`` (A, B or C) of container ``index``; returns the NWB arrays and the recorded cells.
+
+    Args:
+        cells, rates: the session's true cells (drifted from B's in A and C) and their static rates.
+        world: the container's draws outside the model's family (None: the in-family session); with it,
+            ``population`` (the float64 :class:`TruePopulation` of ``cells``, for gaze shifts) and ``drives``
+            (:func:`stimulus_drives`, for the dynamics) when those are on.
+        planted: filled with what was planted in this session (recorded cells' rows), when given.
+    """
     seeds = np.random.SeedSequence(entropy=synthetic.seed, spawn_key=(index, SESSION_KEYS[session])).spawn(4)
     match_rng, schedule_rng, trace_rng, extra_rng = [np.random.default_rng(s) for s in seeds]
     keep = (np.ones(cells.n_cells, dtype=bool) if session == "B"
@@ -192,13 +430,19 @@ def simulate_container_session(synthetic: SyntheticConfig, cfg: SyntheticContain
     n_frames = int(np.floor(timeline.end_s * fl.FRAME_RATE_HZ))
     gain = cortex.shared_gain(int(np.ceil(timeline.end_s / layout.STATIC_S)), synthetic.shared_gain_sd,
                               synthetic.shared_gain_tau_s, schedule_rng)
-    segment = segment_rates(timeline, {k: v[:, keep] for k, v in rates.items()}, recorded.baseline, gain)
+    override, indicator = None, None
+    if world is not None:
+        override, indicator, recorded = _out_of_family_session(synthetic, cfg, index, session, keep, recorded,
+                                                               timeline, world, population, drives, templates,
+                                                               planted if planted is not None else {})
+    segment = segment_rates(timeline, {k: v[:, keep] for k, v in rates.items()}, recorded.baseline, gain,
+                            override=override)
     traces = fl.simulate_traces(timeline.onsets_s, timeline.durations_s, segment, n_frames, trace_rng,
                                 tau_rise_s=synthetic.tau_rise_s, tau_decay_s=synthetic.tau_decay_s,
                                 spike_amplitude_dff=synthetic.spike_amplitude_dff,
                                 noise_std_dff=synthetic.noise_std_dff, neuropil_r=synthetic.neuropil_r,
                                 neuropil_r_sd=synthetic.neuropil_r_sd,
-                                neuropil_r_error_sd=synthetic.neuropil_r_error_sd)
+                                neuropil_r_error_sd=synthetic.neuropil_r_error_sd, indicator=indicator)
     natural_scenes, others, spontaneous = stimulus_tables(timeline, traces.timestamps, templates)
     genotype, depth = cortex.LINES[index % len(cortex.LINES)]
     b_id = session_id(synthetic, cfg, index, "B")
@@ -217,6 +461,48 @@ def simulate_container_session(synthetic: SyntheticConfig, cfg: SyntheticContain
         motion_correction=np.rint(2.0 * fl.smooth_noise((2, n_frames), 30.0, extra_rng).T) + 0.0,
         stimuli=tuple(others))
     return arrays, recorded
+
+
+def _out_of_family_session(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, index: int, session: str,
+                           keep: np.ndarray, recorded: CellParams, timeline: layout.Timeline, world: OutOfFamily,
+                           population: TruePopulation | None, drives: dict[str, np.ndarray] | None,
+                           templates: ContainerTemplates, planted: dict[str, np.ndarray]
+                           ) -> tuple[tuple[np.ndarray, np.ndarray] | None, fl.Indicator | None, CellParams]:
+    """The session's rates that leave the static model, its indicator and its (maybe mismatched) cells."""
+    columns = np.flatnonzero(keep)
+    gaze_rng = np.random.default_rng(np.random.SeedSequence(entropy=synthetic.seed,
+                                                            spawn_key=(index, SESSION_KEYS[session], GAZE_KEY)))
+    rows, values = [np.zeros(0, dtype=np.int64)], [np.zeros((0, len(columns)))]
+    if world.dynamics.active and drives is not None:
+        r, v = dynamic_rates(timeline, {k: d[..., columns] for k, d in drives.items()}, recorded,
+                             world.dynamics.rows(columns))
+        rows.append(r)
+        values.append(v)
+    planted["temporal_peak_ms"] = world.dynamics.peak_s[columns] * 1000.0
+    if synthetic.saccade_fraction > 0 and population is not None:
+        n_shown = int(np.sum((timeline.stimulus == "natural_scenes") & (timeline.condition >= 0)))
+        shifts = dyn.draw_gaze_shifts(n_shown, synthetic.saccade_fraction, tuple(synthetic.saccade_amplitude_deg),
+                                      gaze_rng)
+        r, v = gaze_rates(timeline, shifts, population, templates, columns)
+        rows.append(r)
+        values.append(v)
+        planted["gaze_shift_deg"] = shifts
+    override = (np.concatenate(rows), np.concatenate(values)) if sum(len(r) for r in rows) else None
+    indicator = None
+    if world.amplitude is not None:
+        indicator = fl.Indicator(amplitude=world.amplitude[columns], hill_n=synthetic.indicator_hill_n,
+                                 kd_spikes=synthetic.indicator_kd_spikes)
+        planted["spike_amplitude_dff"] = indicator.amplitude
+    planted["true_cell_ids"] = recorded.cell_ids.copy()  # the cell each row really is (its id in B)
+    if session != "B" and synthetic.mismatch_fraction > 0:
+        match_rng = np.random.default_rng(np.random.SeedSequence(
+            entropy=synthetic.seed, spawn_key=(index, SESSION_KEYS[session], DRIFT_KEY, 1)))
+        arrays = recorded.arrays()
+        arrays["cell_ids"] = mismatch_ids(recorded.cell_ids, synthetic.mismatch_fraction, match_rng)
+        recorded = CellParams(**arrays)
+    planted["recorded_cell_ids"] = recorded.cell_ids
+    planted["mismatched"] = planted["true_cell_ids"] != recorded.cell_ids
+    return override, indicator, recorded
 
 
 def container_ids(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, sessions: list[str]) -> list[int]:
@@ -240,17 +526,40 @@ def synthesize_containers(synthetic: SyntheticConfig, cfg: SyntheticContainerCon
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache = BrainObservatoryCache(manifest_file=str(cache_dir / "manifest.json"))
     templates = make_templates(synthetic, cfg, progress=progress)
-    config = {**asdict(synthetic), "synthetic_container": asdict(cfg)}  # the cortex at the top, as in session B
+    # the cortex at the top, as in session B (settings at their in-family defaults are left out: same bytes)
+    config = {**recorded_config(synthetic), "synthetic_container": recorded_config(cfg)}
+    active = out_of_family_active(synthetic)
     ids = []
     for index in tqdm(range(synthetic.n_sessions), desc="containers", disable=not progress):
         cells = cortex.session_cells(synthetic, index, templates.scenes.astype(np.float32), device=device)
         population = TruePopulation(cells).to(dtype=torch.float64)  # float64: thread-count independent bytes
         rates = stimulus_rates(population, templates)
+        world = draw_out_of_family(synthetic, index, cells.n_cells) if active else None
+        drives = stimulus_drives(population, templates) if world is not None and world.dynamics.active else None
         for session in tqdm(sessions, desc="sessions", disable=not progress, leave=False):
-            arrays, recorded = simulate_container_session(synthetic, cfg, index, session, cells, rates, templates)
+            session_cells, session_population, session_rates, session_drives = cells, population, rates, drives
+            planted: dict[str, np.ndarray] = {}
+            if session != "B" and (synthetic.drift_rf_deg > 0 or synthetic.drift_orientation_deg > 0):
+                drift_rng = np.random.default_rng(np.random.SeedSequence(
+                    entropy=synthetic.seed, spawn_key=(index, SESSION_KEYS[session], DRIFT_KEY)))
+                session_cells, drift = drift_cells(cells, synthetic, drift_rng)
+                session_population = TruePopulation(session_cells).to(dtype=torch.float64)
+                session_rates = stimulus_rates(session_population, templates)
+                if drives is not None:
+                    session_drives = stimulus_drives(session_population, templates)
+                planted.update(drift)
+            arrays, recorded = simulate_container_session(synthetic, cfg, index, session, session_cells, session_rates,
+                                                          templates, world=world, population=session_population,
+                                                          drives=session_drives, planted=planted)
             experiment_id = arrays.metadata.experiment_id
             write_session_nwb(Path(cache.get_cache_path(None, cache.EXPERIMENT_DATA_KEY, experiment_id)), arrays)
             save_ground_truth(cache_dir, experiment_id, TruePopulation(recorded), {**config, "session": session})
+            if world is not None:
+                keep = np.isin(cells.cell_ids, planted["true_cell_ids"])
+                for key in ("drift_x_deg", "drift_y_deg", "drift_orientation_deg"):
+                    if key in planted:
+                        planted[key] = planted[key][keep]
+                _write_planted(cache_dir, experiment_id, planted)
             ids.append(experiment_id)
             del arrays  # before the next session is simulated: a session's traces are ~1 GB
             gc.collect()

@@ -4,7 +4,7 @@ Modules: ``cache`` (allensdk's cache layout, opened safely), ``download`` (Eceph
 selection and lazy download), ``nwb`` (the NWB 2 writer of synthetic sessions), ``stimuli`` (static
 gratings and Gabor patches in the scene frame), ``synthetic`` (the simulated session),
 ``responses`` (spike counts -> the response dataset), ``gabor_check`` (presented Gabor patches vs
-the in-silico optimal Gabor).
+the in-silico optimal Gabor), ``unit_metrics`` (Allen's per-unit analysis metrics, beside meiscope's).
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ class Neuropixels(ScenesOnly):
 
     def synthetic_stamp(self, params: Params) -> dict:
         """The cortex and the Neuropixels recording of it."""
-        from meiscope.config import as_dict
+        from meiscope.config import as_dict, recorded_config  # recorded_config: new keys unrecorded at defaults
 
-        return {"synthetic": as_dict(params.synthetic), "synthetic_neuropixels": as_dict(params.synthetic_neuropixels)}
+        return {"synthetic": recorded_config(params.synthetic),
+                "synthetic_neuropixels": as_dict(params.synthetic_neuropixels)}
 
     def download(self, params: Params, folder: Path) -> list[int]:
         """The sessions ``params.neuropixels`` selects, into ``folder`` (lazily)."""
@@ -78,12 +79,14 @@ class Neuropixels(ScenesOnly):
         return ds
 
     def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]":
-        """Allen's quality metrics of the session's units (downloaded sessions only)."""
-        from meiscope.recordings.neuropixels.download import load_unit_metrics
+        """Allen's per-unit figures of the session: quality metrics (downloaded sessions) and analysis
+        metrics (:mod:`.unit_metrics`: downloaded or synthetic sessions), None when it has neither."""
+        from meiscope.recordings.neuropixels.unit_metrics import NOT_MEDIANS, allen_unit_table
         from meiscope.ranking import AllenMetrics
 
-        table = load_unit_metrics(cache_dir, session_id)
-        return None if table is None else AllenMetrics(table, "unit_id", UNIT_METRIC_COLUMNS)
+        table, columns = allen_unit_table(cache_dir, session_id)
+        return None if table is None else AllenMetrics(table, "unit_id", columns,
+                                                       tuple(c for c in NOT_MEDIANS if c in columns))
 
     def check_optimal_gabors(self, params: Params, cache_dir: Path, experiment_id: int, dataset_path: Path,
                              cell_ids: "np.ndarray", image_shape: tuple[int, int], optimal_params: "np.ndarray",

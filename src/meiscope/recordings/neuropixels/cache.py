@@ -13,15 +13,18 @@ Two allensdk traps decide how this module opens the cache (``../shared/docs/alle
 - ``EcephysProjectCache.fixed()`` is broken in 2.16.2 (it reads ``fetch_api.rma_engine`` first),
   so the offline cache is built from ``EcephysProjectFixedApi`` by hand.
 - When reading a cached file raises *anything*, allensdk re-fetches it and, if that fails,
-  deletes the cached file. So the NWB 2 stack is checked before any file is handed to allensdk,
-  and sessions are opened only after :func:`check_session_file`.
+  deletes the cached file (offline: a 1.7-3.3 GB download lost). So the NWB 2 stack is checked
+  before any file is handed to allensdk, and every session file is first read the way allensdk reads
+  it (:func:`nwb_problem`: h5py, then pynwb with allensdk's NWB extension, then the integer session
+  id allensdk's cache parses); a file that fails is reported in one line, never deleted or modified.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from meiscope.errors import MeiscopeError
 
@@ -74,17 +77,66 @@ def check_nwb_stack() -> None:
             "tested pair (pip install -c requirements.lock 'hdmf>=3.14.5,<4' pynwb==2.8.3, then reinstall pynwb)")
 
 
-def check_session_file(path: Path) -> None:
-    """A one-line :class:`NeuropixelsError` unless ``path`` is a readable HDF5 file."""
-    import h5py
+def nwb_problem(path: Path) -> Optional[str]:
+    """Why allensdk could not open ``path`` as a Neuropixels session, in a few words, or None.
 
+    Reads the file the way ``EcephysProjectCache.get_session_data`` does inside its re-fetch-or-delete
+    wrapper, cheapest first, and never writes to it:
+
+    1. :func:`~meiscope.recordings.downloads.hdf5_problem`: a whole HDF5 file with the top-level
+       groups :data:`NWB_GROUPS` and no dataset past its end (a truncated download);
+    2. pynwb's ``NWBHDF5IO(..., load_namespaces=True).read()`` with allensdk's ``ndx-aibs-ecephys``
+       extension registered (what ``NwbApi.nwbfile`` does): HDF5 that is not NWB fails here;
+    3. an integer ``identifier`` (allensdk's cache parses it as the session id), a units table and at
+       least one ``<stimulus>_presentations`` interval table (what the extract stage reads).
+    """
+    from meiscope.recordings.downloads import hdf5_problem, reason
+
+    problem = hdf5_problem(path, NWB_GROUPS)
+    if problem is not None:
+        return problem
+    check_nwb_stack()
+    import pynwb
+
+    import allensdk.brain_observatory.ecephys.nwb  # noqa: F401  registers ndx-aibs-ecephys, as allensdk does
+
+    try:
+        with warnings.catch_warnings():  # pynwb warns about cached namespace versions of Allen's files
+            warnings.simplefilter("ignore")
+            with pynwb.NWBHDF5IO(str(path), "r", load_namespaces=True) as io:
+                nwbfile = io.read()
+                identifier, has_units = str(nwbfile.identifier), nwbfile.units is not None
+                intervals = list(nwbfile.intervals or {})
+    except Exception as err:  # hdmf raises many kinds of errors on files that are HDF5 but not NWB
+        return f"pynwb cannot read it as NWB: {reason(err)}"
+    try:
+        int(identifier)
+    except ValueError:
+        return f"its identifier {identifier!r} is not an integer session id (allensdk needs one)"
+    if not has_units:
+        return "no units table"
+    if not any(name.endswith("_presentations") for name in intervals):
+        return "no <stimulus>_presentations interval table"
+    return None
+
+
+def check_session_file(path: Path) -> None:
+    """A one-line :class:`NeuropixelsError` unless allensdk can open ``path`` (:func:`nwb_problem`).
+
+    Call it before any allensdk call that opens the file: allensdk deletes a cached file it cannot
+    read. The file is left exactly as it is.
+    """
     if not path.is_file():
         raise NeuropixelsError(f"{path}: no such session file (run `meiscope synthesize` or `meiscope download`)")
-    try:
-        with h5py.File(path, "r"):
-            pass
-    except OSError as err:
-        raise NeuropixelsError(f"{path}: not a readable NWB (HDF5) file, corrupt or truncated ({err})") from None
+    problem = nwb_problem(path)
+    if problem is not None:
+        raise NeuropixelsError(damaged_session_message(path, problem))
+
+
+def damaged_session_message(path: Path, problem: str) -> str:
+    """The one line for a session file that fails :func:`nwb_problem` (the file is kept)."""
+    return (f"{path}: not a readable Neuropixels session NWB ({problem}); meiscope leaves it untouched: "
+            "move it away or delete it, then run `meiscope download` (or `meiscope synthesize`) again")
 
 
 def _refuse_network(*_args: Any, **_kwargs: Any) -> None:

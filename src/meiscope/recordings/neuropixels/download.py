@@ -7,6 +7,7 @@ Everything lands in allensdk's ``EcephysProjectCache`` layout under ``cache_dir`
     sessions.csv probes.csv channels.csv units.csv   project tables, ~58 MB together (allensdk's lazy cache)
     session_<sid>/session_<sid>.nwb                  one session, 1.7-3.3 GB (streamed by allensdk's engine)
     natural_scene_templates/natural_scene_<n>.tiff   the 118 images, ~1 MB each (918 x 1174 uint8)
+    session_<sid>/session_<sid>_analysis_metrics.csv Allen's per-unit analysis metrics (allensdk's own cache file)
     unit_metrics/<sid>.csv                           ours: every unit of the session with Allen's quality metrics
 
 allensdk's engine gives up on any download that takes longer than its timeout (20 minutes in
@@ -15,16 +16,18 @@ total, too short for 3 GB on a slow line); it is raised to 6 hours here.
 A second run with everything cached makes no network call at all: the tables are read through
 allensdk's lazy cache, and an NWB or template file that reads cleanly is kept as it is.
 
-Session files are never opened as sessions here (that takes minutes on real files); h5py only
-checks that they are whole HDF5 files with a session's top-level groups (``cache.NWB_GROUPS``). This also sidesteps an allensdk trap: when reading a cached file
-raises, allensdk fetches it again and, if that fails, deletes it.
+Session files are never opened as sessions here (that takes minutes on real files); each is read the
+way allensdk reads it (:func:`~meiscope.recordings.neuropixels.cache.nwb_problem`: h5py, then pynwb,
+then the integer session id) before allensdk can touch it. This sidesteps an allensdk trap: when
+reading a cached file raises, allensdk fetches it again and, if that fails, deletes it.
 
 Guarding against half-written files: allensdk streams a file straight onto its final path and
 deletes it again on ``Exception`` only, so Ctrl-C (``KeyboardInterrupt``) or a kill would leave a
 truncated file behind. NWB files and scene templates are therefore streamed into a hidden temporary
 file beside the final path and renamed only once they read cleanly (a leftover temporary file of a
-killed run is removed by the next one). A cached file that does not read cleanly (a truncated
-NWB, say) is removed and fetched again. The four tables are written by allensdk in place after the
+killed run is removed by the next one). A cached session NWB that does not read cleanly is reported
+in one line and left as it is (meiscope never deletes a session file: it may be a 3 GB download, or
+someone's copy); a cached scene template that does not read is fetched again (1 MB). The four tables are written by allensdk in place after the
 whole table has arrived; a table file created by a failed or interrupted call is removed again.
 """
 
@@ -40,10 +43,10 @@ from tqdm import tqdm
 
 from meiscope.atomic import atomic_path
 from meiscope.recordings.downloads import (API_HOST, OFFLINE_HINT, DownloadError, GrowthBar, SelectionError,
-                                           hdf5_problem, read_metrics_csv, reason, remove)
+                                           read_metrics_csv, reason, remove)
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
-from meiscope.recordings.neuropixels.cache import (NWB_GROUPS, TABLES, open_cache, scene_template_file, session_nwb,
-                                                   table_csv)
+from meiscope.recordings.neuropixels.cache import (TABLES, damaged_session_message, nwb_problem, open_cache,
+                                                   scene_template_file, session_nwb, table_csv)
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +135,14 @@ def select_sessions(table: pd.DataFrame, cfg: NeuropixelsConfig) -> list[int]:
 # --------------------------------------------------------------------------------------
 # files: NWB sessions and scene templates
 # --------------------------------------------------------------------------------------
-def _readable_scene(path: Path) -> bool:
-    """True if ``path`` reads as a 2-D image the way allensdk reads scene templates."""
+def _scene_problem(path: Path) -> Optional[str]:
+    """Why ``path`` does not read as a 2-D image the way allensdk reads scene templates, or None."""
     from allensdk.brain_observatory.ecephys.ecephys_project_cache import read_scene
 
     try:
-        return read_scene(str(path)).ndim == 2
-    except Exception:  # SimpleITK raises RuntimeError on a truncated or foreign file
-        return False
+        return None if read_scene(str(path)).ndim == 2 else "not a 2-D image"
+    except Exception as err:  # SimpleITK raises RuntimeError on a truncated or foreign file
+        return reason(err)
 
 
 def _remove_partials(path: Path) -> None:
@@ -150,59 +153,62 @@ def _remove_partials(path: Path) -> None:
 
 
 def _download(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any], None],
-              readable: Callable[[Path], bool], bar: Optional[str]) -> None:
+              problem: Callable[[Path], Optional[str]], bar: Optional[str]) -> None:
     """Stream one file into a temporary file beside ``path``; rename it onto ``path`` once it reads cleanly."""
     with atomic_path(path, suffix=f".part{path.suffix}") as tmp:  # removed on any failure, Ctrl-C included
         with GrowthBar(tmp, bar or "", bar is not None):
             write(str(tmp), fetch())
-        if not readable(tmp):  # e.g. the server closed the stream early without an error
-            raise DownloadError("the downloaded file does not read cleanly (truncated?)")
+        found = problem(tmp)
+        if found is not None:  # e.g. the server closed the stream early without an error
+            raise DownloadError(f"the downloaded file does not read cleanly ({found})")
 
 
-def _fetch_file(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any], None], readable: Callable[[Path], bool],
-                what: str, tries: int, size: str = "", bar: Optional[str] = None) -> bool:
+def _fetch_file(path: Path, fetch: Callable[[], Any], write: Callable[[str, Any], None],
+                problem: Callable[[Path], Optional[str]], what: str, tries: int, size: str = "",
+                bar: Optional[str] = None, keep_damaged: bool = False) -> bool:
     """Make sure ``path`` holds a readable file; return True if it had to be downloaded.
 
     ``fetch()`` returns allensdk's stream of the file and ``write(tmp, stream)`` saves it (allensdk's
-    ``stream_writer``); ``path`` itself is never partial (:func:`_download`). ``tries`` downloads are
-    attempted. ``size`` (the expected size, logged) and ``bar`` (a label: show the growing byte count)
-    are for people.
+    ``stream_writer``); ``path`` itself is never partial (:func:`_download`). ``problem(path)`` says
+    why a file does not read (None: it does). A cached ``path`` that does not read is a one-line
+    :class:`DownloadError` with ``keep_damaged`` (it is left as it is), else it is fetched again.
+    ``tries`` downloads are attempted. ``size`` (the expected size, logged) and ``bar`` (a label: show
+    the growing byte count) are for people.
     """
     if path.exists():
-        if readable(path):
+        found = problem(path)
+        if found is None:
             return False
-        log.warning("%s does not read cleanly (an interrupted download?); fetching it again", path)
+        if keep_damaged:
+            raise DownloadError(damaged_session_message(path, found))
+        log.warning("%s does not read cleanly (%s); fetching it again", path, found)
         remove(path)
     _remove_partials(path)
     log.log(logging.INFO if size else logging.DEBUG, "downloading %s into %s%s", what, path,
             f" (expected size {size})" if size else "")
     for _ in range(tries - 1):
         try:
-            _download(path, fetch, write, readable, bar)
+            _download(path, fetch, write, problem, bar)
             return True
         except Exception as err:
             log.warning("could not fetch %s (%s); trying again", what, reason(err))
     try:
-        _download(path, fetch, write, readable, bar)
+        _download(path, fetch, write, problem, bar)
     except Exception as err:
         raise _failed(what, err) from None
     return True
 
 
-def _whole_session(path: Path) -> bool:
-    """True if ``path`` is a whole session NWB file (:func:`~meiscope.recordings.downloads.hdf5_problem`)."""
-    problem = hdf5_problem(path, NWB_GROUPS)
-    if problem is not None:
-        log.info("%s: %s", path, problem)
-    return problem is None
-
-
 def fetch_session_nwb(cache: Any, cache_dir: Path, session_id: int, progress: bool = True) -> Path:
-    """``session_<sid>/session_<sid>.nwb`` in the cache, downloaded if missing or unreadable (not opened)."""
+    """``session_<sid>/session_<sid>.nwb`` in the cache, downloaded if missing (not opened as a session).
+
+    A cached file that allensdk could not open (:func:`~meiscope.recordings.neuropixels.cache.nwb_problem`)
+    is a one-line :class:`DownloadError` naming it and what is wrong; it is never deleted or modified.
+    """
     path = session_nwb(cache_dir, session_id)
-    _fetch_file(path, partial(cache.fetch_api.get_session_data, session_id), cache.stream_writer, _whole_session,
+    _fetch_file(path, partial(cache.fetch_api.get_session_data, session_id), cache.stream_writer, nwb_problem,
                 f"the NWB file of session {session_id}", cache.fetch_tries, size=NWB_SIZE,
-                bar=f"NWB {session_id}" if progress else None)
+                bar=f"NWB {session_id}" if progress else None, keep_damaged=True)
     return path
 
 
@@ -212,7 +218,7 @@ def fetch_scene_templates(cache: Any, cache_dir: Path, progress: bool = True) ->
     for number in tqdm(range(N_SCENES), desc="scene templates", unit="img", disable=not progress):
         path = scene_template_file(cache_dir, number)
         _fetch_file(path, partial(cache.fetch_api.get_natural_scene_template, number=number), cache.stream_writer,
-                    _readable_scene, f"natural-scene template {number}", cache.fetch_tries)
+                    _scene_problem, f"natural-scene template {number}", cache.fetch_tries)
         paths.append(path)
     return paths
 
@@ -271,6 +277,7 @@ def download_sessions(cfg: NeuropixelsConfig, cache_dir: Path, progress: bool = 
     5. ``unit_metrics/<sid>.csv`` per session (written when missing): one row per unit of the session,
        unfiltered, with ``unit_id`` and :data:`UNIT_COLUMNS`; the extract stage applies ``cfg``'s unit
        filters itself.
+    6. Allen's unit analysis metrics per session (:mod:`.unit_metrics`; fetched when missing).
 
     Raises :class:`DownloadError` (one line) when the API cannot be reached or a file is unusable,
     :class:`SelectionError` when ``cfg`` selects nothing or an unknown session.
@@ -286,4 +293,8 @@ def download_sessions(cfg: NeuropixelsConfig, cache_dir: Path, progress: bool = 
         fetch_session_nwb(cache, cache_dir, sid, progress)
     fetch_scene_templates(cache, cache_dir, progress)
     _write_unit_metrics(cache_dir, session_ids)
+    from meiscope.recordings.neuropixels.unit_metrics import fetch_analysis_metrics
+
+    for sid in session_ids:
+        fetch_analysis_metrics(cache, cache_dir, sid)
     return session_ids

@@ -15,7 +15,16 @@ so each unit's preference is read the way Allen's receptive-field analysis reads
   table's ``rf_test`` column says which was used. Units with fewer than :data:`RF_MIN_SPIKES`
   spikes get a NaN p-value, like Allen's. Units with ``p >= RF_P_VALUE`` (or NaN) have no
   measurable receptive field and are left out of the medians;
-- the best orientation: the largest mean count of the 3 orientations at the best position.
+- the best orientation: the largest mean count of the 3 orientations at the best position;
+- the **centre of mass** (:func:`rf_centres`), Allen's ``azimuth_rf`` / ``elevation_rf``: the map of
+  integer spike totals smoothed by a Gaussian of s.d. one grid step (integer output, as Allen's map is
+  an integer array), the positions above ``max - 0.5 s.d.`` of the smoothed map, the 4-connected patch
+  of them with the highest smoothed peak, and the mean position of that patch (unweighted), in screen
+  degrees and in Allen's gaze-centred frame (:func:`screen_to_gaze`). Counts come from extract's
+  ``count_window``, where Allen counts 0-0.249 s after onset, so values can differ slightly from Allen's.
+  :func:`unit_receptive_fields` gives the test and the centre for every unit of the session, not only
+  the modelled ones, and :func:`allen_rf_comparison` sets them beside Allen's ``p_value_rf`` /
+  ``azimuth_rf`` / ``elevation_rf`` of the same units.
 
 Each modelled unit's best patch is compared with meiscope's in-silico optimal Gabor (found on the
 model alone):
@@ -38,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.ndimage as ndi
 
 from meiscope.recordings.neuropixels.stimuli import GABOR_ORIENTATIONS
 from meiscope.recordings.screen import PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE_WIDTH_PX
@@ -47,6 +57,13 @@ RF_P_VALUE = 0.01  # Allen's threshold for a significant receptive field (Siegle
 RF_RESAMPLES = 1000  # Allen's number of shuffles for p_value_rf
 RF_MIN_SPIKES = 10  # Allen leaves p_value_rf NaN below this many spikes in all Gabor presentations
 RF_SEED = 0  # default seed of the shuffle test: the same outputs give the same p-values
+# Allen's centre of mass (allensdk 2.16.2 ReceptiveFieldMapping): fixed by its definition, not settings
+RF_SMOOTH_SIGMA = 1.0  # s.d. of the Gaussian smoothing the map, in grid steps
+RF_MASK_STD = 0.5  # the patch keeps positions above max - RF_MASK_STD * s.d. of the smoothed map
+RF_CENTRE_DECIMALS = 4  # Allen rounds the centre to 4 decimals of a grid step (0.001 deg)
+# gaze-centred degrees = screen degrees + offset: the screen centre sits at azimuth 50, elevation 10 deg of
+# the mouse's gaze (Allen's conversion of the 9 x 9 grid's centre of mass: x + 50, y + 10)
+GAZE_OFFSET_DEG = (50.0, 10.0)
 _CHUNK_ELEMENTS = 4_000_000  # resamples x presentations x units drawn at once (~32 MB of float64)
 
 
@@ -172,6 +189,180 @@ def receptive_field_maps(patches: dict[str, np.ndarray], columns: np.ndarray, se
     return positions, totals / shown[:, None], p_values
 
 
+def screen_to_gaze(x_deg: np.ndarray, y_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Screen degrees -> Allen's gaze-centred ``(azimuth, elevation)`` degrees (``azimuth_rf`` / ``elevation_rf``).
+
+    Both frames have x (azimuth) growing to the right and y (elevation) growing UP; only the origin
+    moves: azimuth = x + 50, elevation = y + 10 (:data:`GAZE_OFFSET_DEG`). Any shape in, same shape out.
+    Read from allensdk 2.16.2: its map has column c at x = -40 + 10 c and row r at y = 40 - 10 r (it
+    flips y so row 0 is the top), and it reports azimuth 10 c + 10 and elevation 10 (8 - r) - 30.
+    """
+    return np.asarray(x_deg, dtype=float) + GAZE_OFFSET_DEG[0], np.asarray(y_deg, dtype=float) + GAZE_OFFSET_DEG[1]
+
+
+def gaze_to_screen(azimuth_deg: np.ndarray, elevation_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Allen's gaze-centred degrees -> screen degrees (x right, y up); inverse of :func:`screen_to_gaze`."""
+    return (np.asarray(azimuth_deg, dtype=float) - GAZE_OFFSET_DEG[0],
+            np.asarray(elevation_deg, dtype=float) - GAZE_OFFSET_DEG[1])
+
+
+def position_grid(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lay the patch positions on Allen's map grid: row 0 = top of the screen, column 0 = left.
+
+    Args:
+        positions: ``(n_positions, 2)`` x, y in screen degrees (y up), each position once.
+
+    Returns:
+        ``(xs, ys, row, col)``: ``(n_cols,)`` x of each column (ascending), ``(n_rows,)`` y of each row
+        (descending), and the ``(n_positions,)`` row and column of each position.
+
+    Raises:
+        ValueError: the positions do not fill a rectangular grid (a position never shown).
+    """
+    xs = np.unique(positions[:, 0])
+    ys = np.unique(positions[:, 1])[::-1]
+    col = np.searchsorted(xs, positions[:, 0])
+    row = np.searchsorted(-ys, -positions[:, 1])
+    if len(positions) != len(xs) * len(ys) or len(np.unique(row * len(xs) + col)) != len(positions):
+        raise ValueError(f"gabors positions do not fill a grid: {len(positions)} positions on {len(ys)} rows x "
+                         f"{len(xs)} columns")
+    return xs, ys, row, col
+
+
+def map_centre(totals: np.ndarray) -> tuple[float, float]:
+    """Allen's centre of mass of one receptive-field map, in grid units.
+
+    Args:
+        totals: ``(n_rows, n_cols)`` integer spike totals per position (row 0 = top).
+
+    Returns:
+        ``(row, col)`` of the centre, rounded to :data:`RF_CENTRE_DECIMALS`; NaN, NaN for a flat map
+        (no position rises above the threshold).
+    """
+    # integer in, integer out: scipy truncates the smoothed values, exactly as on Allen's integer map
+    smoothed = ndi.gaussian_filter(np.asarray(totals, dtype=np.int64), RF_SMOOTH_SIGMA, mode="reflect", truncate=4.0)
+    above = smoothed > smoothed.max() - RF_MASK_STD * smoothed.std()
+    labels, n_patches = ndi.label(above)  # 4-connected patches
+    if n_patches == 0:
+        return np.nan, np.nan
+    peaks = ndi.maximum(smoothed, labels=labels, index=np.arange(1, n_patches + 1))
+    rows, cols = np.nonzero(labels == 1 + int(np.argmax(peaks)))  # a tie goes to the first patch in raster order
+    return round(float(rows.mean()), RF_CENTRE_DECIMALS), round(float(cols.mean()), RF_CENTRE_DECIMALS)
+
+
+def rf_centres(positions: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre of mass of each unit's receptive-field map (:func:`map_centre`), in screen degrees.
+
+    Args:
+        positions: ``(n_positions, 2)`` x, y in screen degrees (a full grid, :func:`position_grid`).
+        totals: ``(n_positions, n)`` spike totals of each unit at each position (rounded to integers).
+
+    Returns:
+        ``(x, y)`` each ``(n,)``, screen degrees (y up); NaN for units with fewer than
+        :data:`RF_MIN_SPIKES` spikes (Allen leaves them out) or a flat map.
+    """
+    xs, ys, row, col = position_grid(np.asarray(positions, dtype=float))
+    counts = np.rint(np.asarray(totals, dtype=float)).astype(np.int64)
+    x, y = np.full(counts.shape[1], np.nan), np.full(counts.shape[1], np.nan)
+    grid = np.zeros((len(ys), len(xs)), dtype=np.int64)
+    for unit in range(counts.shape[1]):
+        if counts[:, unit].sum() < RF_MIN_SPIKES:
+            continue
+        grid[row, col] = counts[:, unit]
+        r, c = map_centre(grid)
+        # grid units -> degrees along each axis (uniform 10-deg steps in Allen's grid: x = -40 + 10 c)
+        x[unit] = np.interp(c, np.arange(len(xs)), xs) if np.isfinite(c) else np.nan
+        y[unit] = np.interp(r, np.arange(len(ys)), ys) if np.isfinite(r) else np.nan
+    return x, y
+
+
+def rf_centre_errors(table: pd.DataFrame) -> np.ndarray:
+    """Distance (deg) from the centre of mass to the true centre, over units with a significant field.
+
+    Args:
+        table: :func:`gabor_patch_check`'s table with the truth (``true_rf_x_deg``, ``true_rf_y_deg``).
+
+    Returns:
+        ``(n_significant,)`` errors of the units with ``has_rf`` and a centre of mass, table order.
+    """
+    rf = table[table.has_rf & table.rf_centre_x_deg.notna()]
+    return np.hypot(rf.rf_centre_x_deg - rf.true_rf_x_deg, rf.rf_centre_y_deg - rf.true_rf_y_deg).to_numpy()
+
+
+def _centre_columns(positions: np.ndarray, totals: np.ndarray) -> dict[str, np.ndarray]:
+    """The centre-of-mass columns of a table, screen and gaze frames, from ``(n_positions, n)`` spike ``totals``."""
+    x, y = rf_centres(positions, totals)
+    azimuth, elevation = screen_to_gaze(x, y)
+    return {"rf_centre_x_deg": x, "rf_centre_y_deg": y, "azimuth_rf_deg": azimuth, "elevation_rf_deg": elevation}
+
+
+def unit_receptive_fields(patches: dict[str, np.ndarray], seed: int = RF_SEED,
+                          true_xy_deg: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """Allen's receptive-field figures of every unit in ``patches`` (not only the modelled ones).
+
+    Args:
+        patches: the ``gabors`` arrays of extract (see :func:`gabor_patch_check`).
+        seed: seeds the shuffle test (a unit's p-value does not depend on which other units are tested).
+        true_xy_deg: ``(n_units,)`` x and y of the true centres, screen degrees (synthetic sessions).
+
+    Returns:
+        One row per unit, in ``patches["unit_ids"]`` order: ``unit_id``, ``rf_p_value``, ``rf_test``,
+        ``has_rf``, ``rf_centre_x_deg`` / ``rf_centre_y_deg`` (screen, y up), ``azimuth_rf_deg`` /
+        ``elevation_rf_deg`` (Allen's gaze-centred frame); with the truth also ``true_rf_x_deg``,
+        ``true_rf_y_deg`` and ``rf_centre_true_error_deg``.
+    """
+    columns = np.arange(len(patches["unit_ids"]))
+    positions, _, p_values = receptive_field_maps(patches, columns, seed)
+    table = pd.DataFrame({"unit_id": np.asarray(patches["unit_ids"], dtype=np.int64), "rf_p_value": p_values,
+                          "rf_test": rf_test_kind(patches), "has_rf": np.nan_to_num(p_values, nan=1.0) < RF_P_VALUE,
+                          **_centre_columns(positions, _position_maps(patches, columns)[3])})
+    if true_xy_deg is not None:
+        table["true_rf_x_deg"], table["true_rf_y_deg"] = true_xy_deg
+        table["rf_centre_true_error_deg"] = np.hypot(table.rf_centre_x_deg - table.true_rf_x_deg,
+                                                     table.rf_centre_y_deg - table.true_rf_y_deg)
+    return table
+
+
+def _unit_metrics(table: pd.DataFrame) -> dict:
+    """Figures of :func:`unit_receptive_fields` over every unit: how many have a field, centre error to the truth."""
+    metrics = {"gabor_patch_all_units_n": int(len(table)), "gabor_patch_all_units_n_with_rf": int(table.has_rf.sum()),
+               "gabor_patch_all_units_frac_with_rf": float(table.has_rf.mean()) if len(table) else np.nan}
+    if "true_rf_x_deg" in table:
+        errors = rf_centre_errors(table)
+        metrics["gabor_patch_all_units_rf_centre_true_error_deg_median"] = (float(np.median(errors)) if errors.size
+                                                                            else np.nan)
+    return metrics
+
+
+def allen_rf_comparison(table: pd.DataFrame, allen: pd.DataFrame) -> dict:
+    """meiscope's receptive-field test and centre of every unit against Allen's ``p_value_rf`` / ``azimuth_rf``
+    / ``elevation_rf`` of the same units.
+
+    Args:
+        table: :func:`unit_receptive_fields` (``unit_id``, ``has_rf``, ``azimuth_rf_deg``, ``elevation_rf_deg``).
+        allen: Allen's unit analysis metrics, index unit id (units it does not list count as no field).
+
+    Returns:
+        ``gabor_patch_all_units_allen_frac_with_rf`` (Allen's share of significant maps over the same units,
+        beside meiscope's ``gabor_patch_all_units_frac_with_rf``), ``gabor_patch_all_units_rf_agrees_allen``
+        (share of units both call alike) and ``gabor_patch_all_units_rf_centre_allen_distance_deg_median``
+        (degrees between the two centres, over units both call significant; NaN if none).
+    """
+    missing = [c for c in ("p_value_rf", "azimuth_rf", "elevation_rf") if c not in allen.columns]
+    if missing or not len(table):
+        return {}
+    theirs = allen.reindex(table.unit_id.to_numpy(dtype=np.int64))
+    allen_rf = np.nan_to_num(theirs.p_value_rf.to_numpy(dtype=float), nan=1.0) < RF_P_VALUE
+    ours = table.has_rf.to_numpy(dtype=bool)
+    distance = np.hypot(table.azimuth_rf_deg.to_numpy() - theirs.azimuth_rf.to_numpy(dtype=float),
+                        table.elevation_rf_deg.to_numpy() - theirs.elevation_rf.to_numpy(dtype=float))
+    both = ours & allen_rf & np.isfinite(distance)
+    return {"gabor_patch_all_units_allen_frac_with_rf": float(allen_rf.mean()),
+            "gabor_patch_all_units_rf_agrees_allen": float((ours == allen_rf).mean()),
+            "gabor_patch_all_units_rf_centre_allen_distance_deg_median":
+                float(np.median(distance[both])) if both.any() else np.nan}
+
+
 def _best_orientation(patches: dict[str, np.ndarray], counts: np.ndarray, best_xy: np.ndarray) -> np.ndarray:
     """For each unit, the orientation with the largest mean count at its best position."""
     out = np.empty(len(best_xy))
@@ -200,7 +391,9 @@ def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, opti
     Returns:
         ``(table, metrics)``: one row per unit; medians and fractions over the units with a
         significant receptive field (``rf_p_value < RF_P_VALUE``; a NaN p-value, fewer than
-        :data:`RF_MIN_SPIKES` spikes, is not significant). ``rf_test`` names the test used.
+        :data:`RF_MIN_SPIKES` spikes, is not significant). ``rf_test`` names the test used;
+        ``rf_centre_x_deg`` / ``rf_centre_y_deg`` (screen) and ``azimuth_rf_deg`` / ``elevation_rf_deg``
+        (Allen's gaze-centred frame) the centre of mass (:func:`rf_centres`), for every unit.
     """
     column = {int(u): i for i, u in enumerate(patches["unit_ids"])}
     missing = [int(c) for c in cell_ids if int(c) not in column]
@@ -211,12 +404,14 @@ def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, opti
     best_xy = positions[maps.argmax(axis=0)]
     best_x, best_y = best_xy[:, 0], best_xy[:, 1]
     best_ori = _best_orientation(patches, patches["mean_counts"][:, columns], best_xy)
+    centres = _centre_columns(positions, _position_maps(patches, columns)[3])
     opt_x, opt_y = model_pixels_to_degrees(optimal_params[:, 0], optimal_params[:, 1], crop, image_shape)
     opt_ori = np.rad2deg(optimal_params[:, 2]) % 180.0
     table = pd.DataFrame({
         "cell_id": cell_ids, "best_patch_x_deg": best_x, "best_patch_y_deg": best_y,
         "best_patch_orientation": best_ori, "rf_peak_count": maps.max(axis=0), "rf_p_value": p_values,
         "rf_test": rf_test_kind(patches), "has_rf": np.nan_to_num(p_values, nan=1.0) < RF_P_VALUE,
+        **centres,
         "optimal_gabor_x_deg": opt_x, "optimal_gabor_y_deg": opt_y, "optimal_gabor_orientation": opt_ori,
         "position_error_deg": np.hypot(best_x - opt_x, best_y - opt_y),
         "orientation_agrees": _orientation_agrees(best_ori, opt_ori)})
@@ -225,6 +420,7 @@ def gabor_patch_check(patches: dict[str, np.ndarray], cell_ids: np.ndarray, opti
         table["true_rf_x_deg"], table["true_rf_y_deg"] = tx, ty
         table["best_patch_true_error_deg"] = np.hypot(best_x - tx, best_y - ty)
         table["optimal_gabor_true_error_deg"] = np.hypot(opt_x - tx, opt_y - ty)
+        table["rf_centre_true_error_deg"] = np.hypot(centres["rf_centre_x_deg"] - tx, centres["rf_centre_y_deg"] - ty)
     return table, _check_metrics(table)
 
 
@@ -238,6 +434,8 @@ def _check_metrics(table: pd.DataFrame) -> dict:
     if "best_patch_true_error_deg" in table:
         metrics["gabor_patch_true_error_deg_median"] = float(rf.best_patch_true_error_deg.median())
         metrics["optimal_gabor_true_error_deg_median"] = float(rf.optimal_gabor_true_error_deg.median())
+        errors = rf_centre_errors(table)
+        metrics["gabor_patch_rf_centre_true_error_deg_median"] = float(np.median(errors)) if errors.size else np.nan
     return metrics
 
 
@@ -279,7 +477,8 @@ def receptive_field_figure(patches: dict[str, np.ndarray], table: pd.DataFrame, 
 
 def check_presented_gabors(params: Any, cache_dir: Path, experiment_id: int, dataset_path: Path, cell_ids: np.ndarray,
                            image_shape: tuple[int, int], optimal_params: np.ndarray, out: Path) -> dict:
-    """The best presented Gabor patch of each unit vs its optimal Gabor; writes ``presented_gabors.csv`` and
+    """The best presented Gabor patch of each unit vs its optimal Gabor; writes ``presented_gabors.csv``,
+    ``unit_receptive_fields.csv`` (:func:`unit_receptive_fields`, every unit of the session) and
     ``receptive_fields.png`` into ``out`` and returns the metrics (nothing when no patches were extracted).
 
     ``optimal_params``: ``(n_units, n_params)`` the optimal Gabors of ``cell_ids``; ``image_shape``: the
@@ -295,16 +494,28 @@ def check_presented_gabors(params: Any, cache_dir: Path, experiment_id: int, dat
     if patches is None:
         return {}
     population = truth.load_population(cache_dir, experiment_id)
-    true_xy = None
-    if population is not None:
-        columns = truth.cell_columns(population, cell_ids)
-        true_xy = scene_fraction_to_degrees(population.params.x[columns], population.params.y[columns])
+
+    def true_xy(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        if population is None:
+            return None
+        columns = truth.cell_columns(population, ids)
+        return scene_fraction_to_degrees(population.params.x[columns], population.params.y[columns])
+
     try:
         table, metrics = gabor_patch_check(patches, cell_ids, np.asarray(optimal_params), params.extract.crop,
-                                           image_shape, true_xy)
+                                           image_shape, true_xy(cell_ids))
+        units = unit_receptive_fields(patches, true_xy_deg=true_xy(patches["unit_ids"]))
     except ValueError as err:  # inconsistent arrays in the extract's file: name it, one line
         raise MeiscopeError(f"{other_stimuli_path(dataset_path)}: {err}") from None
     with atomic_path(out / "presented_gabors.csv") as tmp:
         table.to_csv(tmp, index=False)
+    with atomic_path(out / "unit_receptive_fields.csv") as tmp:
+        units.to_csv(tmp, index=False)
+    metrics.update(_unit_metrics(units))
+    from meiscope.recordings.neuropixels.unit_metrics import analysis_metrics_file, read_analysis_metrics
+
+    allen_file = analysis_metrics_file(cache_dir, experiment_id)  # downloaded, or computed for a synthetic session
+    if allen_file.is_file():
+        metrics.update(allen_rf_comparison(units, read_analysis_metrics(allen_file)))
     save_figure(receptive_field_figure(patches, table, params.mei.n_show), out / "receptive_fields.png")
     return metrics

@@ -318,4 +318,8 @@ def synthesize_neuropixels_session(synth: SyntheticConfig, cfg: SyntheticNeuropi
     write_session(Path(cache_dir), arrays)
     # the config keys the truth module reads (seed, image size) stay those of the cortex
     save_ground_truth(Path(cache_dir), cfg.session_id, population, {**asdict(synth), "neuropixels": asdict(cfg)})
+    # Allen's unit analysis metrics of the session, computed from its spikes: a file beside the NWB
+    from meiscope.recordings.neuropixels.unit_metrics import write_synthetic_analysis_metrics
+
+    write_synthetic_analysis_metrics(Path(cache_dir), cfg.session_id, cfg.seed)
     return cfg.session_id

@@ -47,9 +47,9 @@ class TwoPhoton(ScenesOnly):
 
     def synthetic_stamp(self, params: Params) -> dict:
         """The params that made the synthetic data (data synthesized under others is rewritten)."""
-        from meiscope.config import as_dict
+        from meiscope.config import recorded_config  # in-family defaults of new keys unrecorded
 
-        return as_dict(params.synthetic)
+        return recorded_config(params.synthetic)
 
     def download(self, params: Params, folder: Path) -> list[int]:
         """The experiments ``params.allen`` selects, into ``folder`` (lazily)."""
