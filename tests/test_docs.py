@@ -142,3 +142,13 @@ def test_replicates_table_shows_each_replicates_interval_over_its_cells(tmp_path
     (tmp_path / "metrics" / "replicates-x.json").write_text(json.dumps(summary))
     out = hook.render("<!-- replicates-table: metrics/replicates-x.json -->", tmp_path)
     assert "| 0.90 [0.85, 0.95] | 0.88 [0.80, 0.93] / 0.92 |" in out  # a replicate without one shows its value
+
+
+def test_every_test_the_faults_page_names_exists():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "faults.md").read_text()
+    named = set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)", page))
+    assert len(named) >= 20  # the page cites its tests
+    tests = Path(__file__).resolve().parent
+    missing = [f"{file}::{name}" for file, name in sorted(named)
+               if not re.search(rf"^def {name}\(", (tests.parent / file).read_text(), re.MULTILINE)]
+    assert missing == []

@@ -408,3 +408,39 @@ def test_params_yaml_lists_each_key_with_its_default_and_profile_value_without_s
         default, profile = (yaml.safe_load(v) for v in found.groups())
         assert default == getattr(SyntheticConfig(), key), key
         assert profile == SYNTHETIC_PROFILES["out_of_family"][key], key
+
+
+def test_rates_and_drives_of_several_populations_equal_each_populations_own():
+    import torch
+
+    from meiscope.synthetic.population import TruePopulation
+
+    small = dataclasses.replace(SYNTHETIC, image_height=46, image_width=58, n_images=3)
+    templates = cs.make_templates(small, CONTAINER, progress=False)
+    cells = sample_cells(6, {"simple": 0.5, "complex": 0.5}, (4.0, 8.0), (1.0, 30.0), 0.5, np.arange(6),
+                         np.random.default_rng(0))
+    drifted, _ = cs.drift_cells(cells, SYNTHETIC, np.random.default_rng(1))
+    populations = [TruePopulation(c).to(dtype=torch.float64) for c in (cells, drifted)]
+    for together in (cs.stimulus_rates(populations, templates), cs.stimulus_drives(populations, templates)):
+        alone = [cs.stimulus_rates([p], templates)[0] for p in populations] \
+            if "natural_scenes" in together[0] else [cs.stimulus_drives([p], templates)[0] for p in populations]
+        for both, own in zip(together, alone):
+            assert list(both) == list(own)
+            for name in own:
+                np.testing.assert_array_equal(both[name], own[name])
+        assert not np.array_equal(together[0]["natural_movie_one"], together[1]["natural_movie_one"])
+
+
+def test_an_in_family_synthesis_leaves_no_planted_truth_of_an_earlier_cortex(tmp_path):
+    import shutil
+
+    small = dataclasses.replace(SYNTHETIC, n_cells=12, image_height=46, image_width=58, n_images=3, repeats=2)
+    tiny = CONTAINER
+    ids = cs.synthesize_containers(small, tiny, ["B"], tmp_path, progress=False)
+    assert cs.load_planted(tmp_path, ids[0])  # the out-of-family session's planted truth
+    foreign = tmp_path / "ground_truth" / "notes.out_of_family.json"  # not meiscope's: left alone
+    shutil.copy(next((tmp_path / "ground_truth").glob("*.out_of_family.json")), foreign)
+    in_family = dataclasses.replace(small, **{key: getattr(SyntheticConfig(), key) for key in OUT_OF_FAMILY_KEYS})
+    assert cs.synthesize_containers(in_family, tiny, ["B"], tmp_path, progress=False) == ids
+    assert cs.load_planted(tmp_path, ids[0]) == {}
+    assert sorted(p.name for p in (tmp_path / "ground_truth").glob("*.out_of_family.*")) == [foreign.name]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import gc
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -86,18 +86,21 @@ def make_templates(synthetic: SyntheticConfig, cfg: SyntheticContainerConfig, pr
                               sparse_noise=sparse_noise_frames(cfg.sparse_noise_frames, rng))
 
 
-def _rates(population: TruePopulation, frames: np.ndarray, to_field=None, batch: int = BATCH) -> np.ndarray:
-    """``(n, n_cells)`` float64 true rates of frames, drawn into the scene frame by ``to_field`` first."""
+def _responses(functions: Sequence[Callable], n_cells: int, frames: np.ndarray, to_field=None,
+               batch: int = BATCH) -> list[np.ndarray]:
+    """Each function's ``(n, n_cells)`` float64 responses to ``frames``, drawn into the scene frame by
+    ``to_field`` once for all of them (the drawing costs more than a population's forward pass)."""
     import torch
 
-    out = []
+    outs: list[list[np.ndarray]] = [[] for _ in functions]
     with torch.no_grad():
         for start in range(0, len(frames), batch):
             chunk = frames[start:start + batch]
             pixels = to_field(chunk, RENDER_FIELD) if to_field is not None else chunk
             x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float64))
-            out.append(population(x).double().numpy())
-    return np.concatenate(out) if out else np.zeros((0, population.n_cells))
+            for out, function in zip(outs, functions):
+                out.append(function(x).double().numpy())
+    return [np.concatenate(out) if out else np.zeros((0, n_cells)) for out in outs]
 
 
 def _grating_frames(table, phases=None) -> np.ndarray:
@@ -108,18 +111,25 @@ def _grating_frames(table, phases=None) -> np.ndarray:
     return np.stack(rows)
 
 
-def stimulus_rates(population: TruePopulation, templates: ContainerTemplates) -> dict[str, np.ndarray]:
-    """The true rate of every cell for every condition / frame of every stimulus: name -> ``(n, n_cells)`` Hz."""
+def stimulus_rates(populations: Sequence[TruePopulation], templates: ContainerTemplates) -> list[dict[str, np.ndarray]]:
+    """Each population's true rate of every cell for every condition / frame of every stimulus: one dict per
+    population, name -> ``(n, n_cells)`` Hz (the stimuli are drawn into the scene frame once for all)."""
+    n_cells = populations[0].n_cells
+    rates: list[dict[str, np.ndarray]] = [{} for _ in populations]
+
+    def put(name: str, frames: np.ndarray, to_field=None, batch: int = BATCH) -> None:
+        for out, values in zip(rates, _responses(populations, n_cells, frames, to_field, batch)):
+            out[name] = values
+
     dg = layout.drifting_grating_conditions().assign(spatial_frequency=layout.DG_SPATIAL_FREQUENCY)
-    dg_rates = _rates(population, _grating_frames(dg, GRATING_PHASES)).reshape(len(dg), len(GRATING_PHASES), -1)
-    rates = {
-        "natural_scenes": _rates(population, templates.scenes, batch=8),  # full-size scenes: small batches
-        "static_gratings": _rates(population, _grating_frames(grating_conditions())),
-        "drifting_gratings": dg_rates.mean(axis=1),
-        "locally_sparse_noise": _rates(population, templates.sparse_noise, vf.sparse_noise_to_field),
-    }
+    put("natural_scenes", templates.scenes, batch=8)  # full-size scenes: small batches
+    put("static_gratings", _grating_frames(grating_conditions()))
+    put("drifting_gratings", _grating_frames(dg, GRATING_PHASES))
+    put("locally_sparse_noise", templates.sparse_noise, vf.sparse_noise_to_field)
     for name, frames in templates.movies.items():
-        rates[name] = _rates(population, frames, vf.movie_to_field)
+        put(name, frames, vf.movie_to_field)
+    for out in rates:  # the mean over the phases a drifting grating sweeps
+        out["drifting_gratings"] = out["drifting_gratings"].reshape(len(dg), len(GRATING_PHASES), -1).mean(axis=1)
     return rates
 
 
@@ -228,33 +238,28 @@ def draw_out_of_family(synthetic: SyntheticConfig, index: int, n_cells: int) -> 
     return OutOfFamily(dynamics=dynamics, amplitude=amplitude)
 
 
-def stimulus_drives(population: TruePopulation, templates: ContainerTemplates) -> dict[str, np.ndarray]:
-    """Static drives in units of each cell's semisaturation, for the dynamics.
+def stimulus_drives(populations: Sequence[TruePopulation],
+                    templates: ContainerTemplates) -> list[dict[str, np.ndarray]]:
+    """Each population's static drives in units of each cell's semisaturation, for the dynamics (the
+    stimuli are drawn into the scene frame once for all populations).
 
     Returns:
-        movie name -> ``(n_frames, n_cells)``; ``drifting_gratings`` -> ``(n_orientations, DG_PHASES, n_cells)``
-        at the orientations of :func:`layout.drifting_grating_conditions` (mod 180, sorted) and phases
-        ``k / DG_PHASES`` cycles.
+        one dict per population: movie name -> ``(n_frames, n_cells)``; ``drifting_gratings`` ->
+        ``(n_orientations, DG_PHASES, n_cells)`` at the orientations of :func:`layout.drifting_grating_conditions`
+        (mod 180, sorted) and phases ``k / DG_PHASES`` cycles.
     """
-    import torch
-
-    semisat = population.params.semisaturation[None, :]
-
-    def drives(frames: np.ndarray, to_field=None) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(frames), BATCH):
-                chunk = frames[start:start + BATCH]
-                pixels = to_field(chunk, RENDER_FIELD) if to_field is not None else chunk
-                out.append(population.drive(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float64)))
-                           .double().numpy())
-        return np.concatenate(out) / semisat
-
-    out = {name: drives(frames, vf.movie_to_field) for name, frames in templates.movies.items()}
+    functions = [population.drive for population in populations]
+    semisats = [population.params.semisaturation[None, :] for population in populations]
+    n_cells = populations[0].n_cells
+    out: list[dict[str, np.ndarray]] = [{} for _ in populations]
+    for name, frames in templates.movies.items():
+        for drives, values, semisat in zip(out, _responses(functions, n_cells, frames, vf.movie_to_field), semisats):
+            drives[name] = values / semisat
     orientations = np.unique(layout.drifting_grating_conditions()["orientation"].to_numpy() % 180.0)
     frames = np.stack([vf.grating_to_field(o, layout.DG_SPATIAL_FREQUENCY, k / DG_PHASES, CONTRAST, RENDER_FIELD)
                        for o in orientations for k in range(DG_PHASES)])
-    out["drifting_gratings"] = drives(frames).reshape(len(orientations), DG_PHASES, -1)
+    for drives, values, semisat in zip(out, _responses(functions, n_cells, frames), semisats):
+        drives["drifting_gratings"] = (values / semisat).reshape(len(orientations), DG_PHASES, -1)
     return out
 
 
@@ -383,18 +388,30 @@ def gaze_rates(timeline: layout.Timeline, shifts_deg: np.ndarray, population: Tr
     return shown[moved], out
 
 
-def _write_planted(cache_dir: Path, experiment_id: int, planted: dict[str, np.ndarray]) -> None:
-    """``ground_truth/<id>.out_of_family.{npz,json}``: what was planted beyond the in-family cortex."""
+def _planted_files(cache_dir: Path, experiment_id: int) -> tuple[Path, Path]:
+    """``ground_truth/<id>.out_of_family.{npz,json}`` (:func:`_write_planted`)."""
     folder = Path(cache_dir) / "ground_truth"
-    write_npz(folder / f"{experiment_id}.out_of_family.npz", planted)
+    return folder / f"{experiment_id}.out_of_family.npz", folder / f"{experiment_id}.out_of_family.json"
+
+
+def _write_planted(cache_dir: Path, experiment_id: int, planted: dict[str, np.ndarray] | None) -> None:
+    """Write what was planted beyond the in-family cortex into :func:`_planted_files`; ``None`` (an in-family
+    session) removes the files an earlier out-of-family synthesis of the session left, so that
+    :func:`load_planted` never reads another cortex's truth."""
+    npz, summary_json = _planted_files(cache_dir, experiment_id)
+    if planted is None:
+        npz.unlink(missing_ok=True)
+        summary_json.unlink(missing_ok=True)
+        return
+    write_npz(npz, planted)
     summary = {key: (value.tolist() if value.ndim else value.item()) for key, value in planted.items()
                if value.ndim <= 1 and value.dtype.kind in "fiub"}
-    write_json(folder / f"{experiment_id}.out_of_family.json", summary)
+    write_json(summary_json, summary)
 
 
 def load_planted(cache_dir: Path, experiment_id: int) -> dict[str, np.ndarray]:
     """What :func:`synthesize_containers` planted in a session beyond the in-family cortex ({} if nothing)."""
-    path = Path(cache_dir) / "ground_truth" / f"{experiment_id}.out_of_family.npz"
+    path = _planted_files(cache_dir, experiment_id)[0]
     if not path.is_file():
         return {}
     with np.load(path, allow_pickle=False) as f:
@@ -532,25 +549,30 @@ def synthesize_containers(synthetic: SyntheticConfig, cfg: SyntheticContainerCon
     ids = []
     for index in tqdm(range(synthetic.n_sessions), desc="containers", disable=not progress):
         cells = cortex.session_cells(synthetic, index, templates.scenes.astype(np.float32), device=device)
-        population = TruePopulation(cells).to(dtype=torch.float64)  # float64: thread-count independent bytes
-        rates = stimulus_rates(population, templates)
         world = draw_out_of_family(synthetic, index, cells.n_cells) if active else None
-        drives = stimulus_drives(population, templates) if world is not None and world.dynamics.active else None
-        for session in tqdm(sessions, desc="sessions", disable=not progress, leave=False):
-            session_cells, session_population, session_rates, session_drives = cells, population, rates, drives
-            planted: dict[str, np.ndarray] = {}
+        # each session's cells (sessions other than B drift when drift is on), drawn up front so that every
+        # stimulus is drawn into the scene frame once for all of them
+        session_cells: dict[str, CellParams] = {}
+        drifts: dict[str, dict[str, np.ndarray]] = {}
+        for session in sessions:
+            session_cells[session] = cells
             if session != "B" and (synthetic.drift_rf_deg > 0 or synthetic.drift_orientation_deg > 0):
                 drift_rng = np.random.default_rng(np.random.SeedSequence(
                     entropy=synthetic.seed, spawn_key=(index, SESSION_KEYS[session], DRIFT_KEY)))
-                session_cells, drift = drift_cells(cells, synthetic, drift_rng)
-                session_population = TruePopulation(session_cells).to(dtype=torch.float64)
-                session_rates = stimulus_rates(session_population, templates)
-                if drives is not None:
-                    session_drives = stimulus_drives(session_population, templates)
-                planted.update(drift)
-            arrays, recorded = simulate_container_session(synthetic, cfg, index, session, session_cells, session_rates,
-                                                          templates, world=world, population=session_population,
-                                                          drives=session_drives, planted=planted)
+                session_cells[session], drifts[session] = drift_cells(cells, synthetic, drift_rng)
+        distinct = [cells] + [c for c in session_cells.values() if c is not cells]
+        # float64: thread-count independent bytes
+        populations = [TruePopulation(c).to(dtype=torch.float64) for c in distinct]
+        rates = stimulus_rates(populations, templates)
+        dynamic = world is not None and world.dynamics.active
+        drives = stimulus_drives(populations, templates) if dynamic else [None] * len(populations)
+        for session in tqdm(sessions, desc="sessions", disable=not progress, leave=False):
+            k = next(i for i, c in enumerate(distinct) if c is session_cells[session])
+            session_population, session_rates, session_drives = populations[k], rates[k], drives[k]
+            planted: dict[str, np.ndarray] = dict(drifts.get(session, {}))
+            arrays, recorded = simulate_container_session(
+                synthetic, cfg, index, session, session_cells[session], session_rates, templates, world=world,
+                population=session_population, drives=session_drives, planted=planted)
             experiment_id = arrays.metadata.experiment_id
             write_session_nwb(Path(cache.get_cache_path(None, cache.EXPERIMENT_DATA_KEY, experiment_id)), arrays)
             save_ground_truth(cache_dir, experiment_id, TruePopulation(recorded), {**config, "session": session})
@@ -559,7 +581,7 @@ def synthesize_containers(synthetic: SyntheticConfig, cfg: SyntheticContainerCon
                 for key in ("drift_x_deg", "drift_y_deg", "drift_orientation_deg"):
                     if key in planted:
                         planted[key] = planted[key][keep]
-                _write_planted(cache_dir, experiment_id, planted)
+            _write_planted(cache_dir, experiment_id, planted if world is not None else None)
             ids.append(experiment_id)
             del arrays  # before the next session is simulated: a session's traces are ~1 GB
             gc.collect()
