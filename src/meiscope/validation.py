@@ -336,9 +336,10 @@ def best_scene_table(truth: dict[str, nn.Module], kinds: Sequence[str], cell_ids
     table = pd.DataFrame({"cell_id": np.asarray(cell_ids), "kind": list(kinds), "selected": np.asarray(selected, bool)})
     columns = np.arange(len(table))
     for label, images in (("native", scenes), ("matched", matched)):
-        best = _all_responses(truth["drive"], images, device).argmax(axis=0) if len(images) else columns
+        responses = {q: _all_responses(truth[q], images, device) for q in SCENE_QUANTITIES}
+        best = responses["drive"].argmax(axis=0) if len(images) else columns
         for q in SCENE_QUANTITIES:
-            table[f"true_{q}_best_scene_{label}"] = _all_responses(truth[q], images, device)[best, columns]
+            table[f"true_{q}_best_scene_{label}"] = responses[q][best, columns]
     for q in SCENE_QUANTITIES:
         table[f"true_{q}_optimum"] = true_responses(truth[q], optima, device)
     return table

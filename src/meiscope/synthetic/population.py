@@ -47,6 +47,7 @@ from ``saturation``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, fields
@@ -73,8 +74,8 @@ OUT_OF_FAMILY = ("centre_surround", "suppressed")  # optima that are not Gabors 
 # ``unresponsive`` so that, at zero share, they leave the kind draw of a Gabor-family cortex unchanged.
 KINDS = (*GABOR_FAMILY, *OUT_OF_FAMILY, "unresponsive")
 DRIVEN_KINDS = (*GABOR_FAMILY, *OUT_OF_FAMILY)  # the kinds whose drive depends on the image
-# The extra parameters of the out-of-family kinds come from a child stream of the population's generator
-# (its seed sequence plus this key), so drawing them moves none of the Gabor-family draws.
+# The extra parameters of the out-of-family kinds come from a stream derived from the population's generator
+# (a digest of its state plus this key; :func:`extra_rng`), so drawing them moves none of the Gabor-family draws.
 EXTRA_STREAM = 0x0F5F
 # neutral values of the extra parameters, for cells that do not use them
 NEUTRAL_EXTRAS = {"surround_ratio": 1.0, "surround_strength": 0.0, "polarity": 1.0}
@@ -199,11 +200,11 @@ class ExtraRanges:
 
 
 def extra_rng(rng: np.random.Generator) -> np.random.Generator:
-    """A generator independent of ``rng``'s stream and determined by its seed (``rng`` is not advanced)."""
-    # numpy < 1.25 keeps the seed sequence private (``_seed_seq``)
-    seq = getattr(rng.bit_generator, "seed_seq", None) or rng.bit_generator._seed_seq
-    return np.random.default_rng(np.random.SeedSequence(entropy=seq.entropy,
-                                                         spawn_key=(*seq.spawn_key, EXTRA_STREAM)))
+    """A generator independent of ``rng``'s stream and determined by its current state (``rng`` is not
+    advanced). Only the public ``bit_generator.state`` is read: numpy < 1.25 keeps the seed sequence private."""
+    state = json.dumps(rng.bit_generator.state, sort_keys=True, default=lambda value: np.asarray(value).tolist())
+    entropy = int.from_bytes(hashlib.sha256(state.encode()).digest()[:16], "little")
+    return np.random.default_rng(np.random.SeedSequence(entropy=entropy, spawn_key=(EXTRA_STREAM,)))
 
 
 def sample_extras(kinds: np.ndarray, rng: np.random.Generator, ranges: ExtraRanges) -> dict[str, np.ndarray]:

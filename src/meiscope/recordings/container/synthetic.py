@@ -238,6 +238,11 @@ def draw_out_of_family(synthetic: SyntheticConfig, index: int, n_cells: int) -> 
     return OutOfFamily(dynamics=dynamics, amplitude=amplitude)
 
 
+def _dg_orientations(dg) -> np.ndarray:
+    """The drifting gratings' orientations mod 180, sorted: the rows of :func:`stimulus_drives`' grating drives."""
+    return np.unique(dg["orientation"].to_numpy() % 180.0)
+
+
 def stimulus_drives(populations: Sequence[TruePopulation],
                     templates: ContainerTemplates) -> list[dict[str, np.ndarray]]:
     """Each population's static drives in units of each cell's semisaturation, for the dynamics (the
@@ -255,7 +260,7 @@ def stimulus_drives(populations: Sequence[TruePopulation],
     for name, frames in templates.movies.items():
         for drives, values, semisat in zip(out, _responses(functions, n_cells, frames, vf.movie_to_field), semisats):
             drives[name] = values / semisat
-    orientations = np.unique(layout.drifting_grating_conditions()["orientation"].to_numpy() % 180.0)
+    orientations = _dg_orientations(layout.drifting_grating_conditions())
     frames = np.stack([vf.grating_to_field(o, layout.DG_SPATIAL_FREQUENCY, k / DG_PHASES, CONTRAST, RENDER_FIELD)
                        for o in orientations for k in range(DG_PHASES)])
     for drives, values, semisat in zip(out, _responses(functions, n_cells, frames), semisats):
@@ -274,7 +279,7 @@ def _run_drive(timeline: layout.Timeline, rows: np.ndarray, drives: dict[str, np
     """The static drive of ``cells`` at every substep of the segments ``rows`` (a run of movie or
     drifting-grating and gray segments), and each substep's segment (position in ``rows``)."""
     dg = layout.drifting_grating_conditions()
-    orientations = np.unique(dg["orientation"].to_numpy() % 180.0)
+    orientations = _dg_orientations(dg)
     # each sweep's start: its segments are consecutive and inside the run (a search per row over the whole
     # timeline made hour-long sessions slow)
     trials = timeline.trial[rows]
@@ -552,36 +557,37 @@ def synthesize_containers(synthetic: SyntheticConfig, cfg: SyntheticContainerCon
         world = draw_out_of_family(synthetic, index, cells.n_cells) if active else None
         # each session's cells (sessions other than B drift when drift is on), drawn up front so that every
         # stimulus is drawn into the scene frame once for all of them
-        session_cells: dict[str, CellParams] = {}
-        drifts: dict[str, dict[str, np.ndarray]] = {}
+        cell_sets, of_session, drifts = [cells], {}, {}  # of_session: session -> its entry of cell_sets
         for session in sessions:
-            session_cells[session] = cells
+            of_session[session] = 0
             if session != "B" and (synthetic.drift_rf_deg > 0 or synthetic.drift_orientation_deg > 0):
                 drift_rng = np.random.default_rng(np.random.SeedSequence(
                     entropy=synthetic.seed, spawn_key=(index, SESSION_KEYS[session], DRIFT_KEY)))
-                session_cells[session], drifts[session] = drift_cells(cells, synthetic, drift_rng)
-        distinct = [cells] + [c for c in session_cells.values() if c is not cells]
+                drifted, drifts[session] = drift_cells(cells, synthetic, drift_rng)
+                of_session[session] = len(cell_sets)
+                cell_sets.append(drifted)
         # float64: thread-count independent bytes
-        populations = [TruePopulation(c).to(dtype=torch.float64) for c in distinct]
+        populations = [TruePopulation(c).to(dtype=torch.float64) for c in cell_sets]
         rates = stimulus_rates(populations, templates)
         dynamic = world is not None and world.dynamics.active
         drives = stimulus_drives(populations, templates) if dynamic else [None] * len(populations)
         for session in tqdm(sessions, desc="sessions", disable=not progress, leave=False):
-            k = next(i for i, c in enumerate(distinct) if c is session_cells[session])
-            session_population, session_rates, session_drives = populations[k], rates[k], drives[k]
+            k = of_session[session]
             planted: dict[str, np.ndarray] = dict(drifts.get(session, {}))
             arrays, recorded = simulate_container_session(
-                synthetic, cfg, index, session, session_cells[session], session_rates, templates, world=world,
-                population=session_population, drives=session_drives, planted=planted)
+                synthetic, cfg, index, session, cell_sets[k], rates[k], templates, world=world,
+                population=populations[k], drives=drives[k], planted=planted)
             experiment_id = arrays.metadata.experiment_id
             write_session_nwb(Path(cache.get_cache_path(None, cache.EXPERIMENT_DATA_KEY, experiment_id)), arrays)
             save_ground_truth(cache_dir, experiment_id, TruePopulation(recorded), {**config, "session": session})
-            if world is not None:
-                keep = np.isin(cells.cell_ids, planted["true_cell_ids"])
+            if world is None:
+                _write_planted(cache_dir, experiment_id, None)
+            else:
+                keep = np.isin(cells.cell_ids, planted["true_cell_ids"])  # the drift of the recorded rows
                 for key in ("drift_x_deg", "drift_y_deg", "drift_orientation_deg"):
                     if key in planted:
                         planted[key] = planted[key][keep]
-            _write_planted(cache_dir, experiment_id, planted if world is not None else None)
+                _write_planted(cache_dir, experiment_id, planted)
             ids.append(experiment_id)
             del arrays  # before the next session is simulated: a session's traces are ~1 GB
             gc.collect()

@@ -53,11 +53,7 @@ PREF_CONDITION = "pref_image_ns_condition"  # Allen's own pref_image_ns: a stimu
 NOT_MEDIANS = ("p_value_rf", "azimuth_rf", "elevation_rf", "pref_image_ns", PREF_CONDITION)
 INDEX = "ecephys_unit_id"  # the index column allensdk writes and reads
 SCENE_STIMULI = ("natural_scenes", "Natural_Images", "Natural Images")  # allensdk's names of the stimulus
-# allensdk's RF analysis (ReceptiveFieldMapping): map smoothing threshold (x std below the peak), spike floor
-RF_MASK_THRESHOLD = 0.5
-RF_MIN_SPIKES = 10
-# gaze-centred degrees = screen degrees + offset (allensdk's convert_*_to_degrees on the 9 x 9 grid)
-AZIMUTH_OFFSET_DEG, ELEVATION_OFFSET_DEG = 50.0, 10.0
+# the RF analysis's mask threshold, spike floor and gaze-centred frame are gabor_check's (Allen's definitions)
 PRESENTATION_S = 0.25  # count window of every static BO1.1 stimulus (allensdk's trial duration)
 
 
@@ -281,7 +277,8 @@ def rf_metrics(session: Any, unit_ids: np.ndarray, seed: int) -> pd.DataFrame:
     """
     from allensdk.brain_observatory.ecephys.stimulus_analysis.receptive_field_mapping import threshold_rf
 
-    from meiscope.recordings.neuropixels.gabor_check import shuffle_p_values
+    from meiscope.recordings.neuropixels.gabor_check import (RF_MASK_STD, RF_MIN_SPIKES, screen_to_gaze,
+                                                             shuffle_p_values)
 
     table = session.stimulus_presentations
     table = table[table["stimulus_name"] == "gabors"]
@@ -300,10 +297,10 @@ def rf_metrics(session: Any, unit_ids: np.ndarray, seed: int) -> pd.DataFrame:
         # integer totals, as Allen's map is: the smoothing in threshold_rf then keeps integers too
         rf = np.bincount(position, weights=counts[:, k], minlength=len(xs) * len(ys)).astype(np.int64)
         rf = rf.reshape(len(ys), len(xs))
-        _, center_x, center_y, _ = threshold_rf(rf, RF_MASK_THRESHOLD)
+        _, center_x, center_y, _ = threshold_rf(rf, RF_MASK_STD)
         # grid index -> screen degrees (linear: the grid is evenly spaced) -> gaze-centred degrees
-        azimuth[k] = np.interp(center_x, np.arange(len(xs)), xs) + AZIMUTH_OFFSET_DEG
-        elevation[k] = np.interp(center_y, np.arange(len(ys)), ys) + ELEVATION_OFFSET_DEG
+        azimuth[k], elevation[k] = screen_to_gaze(np.interp(center_x, np.arange(len(xs)), xs),
+                                                  np.interp(center_y, np.arange(len(ys)), ys))
     return pd.DataFrame({"p_value_rf": p_values, "azimuth_rf": azimuth, "elevation_rf": elevation}, index=unit_ids)
 
 
