@@ -242,9 +242,10 @@ def test_the_shipped_params_file_follows_its_profile():
     supplied = {key for profile in SYNTHETIC_PROFILES.values() for key in profile}
     assert not supplied & set(raw["synthetic"]), "params.yaml would override its profile"
     shipped = load_params(ROOT / "params.yaml").synthetic
-    switched = parse_params({**raw, "synthetic": {**raw["synthetic"], "profile": "out_of_family"}}).synthetic
-    assert shipped.kinds.suppressed == 0 and switched.kinds.suppressed > 0
-    assert switched.rf_centre_range == [0.0, 1.0]
+    assert shipped.profile == "out_of_family"  # the default instrument: a cortex outside the model's family
+    switched = parse_params({**raw, "synthetic": {**raw["synthetic"], "profile": "gabor_family"}}).synthetic
+    assert shipped.kinds.suppressed > 0 and switched.kinds.suppressed == 0
+    assert shipped.rf_centre_range == [0.0, 1.0] and switched.rf_centre_range == [0.2, 0.8]
 
 
 @pytest.mark.parametrize("raw, key", [

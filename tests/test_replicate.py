@@ -341,7 +341,7 @@ def test_a_confirmatory_run_refuses_what_would_make_its_seeds_lie(checkout, tmp_
 
 def _fake_runs(monkeypatch, during=None):
     """replicate() without running stages: each seed's metrics are fake, ``during(seed)`` runs per seed."""
-    def run(params, root, seed, device=None, bar=None):
+    def run(params, root, seed, device=None, bar=None, profile=None):
         if during:
             during(seed)
         return fake_metrics(0.5 + seed % 7 / 20, -1)
@@ -430,3 +430,37 @@ def test_the_docs_tables_say_which_protocol_each_summary_comes_from(tmp_path):
     assert "`replicates-old.json` (development)" in both and "`replicates-new.json` (confirmatory)" in both
     with pytest.raises(hook.MetricTableError, match="metrics/replicates-bad.json: .*'protocol' must be one of"):
         hook.render("<!-- replicates-table: metrics/replicates-bad.json -->", tmp_path)
+
+
+def test_the_same_confirmatory_seeds_run_on_another_cortex_side_by_side(checkout, monkeypatch):
+    """``--profile``: the commit's seeds on another synthetic profile, in folders and a summary of its own."""
+    ran = []
+    monkeypatch.setattr(rep, "run_project", lambda folder, raw, *a: ran.append((folder, raw)) or fake_metrics(0.6, -1))
+    monkeypatch.setattr(rep, "locked_code_key", lambda folder: "code")
+    params = load_params(checkout / "params.yaml")
+    own = rep.replicate(params, checkout, progress=False)
+    other = rep.replicate(params, checkout, progress=False, profile="out_of_family")
+    assert own["seeds"] == other["seeds"] == sorted(_seeds(checkout)[0])
+    assert other["seed_derivation"] == own["seed_derivation"] and other["protocol"] == "confirmatory"
+    assert (own["profile"], other["profile"]) == ("gabor_family", "out_of_family")
+    assert json.loads((checkout / "metrics" / "replicates-out_of_family.json").read_text())["profile"] == "out_of_family"
+    assert json.loads((checkout / "metrics" / "replicates.json").read_text())["profile"] == "gabor_family"
+    folders = {folder.relative_to(checkout).parent.as_posix() for folder, _ in ran}
+    assert folders == {"replicates", "replicates/profile-out_of_family"}
+    by_profile = {raw["synthetic"]["profile"]: raw["synthetic"] for _, raw in ran}
+    assert by_profile["out_of_family"]["kinds"]["centre_surround"] > 0 == by_profile["gabor_family"]["kinds"]["centre_surround"]
+    # the own profile named again is the study as set; an unknown one is refused before anything runs
+    assert rep.replicate(params, checkout, progress=False, profile="gabor_family")["profile"] == "gabor_family"
+    with pytest.raises(MeiscopeError, match="^replicate --profile: must be one of gabor_family, out_of_family"):
+        rep.replicate(params, checkout, progress=False, profile="retina")
+
+
+def test_switching_profile_keeps_the_keys_a_user_pinned():
+    from meiscope.config import SyntheticConfig, parse_params, switch_profile
+
+    family = switch_profile(parse_params({"synthetic": {"profile": "out_of_family"}}), "gabor_family")
+    assert family.synthetic == SyntheticConfig()  # every key the out_of_family profile supplied is gone
+    pinned = parse_params({"synthetic": {"profile": "out_of_family", "saccade_fraction": 0.3}})
+    assert switch_profile(pinned, "gabor_family").synthetic.saccade_fraction == 0.3
+    back = switch_profile(family, "out_of_family").synthetic
+    assert back == parse_params({"synthetic": {"profile": "out_of_family"}}).synthetic

@@ -246,8 +246,11 @@ def dvcfile(check: bool, root: str) -> None:
 @DEVICE_OPTION
 @click.option("--seeds", default=None, help="Comma-separated development seeds (default: replicate.seeds; only "
               "with replicate.protocol development).")
+@click.option("--profile", default=None, help="Run the same seeds on this synthetic cortex instead of "
+              "synthetic.profile's (e.g. gabor_family beside the default out_of_family); writes "
+              "metrics/replicates-<recording>-<profile>.json.")
 @_stage
-def replicate(params: Any, root: Path, device: str | None, seeds: str | None) -> None:
+def replicate(params: Any, root: Path, device: str | None, seeds: str | None, profile: str | None) -> None:
     """Rerun the synthetic study on several new cortices; intervals for every headline figure.
 
     replicate.protocol confirmatory (the default) draws replicate.n_confirmatory seeds from the committed
@@ -261,7 +264,7 @@ def replicate(params: Any, root: Path, device: str | None, seeds: str | None) ->
 
     chosen = _seed_list(seeds)
     try:
-        summary = run(params, root, seeds=chosen, device=device)
+        summary = run(params, root, seeds=chosen, device=device, profile=profile)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run `meiscope replicate` again to continue where it stopped", err=True)
         sys.exit(130)

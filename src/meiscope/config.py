@@ -765,6 +765,22 @@ def with_profile(raw: dict) -> dict:
     return {**SYNTHETIC_PROFILES[name], **raw}
 
 
+def switch_profile(params: "Params", name: str) -> "Params":
+    """``params`` on the cortex of profile ``name``: every key a profile supplies takes the new profile's value
+    unless ``params`` set it to something other than its own profile's (set keys win, as in params.yaml)."""
+    require(name in SYNTHETIC_PROFILES, "synthetic.profile",
+            f"must be one of {', '.join(SYNTHETIC_PROFILES)} (got {name!r})")
+    raw = as_dict(params)
+    synthetic = raw["synthetic"]
+    supplied = {key for profile in SYNTHETIC_PROFILES.values() for key in profile}
+    own = as_dict(build_section(SyntheticConfig, {"profile": synthetic["profile"]}, "synthetic"))
+    for key in supplied:
+        if synthetic[key] == own[key]:  # the old profile's value, not one the user pinned
+            del synthetic[key]
+    synthetic["profile"] = name
+    return parse_params(raw)
+
+
 def build_section(cls: type, raw: dict, prefix: str) -> Any:
     """Build dataclass ``cls`` from a mapping, refusing unknown keys (named with ``prefix``)."""
     if cls is SyntheticConfig:

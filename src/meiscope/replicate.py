@@ -107,23 +107,26 @@ def stale_note(summary: dict[str, Any], params: Params, rerun: str) -> str:
             f"record them): rerun `{rerun}` to measure the current ones.")
 
 
-def replicates_dir(params: Params, root: Path) -> Path:
+def replicates_dir(params: Params, root: Path, profile: Optional[str] = None) -> Path:
     """Where the replicates of ``data.recording`` live (and their interval figure); inside the project, or a
-    ConfigError naming ``replicate.folder``."""
+    ConfigError naming ``replicate.folder``. ``profile``: the same seeds on another synthetic cortex
+    (:func:`replicate`'s ``profile``) live in a folder of that name beside the seeds' own."""
     from meiscope.containment import inside_project
 
     inside_project(Path(root), params.replicate.folder, "replicate.folder")
     folder = Path(root) / params.replicate.folder
-    return folder if params.data.recording == "two_photon" else folder / params.data.recording
+    folder = folder if params.data.recording == "two_photon" else folder / params.data.recording
+    return folder / f"profile-{profile}" if profile else folder
 
 
-def replicate_dir(params: Params, root: Path, seed: int) -> Path:
-    return replicates_dir(params, root) / f"seed_{seed}"
+def replicate_dir(params: Params, root: Path, seed: int, profile: Optional[str] = None) -> Path:
+    return replicates_dir(params, root, profile) / f"seed_{seed}"
 
 
-def summary_file(root: Path, recording: str) -> Path:
-    """``metrics/replicates.json`` (two-photon), else ``metrics/replicates-<recording>.json``."""
-    suffix = "" if recording == "two_photon" else f"-{recording}"
+def summary_file(root: Path, recording: str, profile: Optional[str] = None) -> Path:
+    """``metrics/replicates.json`` (two-photon), else ``metrics/replicates-<recording>.json``; with ``profile``
+    (the same seeds on another synthetic cortex) ``-<profile>`` is appended to the name."""
+    suffix = ("" if recording == "two_photon" else f"-{recording}") + (f"-{profile}" if profile else "")
     return Path(root) / "metrics" / f"replicates{suffix}.json"
 
 
@@ -135,13 +138,17 @@ def replicate_stages() -> tuple[Any, ...]:
 
 
 def run_replicate(params: Params, root: Path, seed: int, device: Optional[str] = None,
-                  bar: Any = None) -> dict[str, dict]:
+                  bar: Any = None, profile: Optional[str] = None) -> dict[str, dict]:
     """Run (or resume) replicate ``seed``; return its metrics ``{metrics file stem: dict}``.
 
-    ``bar``: an optional tqdm bar, advanced by one per stage (run or skipped).
+    ``bar``: an optional tqdm bar, advanced by one per stage (run or skipped). ``profile``: run it on that
+    synthetic cortex instead of ``params``' own (:func:`meiscope.config.switch_profile`), in its own folder.
     """
+    from meiscope.config import switch_profile
+
     header = f"# replicate {seed} of {Path(root).resolve() / 'params.yaml'} (written by meiscope replicate)"
-    return run_project(replicate_dir(params, root, seed), replicate_params(params, seed, Path(root)),
+    run_params = switch_profile(params, profile) if profile else params
+    return run_project(replicate_dir(params, root, seed, profile), replicate_params(run_params, seed, Path(root)),
                        replicate_stages(), header, device, bar)
 
 
@@ -474,22 +481,32 @@ def interval_seeds(params: Params, seeds: Optional[list[int]], command: str) -> 
 
 
 def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, device: Optional[str] = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every replicate, then write the summary (:func:`summary_file`) and the interval figure."""
+              progress: bool = True, profile: Optional[str] = None) -> dict[str, Any]:
+    """Run (or resume) every replicate, then write the summary (:func:`summary_file`) and the interval figure.
+
+    ``profile``: run the same seeds (for a confirmatory run: those drawn from the commit's params.yaml) on
+    another synthetic cortex (``synthetic.profile``), so that the two cortices compare replicate by replicate;
+    its replicates, summary and figure are named for it. None, or ``params``' own profile: the study as set.
+    """
     from tqdm import tqdm
 
     from meiscope.atomic import save_figure
+    from meiscope.config import SYNTHETIC_PROFILES, switch_profile
     from meiscope.tracking import git_commit, git_dirty
 
     if params.data.source != "synthetic":
         raise MeiscopeError("replicate: data.source must be 'synthetic' (only the synthetic cortex has a "
                             "ground truth to measure the study against)")
     protocol = params.replicate.protocol
+    if profile is not None and profile not in SYNTHETIC_PROFILES:
+        raise MeiscopeError(f"replicate --profile: must be one of {', '.join(SYNTHETIC_PROFILES)} (got {profile!r})")
+    profile = None if profile == params.synthetic.profile else profile
+    run_params = switch_profile(params, profile) if profile else params
     # the whole run holds the replicates' folder: a second `meiscope replicate` stops at once, not at a shared seed
-    with folder_lock(replicates_dir(params, root), command_line()):
+    with folder_lock(replicates_dir(params, root, profile), command_line()):
         seeds, derivation = run_seeds(params, root, seeds)
         with tqdm(total=len(seeds) * len(replicate_stages()), desc="replicates", disable=not progress) as bar:
-            metrics = {seed: run_replicate(params, root, seed, device, bar) for seed in seeds}
+            metrics = {seed: run_replicate(params, root, seed, device, bar, profile) for seed in seeds}
         if protocol == "confirmatory" and run_seeds(params, root, None)[1] != derivation:  # edited while running
             raise MeiscopeError(f"{root}: src/ or params.yaml changed while the replicates ran; rerun "
                                 "`meiscope replicate` on the new commit (finished stages are kept)")
@@ -497,11 +514,12 @@ def replicate(params: Params, root: Path, seeds: Optional[list[int]] = None, dev
     summary["protocol"] = protocol
     summary["seed_derivation"] = derivation
     summary["recording"] = params.data.recording
+    summary["profile"] = run_params.synthetic.profile
     summary["params_key"] = settings_key(params)
-    summary["code_keys"] = {str(seed): locked_code_key(replicate_dir(params, root, seed)) for seed in seeds}
+    summary["code_keys"] = {str(seed): locked_code_key(replicate_dir(params, root, seed, profile)) for seed in seeds}
     summary["git_commit"] = git_commit(Path(root))
     dirty = git_dirty(Path(root))
     summary["git_working_tree_clean"] = None if dirty == "unknown" else dirty == "false"
-    write_json(summary_file(root, params.data.recording), summary)
-    save_figure(intervals_figure(summary), replicates_dir(params, root) / "intervals.png")
+    write_json(summary_file(root, params.data.recording, profile), summary)
+    save_figure(intervals_figure(summary), replicates_dir(params, root, profile) / "intervals.png")
     return summary
