@@ -13,7 +13,8 @@ from meiscope.recordings.neuropixels.settings import SyntheticNeuropixelsConfig
 from meiscope.recordings import brain_observatory as bo
 from meiscope.recordings import screen
 from meiscope.recordings.neuropixels import gabor_check, stimuli
-from meiscope.recordings.neuropixels.synthetic import draw_spikes, make_schedule, unit_population
+from meiscope.recordings.neuropixels.synthetic import (Modulation, Schedule, draw_spikes, make_schedule,
+                                                       other_area_segments, unit_population)
 from meiscope.recordings.screen import SCENE_HEIGHT_PX, SCENE_WIDTH_PX
 from meiscope.synthetic.population import sample_cells
 from test_pipeline import TINY as TWO_PHOTON_TINY
@@ -21,8 +22,11 @@ from test_pipeline import TINY as TWO_PHOTON_TINY
 # the two-photon pipeline test's tiny study, recorded as spikes (stronger cells: 10 scene repeats, not 8)
 TINY = {**TWO_PHOTON_TINY, "data": {"recording": "neuropixels"},
         "synthetic": {**TWO_PHOTON_TINY["synthetic"], "peak_rate_hz": [10.0, 40.0]},
-        "synthetic_neuropixels": {"scene_repeats": 10, "grating_repeats": 2, "gabor_repeats": 3, "other_area_units": 6,
-                                  "poor_units": 8, "spontaneous_s": 5.0}}
+        "synthetic_neuropixels": {"scene_repeats": 10, "grating_repeats": 2, "gabor_repeats": 3,
+                                  "drifting_grating_repeats": 2, "movie_one_repeats": 2, "movie_three_repeats": 2,
+                                  "movie_one_frames": 30, "movie_three_frames": 30, "flash_repeats": 2,
+                                  "visp_units": 30, "other_area_units": 1, "channels_per_probe": 32,
+                                  "spontaneous_s": 5.0}}
 
 
 # --------------------------------------------------------------------------------------
@@ -109,10 +113,15 @@ def test_neuropixels_rf_map_test_rejects_at_its_nominal_rate_on_flat_maps():
 # --------------------------------------------------------------------------------------
 def test_neuropixels_spikes_follow_the_rates_with_a_refractory_period():
     rng = np.random.default_rng(0)
-    starts = np.arange(4000) * 0.25
-    rates = np.tile([2.0, 40.0], (4000, 1))
-    rates[::2, 1] = 5.0  # the second unit alternates between 5 and 40 Hz
-    trains = draw_spikes(starts, rates, 0.002, rng)
+    n = 4000
+    condition = np.arange(n) % 2  # the second unit alternates between 5 and 40 Hz
+    schedule = Schedule(start=np.arange(n) * 0.25, duration=np.full(n, 0.25),
+                        stimulus=np.full(n, "natural_scenes", dtype=object), condition=condition,
+                        onset=np.ones(n, dtype=bool), presentations=pd.DataFrame())
+    plain = Modulation(shared=np.ones(n), unit_gain_sd=0.0, running=np.zeros(n), running_modulation=np.zeros(2),
+                       transient_gain=np.zeros(2), transient_s=0.0)  # no gain, running or transient
+    rates = {"natural_scenes": np.array([[2.0, 5.0], [2.0, 40.0]])}
+    trains = draw_spikes(schedule, rates, np.zeros(2), np.zeros(2), plain, 0.002, rng)
     assert all(np.all(np.diff(t) >= 0.002) for t in trains)
     assert abs(len(trains[0]) / 1000.0 - 2.0) < 0.2  # 1000 s at 2 Hz
     odd = ((trains[1] - 0.04) // 0.25).astype(int) % 2 == 1
@@ -120,28 +129,40 @@ def test_neuropixels_spikes_follow_the_rates_with_a_refractory_period():
     assert 34.0 < odd.sum() / 500.0 < 40.5 and 4.0 < (~odd).sum() / 500.0 < 6.0
 
 
-def test_neuropixels_poor_units_are_scaled_copies_of_visp_units():
+def test_neuropixels_units_keep_the_cortex_tuning_and_the_share_of_spikes_their_metrics_say():
+    # the realism legitimately replaced the "poor copies" of VISp units: every unit now carries its own metrics
     rng = np.random.default_rng(1)
     cells = sample_cells(20, {"simple": 0.5, "complex": 0.5, "conjunction": 0.0, "unresponsive": 0.0}, (4.0, 8.0),
                          (5.0, 20.0), 0.5, np.arange(20), rng)
-    cfg = SyntheticNeuropixelsConfig(other_area_units=5, poor_units=4)
-    params, source, keep = unit_population(cells, cfg, rng)
-    assert params.n_cells == 29 and len(np.unique(params.cell_ids)) == 29
-    assert (params.kinds[20:25] == "unresponsive").all() and (params.rate_max[20:25] == 0).all()
-    poor = np.flatnonzero(source >= 0)
-    np.testing.assert_array_equal(poor, np.arange(25, 29))
-    np.testing.assert_allclose(params.rate_max[poor], params.rate_max[source[poor]] * keep[poor])
-    np.testing.assert_allclose(params.x[poor], params.x[source[poor]])
+    cfg = SyntheticNeuropixelsConfig(other_area_units=2)
+    params, plan, keep = unit_population(cells, cfg, rng)
+    n_other = 2 * len(other_area_segments())
+    assert params.n_cells == 20 + n_other and len(np.unique(params.cell_ids)) == 20 + n_other
+    assert (plan.areas[:20] == "VISp").all() and (plan.probes[:20] == "probeC").all()
+    assert (params.kinds[20:] == "unresponsive").all() and (params.rate_max[20:] == 0).all()
+    np.testing.assert_allclose(params.x[:20], cells.x)  # the cortex's tuning is the VISp units'
+    np.testing.assert_allclose(params.orientation[:20], cells.orientation)
+    np.testing.assert_allclose(keep, 1.0 - plan.metrics["amplitude_cutoff"])
+    np.testing.assert_allclose(params.rate_max[:20], cells.rate_max * keep[:20])
 
 
 def test_neuropixels_schedule_shows_every_condition_its_repeats():
-    cfg = SyntheticNeuropixelsConfig(scene_repeats=3, grating_repeats=2, gabor_repeats=2, spontaneous_s=10.0)
+    cfg = SyntheticNeuropixelsConfig(scene_repeats=3, grating_repeats=2, gabor_repeats=2, drifting_grating_repeats=2,
+                                     movie_one_repeats=3, movie_three_repeats=2, movie_one_frames=5,
+                                     movie_three_frames=7, flash_repeats=4, spontaneous_s=10.0)
     schedule = make_schedule(5, cfg, np.random.default_rng(0))
     scenes = schedule.condition[schedule.stimulus == "natural_scenes"]
     assert np.bincount(scenes + 1).tolist() == [3] * 6  # 5 scenes + the blank
     gabors = schedule.condition[schedule.stimulus == "gabors"]
     assert np.bincount(gabors).tolist() == [2] * 243
-    assert np.all(np.diff(schedule.start) == 0.25)
+    shown = schedule.presentations
+    assert np.bincount(shown.condition[shown.name == "drifting_gratings"] + 1).tolist() == [2] * 41
+    assert np.bincount(shown.condition[shown.name == "natural_movie_one"]).tolist() == [3] * 5
+    assert np.bincount(shown.condition[shown.name == "natural_movie_three"]).tolist() == [2] * 7
+    assert np.bincount(shown.condition[shown.name == "flashes"]).tolist() == [4, 4]
+    # segments lie end to end; a drifting grating is 8 bins of 250 ms with one onset
+    np.testing.assert_allclose(schedule.start[1:], schedule.start[:-1] + schedule.duration[:-1], atol=1e-9)
+    assert schedule.onset[schedule.stimulus == "drifting_gratings"].sum() == 82
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +178,19 @@ def npx_study(tmp_path_factory):
     return root, params
 
 
-def test_neuropixels_session_is_read_by_allensdk_and_filtered(npx_study):
+@pytest.fixture(scope="module")
+def npx_session(npx_study):
+    """The study's session as allensdk reads it, every unit (filters off), opened once for the module."""
+    from meiscope.recordings.neuropixels.cache import session_nwb
+    from meiscope.recordings.neuropixels.unit_metrics import read_session
+
+    root, params = npx_study
+    with read_session(session_nwb(root / "data" / "synthetic_ecephys", params.synthetic_neuropixels.session_id),
+                      unfiltered=True) as session:
+        yield session
+
+
+def test_neuropixels_session_is_read_by_allensdk_and_filtered(npx_study, npx_session):
     from meiscope.dataset import ResponseDataset
     from meiscope.recordings.neuropixels.cache import session_nwb
     from meiscope.synthetic.population import load_true_population
@@ -168,12 +201,85 @@ def test_neuropixels_session_is_read_by_allensdk_and_filtered(npx_study):
     assert session_nwb(cache_dir, session_id).is_file()
     ds = ResponseDataset.load(root / "results" / "responses" / f"{session_id}.npz")
     truth = load_true_population(cache_dir, session_id)
-    assert truth.n_cells == 30 + 6 + 8
-    # kept: exactly the 30 VISp units; the CA1/LP units and the 8 poorly isolated copies are dropped
-    np.testing.assert_array_equal(ds.cell_ids, truth.cell_ids[:30])
+    assert truth.n_cells == 30 + len(other_area_segments())  # 30 VISp units, one in each other probe segment
+    units = npx_session.units
+    expected = {"VISp": 30}  # and one unit in each other probe segment (other_area_units: 1)
+    for _, area in other_area_segments():
+        expected[area] = expected.get(area, 0) + 1
+    assert units.structure_acronym.value_counts().to_dict() == expected
+    good = ((units.amplitude_cutoff <= 0.1) & (units.presence_ratio >= 0.95) & (units.isi_violations <= 0.5)
+            & (units.structure_acronym == "VISp"))
+    # kept: exactly the VISp units inside allensdk's default filters (round(0.47 x 30) of them); other areas dropped
+    assert good.sum() == 14
+    np.testing.assert_array_equal(ds.cell_ids, np.sort(units.index[good].to_numpy()))
+    assert set(ds.cell_ids) <= set(truth.cell_ids[:30])
     assert ds.response_kind == "counts" and ds.source == "synthetic_neuropixels"
     assert ds.n_images == 24 and len(ds.trial_image) == 24 * 10 and len(ds.blank_responses) == 10
     assert np.all(ds.responses == np.round(ds.responses)) and ds.responses.min() >= 0
+
+
+def test_neuropixels_session_has_allens_running_speed_and_invalid_times(npx_study, npx_session):
+    running = npx_session.running_speed  # allensdk's reader of the ``running`` module
+    assert list(running.columns) == ["start_time", "end_time", "velocity"] and len(running) > 1000
+    np.testing.assert_allclose(running.end_time - running.start_time, 1.0 / 30.0, rtol=1e-9)
+    assert running.velocity.min() >= 0 and (running.velocity > 5).mean() > 0.1 and (running.velocity < 1).mean() > 0.1
+    invalid = npx_session.invalid_times
+    assert list(invalid.columns) == ["start_time", "stop_time", "tags"] and len(invalid) == 3
+    assert (invalid.stop_time > invalid.start_time).all()
+    tags = [list(t) for t in invalid.tags]
+    assert all(len(t) == 3 and all(isinstance(x, str) for x in t) for t in tags)
+    assert [t[2] for t in tags] == ["stimulus", "probeA", "probeF"]  # the session's, then two probes'
+    # allensdk masks the presentations the stimulus interval overlaps: drifting gratings only
+    table = npx_session.stimulus_presentations
+    masked = table[table.stimulus_name == "invalid_presentation"]
+    assert len(masked) >= 1
+    start, stop = invalid.start_time.iloc[0], invalid.stop_time.iloc[0]
+    assert ((masked.start_time < stop) & (masked.stop_time > start)).all()
+    dg = table[table.stimulus_name == "drifting_gratings"]
+    assert len(dg) + len(masked) == 41 * 2 and (table.stimulus_name == "natural_scenes").sum() == 25 * 10
+
+
+def test_neuropixels_stimulus_table_holds_every_bo11_stimulus_with_allens_column_types(npx_session):
+    table = npx_session.stimulus_presentations
+    names = set(table.stimulus_name) - {"invalid_presentation"}
+    assert names == {"spontaneous", "gabors", "flashes", "drifting_gratings", "natural_movie_three",
+                     "natural_movie_one", "static_gratings", "natural_scenes"}
+    gabors = table[table.stimulus_name == "gabors"]
+    assert len(gabors) == 243 * 3 and np.allclose(gabors.duration, 0.25)
+    # Allen's text-valued parameters (read back as text: allensdk's literal_eval never runs on them)
+    assert set(gabors.spatial_frequency) == {"0.08"} and set(gabors["size"]) == {"[20.0, 20.0]"}
+    assert set(gabors.phase) == {"[3644.93, 3644.93]"}
+    assert sorted(set(gabors.x_position.astype(float))) == list(np.arange(-40.0, 41.0, 10.0))
+    scenes = table[table.stimulus_name == "natural_scenes"]
+    assert set(scenes.orientation) == {"null"} and set(scenes.frame.astype(float)) == set(np.arange(-1.0, 24.0))
+    gratings = table[table.stimulus_name == "static_gratings"]
+    blank = gratings.orientation == "null"
+    assert blank.sum() == 2 and set(gratings.spatial_frequency[blank]) == {"null"}
+    assert set(gratings.spatial_frequency[~blank]) == {"0.02", "0.04", "0.08", "0.16", "0.32"}
+    dg = table[table.stimulus_name == "drifting_gratings"]
+    shown = dg[dg.orientation != "null"]
+    assert np.allclose(shown.duration, 2.0) and set(shown.temporal_frequency.astype(float)) == {1.0, 2.0, 4.0, 8.0, 15.0}
+    assert set(table[table.stimulus_name == "flashes"].color) == {-1.0, 1.0}
+    movie = table[table.stimulus_name == "natural_movie_one"]
+    assert len(movie) == 30 * 2 and np.allclose(movie.duration, 1.0 / 30.0)
+    assert (table.index == np.arange(len(table))).all() and table.start_time.is_monotonic_increasing
+
+
+def test_neuropixels_allensdk_stimulus_analyses_run_on_the_session(npx_session):
+    from allensdk.brain_observatory.ecephys.stimulus_analysis.natural_scenes import NaturalScenes
+    from allensdk.brain_observatory.ecephys.stimulus_analysis.receptive_field_mapping import ReceptiveFieldMapping
+    from allensdk.brain_observatory.ecephys.stimulus_analysis.static_gratings import StaticGratings
+
+    units = npx_session.units
+    ids = units.index[units.structure_acronym == "VISp"].to_numpy()[:4]  # a few units keep it quick
+    expected = {ReceptiveFieldMapping: ("azimuth_rf", "elevation_rf", "p_value_rf", "firing_rate_rf"),
+                NaturalScenes: ("pref_image_ns", "image_selectivity_ns", "run_mod_ns", "firing_rate_ns"),
+                StaticGratings: ("pref_ori_sg", "pref_sf_sg", "g_osi_sg", "firing_rate_sg")}
+    for analysis, columns in expected.items():
+        metrics = analysis(npx_session, filter=list(ids)).metrics  # needs the running speed
+        assert sorted(metrics.index) == sorted(ids) and set(columns) <= set(metrics.columns)
+        assert np.isfinite(metrics[columns[-1]].astype(float)).all() and (metrics[columns[-1]] > 0).all()
+    assert ReceptiveFieldMapping(npx_session, filter=list(ids)).metrics.p_value_rf.dropna().between(0, 1).all()
 
 
 def test_neuropixels_counts_equal_counts_from_the_spike_times(npx_study):
@@ -213,9 +319,11 @@ def test_neuropixels_extract_keeps_the_gabor_presentations_counts(npx_study):
     other = load_other_stimuli(other_stimuli_path(dataset_path))
     gabors, ids = other["gabors"], ResponseDataset.load(dataset_path).cell_ids
     counts, condition = gabors["presentation_counts"], gabors["presentation_condition"]
-    assert counts.shape == (243 * 3, 30) and counts.dtype.kind == "i" and condition.shape == (243 * 3,)
+    n_units = len(ids)  # the VISp units that pass the filters
+    assert counts.shape == (243 * 3, n_units) and counts.dtype.kind == "i" and condition.shape == (243 * 3,)
     assert "presentation_counts" not in other["static_gratings"]  # only the shuffle test needs them
-    means = np.stack([np.bincount(condition, weights=counts[:, u], minlength=243) for u in range(30)], axis=1) / 3
+    means = np.stack([np.bincount(condition, weights=counts[:, u], minlength=243) for u in range(n_units)],
+                     axis=1) / 3
     np.testing.assert_allclose(gabors["mean_counts"], means, rtol=1e-6)  # the existing keys are unchanged
     with pynwb.NWBHDF5IO(str(session_nwb(root / "data" / "synthetic_ecephys", session_id)), "r",
                          load_namespaces=True) as io:

@@ -23,6 +23,15 @@ not this module's business. It writes allensdk 2.16.2's ``EcephysProjectCache`` 
   trains are refused here.
 - Stimuli are ``TimeIntervals`` named ``<stimulus>_presentations`` with ``stimulus_name``,
   ``stimulus_block`` and ``stimulus_index`` (the reader drops the last and fails without it).
+- Running speed is the ``running`` processing module, as allensdk's own writer makes it:
+  ``running_speed`` (velocity, cm/s, timestamps = sample starts), ``running_speed_end_times``
+  (NaN data, timestamps = sample ends) and ``running_wheel_rotation`` (radians per sample).
+  allensdk's stimulus analyses (``ReceptiveFieldMapping``, ``NaturalScenes``, ...) read it.
+- ``invalid_times`` is a ``TimeIntervals`` with ``start_time``, ``stop_time`` and ``tags``
+  (``[type, id, label]``, e.g. ``["EcephysSession", "<sid>", "stimulus"]``); allensdk masks the
+  presentations a ``stimulus``-tagged interval overlaps as ``invalid_presentation``.
+- Natural-movie templates go to ``natural_movie_templates/natural_movie_<n>.h5``, which allensdk
+  reads with ``np.load`` (``.npy`` content despite the name).
 - ``get_session_data`` needs all four CSVs and inner-merges the session's channels with
   ``channels.csv``: channel ids missing there silently drop their units.
 - ``get_units`` (and the session table's ``unit_count``) drops out-of-brain units only when
@@ -36,10 +45,10 @@ import io
 import itertools
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -55,6 +64,7 @@ SPIKE_AMPLITUDE_V = 1e-4  # one constant amplitude per spike; nothing in meiscop
 PRESENTATION_COLUMNS = ("start_time", "stop_time", "stimulus_name", "stimulus_block", "stimulus_index")
 # A fixed date keeps the file's content independent of when it was written.
 SESSION_START = datetime(2019, 1, 1, tzinfo=timezone.utc)
+WHEEL_RADIUS_CM = 8.255 * 2.0 / 3.0  # the running wheel's effective radius (see _add_running_speed)
 GZIP = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 # Allen CCF structure ids (the Allen mouse brain ontology) of the areas Visual Coding probes pass
@@ -99,6 +109,13 @@ class Units:
 
 
 @dataclass
+class RunningSpeed:
+    start_time: np.ndarray         # (n_samples,) float64 s
+    end_time: np.ndarray           # (n_samples,) float64 s
+    velocity: np.ndarray           # (n_samples,) float cm/s
+
+
+@dataclass
 class EcephysSessionArrays:
     session_id: int
     session_type: str              # "brain_observatory_1.1"
@@ -112,6 +129,9 @@ class EcephysSessionArrays:
     # interval name WITHOUT the suffix ("natural_scenes", "static_gratings", "gabors", "spontaneous") -> table
     presentations: dict[str, "pd.DataFrame"]
     scene_templates: np.ndarray    # (n_scenes, rows, columns) uint8 (Allen's: 918 x 1174), natural_scene_<n>.tiff for n = 0..n_scenes-1
+    running_speed: Optional[RunningSpeed] = None  # the ``running`` module (allensdk's analyses need it)
+    invalid_times: Optional[pd.DataFrame] = None  # start_time, stop_time, tags (list of 3 str) per interval
+    movie_templates: dict[int, np.ndarray] = field(default_factory=dict)  # n -> (frames, rows, cols) uint8
 
 
 # --------------------------------------------------------------------------------------
@@ -132,6 +152,8 @@ def write_session(cache_dir: Path, arrays: EcephysSessionArrays) -> Path:
     write_session_nwb(path, arrays)
     write_project_tables(cache_dir, arrays)
     write_scene_templates(cache_dir, arrays.scene_templates)
+    for number, frames in sorted(arrays.movie_templates.items()):
+        write_movie_template(cache_dir, number, frames)
     return path
 
 
@@ -178,6 +200,10 @@ def _build_nwbfile(arrays: EcephysSessionArrays) -> Any:
     nwbfile.units = _units_table(arrays)
     for name in sorted(arrays.presentations):
         nwbfile.add_time_intervals(_presentation_intervals(name, arrays.presentations[name]))
+    if arrays.running_speed is not None:
+        _add_running_speed(nwbfile, arrays.running_speed)
+    if arrays.invalid_times is not None and len(arrays.invalid_times):
+        _add_invalid_times(nwbfile, arrays.invalid_times)
     _derive_object_ids(nwbfile, int(arrays.session_id))
     return nwbfile
 
@@ -318,6 +344,40 @@ def _firing_rates(arrays: EcephysSessionArrays, counts: np.ndarray) -> np.ndarra
             stops.append(float(table["stop_time"].max()))
     span = (max(stops) - min(starts)) if starts else 0.0
     return counts / span if span > 0 else np.zeros(len(counts))
+
+
+def _add_running_speed(nwbfile: Any, running: RunningSpeed) -> None:
+    """The ``running`` module as allensdk's writer lays it out (velocity cm/s; wheel rotation in radians)."""
+    from hdmf.backends.hdf5.h5_utils import H5DataIO
+    from pynwb import ProcessingModule, TimeSeries
+
+    velocity = np.asarray(running.velocity, dtype=np.float64)
+    start = np.asarray(running.start_time, dtype=np.float64)
+    end = np.asarray(running.end_time, dtype=np.float64)
+    module = ProcessingModule("running", "running speed data")
+    nwbfile.add_processing_module(module)
+    speed = TimeSeries(name="running_speed", data=H5DataIO(velocity, **GZIP), timestamps=H5DataIO(start, **GZIP),
+                       unit="cm/s")
+    ends = TimeSeries(name="running_speed_end_times", data=H5DataIO(np.full(velocity.shape, np.nan), **GZIP),
+                      timestamps=H5DataIO(end, **GZIP), unit="cm/s")
+    # wheel rotation per sample: distance / effective radius (allensdk's extract_running_speed defaults:
+    # wheel_radius 8.255 cm x subject_position 2/3)
+    rotation = TimeSeries(name="running_wheel_rotation",
+                          data=H5DataIO(velocity * (end - start) / WHEEL_RADIUS_CM, **GZIP),
+                          timestamps=speed, unit="radians")
+    for series in (speed, ends, rotation):
+        module.add_data_interface(series)
+
+
+def _add_invalid_times(nwbfile: Any, table: pd.DataFrame) -> None:
+    """``nwbfile.invalid_times``: one interval per row, ``tags`` a list of strings ([type, id, label])."""
+    from pynwb.epoch import TimeIntervals
+
+    container = TimeIntervals(name="invalid_times", description="times when the data are not valid (synthetic)")
+    for row in table.itertuples(index=False):
+        container.add_interval(start_time=float(row.start_time), stop_time=float(row.stop_time),
+                               tags=[str(t) for t in row.tags])
+    nwbfile.invalid_times = container
 
 
 def _presentation_intervals(name: str, table: pd.DataFrame) -> Any:
@@ -462,6 +522,31 @@ def write_scene_templates(cache_dir: Path, templates: np.ndarray) -> None:
             continue
         with atomic_path(path, suffix=".tiff") as tmp:
             _write_tiff(tmp, image)
+
+
+def movie_template_file(cache_dir: Path, number: int) -> Path:
+    """Where allensdk's cache keeps natural movie ``number`` (``.h5`` by name, ``.npy`` by content)."""
+    return Path(cache_dir) / "natural_movie_templates" / f"natural_movie_{int(number)}.h5"
+
+
+def write_movie_template(cache_dir: Path, number: int, frames: np.ndarray) -> Path:
+    """Write a ``(n_frames, rows, cols)`` uint8 movie where ``get_natural_movie_template(number)`` reads it."""
+    frames = np.asarray(frames)
+    path = movie_template_file(cache_dir, number)
+    if frames.dtype != np.uint8 or frames.ndim != 3 or min(frames.shape) < 1:
+        raise NeuropixelsError(f"{path}: a movie template must be a non-empty uint8 (frames, rows, columns) "
+                               f"array, got {frames.dtype} {frames.shape}")
+    if path.is_file():
+        try:
+            if np.array_equal(np.load(path, allow_pickle=False), frames):
+                return path  # unchanged: leave the file alone
+        except (OSError, ValueError):
+            pass  # unreadable: rewrite it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".h5") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, frames, allow_pickle=False)
+    return path
 
 
 def _write_tiff(path: Path, image: np.ndarray) -> None:
