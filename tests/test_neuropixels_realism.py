@@ -143,9 +143,10 @@ def test_spontaneous_rates_are_heavy_tailed_with_fast_spiking_units(default_sess
 def test_natural_scene_counts_are_over_dispersed_like_798911424(default_session):
     visp = default_session["plan"].areas == "VISp"
     fano = _fano_factors(default_session["spikes"], default_session["schedule"])[visp]
-    # 798911424: median 1.27 over VISp units (1.34 over those passing the filters). Tolerance +-0.15: the
-    # two real figures differ by 0.07, and the median over 200 units moves by a few hundredths between
-    # seeds; a Poisson session (below) sits at 1.0, outside it
+    # 798911424: median 1.27 over VISp units (1.34 over those passing the filters); the default session
+    # gives 1.28, this fixture 1.22 (its 24 small scenes drive the cells less, and a unit's ratio grows
+    # with its mean count). Tolerance [1.15, 1.45]: both real figures and both of ours inside, with a few
+    # hundredths to spare for other seeds; a Poisson session (below) sits at 1.0, outside it
     assert 1.15 < np.nanmedian(fano) < 1.45
     poisson = _simulate(SyntheticNeuropixelsConfig(shared_gain_sd=0.0, unit_gain_sd=0.0, visp_units=60,
                                                    other_area_units=0, running_modulation=[0.0, 0.0]))

@@ -86,7 +86,7 @@ class SyntheticNeuropixelsConfig:
     fast_spiking_rate_hz: list[float] = field(default_factory=lambda: [10.0, 50.0])
     shared_gain_sd: float = 0.3  # log s.d. of the population's gain per presentation (half slow)
     shared_gain_tau_s: float = 20.0
-    unit_gain_sd: float = 0.5  # log s.d. of each unit's own gain per presentation
+    unit_gain_sd: float = 0.45  # log s.d. of each unit's own gain per presentation
     running_modulation: list[float] = field(default_factory=lambda: [-0.2, 1.0])  # rate change when running
     transient_s: float = 0.05  # onset transient: its length after the response latency...
     transient_gain: list[float] = field(default_factory=lambda: [0.5, 2.0])  # ...and its extra rate / rate
