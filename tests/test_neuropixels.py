@@ -265,6 +265,19 @@ def test_neuropixels_stimulus_table_holds_every_bo11_stimulus_with_allens_column
     assert (table.index == np.arange(len(table))).all() and table.start_time.is_monotonic_increasing
 
 
+def _block_rates(session, name: str, unit_ids: np.ndarray) -> np.ndarray:
+    """``(n_units,)`` spikes per second over the blocks of ``name`` (runs of presentations less than two
+    250-ms trials apart), counted here from the session's spike times."""
+    table = session.stimulus_presentations
+    rows = table[table.stimulus_name == name]
+    gap = np.diff(rows.start_time.to_numpy()) > 0.5
+    starts = rows.start_time.to_numpy()[np.concatenate([[True], gap])]
+    stops = rows.stop_time.to_numpy()[np.concatenate([gap, [True]])]
+    counts = [np.sum(np.searchsorted(session.spike_times[u], stops) - np.searchsorted(session.spike_times[u], starts))
+              for u in unit_ids]
+    return np.array(counts) / np.sum(stops - starts)
+
+
 def test_neuropixels_allensdk_stimulus_analyses_run_on_the_session(npx_session):
     from allensdk.brain_observatory.ecephys.stimulus_analysis.natural_scenes import NaturalScenes
     from allensdk.brain_observatory.ecephys.stimulus_analysis.receptive_field_mapping import ReceptiveFieldMapping
@@ -272,14 +285,20 @@ def test_neuropixels_allensdk_stimulus_analyses_run_on_the_session(npx_session):
 
     units = npx_session.units
     ids = units.index[units.structure_acronym == "VISp"].to_numpy()[:4]  # a few units keep it quick
-    expected = {ReceptiveFieldMapping: ("azimuth_rf", "elevation_rf", "p_value_rf", "firing_rate_rf"),
-                NaturalScenes: ("pref_image_ns", "image_selectivity_ns", "run_mod_ns", "firing_rate_ns"),
-                StaticGratings: ("pref_ori_sg", "pref_sf_sg", "g_osi_sg", "firing_rate_sg")}
-    for analysis, columns in expected.items():
+    expected = {ReceptiveFieldMapping: ("gabors", ("azimuth_rf", "elevation_rf", "p_value_rf", "firing_rate_rf")),
+                NaturalScenes: ("natural_scenes", ("pref_image_ns", "image_selectivity_ns", "run_mod_ns",
+                                                   "firing_rate_ns")),
+                StaticGratings: ("static_gratings", ("pref_ori_sg", "pref_sf_sg", "g_osi_sg", "firing_rate_sg"))}
+    for analysis, (name, columns) in expected.items():
         metrics = analysis(npx_session, filter=list(ids)).metrics  # needs the running speed
         assert sorted(metrics.index) == sorted(ids) and set(columns) <= set(metrics.columns)
-        assert np.isfinite(metrics[columns[-1]].astype(float)).all() and (metrics[columns[-1]] > 0).all()
-    assert ReceptiveFieldMapping(npx_session, filter=list(ids)).metrics.p_value_rf.dropna().between(0, 1).all()
+        # each unit's own figures: its firing rate over the stimulus's blocks is the session's
+        np.testing.assert_allclose(metrics.loc[ids, columns[-1]].astype(float), _block_rates(npx_session, name, ids),
+                                   rtol=1e-9)
+        if name == "gabors":
+            assert metrics.p_value_rf.dropna().between(0, 1).all()
+        if name == "static_gratings":
+            assert metrics.pref_ori_sg.dropna().isin([0.0, 30.0, 60.0, 90.0, 120.0, 150.0]).all()
 
 
 def test_neuropixels_counts_equal_counts_from_the_spike_times(npx_study):
