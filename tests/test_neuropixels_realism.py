@@ -137,7 +137,8 @@ def test_spontaneous_rates_are_heavy_tailed_with_fast_spiking_units(default_sess
     # ...and the rates are heavy-tailed: a few Hz typical, fast-spiking units at tens of Hz (798911424)
     assert 1.0 < np.median(rates) < 4.0
     assert np.mean(rates) > 1.8 * np.median(rates)  # a log-normal of log s.d. 1 alone gives 1.65
-    assert 0.12 < np.mean(rates > 10.0) < 0.35 and (rates > 25.0).sum() >= 10
+    # (the log-uniform 0.5-8 Hz rates this replaced had none above 10 Hz)
+    assert 0.08 < np.mean(rates > 10.0) < 0.35 and (rates > 25.0).sum() >= 5
 
 
 def test_natural_scene_counts_are_over_dispersed_like_798911424(default_session):
@@ -165,8 +166,13 @@ def test_running_modulates_each_units_rate_by_its_planted_factor(default_session
     busy = (counts.sum(axis=0) > 1000) & (plan.metrics["presence_ratio"] >= 0.95)
     assert busy.sum() >= 40
     planted = 1.0 + plan.running_modulation[busy]  # rate running / rate still (running_modulation: m)
-    assert np.corrcoef(ratio[busy], planted)[0, 1] > 0.6
-    assert abs(np.median(ratio[busy] / planted) - 1.0) < 0.15
+    assert np.corrcoef(ratio[busy], planted)[0, 1] > 0.8
+    # measured = c x planted for every unit: c, common to all units, is the slow shared gain's mean over
+    # the running bins / over the still ones (0.87 here: bouts cluster within its 20-s time constant).
+    # Were running ignored, measured / planted = c / (1 + m) would spread by about a third of its median
+    scale = ratio[busy] / planted
+    q25, median, q75 = np.quantile(scale, [0.25, 0.5, 0.75])
+    assert 0.75 < median < 1.25 and (q75 - q25) / median < 0.2
 
 
 def test_onset_transients_follow_each_visual_units_planted_gain(default_session):
