@@ -77,7 +77,11 @@ services-stop: $(STAMP)
 	$(BIN)/meiscope services stop
 
 ## the documentation site (docs/ + mkdocs.yml) into site/; docs-serve previews it on 127.0.0.1
-.PHONY: docs docs-serve
+.PHONY: docs docs-serve readme
+## the README's result tables, written anew from metrics/ (a test fails while they are stale)
+readme: $(STAMP)
+	$(BIN)/python docs/hooks/metric_tables.py README.md
+
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 

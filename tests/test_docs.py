@@ -24,6 +24,7 @@ TRACKER_WORDS = re.compile(r"\b(issues?|rounds?|stop)\b", re.IGNORECASE)
 COMMIT_HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
+GENERATED = re.compile(r"^<!-- [a-z]+-table:.*?^<!-- end of generated table -->", re.MULTILINE | re.DOTALL)
 
 
 def load_hook():
@@ -54,12 +55,67 @@ def test_site_builds_strict_and_offline(tmp_path):
 def test_readme_is_short():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) <= 250
-    assert max(len(line) for line in lines) <= 120
+    assert max(len(line) for line in lines if not line.startswith("|")) <= 120  # a table row cannot wrap
+
+
+def test_the_readme_tables_are_the_metrics_as_they_are_now():
+    """The README's generated tables equal what `make readme` writes from metrics/ today: no figure typed or stale."""
+    hook = load_hook()
+    readme = (ROOT / "README.md").read_text()
+    assert hook.END_OF_TABLE in readme
+    assert hook.refresh(readme, ROOT) == readme, "README.md tables are stale: run `make readme`"
+
+
+def _summary(profile, fresh, corr, verdicts, commit="0123abc"):
+    figure = lambda mean, scale="linear": {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05,  # noqa: E731
+                                          "values": [mean] * 3, "n": 3, "scale": scale}
+    words = lambda w: {"per_replicate": w, "holds_in_every_replicate": len(set(w)) == 1,  # noqa: E731
+                       "conclusion": w[0] if len(set(w)) == 1 else "inconsistent"}
+    return {"k": 3, "seeds": [1, 2, 3], "protocol": "confirmatory", "profile": profile, "git_commit": commit * 5,
+            "figures": {"train.gt_fresh_corr_mean": figure(fresh), "validate.gt_mei_corr_median_simple": figure(corr),
+                        "validate.gt_mei_over_gabor_drive_median_simple": figure(0.5, "log"),
+                        "validate.n_simple": figure(10), "validate.n_truth_simple": figure(20)},
+            "conclusions": {"simple": {
+                "MEI vs optimal Gabor in truth, interval and tie band": words(verdicts[0]),
+                "MEI vs optimal Gabor on the held-out model, interval and tie band": words(verdicts[1])}}}
+
+
+def test_the_compare_table_sets_two_cortices_side_by_side_with_the_change(tmp_path):
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "a.json").write_text(json.dumps(_summary(
+        "out_of_family", 0.6, 0.7, (["ties", "ties", "loses"], ["ties"] * 3))))
+    (tmp_path / "metrics" / "b.json").write_text(json.dumps(_summary("gabor_family", 0.8, 0.9, (["loses"] * 3,) * 2)))
+    out = hook.render("<!-- compare-table: metrics/a.json metrics/b.json -->", tmp_path).splitlines()
+    assert out[0] == ("| figure | out_of_family (confirmatory, 3 replicates, commit 0123abc) | gabor_family (confirmatory, "
+                      "3 replicates, commit 0123abc) | change |")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in out[2:]}
+    label = catalogue.lookup("train", "gt_fresh_corr_mean").label
+    assert rows[label] == ["0.600 [0.550, 0.650]", "0.800 [0.750, 0.850]", "-0.20 |"]
+    assert rows["MEI vs true optimum, corr. (simple)"][2] == "-0.20 |"
+    assert rows["true drive: MEI / optimal Gabor (simple)"][2] == "x1.00 |"  # log-scale figures change by a factor
+    assert rows["cells selected / truly responsive (simple)"][:2] == ["10 / 20", "10 / 20"]
+    assert rows["MEI vs optimal Gabor, truth / model (simple)"][:2] == ["ties 2/3, loses 1/3 / ties 3/3",
+                                                                        "loses 3/3 / loses 3/3"]
+    with pytest.raises(hook.MetricTableError, match="exactly two summaries"):
+        hook.render("<!-- compare-table: metrics/a.json -->", tmp_path)
+
+
+def test_refresh_rewrites_only_what_lies_between_a_placeholder_and_its_end(tmp_path):
+    hook = load_hook()
+    (tmp_path / "metrics").mkdir()
+    for name, fresh in (("a", 0.6), ("b", 0.8)):
+        (tmp_path / "metrics" / f"{name}.json").write_text(json.dumps(_summary(name, fresh, 0.7, (["ties"] * 3,) * 2)))
+    head = "<!-- compare-table: metrics/a.json metrics/b.json -->"
+    page = f"Intro.\n\n{head}\n| stale | table |\n{hook.END_OF_TABLE}\n\nAfter.\n"
+    fresh = hook.refresh(page, tmp_path)
+    assert fresh.startswith(f"Intro.\n\n{head}\n| figure |") and fresh.endswith(f"{hook.END_OF_TABLE}\n\nAfter.\n")
+    assert "stale" not in fresh and hook.refresh(fresh, tmp_path) == fresh  # idempotent
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_pages_have_no_tracker_words_or_commit_hashes(page):
-    text = page.read_text()
+    text = GENERATED.sub("", page.read_text())  # a generated table names the commit its summary records
     assert not COMMIT_HASH.findall(text), COMMIT_HASH.findall(text)
     prose = INLINE_CODE.sub("", FENCED.sub("", text))  # command names such as `make services-stop` are not prose
     assert not TRACKER_WORDS.findall(prose), TRACKER_WORDS.findall(prose)

@@ -92,6 +92,31 @@ def test_the_comparison_table_names_each_recording_once_in_its_header(study):
     assert rows[0][1].startswith("0.85") and rows[0][2].startswith("0.65")
 
 
+def test_the_same_seeds_on_another_cortex_sit_beside_the_study_with_their_verdicts(study, tmp_path):
+    params, layout, m = study
+    verdict = {"MEI vs optimal Gabor in truth, interval and tie band":
+               {"per_replicate": ["ties", "ties"], "holds_in_every_replicate": True, "conclusion": "ties"}}
+    m["replicates"] = {**_summary("container", 0.5), "profile": "out_of_family", "conclusions": {"simple": verdict}}
+    m["replicates_on"] = {"gabor_family": {**_summary("container", 0.7), "profile": "gabor_family",
+                                           "conclusions": {"simple": verdict}}}
+    section = next(s for s in study_sections(params, layout, m) if s.title.startswith("Two cortices"))
+    assert section.title == "Two cortices, one study: out_of_family against gabor_family"
+    assert section.grid[0][1:] == ["out_of_family", "gabor_family"] and "the same seeds" in section.intro
+    precision = next(row for row in section.grid if row[0] == label_of_metric("ranking", "gt_precision"))
+    assert precision[1].startswith("0.65") and precision[2].startswith("0.85")  # columns follow the header
+    assert [label for label, _ in section.key_rows] == [
+        f"{name}, simple cells: MEI vs optimal Gabor in truth, interval and tie band"
+        for name in ("out_of_family", "gabor_family")]
+    m["replicates_on"] = {"gabor_family": {}}  # not run: no section
+    assert not any(s.title.startswith("Two cortices") for s in study_sections(params, layout, m))
+    # the report stage finds the summary `meiscope replicate --profile gabor_family` writes
+    (tmp_path / "metrics").mkdir()
+    oof = parse_params({"synthetic": {"profile": "out_of_family"}})
+    rep.summary_file(tmp_path, oof.data.recording, "gabor_family").write_text(json.dumps({"k": 2}))
+    loaded = report_stage._load_all_metrics(oof, Layout.from_params(oof, tmp_path), tmp_path)
+    assert loaded["replicates_on"] == {"gabor_family": {"k": 2}}
+
+
 def test_committed_sections_are_set_apart_from_this_run(study):
     params, layout, m = study
     m["replicates"] = _summary("two_photon")

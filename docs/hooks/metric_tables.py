@@ -17,6 +17,14 @@ markdown table when the site is built. Paths are relative to the repository root
     the verdicts of a replicate summary, one column per kind of cell.
 ``<!-- ablation-table: metrics/ablation-container.json -->``
     a stimulus ablation (``meiscope ablation``): one row per arm, one column per figure.
+``<!-- compare-table: metrics/replicates-container.json metrics/replicates-container-gabor_family.json -->``
+    two replicate summaries of the same seeds on two cortices (``meiscope replicate --profile``): the
+    study's figures that say most, per kind of cell, mean [95% interval over replicates] of each, how far the
+    first is from the second, and the MEI vs optimal Gabor verdicts in truth and on the held-out model.
+
+The README is not built by MkDocs, so its tables are written into it: a placeholder there is followed by
+its table and ``<!-- end of generated table -->``; ``python docs/hooks/metric_tables.py README.md``
+(``make readme``) rewrites what lies between them, and a test checks that nothing there is stale.
 
 Labels, row order and number formats come from the metric catalogue
 (:mod:`meiscope.science.catalogue`), so the docs read the same as the report and the terminal.
@@ -261,9 +269,85 @@ def ablation_table(root: Path, relative: str) -> str:
     return _table(header, rows)
 
 
+# the figures a comparison of two cortices shows: the study's, then per kind of cell (in the cortices' kinds)
+COMPARED_STUDY = ("train.gt_fresh_corr_mean", "ranking.gt_precision", "ranking.gt_recall")
+COMPARED_PER_KIND = ("validate.gt_mei_corr_median", "validate.gt_mei_drive_ratio_median",
+                     "validate.gt_mei_over_gabor_drive_median")
+# the banded verdicts (interval of the rate ratio against the tie band), in truth and by the held-out model
+COMPARED_VERDICTS = ("MEI vs optimal Gabor in truth, interval and tie band",
+                     "MEI vs optimal Gabor on the held-out model, interval and tie band")
+
+
+def _change(metric: Optional[catalogue.Metric], first: dict[str, Any], second: dict[str, Any]) -> str:
+    """How far the first mean is from the second: a difference, or a factor for figures on the log scale."""
+    a, b = first.get("mean"), second.get("mean")
+    if a is None or b is None:
+        return "-"
+    if first.get("scale") == "log" and b > 0:
+        return f"x{a / b:.2f}"
+    return f"{a - b:+.2f}"
+
+
+def _verdicts(conclusions: dict[str, Any], kind: str) -> str:
+    """``truth / held-out model`` verdict words, each with how many replicates said it."""
+    found = []
+    for claim in COMPARED_VERDICTS:
+        words = (conclusions.get(kind, {}).get(claim) or {}).get("per_replicate") or []
+        counts = {w: words.count(w) for w in dict.fromkeys(words) if w is not None}
+        found.append(", ".join(f"{w} {c}/{len(words)}" for w, c in counts.items()) or "-")
+    return " / ".join(found)
+
+
+def _cells(figures: dict[str, Any], kind: str) -> str:
+    """Mean cells of ``kind`` selected / truly responsive per replicate."""
+    shown = [figures.get(f"validate.{stem}_{kind}", {}).get("mean") for stem in ("n", "n_truth")]
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in shown)
+
+
+def compare_table(root: Path, argument: str) -> str:
+    """Two replicate summaries (the same seeds on two cortices) side by side, figure by figure and per kind."""
+    files = argument.split()
+    if len(files) != 2:
+        raise MetricTableError(f"compare-table needs exactly two summaries (got {len(files)})")
+    loaded = [_load(root, f) for f in files]
+    figures = [_figures(summary, f) for summary, f in zip(loaded, files)]
+    heads = [f"{summary.get('profile', Path(f).stem)} ({_protocol(summary, f)}, {summary.get('k', '?')} replicates"
+             f"{', commit ' + summary['git_commit'][:7] if summary.get('git_commit') else ''})"
+             for summary, f in zip(loaded, files)]
+
+    def row(name: str) -> list[list[str]]:
+        entries = [f.get(name) for f in figures]
+        if not any(entries):
+            return []
+        metric = _metric(name)
+        change = _change(metric, *entries) if all(entries) else "-"
+        return [[metric.label if metric else name, *(_interval(metric, e) if e else "-" for e in entries), change]]
+
+    rows = [r for name in COMPARED_STUDY for r in row(name)]
+    for kind in catalogue.ordered_kinds(k for summary in loaded for k in summary.get("conclusions", {})):
+        rows.append([f"cells selected / truly responsive ({kind})", *(_cells(f, kind) for f in figures), ""])
+        rows += [r for stem in COMPARED_PER_KIND for r in row(f"{stem}_{kind}")]
+        rows.append([f"MEI vs optimal Gabor, truth / model ({kind})",
+                     *(_verdicts(summary.get("conclusions", {}), kind) for summary in loaded), ""])
+    return _table(["figure", *heads, "change"], rows)
+
+
 BUILDERS: dict[str, Callable[[Path, str], str]] = {
     "metrics": metrics_table, "replicates": replicates_table,
-    "conclusions": conclusions_table, "ablation": ablation_table}
+    "conclusions": conclusions_table, "ablation": ablation_table, "compare": compare_table}
+
+END_OF_TABLE = "<!-- end of generated table -->"
+
+
+def refresh(markdown: str, root: Path) -> str:
+    """``markdown`` (the README) with each placeholder's table, up to its end marker, written anew."""
+    pattern = re.compile(PLACEHOLDER.pattern + r"\n.*?^" + re.escape(END_OF_TABLE) + r"[ \t]*$",
+                         re.MULTILINE | re.DOTALL)
+
+    def replace(match: re.Match[str]) -> str:
+        head = match.group(0).splitlines()[0]
+        return f"{head}\n{render(head, root)}\n{END_OF_TABLE}"
+    return pattern.sub(replace, markdown)
 
 
 def render(markdown: str, root: Path) -> str:
@@ -300,3 +384,11 @@ def on_serve(server: Any, config: Any, builder: Any) -> Any:
     """``make docs-serve`` rebuilds when a metrics file changes."""
     server.watch(str(_root(config) / "metrics"))
     return server
+
+
+if __name__ == "__main__":  # make readme: rewrite the generated tables of the files named
+    import sys
+
+    for name in sys.argv[1:]:
+        page = Path(name)
+        page.write_text(refresh(page.read_text(), Path.cwd()))

@@ -169,11 +169,7 @@ def recordings_section(summary: dict, other: dict, root: Optional[Path] = None) 
     pair = sorted([summary, other], key=lambda s: list(RECORDINGS).index(s.get("recording", "two_photon")))
     keys = [s.get("recording", "two_photon") for s in pair]
     names = [recording_label(k) for k in keys]
-    shown = [display_summary(s) for s in pair]
-    grid = [["figure: mean [interval]", *names]]
-    for f in HEADLINE:
-        if any(s["figures"].get(f.name, {}).get("mean") is not None for s in shown):  # a figure either measured
-            grid.append([f.label, *(format_entry(f, s["figures"].get(f.name, {})) for s in shown)])
+    grid = side_by_side(pair, names)
     same = pair[0]["seeds"] == pair[1]["seeds"]
     protocols = [protocol_of(s) for s in pair]  # which protocol each column's figures come from
     intro = (f"Replicates of the study recorded as {names[0]} ({protocols[0]} seeds {pair[0]['seeds']}) and as "
@@ -185,6 +181,37 @@ def recordings_section(summary: dict, other: dict, root: Optional[Path] = None) 
     return Section(f"Two recordings of one study: {names[0]} against {names[1]}", intro, grid=grid,
                    grid_title=f"Every figure side by side ({len(grid) - 1} rows)",
                    part="committed", source=sources, anchor=f"recordings-{keys[0]}-{keys[1]}")
+
+
+def side_by_side(summaries: list[dict], names: list[str]) -> list[list[str]]:
+    """A grid of every headline figure any of ``summaries`` measured: one row per figure, one column each."""
+    shown = [display_summary(s) for s in summaries]
+    grid = [["figure: mean [interval]", *names]]
+    for f in HEADLINE:
+        if any(s["figures"].get(f.name, {}).get("mean") is not None for s in shown):
+            grid.append([f.label, *(format_entry(f, s["figures"].get(f.name, {})) for s in shown)])
+    return grid
+
+
+def profiles_section(summary: dict, other: dict, root: Optional[Path] = None) -> Section:
+    """The same seeds on two synthetic cortices (``meiscope replicate --profile``): every headline figure side
+    by side, and the verdicts of each, so that what the default cortex costs the study can be read off."""
+    from meiscope.replicate import protocol_of, summary_file
+
+    names = [s.get("profile", "?") for s in (summary, other)]
+    conclusions = [(f"{name}, {kind} cells: {label}", format_conclusion(c))
+                   for name, s in zip(names, (summary, other)) for kind, found in s["conclusions"].items()
+                   for label, c in found.items() if "tie band" in label]
+    same = summary["seeds"] == other["seeds"]
+    intro = (f"The study on the {names[0]} cortex ({protocol_of(summary)} seeds {summary['seeds']}) and on the "
+             f"{names[1]} cortex ({protocol_of(other)} seeds {other['seeds']})"
+             + (": the same seeds, so the two columns differ by the cortex alone. " if same else
+                ": different seeds, so not a paired comparison. ") + "Mean [t-interval] over replicates.")
+    recording = other.get("recording", "two_photon")
+    source = committed_source(root, summary_file(Path(root or "."), recording, names[1]), "meiscope replicate --profile")
+    return Section(f"Two cortices, one study: {names[0]} against {names[1]}", intro, grid=side_by_side(
+        [summary, other], names), grid_title="Every figure side by side", key_rows=conclusions, part="committed",
+        source=source, anchor=f"profiles-{names[0]}-{names[1]}")
 
 
 def _key_rows(stage: str, m: dict) -> list[tuple[str, str]]:
@@ -305,11 +332,14 @@ def stage_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
 
 
 def replicate_sections(params: Params, m: dict[str, dict], root: Optional[Path] = None) -> list[Section]:
-    """What was run beside the pipeline, where its summary exists: this recording's replicates, a comparison
-    with each other recording whose replicates exist (``m["replicates_of"]``, in registry order), the ablation."""
+    """What was run beside the pipeline, where its summary exists: this recording's replicates, the same seeds on
+    each other synthetic cortex (``m["replicates_on"]``), a comparison with each other recording whose replicates
+    exist (``m["replicates_of"]``, in registry order), the ablation."""
     sections = []
     if m.get("replicates", {}).get("figures"):
         sections.append(replicate_section(m["replicates"], params, root))
+        sections += [profiles_section(m["replicates"], other, root)
+                     for other in m.get("replicates_on", {}).values() if other.get("figures")]
         sections += [recordings_section(m["replicates"], other, root)
                      for other in m.get("replicates_of", {}).values() if other.get("figures")]
     if m.get("ablation", {}).get("arms"):
