@@ -54,7 +54,8 @@ def main() -> None:
     from meiscope import truth
     from meiscope.atomic import write_json
     from meiscope.config import load_params
-    from meiscope.recordings.container.responses import ContainerStimuli, container_path
+    from meiscope.recordings.container.responses import container_path
+    from meiscope.recordings.training_stimuli import TrainingStimuli
     from meiscope.dataset import ResponseDataset
     from meiscope.model.evaluation import pearson_columns, predict
     from meiscope.model.training import train_one
@@ -67,7 +68,7 @@ def main() -> None:
     layout = Layout.from_params(params, args.root)
     study_id = int(__import__("json").loads(layout.study_file.read_text())["experiment_id"])
     ds = ResponseDataset.load(layout.dataset(study_id)).select_neurons(load_selected(layout.ranking))
-    full = ContainerStimuli.load(container_path(layout.dataset(study_id))).select_neurons(ds.cell_ids)
+    full = TrainingStimuli.load(container_path(layout.dataset(study_id))).select_neurons(ds.cell_ids)
     population = truth.load_population(layout.cache_dir, study_id)
     true_rates = truth.rates_for_model_images(population, ds.to_pixels, ds.cell_ids)
     fresh = truth.fresh_model_images(layout.cache_dir, study_id, args.fresh, params.train.fresh_seed,

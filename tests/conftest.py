@@ -34,3 +34,21 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.fixture(scope="session")
+def npx_study(tmp_path_factory):
+    """``(root, params)`` of test_neuropixels' TINY study after its data and extract stages: one synthetic
+    Neuropixels session, built once for the modules that read it (test_neuropixels, test_neuropixels_training)."""
+    import yaml
+
+    from meiscope import pipeline
+    from meiscope.config import load_params
+    from test_neuropixels import TINY
+
+    root = tmp_path_factory.mktemp("npx")
+    (root / "params.yaml").write_text(yaml.safe_dump(TINY))
+    params = load_params(root / "params.yaml")
+    pipeline.stage("data").run(params, root)
+    pipeline.stage("extract").run(params, root)
+    return root, params

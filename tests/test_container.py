@@ -10,8 +10,9 @@ from meiscope import visual_field as vf
 from meiscope.config import CellKindFractions, ExtractConfig, SplitConfig, SyntheticConfig
 from meiscope.recordings.container.settings import ContainerConfig, SyntheticContainerConfig
 from meiscope.recordings.container import layout
-from meiscope.recordings.container.responses import (ContainerStimuli, container_sessions, double_exponential,
-                                          extract_container, fit_calcium_kernel)
+from meiscope.recordings.container.responses import (container_sessions, double_exponential, extract_container,
+                                                     fit_calcium_kernel)
+from meiscope.recordings.training_stimuli import TrainingStimuli
 from meiscope.recordings.container.synthetic import container_ids, synthesize_containers
 from meiscope.responses import extract_session, find_sessions
 from meiscope.stages import data as data_stage
@@ -134,7 +135,7 @@ def test_only_the_chosen_stimuli_and_sessions_are_extracted(container, tmp_path)
     assert [(t.session, t.name) for t in stimuli.trials] == [("B", "static_gratings")]
     assert stimuli.movies == []
     stimuli.save(tmp_path / "x.container.npz")
-    again = ContainerStimuli.load(tmp_path / "x.container.npz")
+    again = TrainingStimuli.load(tmp_path / "x.container.npz")
     np.testing.assert_array_equal(again.trials[0].responses, stimuli.trials[0].responses)
 
 
@@ -211,7 +212,8 @@ def test_joint_training_on_the_tiny_container_uses_every_source_and_resumes(stud
 
 def test_the_container_keeps_its_stimuli_beside_the_dataset_as_a_training_source(studied, tmp_path):
     """The file keeps its name (``<id>.container.npz``); the stimuli are a TrainingSource the stages save
-    and the tune workers read back without naming the container; the scenes-only kinds have no such file."""
+    and the tune workers read back without naming the container; the scenes-only two-photon kind has no such
+    file, and Neuropixels keeps its own (``<id>.training.npz``, tests/test_neuropixels_training.py)."""
     from meiscope.model.source_protocol import SavedSource, TrainingSource
     from meiscope.recordings import RECORDINGS
 
@@ -219,7 +221,8 @@ def test_the_container_keeps_its_stimuli_beside_the_dataset_as_a_training_source
     recording = RECORDINGS["container"]()
     dataset = tmp_path / f"{ds.experiment_id}.npz"
     assert recording.training_extras_path(dataset) == tmp_path / f"{ds.experiment_id}.container.npz"
-    assert all(RECORDINGS[kind]().training_extras_path(dataset) is None for kind in ("two_photon", "neuropixels"))
+    assert RECORDINGS["two_photon"]().training_extras_path(dataset) is None
+    assert RECORDINGS["neuropixels"]().training_extras_path(dataset) == tmp_path / f"{ds.experiment_id}.training.npz"
     assert isinstance(stimuli, TrainingSource)
     saved = SavedSource.write(stimuli, recording.training_extras_path(dataset))
     again = saved.load()

@@ -5,10 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from meiscope import pipeline
-from meiscope.config import load_params
 from meiscope.recordings.neuropixels.settings import SyntheticNeuropixelsConfig
 from meiscope.recordings import brain_observatory as bo
 from meiscope.recordings import screen
@@ -168,14 +166,7 @@ def test_neuropixels_schedule_shows_every_condition_its_repeats():
 # --------------------------------------------------------------------------------------
 # the whole study on a tiny synthetic Neuropixels session
 # --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def npx_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("npx")
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY))
-    params = load_params(root / "params.yaml")
-    pipeline.stage("data").run(params, root)
-    pipeline.stage("extract").run(params, root)
-    return root, params
+# npx_study (tests/conftest.py): the TINY session synthesized and extracted once for every test module
 
 
 @pytest.fixture(scope="module")

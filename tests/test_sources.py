@@ -103,7 +103,7 @@ def test_readouts_start_where_the_sparse_noise_puts_a_cell_the_scenes_do_not_map
 def test_a_cell_the_sparse_noise_missed_starts_where_the_movie_puts_it():
     """A cell not recorded in the sparse-noise session (NaN trials) is placed by a movie it was recorded in,
     through the container's calcium kernel; the movie's map is computed once per loaded container."""
-    from meiscope.recordings.container.responses import ContainerStimuli, MovieStimulus
+    from meiscope.recordings.training_stimuli import MovieStimulus, TrainingStimuli
 
     rng = np.random.default_rng(6)
     shape, planted = (16, 20), (4, 14)
@@ -114,7 +114,7 @@ def test_a_cell_the_sparse_noise_missed_starts_where_the_movie_puts_it():
     kernel = np.array([0.0, 0.6, 0.3, 0.1])
     trace = np.convolve(rates, kernel)[:len(rates)] + 0.5 * rng.standard_normal(len(rates))
     movie = MovieStimulus("natural_movie_one", "A", frames, np.stack([trace, np.full(len(trace), np.nan)], 1), 10)
-    extra = ContainerStimuli(experiment_id=1, cell_ids=np.array([7, 8]), kernel=kernel, movies=[movie])
+    extra = TrainingStimuli(experiment_id=1, cell_ids=np.array([7, 8]), kernel=kernel, movies=[movie])
     noise = TrialSource("C:locally_sparse_noise", torch.zeros(50, 1, *shape), torch.zeros(50, 2), torch.zeros(50, 2),
                         torch.ones(50))
     scenes = torch.tensor(rng.standard_normal((30, 1, *shape)), dtype=torch.float32)

@@ -46,7 +46,7 @@ def test_no_model_tuning_or_stage_module_imports_a_recording_package(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# a hand-made training source, not a ContainerStimuli
+# a hand-made training source, not a TrainingStimuli
 # ---------------------------------------------------------------------------------------------
 def flashes(images: np.ndarray, trial_image: np.ndarray, responses: np.ndarray) -> SimpleNamespace:
     """Static images shown as trials (a TrialStimulusData)."""
@@ -117,10 +117,10 @@ CONFIGS = (ModelConfig(layers=1, channels=[4], first_kernel=5),
 
 
 def test_a_hand_made_object_satisfies_the_protocol_and_so_does_the_container():
-    from meiscope.recordings.container.responses import ContainerStimuli
+    from meiscope.recordings.training_stimuli import TrainingStimuli
 
     assert isinstance(ToySource(np.arange(2), np.ones(2)), TrainingSource)
-    assert isinstance(ContainerStimuli(1, np.arange(2), np.ones(2)), TrainingSource)
+    assert isinstance(TrainingStimuli(1, np.arange(2), np.ones(2)), TrainingSource)
     assert not isinstance(object(), TrainingSource)
 
 

@@ -9,7 +9,7 @@ Modules, one concept each:
 - ``sessions``: :class:`~meiscope.model.sessions.SharedCoreModel`, one core shared by several
   sessions (one readout each), and its plain single-session ``ResponseModel`` views.
 - ``source_protocol``: :class:`~meiscope.model.source_protocol.TrainingSource`, what the trainer needs
-  from other stimuli of the same cells (any recording's; the container's ``ContainerStimuli`` is one).
+  from other stimuli of the same cells (any recording's; ``meiscope.recordings.training_stimuli.TrainingStimuli`` is one).
 - ``sources``: those stimuli as losses (trial means, movies through a kernel) and receptive-field maps.
 - ``training``: ``train_one`` (one seeded member: Adam, early stopping, resumable checkpoints) and
   ``train_shared`` (the same member with its core trained on several sessions).

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from meiscope.dataset import ResponseDataset
-    from meiscope.recordings.container.responses import ContainerStimuli
+    from meiscope.recordings.training_stimuli import TrainingStimuli
 
 
 # where `meiscope ablation` (.ablation) writes its summary, relative to the project root
@@ -86,11 +86,11 @@ class Container(TwoPhoton):
         stimuli.save(self.training_extras_path(dataset_path))
         return ds
 
-    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[ContainerStimuli]":
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[TrainingStimuli]":
         """The container's other stimuli of ``cell_ids`` ``(n,)``, from beside the dataset (a TrainingSource)."""
-        from meiscope.recordings.container.responses import ContainerStimuli
+        from meiscope.recordings.training_stimuli import TrainingStimuli
 
-        return ContainerStimuli.load(self.training_extras_path(dataset_path)).select_neurons(cell_ids)
+        return TrainingStimuli.load(self.training_extras_path(dataset_path)).select_neurons(cell_ids)
 
     def training_extras_path(self, dataset_path: Path) -> Path:
         """``<id>.container.npz`` beside the dataset ``<id>.npz``."""

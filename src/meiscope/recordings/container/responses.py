@@ -22,107 +22,22 @@ so the natural-scene test images stay unseen.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from meiscope import visual_field as vf
-from meiscope.atomic import write_npz
 from meiscope.config import ExtractConfig
 from meiscope.recordings.container.settings import ContainerConfig
 from meiscope.recordings.container.layout import MOVIES
-from meiscope.dataset import DatasetError, ResponseDataset
-from meiscope.recordings.brain_observatory import CONTRAST
+from meiscope.dataset import ResponseDataset
+from meiscope.recordings.training_stimuli import MovieStimulus, TrainingStimuli, TrialStimulus, grating_images
 from meiscope.responses import SessionError, nwb_path, open_session, trial_responses, within_recording
 
 log = logging.getLogger(__name__)
 
 KERNEL_FRAMES = 30  # 1 s of calcium kernel at 30 Hz (GCaMP6f decays in ~0.3-0.5 s)
 STATIC = ("static_gratings", "locally_sparse_noise", "locally_sparse_noise_4deg", "locally_sparse_noise_8deg")
-
-
-@dataclass
-class TrialStimulus:
-    """A static stimulus shown as trials: ``images`` ``(n, H, W)`` model space, ``trial_image``
-    ``(n_trials,)``, ``responses`` ``(n_trials, n_neurons)`` (NaN: cell not recorded)."""
-
-    name: str
-    session: str
-    images: np.ndarray
-    trial_image: np.ndarray
-    responses: np.ndarray
-
-
-@dataclass
-class MovieStimulus:
-    """A natural movie in one session: ``frames`` ``(n_frames, H, W)`` model space, ``trace``
-    ``(n_frames, n_neurons)`` repeat-averaged dF/F at each frame's onset (NaN: not recorded)."""
-
-    name: str
-    session: str
-    frames: np.ndarray
-    trace: np.ndarray
-    repeats: int
-    # its receptive-field map (meiscope.model.sources.movie_position_maps): computed on first use, never saved
-    position_map: Any = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class ContainerStimuli:
-    """Everything the container adds to the studied dataset; saved beside it (``<id>.container.npz``).
-
-    A :class:`~meiscope.model.source_protocol.TrainingSource` (``kernel``: the calcium kernel
-    :func:`fit_calcium_kernel` fits; ``trials`` and ``movies``; :meth:`select_neurons`, :meth:`save`
-    and :meth:`load`): the model trains on it without knowing it came from a container.
-    """
-
-    experiment_id: int
-    cell_ids: np.ndarray
-    kernel: np.ndarray
-    trials: list[TrialStimulus] = field(default_factory=list)
-    movies: list[MovieStimulus] = field(default_factory=list)
-
-    def save(self, path: Path) -> None:
-        """Write every stimulus as arrays of one ``.npz`` (read back by :meth:`load`)."""
-        arrays = {"experiment_id": self.experiment_id, "cell_ids": self.cell_ids, "kernel": self.kernel}
-        for s in self.trials:
-            key = f"trials__{s.session}__{s.name}"
-            arrays.update({f"{key}__images": s.images, f"{key}__trial_image": s.trial_image,
-                           f"{key}__responses": s.responses})
-        for m in self.movies:
-            key = f"movie__{m.session}__{m.name}"
-            arrays.update({f"{key}__frames": m.frames, f"{key}__trace": m.trace, f"{key}__repeats": m.repeats})
-        write_npz(path, arrays)
-
-    @classmethod
-    def load(cls, path: Path) -> "ContainerStimuli":
-        """Read what :meth:`save` wrote; a missing file is a DatasetError."""
-        path = Path(path)
-        if not path.is_file():
-            raise DatasetError(f"{path}: no container stimuli (run `meiscope extract` with data.recording: container)")
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-        out = cls(experiment_id=int(data["experiment_id"]), cell_ids=data["cell_ids"], kernel=data["kernel"])
-        for key in sorted(k[:-len("__images")] for k in data if k.startswith("trials__") and k.endswith("__images")):
-            _, session, name = key.split("__")
-            out.trials.append(TrialStimulus(name, session, data[f"{key}__images"], data[f"{key}__trial_image"],
-                                            data[f"{key}__responses"]))
-        for key in sorted(k[:-len("__frames")] for k in data if k.startswith("movie__") and k.endswith("__frames")):
-            _, session, name = key.split("__")
-            out.movies.append(MovieStimulus(name, session, data[f"{key}__frames"], data[f"{key}__trace"],
-                                            int(data[f"{key}__repeats"])))
-        return out
-
-    def select_neurons(self, cell_ids: np.ndarray) -> "ContainerStimuli":
-        """A copy restricted to ``cell_ids`` (in that order; all must be present)."""
-        index = {int(c): i for i, c in enumerate(self.cell_ids)}
-        cols = np.array([index[int(c)] for c in cell_ids], dtype=int)
-        return ContainerStimuli(
-            self.experiment_id, self.cell_ids[cols], self.kernel,
-            [TrialStimulus(s.name, s.session, s.images, s.trial_image, s.responses[:, cols]) for s in self.trials],
-            [MovieStimulus(m.name, m.session, m.frames, m.trace[:, cols], m.repeats) for m in self.movies])
 
 
 def container_path(dataset_path: Path) -> Path:
@@ -176,23 +91,12 @@ def _onto_studied(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grating_images(table, field: vf.VisualField) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct gratings of a static-grating table (blank = gray) and each trial's row of them."""
-    params = table[["orientation", "spatial_frequency", "phase"]].to_numpy(dtype=float)
-    keys = [tuple(np.round(p, 6)) if np.isfinite(p).all() else None for p in params]
-    distinct = list(dict.fromkeys(keys))
-    images = np.stack([np.full(field.shape, vf.GRAY, dtype=np.float32) if k is None
-                       else vf.grating_to_field(k[0], k[1], k[2], CONTRAST, field) for k in distinct])
-    row = {k: i for i, k in enumerate(distinct)}
-    return images, np.array([row[k] for k in keys], dtype=np.int64)
-
-
 def _read_trials(data_set, name: str, dff: np.ndarray, cfg: ExtractConfig, field: vf.VisualField
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(pixels, trial_image, responses)`` of a static stimulus; responses ``(n_trials, n_session_cells)``."""
     table = data_set.get_stimulus_table(name)
     if name == "static_gratings":
-        pixels, trial_image = _grating_images(table, field)
+        pixels, trial_image = grating_images(table, field)
     else:
         template = np.asarray(data_set.get_stimulus_template(name))
         pixels = vf.sparse_noise_to_field(template, field, name)
@@ -289,12 +193,12 @@ def fit_calcium_kernel(dff: np.ndarray, frames: np.ndarray, starts: np.ndarray, 
 
 
 def extract_container(cache_dir: Path, ds: ResponseDataset, ids: list[int], extract: ExtractConfig,
-                      cfg: ContainerConfig) -> ContainerStimuli:
+                      cfg: ContainerConfig) -> TrainingStimuli:
     """Read the studied session's container: every stimulus in ``cfg`` for the cells of ``ds``."""
     field_ = vf.VisualField.from_crop(extract.crop, (extract.image_height, extract.image_width))
     sessions = container_sessions(cache_dir, ds.experiment_id, ids)
     wanted = set(cfg.stimuli)
-    out = ContainerStimuli(experiment_id=ds.experiment_id, cell_ids=ds.cell_ids, kernel=np.zeros(0, dtype=np.float32))
+    out = TrainingStimuli(experiment_id=ds.experiment_id, cell_ids=ds.cell_ids, kernel=np.zeros(0, dtype=np.float32))
     for letter in cfg.sessions:
         if letter not in sessions:
             log.warning("container of %d: no cached session %s (its stimuli are left out)", ds.experiment_id, letter)

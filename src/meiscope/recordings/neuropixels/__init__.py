@@ -3,7 +3,8 @@
 Modules: ``cache`` (allensdk's cache layout, opened safely), ``download`` (EcephysProjectCache
 selection and lazy download), ``nwb`` (the NWB 2 writer of synthetic sessions), ``stimuli`` (static
 gratings and Gabor patches in the scene frame), ``synthetic`` (the simulated session),
-``responses`` (spike counts -> the response dataset), ``gabor_check`` (presented Gabor patches vs
+``responses`` (spike counts -> the response dataset), ``training`` (the other stimuli that train the
+model), ``gabor_check`` (presented Gabor patches vs
 the in-silico optimal Gabor), ``unit_metrics`` (Allen's per-unit analysis metrics, beside meiscope's).
 """
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from meiscope.dataset import ResponseDataset
     from meiscope.ranking import AllenMetrics
+    from meiscope.recordings.training_stimuli import TrainingStimuli
 
 # Allen's unit quality metrics set beside meiscope's ranking metrics for real Neuropixels sessions
 UNIT_METRIC_COLUMNS = ("snr", "firing_rate", "amplitude_cutoff", "presence_ratio", "isi_violations")
@@ -69,14 +71,32 @@ class Neuropixels(ScenesOnly):
 
     def extract(self, params: Params, cache_dir: Path, session_id: int, source: str,
                 dataset_path: Path) -> "ResponseDataset":
-        """Natural-scene spike counts saved to ``dataset_path``; gratings and Gabor patches beside it."""
+        """Natural-scene spike counts saved to ``dataset_path``; gratings and Gabor patches beside it, and the
+        stimuli of ``neuropixels.training_stimuli`` as a training source (:meth:`training_extras_path`)."""
         from meiscope.recordings.neuropixels import responses
 
-        ds, other = responses.extract_session(cache_dir, session_id, params.extract, params.neuropixels,
-                                              f"{source}_neuropixels")
+        ds, other, training = responses.extract_session(cache_dir, session_id, params.extract, params.neuropixels,
+                                                        f"{source}_neuropixels")
         ds.save(dataset_path)
         responses.save_other_stimuli(responses.other_stimuli_path(dataset_path), other)
+        training.save(self.training_extras_path(dataset_path))
         return ds
+
+    def training_extras(self, dataset_path: Path, cell_ids: "np.ndarray") -> "Optional[TrainingStimuli]":
+        """The session's other training stimuli of ``cell_ids`` ``(n,)``, from beside the dataset (a TrainingSource)."""
+        from meiscope.recordings.training_stimuli import TrainingStimuli
+
+        return TrainingStimuli.load(self.training_extras_path(dataset_path)).select_neurons(cell_ids)
+
+    def training_extras_path(self, dataset_path: Path) -> Path:
+        """``<id>.training.npz`` beside the dataset ``<id>.npz``."""
+        from meiscope.recordings.neuropixels.training import training_path
+
+        return training_path(dataset_path)
+
+    def training_stimuli(self, params: "Params") -> tuple[str, ...]:
+        """The natural scenes and every stimulus of ``neuropixels.training_stimuli``."""
+        return ("natural_scenes", *params.neuropixels.training_stimuli)
 
     def allen_metrics(self, cache_dir: Path, session_id: int) -> "Optional[AllenMetrics]":
         """Allen's per-unit figures of the session: quality metrics (downloaded sessions) and analysis

@@ -12,13 +12,14 @@ Response of a unit to a presentation = its spike count in ``count_window`` secon
 scene templates at model resolution, the same split as two-photon data). Static gratings and Gabor
 patches are counted the same way and kept beside it (:func:`stimulus_counts`): the Gabor patches are
 the measured check of the optimal-Gabor search (:mod:`meiscope.recordings.neuropixels.gabor_check`).
+The other stimuli that train the model beside the scenes are built by :mod:`.training`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from meiscope.config import ExtractConfig
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
 from meiscope.dataset import ResponseDataset
 from meiscope.recordings.neuropixels.cache import NeuropixelsError, check_session_file, open_cache, session_nwb
+
+if TYPE_CHECKING:
+    from meiscope.recordings.training_stimuli import TrainingStimuli
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,9 @@ def spike_counts(session: Any, table: pd.DataFrame, unit_ids: np.ndarray, window
     return np.asarray(counts.values[:, 0, :], dtype=np.float32)
 
 
-def _stimulus_table(session: Any, name: str, path: Path) -> pd.DataFrame:
+def stimulus_table(session: Any, name: str, path: Path) -> pd.DataFrame:
+    """The valid presentations of stimulus ``name`` (allensdk's table rows); no natural scenes is an error
+    naming the file ``path``."""
     table = session.stimulus_presentations
     table = table[table["stimulus_name"] == name]
     if "invalid_presentation" in table.columns:  # overlapping Allen's invalid_times
@@ -91,13 +97,15 @@ def _stimulus_table(session: Any, name: str, path: Path) -> pd.DataFrame:
 
 
 def extract_session(cache_dir: Path, session_id: int, extract_cfg: ExtractConfig, cfg: NeuropixelsConfig,
-                    source: str) -> tuple[ResponseDataset, dict[str, dict[str, np.ndarray]]]:
-    """Read one session: its natural-scenes dataset and the counts of its other static stimuli.
+                    source: str) -> tuple[ResponseDataset, dict[str, dict[str, np.ndarray]], "TrainingStimuli"]:
+    """Read one session: its natural-scenes dataset, the counts of its other static stimuli and its training stimuli.
 
     Returns:
-        ``(dataset, other)`` where ``other`` maps ``static_gratings`` / ``gabors`` to
-        :func:`stimulus_counts` arrays (only the stimuli the session holds).
+        ``(dataset, other, training)`` where ``other`` maps ``static_gratings`` / ``gabors`` to
+        :func:`stimulus_counts` arrays (only the stimuli the session holds) and ``training`` holds the
+        stimuli of ``cfg.training_stimuli`` the session shows (:mod:`.training`).
     """
+    from meiscope.recordings.neuropixels.training import training_stimuli
     from meiscope.responses import dataset_from_trials
 
     path = session_nwb(cache_dir, session_id)
@@ -107,7 +115,7 @@ def extract_session(cache_dir: Path, session_id: int, extract_cfg: ExtractConfig
         raise NeuropixelsError(f"{path}: no unit in {cfg.areas} passes the unit filters of params.neuropixels")
     log.info("session %d: %d units in %s pass the filters (of %d)", session_id, unit_ids.size, cfg.areas,
              len(session.units))
-    table = _stimulus_table(session, SCENES, path)
+    table = stimulus_table(session, SCENES, path)
     frames = table["frame"].astype(float).astype(np.int64).to_numpy()
     counts = spike_counts(session, table, unit_ids, cfg.count_window)
 
@@ -115,9 +123,9 @@ def extract_session(cache_dir: Path, session_id: int, extract_cfg: ExtractConfig
         return np.stack([np.asarray(cache.get_natural_scene_template(int(f)), dtype=np.float32) for f in shown])
 
     dataset = dataset_from_trials(session_id, frames, counts, templates, unit_ids, extract_cfg, source)
-    other = {name: stimulus_counts(session, _stimulus_table(session, name, path), unit_ids, cfg.count_window, name)
+    other = {name: stimulus_counts(session, stimulus_table(session, name, path), unit_ids, cfg.count_window, name)
              for name in PARAMETERS if (session.stimulus_presentations["stimulus_name"] == name).any()}
-    return dataset, other
+    return dataset, other, training_stimuli(cache, session, dataset, extract_cfg, cfg, path)
 
 
 def stimulus_counts(session: Any, table: pd.DataFrame, unit_ids: np.ndarray, window: list[float],

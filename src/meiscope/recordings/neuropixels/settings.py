@@ -9,6 +9,10 @@ from typing import Optional
 
 from meiscope.checks import at_least, one_of, positive, require, seed
 
+# the session's other stimuli the model can train on beside the natural scenes
+# (recordings/neuropixels/training.py says why Gabor patches and drifting gratings are not among them)
+TRAINABLE_STIMULI = ("static_gratings", "flashes", "natural_movie_one", "natural_movie_three")
+
 
 @dataclass(frozen=True)
 class NeuropixelsConfig:
@@ -27,6 +31,8 @@ class NeuropixelsConfig:
     presence_ratio_minimum: Optional[float] = 0.95
     isi_violations_maximum: Optional[float] = 0.5
     snr_minimum: Optional[float] = None  # not filtered by allensdk; users often cut at 1-2
+    # the other stimuli that train the model too (any of TRAINABLE_STIMULI; [] = natural scenes only)
+    training_stimuli: list[str] = field(default_factory=lambda: list(TRAINABLE_STIMULI))
 
     def __post_init__(self) -> None:
         positive(self.max_sessions, "neuropixels.max_sessions")
@@ -37,6 +43,10 @@ class NeuropixelsConfig:
                  f"(got {self.count_window})")
         for i, session_id in enumerate(self.session_ids):
             positive(session_id, f"neuropixels.session_ids[{i}]")
+        for name in self.training_stimuli:
+            one_of(name, TRAINABLE_STIMULI, "neuropixels.training_stimuli")
+        require(len(set(self.training_stimuli)) == len(self.training_stimuli), "neuropixels.training_stimuli",
+                f"names a stimulus twice (got {self.training_stimuli})")
         for key in ("amplitude_cutoff_maximum", "presence_ratio_minimum", "isi_violations_maximum", "snr_minimum"):
             if getattr(self, key) is not None:  # Allen's quality metrics are all >= 0
                 at_least(getattr(self, key), 0, f"neuropixels.{key}")
