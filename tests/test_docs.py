@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from meiscope.report_numbers import display_entry
 from meiscope.science import catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def test_the_readme_tables_are_the_metrics_as_they_are_now():
 
 def _summary(profile, fresh, corr, verdicts, commit="0123abc"):
     figure = lambda mean, scale="linear": {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05,  # noqa: E731
-                                          "values": [mean] * 3, "n": 3, "scale": scale}
+                                          "values": [mean - 0.02, mean, mean + 0.02], "n": 3, "scale": scale}
     words = lambda w: {"per_replicate": w, "holds_in_every_replicate": len(set(w)) == 1,  # noqa: E731
                        "conclusion": w[0] if len(set(w)) == 1 else "inconsistent"}
     return {"k": 3, "seeds": [1, 2, 3], "protocol": "confirmatory", "profile": profile, "git_commit": commit * 5,
@@ -91,9 +92,9 @@ def test_the_compare_table_sets_two_cortices_side_by_side_with_the_change(tmp_pa
                       "3 replicates, commit 0123abc) | change |")
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in out[2:]}
     label = catalogue.lookup("train", "gt_fresh_corr_mean").label
-    assert rows[label] == ["0.600 [0.550, 0.650]", "0.800 [0.750, 0.850]", "-0.20 |"]
+    assert rows[label] == ["0.600 [0.550, 0.650]", "0.800 [0.750, 0.850]", "-0.20 |"]  # t-interval of the values
     assert rows["MEI vs true optimum, corr. (simple)"][2] == "-0.20 |"
-    assert rows["true drive: MEI / optimal Gabor (simple)"][2] == "x1.00 |"  # log-scale figures change by a factor
+    assert rows["true drive: MEI / optimal Gabor (simple)"][2] == "x1.00 |"  # ratios change by a factor
     assert rows["cells selected / truly responsive (simple)"][:2] == ["10 / 20", "10 / 20"]
     assert rows["MEI vs optimal Gabor, truth / model (simple)"][:2] == ["ties 2/3, loses 1/3 / ties 3/3",
                                                                         "loses 3/3 / loses 3/3"]
@@ -144,7 +145,9 @@ def test_replicates_table_uses_catalogue_labels_and_formats(tmp_path):
     metric = catalogue.lookup("train", "gt_fresh_corr_mean")
     fmt = lambda v: catalogue.format_value(metric, v)  # noqa: E731
     assert metric.label in out and "written by an old version" not in out
-    assert f"{fmt(0.7965)} [{fmt(0.7648)}, {fmt(0.8282)}]" in out
+    # the interval as the report shows it: recomputed from the values (t-interval of 3), not the stored ends
+    shown = display_entry(metric, entry, 0.95)
+    assert shown["ci_low"] != entry["ci_low"] and f"{fmt(shown['mean'])} [{fmt(shown['ci_low'])}, {fmt(shown['ci_high'])}]" in out
     assert " / ".join(fmt(v) for v in entry["values"]) in out
     assert "seeds 101 / 102 / 103" in out
 
@@ -197,7 +200,8 @@ def test_replicates_table_shows_each_replicates_interval_over_its_cells(tmp_path
     summary = {"seeds": [1, 2], "figures": {"validate.gt_mei_corr_median_simple": entry}}
     (tmp_path / "metrics" / "replicates-x.json").write_text(json.dumps(summary))
     out = hook.render("<!-- replicates-table: metrics/replicates-x.json -->", tmp_path)
-    assert "| 0.90 [0.85, 0.95] | 0.88 [0.80, 0.93] / 0.92 |" in out  # a replicate without one shows its value
+    # over replicates: recomputed from the values and kept inside a correlation's range; per replicate: as stored
+    assert "| 0.90 [0.65, 1.00] | 0.88 [0.80, 0.93] / 0.92 |" in out  # a replicate without one shows its value
 
 
 def test_every_test_the_faults_page_names_exists():

@@ -135,6 +135,9 @@ def test_intervals_are_shown_inside_their_range_and_ratios_on_the_log_scale():
     ratio = display_entry(by_name("validate.gt_mei_over_gabor_rate_median_simple"),
                           {**old, "values": [0.5, 2.0, 1.0]}, 0.95)
     assert ratio["mean"] == pytest.approx(1.0) and ratio["ci_low"] > 0  # the geometric mean of 1/2, 2 and 1
+    drive = display_entry(by_name("validate.gt_mei_over_gabor_drive_median_simple"),  # a ratio off the ratio panel
+                          {**old, "values": [0.5, 2.0, 1.0]}, 0.95)
+    assert drive["mean"] == pytest.approx(1.0) and drive["scale"] == "log"
     no_values = display_entry(by_name("ranking.gt_recall"), {"mean": 0.9, "ci_low": 0.7, "ci_high": 1.2}, 0.95)
     assert no_values["ci_high"] == 1.0
     assert format_entry(by_name("validate.gt_frac_mei_beats_gabor_simple"), {"mean": 0.07, "ci_low": 0.01,

@@ -89,8 +89,15 @@ def _kind_of(metric: catalogue.Metric) -> Optional[str]:
     return kind if kind.isidentifier() and metric.key.endswith(f"_{kind}") else None
 
 
-def _interval(metric: Optional[catalogue.Metric], entry: dict[str, Any]) -> str:
-    """``mean [low, high]`` in the metric's own format."""
+def _interval(metric: Optional[catalogue.Metric], entry: dict[str, Any], confidence: float = 0.95) -> str:
+    """``mean [low, high]`` in the metric's own format, as the report shows it: recomputed from the replicate
+    values on the metric's scale (geometric for ratios) and kept inside the figure's range; ``-`` without
+    a mean."""
+    from meiscope.report_numbers import display_entry
+
+    entry = display_entry(metric, entry, confidence)
+    if entry.get("mean") is None:
+        return "-"
     mean = catalogue.format_value(metric, entry.get("mean"))
     if entry.get("ci_low") is None or entry.get("ci_high") is None:
         return mean
@@ -280,10 +287,12 @@ COMPARED_VERDICTS = ("MEI vs optimal Gabor in truth, interval and tie band",
 
 def _change(metric: Optional[catalogue.Metric], first: dict[str, Any], second: dict[str, Any]) -> str:
     """How far the first mean is from the second: a difference, or a factor for figures on the log scale."""
-    a, b = first.get("mean"), second.get("mean")
+    from meiscope.report_numbers import display_entry
+
+    a, b = (display_entry(metric, e, 0.95).get("mean") for e in (first, second))
     if a is None or b is None:
         return "-"
-    if first.get("scale") == "log" and b > 0:
+    if metric is not None and metric.log_scale and b > 0:
         return f"x{a / b:.2f}"
     return f"{a - b:+.2f}"
 
@@ -321,7 +330,8 @@ def compare_table(root: Path, argument: str) -> str:
             return []
         metric = _metric(name)
         change = _change(metric, *entries) if all(entries) else "-"
-        return [[metric.label if metric else name, *(_interval(metric, e) if e else "-" for e in entries), change]]
+        shown = [_interval(metric, e, s.get("confidence", 0.95)) if e else "-" for e, s in zip(entries, loaded)]
+        return [[metric.label if metric else name, *shown, change]]
 
     rows = [r for name in COMPARED_STUDY for r in row(name)]
     for kind in catalogue.ordered_kinds(k for summary in loaded for k in summary.get("conclusions", {})):

@@ -81,8 +81,9 @@ class Metric:
 
     @property
     def log_scale(self) -> bool:
-        """Ratios are averaged on the log scale (a geometric mean and interval), so 2 and 1/2 average to 1."""
-        return self.panel == "ratio"
+        """Ratios are averaged on the log scale (a geometric mean and interval), so 2 and 1/2 average to 1:
+        those plotted on the ratio panel and every other figure whose unit is a ratio."""
+        return self.panel == "ratio" or self.unit == "ratio"
 
     @property
     def bounds(self) -> tuple[Optional[float], Optional[float]]:
