@@ -278,8 +278,8 @@ def ablation_table(root: Path, relative: str) -> str:
 
 # the figures a comparison of two cortices shows: the study's, then per kind of cell (in the cortices' kinds)
 COMPARED_STUDY = ("train.gt_fresh_corr_mean", "ranking.gt_precision", "ranking.gt_recall")
-COMPARED_PER_KIND = ("validate.gt_mei_corr_median", "validate.gt_mei_drive_ratio_median",
-                     "validate.gt_mei_over_gabor_drive_median")
+COMPARED_PER_KIND = ("validate.gt_mei_corr_median", "validate.gt_mei_rate_ratio_median",
+                     "validate.gt_mei_drive_ratio_median", "validate.gt_mei_over_gabor_drive_median")
 # the banded verdicts (interval of the rate ratio against the tie band), in truth and by the held-out model
 COMPARED_VERDICTS = ("MEI vs optimal Gabor in truth, interval and tie band",
                      "MEI vs optimal Gabor on the held-out model, interval and tie band")
