@@ -52,7 +52,7 @@ def test_one_label_per_metric_and_the_tables_built_from_it():
     assert not [k for k, n in Counter((m.stage, m.label) for m in CATALOGUE).items() if n > 1]
     assert all(by_name(m.name) is m for m in HEADLINE)
     assert {m.panel for m in HEADLINE} == {"accuracy", "truth", "ratio", None}
-    assert all(m.log_scale == (m.panel == "ratio") for m in CATALOGUE)
+    assert all(m.log_scale == (m.panel == "ratio" or m.unit == "ratio") for m in CATALOGUE)  # every ratio
     for label, key in CONCLUSIONS:
         assert all(lookup("validate", f"{key}_{kind}").unit == "verdict" for kind in KINDS)
         assert lookup("validate", key).label == label

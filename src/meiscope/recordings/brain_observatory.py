@@ -29,6 +29,19 @@ GRATING_SFS = (0.02, 0.04, 0.08, 0.16, 0.32)  # cycles per degree
 GRATING_PHASES = (0.0, 0.25, 0.5, 0.75)  # fractions of a cycle
 
 
+# drifting gratings (de Vries et al. 2020; Allen's Visual Coding stimulus set, shown by the two-photon
+# containers' session A and by the Neuropixels brain_observatory_1.1 sessions)
+DG_DIRECTIONS = tuple(float(d) for d in range(0, 360, 45))
+DG_TEMPORAL_FREQUENCIES = (1.0, 2.0, 4.0, 8.0, 15.0)
+DG_SPATIAL_FREQUENCY = 0.04  # cycles / degree
+
+
+def drifting_grating_conditions() -> pd.DataFrame:
+    """The 40 drifting-grating conditions: ``orientation`` (direction, deg) and ``temporal_frequency`` (Hz)."""
+    rows = list(itertools.product(DG_DIRECTIONS, DG_TEMPORAL_FREQUENCIES))
+    return pd.DataFrame(rows, columns=["orientation", "temporal_frequency"])
+
+
 def grating_conditions() -> pd.DataFrame:
     """The 120 static-grating conditions: ``orientation`` (deg), ``spatial_frequency`` (cycles / deg),
     ``phase`` (cycles), ``contrast``."""

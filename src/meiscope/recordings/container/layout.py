@@ -16,7 +16,6 @@ contrast, plus blank sweeps (Allen's parameters, ``../shared/docs/allen-brain-ob
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,26 +23,17 @@ import pandas as pd
 
 from meiscope.config import SyntheticConfig
 from meiscope.recordings.container.settings import SyntheticContainerConfig
-from meiscope.recordings.brain_observatory import grating_conditions
+from meiscope.recordings.brain_observatory import drifting_grating_conditions, grating_conditions
 
 SESSION_TYPES = {"A": "three_session_A", "B": "three_session_B", "C": "three_session_C"}
 STATIC_S = 0.25
 MOVIE_FRAME_S = 1.0 / 30.0
 DG_SWEEP_S, DG_GRAY_S = 2.0, 1.0
-DG_DIRECTIONS = tuple(float(d) for d in range(0, 360, 45))
-DG_TEMPORAL_FREQUENCIES = (1.0, 2.0, 4.0, 8.0, 15.0)
-DG_SPATIAL_FREQUENCY = 0.04
 GRAY_CODE = "gray"  # the gray between drifting-grating sweeps
 SPONTANEOUS = "spontaneous"  # the gray-screen epoch of spontaneous activity
 MOVIES = ("natural_movie_one", "natural_movie_two", "natural_movie_three")
 N_EPOCHS = 3
 TICKS_PER_S = 120
-
-
-def drifting_grating_conditions() -> pd.DataFrame:
-    """The 40 drifting-grating conditions: ``orientation`` (direction, deg) and ``temporal_frequency`` (Hz)."""
-    rows = list(itertools.product(DG_DIRECTIONS, DG_TEMPORAL_FREQUENCIES))
-    return pd.DataFrame(rows, columns=["orientation", "temporal_frequency"])
 
 
 @dataclass

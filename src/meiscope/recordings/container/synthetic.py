@@ -36,7 +36,8 @@ import numpy as np
 from meiscope import visual_field as vf
 from meiscope.config import SyntheticConfig, recorded_config
 from meiscope.recordings.container.settings import SyntheticContainerConfig
-from meiscope.recordings.brain_observatory import CONTRAST, GRATING_PHASES, grating_conditions
+from meiscope.recordings.brain_observatory import (CONTRAST, DG_SPATIAL_FREQUENCY, GRATING_PHASES,
+                                                   drifting_grating_conditions, grating_conditions)
 from meiscope.recordings.container import layout
 from meiscope.atomic import write_json, write_npz
 from meiscope.recordings.screen import PIXELS_PER_DEGREE, SCENE_HEIGHT_PX, SCENE_WIDTH_PX
@@ -121,7 +122,7 @@ def stimulus_rates(populations: Sequence[TruePopulation], templates: ContainerTe
         for out, values in zip(rates, _responses(populations, n_cells, frames, to_field, batch)):
             out[name] = values
 
-    dg = layout.drifting_grating_conditions().assign(spatial_frequency=layout.DG_SPATIAL_FREQUENCY)
+    dg = drifting_grating_conditions().assign(spatial_frequency=DG_SPATIAL_FREQUENCY)
     put("natural_scenes", templates.scenes, batch=8)  # full-size scenes: small batches
     put("static_gratings", _grating_frames(grating_conditions()))
     put("drifting_gratings", _grating_frames(dg, GRATING_PHASES))
@@ -172,7 +173,7 @@ def stimulus_tables(timeline: layout.Timeline, timestamps: np.ndarray, templates
         ``(n_epochs, 2)`` spontaneous epochs.
     """
     natural_scenes, others = None, []
-    sg_table, dg_table = grating_conditions(), layout.drifting_grating_conditions()
+    sg_table, dg_table = grating_conditions(), drifting_grating_conditions()
     for name in dict.fromkeys(timeline.stimulus):  # in order of first appearance
         if name in (layout.GRAY_CODE, layout.SPONTANEOUS):
             continue
@@ -250,7 +251,7 @@ def stimulus_drives(populations: Sequence[TruePopulation],
 
     Returns:
         one dict per population: movie name -> ``(n_frames, n_cells)``; ``drifting_gratings`` ->
-        ``(n_orientations, DG_PHASES, n_cells)`` at the orientations of :func:`layout.drifting_grating_conditions`
+        ``(n_orientations, DG_PHASES, n_cells)`` at the orientations of :func:`drifting_grating_conditions`
         (mod 180, sorted) and phases ``k / DG_PHASES`` cycles.
     """
     functions = [population.drive for population in populations]
@@ -260,8 +261,8 @@ def stimulus_drives(populations: Sequence[TruePopulation],
     for name, frames in templates.movies.items():
         for drives, values, semisat in zip(out, _responses(functions, n_cells, frames, vf.movie_to_field), semisats):
             drives[name] = values / semisat
-    orientations = _dg_orientations(layout.drifting_grating_conditions())
-    frames = np.stack([vf.grating_to_field(o, layout.DG_SPATIAL_FREQUENCY, k / DG_PHASES, CONTRAST, RENDER_FIELD)
+    orientations = _dg_orientations(drifting_grating_conditions())
+    frames = np.stack([vf.grating_to_field(o, DG_SPATIAL_FREQUENCY, k / DG_PHASES, CONTRAST, RENDER_FIELD)
                        for o in orientations for k in range(DG_PHASES)])
     for drives, values, semisat in zip(out, _responses(functions, n_cells, frames), semisats):
         drives["drifting_gratings"] = (values / semisat).reshape(len(orientations), DG_PHASES, -1)
@@ -278,7 +279,7 @@ def _run_drive(timeline: layout.Timeline, rows: np.ndarray, drives: dict[str, np
                cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The static drive of ``cells`` at every substep of the segments ``rows`` (a run of movie or
     drifting-grating and gray segments), and each substep's segment (position in ``rows``)."""
-    dg = layout.drifting_grating_conditions()
+    dg = drifting_grating_conditions()
     orientations = _dg_orientations(dg)
     # each sweep's start: its segments are consecutive and inside the run (a search per row over the whole
     # timeline made hour-long sessions slow)

@@ -55,7 +55,6 @@ import pandas as pd
 from meiscope import visual_field as vf
 from meiscope.config import SyntheticConfig
 from meiscope.recordings import brain_observatory as bo
-from meiscope.recordings.container.layout import DG_SPATIAL_FREQUENCY, drifting_grating_conditions
 from meiscope.recordings.neuropixels import stimuli
 from meiscope.recordings.neuropixels.cache import NeuropixelsError
 from meiscope.recordings.neuropixels.nwb import (Channels, EcephysSessionArrays, Probes, RunningSpeed, Units,
@@ -369,7 +368,7 @@ def make_schedule(n_scenes: int, cfg: SyntheticNeuropixelsConfig, rng: np.random
     """Lay out the session (module docstring)."""
     scenes = _halves(n_scenes, cfg.scene_repeats, True, rng)
     gratings = _halves(len(bo.grating_conditions()), cfg.grating_repeats, True, rng)
-    drifting = _halves(len(drifting_grating_conditions()), cfg.drifting_grating_repeats, True, rng)
+    drifting = _halves(len(bo.drifting_grating_conditions()), cfg.drifting_grating_repeats, True, rng)
     gabors = _halves(len(stimuli.gabor_conditions()), cfg.gabor_repeats, False, rng)
     flashes = _halves(len(FLASH_COLORS), cfg.flash_repeats, False, rng)
     b = _Builder()
@@ -427,9 +426,9 @@ def condition_rates(population: TruePopulation, scenes: np.ndarray, movies: dict
     patches = [_rates(population, np.stack([stimuli.gabor_patch_pixels(r.x_position, r.y_position, r.orientation,
                                                                        p, RENDER_SHAPE) for p in patch_phases]),
                       device).mean(axis=0) for r in stimuli.gabor_conditions().itertuples()]
-    drifting = [_rates(population, np.stack([bo.grating_pixels(r.orientation % 180.0, DG_SPATIAL_FREQUENCY, p,
+    drifting = [_rates(population, np.stack([bo.grating_pixels(r.orientation % 180.0, bo.DG_SPATIAL_FREQUENCY, p,
                                                                RENDER_SHAPE) for p in bo.GRATING_PHASES]),
-                       device).mean(axis=0) for r in drifting_grating_conditions().itertuples()]
+                       device).mean(axis=0) for r in bo.drifting_grating_conditions().itertuples()]
     flashes = np.stack([np.full(RENDER_SHAPE, GRAY * (1.0 + c), dtype=np.float32) for c in FLASH_COLORS])
     rates = {"natural_scenes": _rates(population, scenes, device), "static_gratings": _rates(population, gratings, device),
              "gabors": np.stack(patches), "drifting_gratings": np.stack(drifting),
@@ -629,7 +628,7 @@ def _parameters(name: str, cond: np.ndarray) -> dict[str, Any]:
         # evaluates it ("-1.0" -> -1.0)
         return {"color": [repr(FLASH_COLORS[c]) for c in cond.tolist()]}
     tables = {"static_gratings": bo.grating_conditions(), "gabors": stimuli.gabor_conditions(),
-              "drifting_gratings": drifting_grating_conditions()}
+              "drifting_gratings": bo.drifting_grating_conditions()}
     p = tables[name].reindex(cond).reset_index(drop=True)  # blank (-1) -> NaN row
     full = np.where(blank, np.nan, 1.0)
     text = np.where(blank, NULL, "")
@@ -639,7 +638,7 @@ def _parameters(name: str, cond: np.ndarray) -> dict[str, Any]:
                 "size": [t or FULL_FIELD_SIZE_TEXT for t in text]}
     if name == "drifting_gratings":
         return {"orientation": p.orientation.to_numpy(float), "temporal_frequency": p.temporal_frequency.to_numpy(float),
-                "spatial_frequency": _number_text(DG_SPATIAL_FREQUENCY * full), "contrast": bo.CONTRAST * full,
+                "spatial_frequency": _number_text(bo.DG_SPATIAL_FREQUENCY * full), "contrast": bo.CONTRAST * full,
                 "phase": [t or DG_PHASE_TEXT for t in text], "size": [t or FULL_FIELD_SIZE_TEXT for t in text]}
     return {"x_position": p.x_position.to_numpy(float), "y_position": p.y_position.to_numpy(float),
             "orientation": p.orientation.to_numpy(float), "spatial_frequency": _number_text(stimuli.GABOR_SF * full),
