@@ -328,6 +328,13 @@ def test_a_confirmatory_run_refuses_what_would_make_its_seeds_lie(checkout, tmp_
 
     with pytest.raises(MeiscopeError, match="settings differ from the file's"):
         rep.confirmatory_seeds(load_params(checkout / "params.yaml", ["mei.steps=7"]), checkout)
+    # the recording picks the study; the seeds are the commit's whichever it is
+    on_neuropixels = rep.confirmatory_seeds(load_params(checkout / "params.yaml", ["data.recording=neuropixels"]),
+                                            checkout)
+    assert on_neuropixels == _seeds(checkout)
+    with pytest.raises(MeiscopeError, match="settings differ from the file's"):
+        rep.confirmatory_seeds(load_params(checkout / "params.yaml", ["data.recording=neuropixels",
+                                                                      "neuropixels.training_stimuli=[]"]), checkout)
     with pytest.raises(MeiscopeError, match="--seeds chooses the seeds"):
         rep.run_seeds(load_params(checkout / "params.yaml"), checkout, [1, 2])
     outside = tmp_path / "not-git"

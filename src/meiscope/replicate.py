@@ -437,7 +437,8 @@ def confirmatory_seeds(params: Params, root: Path) -> tuple[list[int], dict[str,
     """The seeds of a confirmatory run in ``root`` and how they were drawn (the summary's ``seed_derivation``).
 
     Refused, one line each: a checkout that is not its commit (:func:`tree_changes`), settings that are not
-    ``params.yaml``'s (``--set`` of anything but ``replicate.*``), code that does not run from ``<root>/src``.
+    ``params.yaml``'s (``--set`` of anything but ``replicate.*`` and ``data.recording``, which picks the study
+    the same seeds run: the container's or the Neuropixels session's), code that does not run from ``<root>/src``.
     """
     from meiscope.config import load_params
     from meiscope.dvcfile import SOURCE_ROOT
@@ -451,9 +452,12 @@ def confirmatory_seeds(params: Params, root: Path) -> tuple[list[int], dict[str,
     if Path(SOURCE_ROOT).resolve() != root / "src":
         raise MeiscopeError(f"{root}: the code that runs ({SOURCE_ROOT}) is not {root / 'src'}; a confirmatory run "
                             "draws its seeds from the project's own committed src/")
-    if settings_key(load_params(root / "params.yaml")) != settings_key(params):
+    # which recording to study is a choice of study, not a setting to tune: the seeds stay the commit's
+    committed = load_params(root / "params.yaml", [f"data.recording={params.data.recording}"])
+    if settings_key(committed) != settings_key(params):
         raise MeiscopeError(f"{root / 'params.yaml'}: the settings differ from the file's (--set or another params "
-                            "file); a confirmatory run uses the committed params.yaml as it is")
+                            "file); a confirmatory run uses the committed params.yaml as it is (only "
+                            "data.recording and replicate.* may be set)")
     src_tree, params_blob = code_and_settings_ids(root)
     avoid = tuple(sorted({*params.replicate.seeds, params.synthetic.seed}))
     seeds = derive_seeds(src_tree, params_blob, params.replicate.n_confirmatory, avoid)
