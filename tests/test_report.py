@@ -238,7 +238,7 @@ def _closed_loop_table(rng, n):
 def _report_figures(rng):
     """Every figure the report shows, built from tiny inputs: (name, figure, dpi it is saved at)."""
     from meiscope import validation
-    from meiscope.recordings.container.ablation import ARMS, ablation_figure, summarise_ablation
+    from meiscope.ablation import ablation_figure, plan_of, summarise_ablation
     from meiscope.report_figures import DPI, accuracy_and_positions_figure, mei_gallery_figure
     from meiscope.report_numbers import display_summary
 
@@ -247,7 +247,7 @@ def _report_figures(rng):
     arms = {arm.slug: {seed: {"train": {"gt_fresh_corr_mean": rng.random()},
                               "validate": {f"gt_mei_{m}_median_{k}": rng.random() for k in KINDS
                                            for m in ("corr", "rate_ratio")}}
-                       for seed in (1, 2)} for arm in ARMS}
+                       for seed in (1, 2)} for arm in plan_of("container").arms}
     yield "gallery", mei_gallery_figure(rng.uniform(0, 255, (n, 36, 46)), [f"cell {i}" for i in range(n)], "simple",
                                         2.6, rng.uniform(0, 255, (n, 36, 46))), DPI
     yield "accuracy", accuracy_and_positions_figure(rng.random(n), rng.random(n), ["simple"] * n, rng.normal(0, 9, n),
@@ -255,7 +255,7 @@ def _report_figures(rng):
     yield "closed loop", validation.closed_loop_figure(_closed_loop_table(rng, n), rng.random((n, 36, 46)),
                                                        rng.random((n, 36, 46)), lambda x: x * 255, n_show=5), 110
     yield "replicates", rep.intervals_figure(replicates), DPI
-    yield "ablation", ablation_figure(display_summary(summarise_ablation(arms, 0.95))), DPI
+    yield "ablation", ablation_figure(display_summary(summarise_ablation(plan_of("container").arms, arms, 0.95))), DPI
 
 
 def test_no_figure_text_is_smaller_than_9_px_at_the_width_the_report_shows_it():

@@ -124,8 +124,8 @@ def main() -> None:
     \b
       replicate               (optional, slow) the synthetic study on K new cortices,
                               with confidence intervals; not part of `dvc repro`
-      ablation                (optional, slower) what each stimulus of the container buys,
-                              over the replicates (data.recording: container)
+      ablation                (optional, slower) what each training stimulus buys, over
+                              the replicates (data.recording: container or neuropixels)
       services start|stop     (optional) PostgreSQL + MLflow tracking server for a team
       dvcfile                 write dvc.yaml from the stage table (src/meiscope/pipeline.py)
 
@@ -289,19 +289,22 @@ def _seed_list(seeds: str | None) -> list[int] | None:
 @PARAMS_OPTION
 @DEVICE_OPTION
 @click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: replicate.seeds).")
+@click.option("--arms", default=None, help="Comma-separated arms to run (default: every arm of the recording).")
 @_stage
-def ablation(params: Any, root: Path, device: str | None, seeds: str | None) -> None:
-    """What each stimulus of the container buys: the container study's replicates, trained on each stimulus set.
+def ablation(params: Any, root: Path, device: str | None, seeds: str | None, arms: str | None) -> None:
+    """What each training stimulus buys: a recording's replicates, trained on each stimulus set.
 
-    Needs data.recording: container (the default). Runs (or resumes) the
-    replicates, then every arm (natural scenes only; + static gratings; + natural movies; + sparse
-    noise; all) on each replicate's data. Writes metrics/ablation-container.json and a figure;
-    `meiscope report` shows the table.
+    For data.recording container (the default: natural scenes only; + static gratings; + natural
+    movies; + sparse noise; all) or neuropixels (natural scenes only; + static gratings and flashes;
+    + natural movies one and three; all). Runs (or resumes) the replicates, then every arm on each
+    replicate's data. Writes metrics/ablation-<recording>.json and a figure; `meiscope report` shows
+    the table.
     """
-    from meiscope.recordings.container.ablation import ablation as run, ablation_table
+    from meiscope.ablation import ablation as run, ablation_table
 
     try:
-        summary = run(params, root, seeds=_seed_list(seeds), device=device)
+        summary = run(params, root, seeds=_seed_list(seeds), device=device,
+                      arms=[a.strip() for a in arms.split(",")] if arms is not None else None)
     except KeyboardInterrupt:
         click.echo("\ninterrupted: run `meiscope ablation` again to continue where it stopped", err=True)
         sys.exit(130)

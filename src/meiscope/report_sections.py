@@ -146,19 +146,21 @@ def replicate_section(summary: dict, params: Params, root: Optional[Path] = None
 
 
 def ablation_section(summary: dict, params: Params, root: Optional[Path] = None) -> Section:
-    """What each stimulus of the container buys (``meiscope ablation``): one row per training set."""
-    from meiscope.recordings.container.ablation import ablation_figure, ablation_grid
+    """What each training stimulus of a recording buys (``meiscope ablation``): one row per training set."""
+    from meiscope.ablation import ablation_figure, ablation_grid, summary_path
     from meiscope.replicate import stale_note
 
+    recording = summary.get("recording", "container")  # summaries written before other recordings had one
+    setting = summary.get("setting", "container.stimuli")
     shown = display_summary(summary)
-    intro = (f"The container study's replicates (seeds {summary['seeds']}), each retrained from extract on the same "
-             "data with only container.stimuli changed (tune, train, MEIs and the closed loop rerun per arm). "
-             f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the issue's targets are 0.8."
-             + stale_note(summary, params, "make ablation"))
-    path = Path(root or ".") / "metrics" / "ablation-container.json"
-    return Section("What each stimulus buys (container ablation)", intro, grid=ablation_grid(shown),
+    intro = (f"The {recording} study's replicates (seeds {summary['seeds']}), each retrained from extract on the "
+             f"same data with only {setting} changed (tune, train, MEIs and the closed loop rerun per arm). "
+             f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the 0.8 line is the target."
+             + stale_note(summary, params, f"meiscope ablation --set data.recording={recording}"))
+    return Section(f"What each stimulus buys ({recording} ablation)", intro, grid=ablation_grid(shown),
                    inline_figures=[("ablation", png_bytes(ablation_figure(shown)))], part="committed",
-                   source=committed_source(root, path, "meiscope ablation"), anchor="ablation")
+                   source=committed_source(root, summary_path(root or Path("."), recording), "meiscope ablation"),
+                   anchor=f"ablation-{recording}")
 
 
 def recordings_section(summary: dict, other: dict, root: Optional[Path] = None) -> Section:
@@ -334,7 +336,7 @@ def stage_sections(params: Params, layout: Layout, m: dict[str, dict]) -> list[S
 def replicate_sections(params: Params, m: dict[str, dict], root: Optional[Path] = None) -> list[Section]:
     """What was run beside the pipeline, where its summary exists: this recording's replicates, the same seeds on
     each other synthetic cortex (``m["replicates_on"]``), a comparison with each other recording whose replicates
-    exist (``m["replicates_of"]``, in registry order), the ablation."""
+    exist (``m["replicates_of"]``, in registry order), each recording's stimulus ablation (``m["ablations"]``)."""
     sections = []
     if m.get("replicates", {}).get("figures"):
         sections.append(replicate_section(m["replicates"], params, root))
@@ -342,8 +344,8 @@ def replicate_sections(params: Params, m: dict[str, dict], root: Optional[Path] 
                      for other in m.get("replicates_on", {}).values() if other.get("figures")]
         sections += [recordings_section(m["replicates"], other, root)
                      for other in m.get("replicates_of", {}).values() if other.get("figures")]
-    if m.get("ablation", {}).get("arms"):
-        sections.append(ablation_section(m["ablation"], params, root))
+    sections += [ablation_section(summary, params, root)
+                 for summary in m.get("ablations", {}).values() if summary.get("arms")]
     return sections
 
 

@@ -52,6 +52,7 @@ def stage_metric_stems() -> tuple[str, ...]:
 
 def _load_all_metrics(params: Params, layout: Layout, root: Path) -> dict[str, dict]:
     """Every stage's metrics (empty where a stage has not run), the replicates' and the ablation's."""
+    from meiscope.ablation import ablation_recordings, summary_path as ablation_summary
     from meiscope.config import SYNTHETIC_PROFILES
     from meiscope.recordings import RECORDINGS
     from meiscope.replicate import summary_file
@@ -66,6 +67,6 @@ def _load_all_metrics(params: Params, layout: Layout, root: Path) -> dict[str, d
     # the same seeds on the other synthetic cortices (`meiscope replicate --profile`)
     metrics["replicates_on"] = {name: load_metrics(summary_file(root, params.data.recording, name))
                                 for name in SYNTHETIC_PROFILES if name != params.synthetic.profile}
-    for kind in RECORDINGS.values():  # studies a recording adds (the container's stimulus ablation), when run
-        metrics.update({name: load_metrics(path) for name, path in kind().report_summaries(root).items()})
+    # each recording's stimulus ablation (`meiscope ablation`), when run
+    metrics["ablations"] = {name: load_metrics(ablation_summary(root, name)) for name in ablation_recordings()}
     return metrics
