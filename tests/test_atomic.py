@@ -56,3 +56,32 @@ def test_zip_bytes_are_the_same_under_another_python_build(tmp_path: Path) -> No
         assert done.returncode == 0, done.stderr
         digest = hashlib.md5((tmp_path / "there.npz").read_bytes()).hexdigest()
         assert digest == hashlib.md5((tmp_path / "here.npz").read_bytes()).hexdigest(), python
+
+
+def test_a_killed_writers_temporary_folder_is_removed_by_the_next_write_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from meiscope.atomic import atomic_dir
+
+    out = tmp_path / "results" / "mei"
+    # a stage SIGKILLed while writing its outputs (it cannot clean up)
+    code = ("import sys, time; from meiscope.atomic import atomic_dir\n"
+            f"with atomic_dir({str(out)!r}) as tmp:\n"
+            "    (tmp / 'part.npy').write_bytes(b'x'); print(tmp, flush=True); time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    killed_tmp = Path(writer.stdout.readline().strip())
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert killed_tmp.is_dir() and killed_tmp.name.startswith(f".mei.new-{writer.pid}-")
+    # a writer still running, and a folder meiscope did not name with a pid: both kept
+    live = tmp_path / "results" / f".mei.new-{os.getppid()}-abc"
+    foreign = tmp_path / "results" / ".mei.new-abc"
+    live.mkdir()
+    foreign.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "good.npy").write_bytes(b"y")
+    assert not killed_tmp.exists() and live.is_dir() and foreign.is_dir()
+    assert [p.name for p in out.iterdir()] == ["good.npy"]

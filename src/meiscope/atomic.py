@@ -13,6 +13,45 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _temp_prefix(path: Path, kind: str) -> str:
+    """``.<name>.<kind>-<pid>-``: a temporary file or folder beside ``path`` names the process writing it."""
+    return f".{path.name}.{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned(path: Path) -> list[Path]:
+    """Remove the new-output temporaries beside ``path`` whose writer is gone, and return them.
+
+    A process killed by SIGKILL cannot clean up after itself: its ``.<name>.new-<pid>-*`` stays. One
+    whose process still runs (or whose name holds no pid: not written this way) is left alone. The
+    ``.old-`` folder of an interrupted swap is kept too: it may hold the last good outputs.
+    """
+    import glob
+    import shutil
+
+    removed = []
+    prefix = f".{path.name}.new-"
+    for leftover in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = leftover.name[len(prefix):].partition("-")[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+        removed.append(leftover)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -21,7 +60,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    remove_abandoned(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path, "new"), suffix=suffix or ".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o644)  # mkstemp makes files private; outputs are ordinary shared files
@@ -43,13 +83,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+    remove_abandoned(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path, "new")))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path, "old")))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:

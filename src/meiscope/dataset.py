@@ -97,11 +97,7 @@ class ResponseDataset:
 
     def select_neurons(self, cell_ids: np.ndarray) -> "ResponseDataset":
         """A copy restricted to ``cell_ids`` (in that order)."""
-        index = {int(c): i for i, c in enumerate(self.cell_ids)}
-        missing = [int(c) for c in cell_ids if int(c) not in index]
-        if missing:
-            raise DatasetError(f"cells {missing[:5]} are not in experiment {self.experiment_id}")
-        cols = np.array([index[int(c)] for c in cell_ids], dtype=int)
+        cols = neuron_columns(self.cell_ids, cell_ids, f"experiment {self.experiment_id}: no cells")
         return ResponseDataset(
             experiment_id=self.experiment_id, images=self.images, image_ids=self.image_ids,
             trial_image=self.trial_image, responses=self.responses[:, cols],
@@ -140,6 +136,16 @@ class ResponseDataset:
             raise DatasetError(f"{path}: responses shape {ds.responses.shape} does not match "
                                f"{len(ds.trial_image)} trials x {len(ds.cell_ids)} cells")
         return ds
+
+
+def neuron_columns(have: np.ndarray, wanted: np.ndarray, missing_message: str) -> np.ndarray:
+    """The columns ``(len(wanted),)`` of the ids ``wanted`` in ``have`` (ids ``(n_neurons,)``), in ``wanted``'s
+    order; a DatasetError ``"<missing_message> [first missing ids]"`` when some are not there."""
+    index = {int(c): i for i, c in enumerate(have)}
+    missing = [int(c) for c in wanted if int(c) not in index]
+    if missing:
+        raise DatasetError(f"{missing_message} {missing[:5]}")
+    return np.array([index[int(c)] for c in wanted], dtype=int)
 
 
 def response_kind_of(source: str) -> str:

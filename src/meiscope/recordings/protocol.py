@@ -52,9 +52,6 @@ class Recording(Protocol):
     def training_stimuli(self, params: Params) -> tuple[str, ...]:
         """The stimuli the model trains on, as Allen names them (the report says which)."""
         ...
-    def report_summaries(self, root: Path) -> dict[str, Path]:
-        """Summaries of studies this kind adds, for the report: ``{metrics key: JSON file}`` (may not exist)."""
-        ...
     def check_optimal_gabors(self, params: Params, cache_dir: Path, experiment_id: int, dataset_path: Path,
                              cell_ids: "np.ndarray", image_shape: tuple[int, int], optimal_params: "np.ndarray",
                              out: Path) -> dict[str, Any]:
@@ -86,10 +83,6 @@ class ScenesOnly:
     def training_stimuli(self, params: "Params") -> tuple[str, ...]:
         """Natural scenes alone."""
         return ("natural_scenes",)
-
-    def report_summaries(self, root: Path) -> dict[str, Path]:
-        """No study of its own beside the pipeline's."""
-        return {}
 
     def check_optimal_gabors(self, params: "Params", cache_dir: Path, experiment_id: int, dataset_path: Path,
                              cell_ids: "np.ndarray", image_shape: tuple[int, int], optimal_params: "np.ndarray",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from meiscope import visual_field as vf
 from meiscope.atomic import write_npz
-from meiscope.dataset import DatasetError
+from meiscope.dataset import DatasetError, neuron_columns
 from meiscope.recordings.brain_observatory import CONTRAST
 
 GRATING_PARAMETERS = ("orientation", "spatial_frequency", "phase")
@@ -100,11 +100,8 @@ class TrainingStimuli:
 
     def select_neurons(self, cell_ids: np.ndarray) -> "TrainingStimuli":
         """A copy restricted to ``cell_ids`` (in that order; all must be present)."""
-        index = {int(c): i for i, c in enumerate(self.cell_ids)}
-        missing = [int(c) for c in cell_ids if int(c) not in index]
-        if missing:
-            raise DatasetError(f"training stimuli of {self.experiment_id}: no responses of cells {missing[:5]}")
-        cols = np.array([index[int(c)] for c in cell_ids], dtype=int)
+        cols = neuron_columns(self.cell_ids, cell_ids,
+                              f"training stimuli of {self.experiment_id}: no responses of cells")
         return TrainingStimuli(
             self.experiment_id, self.cell_ids[cols], self.kernel,
             [TrialStimulus(s.name, s.session, s.images, s.trial_image, s.responses[:, cols]) for s in self.trials],

@@ -28,9 +28,6 @@ if TYPE_CHECKING:
     from meiscope.recordings.training_stimuli import TrainingStimuli
 
 
-# where `meiscope ablation` (.ablation) writes its summary, relative to the project root
-ABLATION_SUMMARY = "metrics/ablation-container.json"
-
 class Container(TwoPhoton):
     """Whole Brain Observatory experiment containers: session B's natural scenes are studied, and every
     stimulus of sessions A, B and C (``container`` params) trains the model too (:mod:`meiscope.recordings.container`)."""
@@ -97,7 +94,3 @@ class Container(TwoPhoton):
         from meiscope.recordings.container.responses import container_path
 
         return container_path(dataset_path)
-
-    def report_summaries(self, root: Path) -> dict[str, Path]:
-        """The stimulus ablation's summary (``meiscope ablation``: what each stimulus adds)."""
-        return {"ablation": Path(root) / ABLATION_SUMMARY}
