@@ -100,6 +100,13 @@ def test_the_compare_table_sets_two_cortices_side_by_side_with_the_change(tmp_pa
                                                                         "loses 3/3 / loses 3/3"]
     with pytest.raises(hook.MetricTableError, match="exactly two summaries"):
         hook.render("<!-- compare-table: metrics/a.json -->", tmp_path)
+    # two recordings' studies on the same cortex: the columns are named for the recording
+    for name, recording in (("a", "container"), ("b", "neuropixels")):
+        summary = json.loads((tmp_path / "metrics" / f"{name}.json").read_text())
+        summary.update(recording=recording, profile="out_of_family")
+        (tmp_path / "metrics" / f"{name}.json").write_text(json.dumps(summary))
+    head = hook.render("<!-- compare-table: metrics/a.json metrics/b.json -->", tmp_path).splitlines()[0]
+    assert head.startswith("| figure | container (confirmatory, 3 replicates") and "| neuropixels (" in head
 
 
 def test_refresh_rewrites_only_what_lies_between_a_placeholder_and_its_end(tmp_path):

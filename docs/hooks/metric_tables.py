@@ -314,13 +314,15 @@ def _cells(figures: dict[str, Any], kind: str) -> str:
 
 
 def compare_table(root: Path, argument: str) -> str:
-    """Two replicate summaries (the same seeds on two cortices) side by side, figure by figure and per kind."""
+    """Two replicate summaries side by side, figure by figure and per kind: the same seeds on two cortices
+    (columns named for the cortex), or two recordings' studies (columns named for the recording)."""
     files = argument.split()
     if len(files) != 2:
         raise MetricTableError(f"compare-table needs exactly two summaries (got {len(files)})")
     loaded = [_load(root, f) for f in files]
     figures = [_figures(summary, f) for summary, f in zip(loaded, files)]
-    heads = [f"{summary.get('profile', Path(f).stem)} ({_protocol(summary, f)}, {summary.get('k', '?')} replicates"
+    by = "recording" if len({s.get("recording") for s in loaded}) == 2 else "profile"
+    heads = [f"{summary.get(by, Path(f).stem)} ({_protocol(summary, f)}, {summary.get('k', '?')} replicates"
              f"{', commit ' + summary['git_commit'][:7] if summary.get('git_commit') else ''})"
              for summary, f in zip(loaded, files)]
 

@@ -197,27 +197,29 @@ def ablation_figure(summary: dict[str, Any]) -> Any:
     from matplotlib.figure import Figure as MplFigure
 
     arms = summary["arms"]
-    fig = MplFigure(figsize=(9.5, 0.55 * len(arms) + 1.8))  # ~1:1 on a 1000 px page: 8 pt stays >= 9 px
+    fig = MplFigure(figsize=(9.5, 0.55 * len(arms) + 2.1))  # ~1:1 on a 1000 px page: 8 pt stays >= 9 px
     axes = fig.subplots(1, len(PANELS), sharey=True)
     for ax, (title, prefix) in zip(axes, PANELS):
         names = [n for n in arms[0]["figures"] if n.startswith(prefix)]
         for j, name in enumerate(names):
             kind = name[len(prefix):] or None
             colour = KIND_COLOURS.get(kind, "k")
-            offset = (j - (len(names) - 1) / 2) * 0.22
+            offset = (j - (len(names) - 1) / 2) * min(0.22, 0.8 / len(names))  # the kinds of an arm stay apart
             for y, arm in enumerate(arms):
                 draw_interval(ax, arm["figures"][name], y + offset, colour, label=kind if y == 0 else None)
         ax.axvline(0.8, color="tab:red", lw=0.8, ls=":")  # the 0.8 target line
         ax.set_title(title, fontsize=9, wrap=True)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(axis="x", labelsize=8)
-        if len(names) > 1:
-            ax.legend(fontsize=8, loc="best")
     axes[0].set_yticks(range(len(arms)), [a["label"] for a in arms], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(f"What each stimulus buys ({len(summary.get('seeds', []))} replicates): dots = replicates,\n"
                  f"diamond = mean, bar = {summary['confidence']:.0%} t-interval, red line = 0.8", fontsize=9)
-    fig.tight_layout()
+    # one legend of the cell kinds under the panels, where it hides no interval
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda hl: len(hl[1]))
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if labels else 0, 1, 1))
     return fig
 
 

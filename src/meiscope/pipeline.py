@@ -100,7 +100,7 @@ STAGES: tuple[Stage, ...] = (
                   "metrics/gabor.json", "metrics/validate.json", "results/ranking", "results/train", "results/tune",
                   "results/mei", "results/gabor", "results/validate", "metrics/replicates.json",
                   "metrics/replicates-neuropixels.json", "metrics/replicates-container.json",
-                  "metrics/ablation-container.json"),
+                  "metrics/ablation-container.json", "metrics/ablation-neuropixels.json"),
           outputs=("report/index.html",), metrics=("metrics/headline.json",)),
 )
 
