@@ -278,6 +278,10 @@ def test_the_default_container_layout_and_the_committed_data_hash(tmp_path):
 
     from meiscope.config import load_params
 
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)  # a whole container: every core, as `meiscope data` uses (the
+    # bytes do not depend on it: data.dvc was written by `meiscope data` on another machine's threads)
     repo = Path(__file__).resolve().parents[1]
     shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
     params = load_params(tmp_path / "params.yaml")
