@@ -98,6 +98,7 @@ def ablation_recordings() -> tuple[str, ...]:
 FIGURES = tuple(f for f in HEADLINE if f.name == "train.gt_fresh_corr_mean"
                 or f.key.startswith(("gt_mei_corr_median_", "gt_mei_rate_ratio_median_")))
 
+
 def arm_stages() -> tuple[Any, ...]:
     """The stages an arm runs: the replicate's, less ``data`` (it reads its replicate's raw data)."""
     return tuple(s for s in replicate_stages() if s.name != "data")

@@ -289,7 +289,8 @@ def _seed_list(seeds: str | None) -> list[int] | None:
 @PARAMS_OPTION
 @DEVICE_OPTION
 @click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: replicate.seeds).")
-@click.option("--arms", default=None, help="Comma-separated arms to run (default: every arm of the recording).")
+@click.option("--arms", default=None, help="Comma-separated arms to run (default: every arm of the recording); "
+              "the summary holds the arms run.")
 @_stage
 def ablation(params: Any, root: Path, device: str | None, seeds: str | None, arms: str | None) -> None:
     """What each training stimulus buys: a recording's replicates, trained on each stimulus set.
