@@ -18,16 +18,6 @@ def _temp_prefix(path: Path, kind: str) -> str:
     return f".{path.name}.{kind}-{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_abandoned(path: Path) -> list[Path]:
     """Remove the new-output temporaries beside ``path`` whose writer is gone, and return them.
 
@@ -38,11 +28,13 @@ def remove_abandoned(path: Path) -> list[Path]:
     import glob
     import shutil
 
+    from meiscope.pidfiles import process_start_ticks  # pidfiles writes through this module: import here
+
     removed = []
     prefix = f".{path.name}.new-"
     for leftover in path.parent.glob(glob.escape(prefix) + "*"):
         pid = leftover.name[len(prefix):].partition("-")[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or process_start_ticks(int(pid)) is not None:
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover)
