@@ -11,8 +11,8 @@ from meiscope.recordings.neuropixels.settings import SyntheticNeuropixelsConfig
 from meiscope.recordings import brain_observatory as bo
 from meiscope.recordings import screen
 from meiscope.recordings.neuropixels import gabor_check, stimuli
-from meiscope.recordings.neuropixels.synthetic import (Modulation, Schedule, draw_spikes, make_schedule,
-                                                       other_area_segments, unit_population)
+from meiscope.recordings.neuropixels.synthetic import (Modulation, Schedule, draw_spikes, drifting_images,
+                                                       make_schedule, other_area_segments, unit_population)
 from meiscope.recordings.screen import SCENE_HEIGHT_PX, SCENE_WIDTH_PX
 from meiscope.synthetic.population import sample_cells
 from test_pipeline import TINY as TWO_PHOTON_TINY
@@ -49,6 +49,34 @@ def test_neuropixels_grating_orientation_follows_the_truth_convention():
     assert np.ptp(vertical[:, 10]) < 1e-3 < np.ptp(vertical[10, :])
     assert np.ptp(horizontal[10, :]) < 1e-3 < np.ptp(horizontal[:, 10])
     assert len(bo.grating_conditions()) == 120 and len(stimuli.gabor_conditions()) == 243
+
+
+def test_drifting_stimuli_advance_their_phase_each_screen_frame_in_their_direction():
+    frames = np.arange(121) / stimuli.SCREEN_HZ
+    np.testing.assert_allclose(stimuli.drift_phase(90.0, 1.0, frames[:3]), [0.0, 1 / 60, 2 / 60])
+    np.testing.assert_allclose(stimuli.drift_phase(270.0, 1.0, frames[:3]), [0.0, 59 / 60, 58 / 60])  # opposite way
+    # a 4-Hz Gabor patch sweeps one whole cycle in its 250-ms presentation: 15 screen frames
+    assert stimuli.screen_times(0.0, 0.25).size == 15
+    np.testing.assert_allclose(stimuli.drift_phase(45.0, stimuli.GABOR_TF, 15 / 60), 0.0, atol=1e-12)
+    shape = (12, 16)
+    np.testing.assert_allclose(stimuli.drifting_grating_frame(225.0, 2.0, 7 / 60, shape),
+                               bo.grating_pixels(45.0, bo.DG_SPATIAL_FREQUENCY, 1 - 14 / 60, shape), atol=1e-4)
+
+
+def test_the_truth_sees_every_screen_frame_of_a_drifting_grating():
+    images, row_image = drifting_images()
+    conditions = bo.drifting_grating_conditions()
+    assert row_image.shape == (40 * 120,) and len(images) == 4 * 60  # 4 bar orientations x 60 phases
+    frames = row_image.reshape(40, 120)
+    for c, r in enumerate(conditions.itertuples()):
+        for k in (0, 7, 119):
+            expected = bo.grating_pixels(r.orientation % 180, bo.DG_SPATIAL_FREQUENCY,
+                                         float(stimuli.drift_phase(r.orientation, r.temporal_frequency, k / 60)),
+                                         images.shape[1:])
+            np.testing.assert_allclose(images[frames[c, k]], expected, atol=1e-3)
+        period = int(60 / r.temporal_frequency) if 60 % r.temporal_frequency == 0 else 120
+        np.testing.assert_array_equal(frames[c, period:], frames[c, :120 - period])  # one image per phase
+        assert (np.diff(frames[c]) != 0).all()  # the image changes every frame
 
 
 def test_neuropixels_model_pixels_and_screen_degrees_agree():
@@ -151,16 +179,24 @@ def test_neuropixels_schedule_shows_every_condition_its_repeats():
     schedule = make_schedule(5, cfg, np.random.default_rng(0))
     scenes = schedule.condition[schedule.stimulus == "natural_scenes"]
     assert np.bincount(scenes + 1).tolist() == [3] * 6  # 5 scenes + the blank
+    # the drifting stimuli: one segment per 60-Hz screen frame, condition c's frame k is row c n + k of its rates
     gabors = schedule.condition[schedule.stimulus == "gabors"]
-    assert np.bincount(gabors).tolist() == [2] * 243
+    assert np.bincount(gabors).tolist() == [2] * (243 * 15)
+    np.testing.assert_allclose(schedule.duration[schedule.stimulus == "gabors"], 1 / 60)
+    drifting = schedule.condition[(schedule.stimulus == "drifting_gratings") & (schedule.condition >= 0)]
+    assert np.bincount(drifting).tolist() == [2] * (40 * 120)
     shown = schedule.presentations
     assert np.bincount(shown.condition[shown.name == "drifting_gratings"] + 1).tolist() == [2] * 41
     assert np.bincount(shown.condition[shown.name == "natural_movie_one"]).tolist() == [3] * 5
     assert np.bincount(shown.condition[shown.name == "natural_movie_three"]).tolist() == [2] * 7
     assert np.bincount(shown.condition[shown.name == "flashes"]).tolist() == [4, 4]
-    # segments lie end to end; a drifting grating is 8 bins of 250 ms with one onset
+    # segments lie end to end; a drifting grating (2 s) has one onset, its frames follow in order
     np.testing.assert_allclose(schedule.start[1:], schedule.start[:-1] + schedule.duration[:-1], atol=1e-9)
     assert schedule.onset[schedule.stimulus == "drifting_gratings"].sum() == 82
+    onsets = np.flatnonzero(schedule.onset & (schedule.stimulus == "drifting_gratings") & (schedule.condition >= 0))
+    first = schedule.condition[onsets]
+    assert (first % 120 == 0).all()
+    np.testing.assert_array_equal(schedule.condition[onsets[:, None] + np.arange(120)], first[:, None] + np.arange(120))
 
 
 # --------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _simulate(cfg: SyntheticNeuropixelsConfig) -> dict:
                                         "image_width": 118}}).synthetic
     scenes = make_scenes(synth.n_images, synth.image_height, synth.image_width, synth.seed, progress=False)
     unit_rng, schedule_rng, spike_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(7).spawn(3))
-    cells = session_cells(synth, 0, scenes)
+    cells = session_cells(npx.spiking_cortex(synth, cfg), 0, scenes)
     params, plan, keep = npx.unit_population(cells, cfg, unit_rng)
     visual = TruePopulation(params.rows(np.arange(cells.n_cells))).to(dtype=torch.float64)
     rates = {"natural_scenes": npx._rates(visual, scenes, "cpu")}
@@ -194,11 +194,35 @@ def test_onset_transients_follow_each_visual_units_planted_gain(default_session)
     assert 0.85 < np.median(psth_ratio[~visual]) < 1.15 and (gain[~visual] == 0).all()  # hippocampus, midbrain
 
 
+def test_the_planted_share_of_visp_units_responds_and_the_responsive_kinds_keep_their_proportions(default_session):
+    cfg = SyntheticNeuropixelsConfig()
+    params, plan = default_session["params"], default_session["plan"]
+    visp = plan.areas == "VISp"
+    assert (params.kinds[visp] != "unresponsive").mean() == pytest.approx(cfg.visp_responsive_fraction, abs=0.005)
+    cortex = parse_params({}).synthetic
+    spiking = npx.spiking_cortex(cortex, cfg)
+    assert spiking.kinds.unresponsive == pytest.approx(1.0 - cfg.visp_responsive_fraction)
+    for kind in ("simple", "complex", "conjunction", "centre_surround", "suppressed"):  # scaled alike
+        assert getattr(spiking.kinds, kind) == pytest.approx(
+            getattr(cortex.kinds, kind) * cfg.visp_responsive_fraction / (1.0 - cortex.kinds.unresponsive))
+    assert (spiking.seed, spiking.n_cells) == (cortex.seed, cortex.n_cells)
+
+
+def test_a_cortex_without_responsive_kinds_is_refused_naming_the_key():
+    from meiscope.recordings.neuropixels.cache import NeuropixelsError
+
+    silent = parse_params({"synthetic": {"kinds": {"simple": 0.0, "complex": 0.0, "conjunction": 0.0,
+                                                   "centre_surround": 0.0, "suppressed": 0.0, "unresponsive": 1.0}}})
+    with pytest.raises(NeuropixelsError, match="'synthetic_neuropixels.visp_responsive_fraction'"):
+        npx.spiking_cortex(silent.synthetic, SyntheticNeuropixelsConfig())
+
+
 # --------------------------------------------------------------------------------------
 # settings
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("values,key", [
     ({"visp_pass_fraction": 1.5}, "synthetic_neuropixels.visp_pass_fraction"),
+    ({"visp_responsive_fraction": -0.1}, "synthetic_neuropixels.visp_responsive_fraction"),
     ({"presence_ratio_fail": 0.6}, "synthetic_neuropixels.presence_ratio_fail"),
     ({"amplitude_cutoff_fail": 0.1}, "synthetic_neuropixels.amplitude_cutoff_fail"),
     ({"rate_log_sd": float("nan")}, "synthetic_neuropixels.rate_log_sd"),

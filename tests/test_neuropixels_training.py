@@ -1,5 +1,6 @@
-"""A Neuropixels session's other stimuli train the model: static gratings and flashes as trials, natural movies
-as traces through the fitted latency, read from a tiny synthetic session by allensdk."""
+"""A Neuropixels session's other stimuli train the model: static gratings and flashes as trials, natural movies,
+drifting gratings and Gabor patches as traces through the fitted latency, read from a tiny synthetic session by
+allensdk."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from meiscope.dataset import DatasetError, ResponseDataset
 from meiscope.checks import ConfigError
 from meiscope.model.source_protocol import TrainingSource
 from meiscope.recordings import recording_of
-from meiscope.recordings.neuropixels import training
+from meiscope.recordings.neuropixels import stimuli, training
 from meiscope.recordings.neuropixels.responses import open_session
 from meiscope.recordings.neuropixels.settings import TRAINABLE_STIMULI, NeuropixelsConfig
 from meiscope.recordings.neuropixels.synthetic import LATENCY_S
@@ -46,7 +47,8 @@ def test_the_session_trains_on_every_stimulus_it_holds_that_the_setting_asks_for
     assert recording.training_extras_path(dataset_path) == dataset_path.with_name(f"{ds.experiment_id}.training.npz")
     assert recording.training_stimuli(params) == ("natural_scenes", *TRAINABLE_STIMULI)
     assert sorted(t.name for t in extra.trials) == ["flashes", "static_gratings"]
-    assert sorted(m.name for m in extra.movies) == ["natural_movie_one", "natural_movie_three"]
+    assert sorted(m.name for m in extra.movies) == ["drifting_gratings", "gabors", "natural_movie_one",
+                                                    "natural_movie_three"]
     np.testing.assert_array_equal(extra.cell_ids, ds.cell_ids)
     trials = {t.name: t for t in extra.trials}
     for t in extra.trials:
@@ -81,7 +83,7 @@ def test_trial_responses_are_allensdks_presentationwise_counts(study):
 
 def test_movie_traces_are_the_repeat_mean_of_each_frames_bin_and_the_kernel_is_the_fitted_delay(study):
     params, _, ds, cache, session, extra = study
-    for movie in extra.movies:
+    for movie in (m for m in extra.movies if m.name in training.MOVIE_NUMBERS):
         table = _presentations(session, movie.name)
         start, frame = table.start_time.to_numpy(), table.frame.astype(float).astype(int).to_numpy()
         n_frames = params.synthetic_neuropixels.movie_one_frames  # both movies have 30 frames here
@@ -96,6 +98,50 @@ def test_movie_traces_are_the_repeat_mean_of_each_frames_bin_and_the_kernel_is_t
             np.testing.assert_allclose(movie.trace[:, column], expected, rtol=1e-6)
     latency, _ = training.fit_latency(session, _presentations(session, "natural_scenes"), ds.cell_ids)
     np.testing.assert_allclose(extra.kernel, training.latency_kernel(latency))
+
+
+def _bin_counts(session, unit, onsets: np.ndarray, n_bins: int) -> np.ndarray:
+    """``(n_onsets, n_bins)`` the unit's spikes in each 1/30-s bin after each onset, from its spike times."""
+    edges = onsets[:, None] + np.arange(n_bins + 1)[None, :] / 30
+    return np.diff(np.searchsorted(session.spike_times[unit], edges), axis=1)
+
+
+@pytest.mark.parametrize("name,columns,n_conditions,n_bins", [
+    ("drifting_gratings", ["orientation", "temporal_frequency"], 40, 90),  # 2 s on + 1 s gray, the blank left out
+    ("gabors", ["x_position", "y_position", "orientation"], 243, 7),  # the whole 1/30-s bins of 250 ms
+])
+def test_drifting_stimuli_are_movies_of_each_conditions_bins(study, name, columns, n_conditions, n_bins):
+    params, _, ds, _, session, extra = study
+    movie = next(m for m in extra.movies if m.name == name)
+    table = _presentations(session, name)
+    table = table[(table[columns[0]].astype(str) != "null")]
+    keys = table[columns].astype(float).to_numpy()
+    distinct, condition = np.unique(keys, axis=0, return_inverse=True)
+    assert len(distinct) == n_conditions and movie.trace.shape == (n_conditions * n_bins, ds.n_neurons)
+    assert movie.frames.shape == (n_conditions * n_bins, *ds.images.shape[1:])
+    trace = movie.trace.reshape(n_conditions, n_bins, -1)
+    masked = len(extra.kernel) - 1 if name == "gabors" else 0  # the previous patch drove these bins' spikes
+    assert np.isnan(trace[:, :masked]).all() and np.isfinite(trace[:, masked:]).all()
+    for column, unit in enumerate(ds.cell_ids[:5]):  # counted here from the spike times
+        counts = _bin_counts(session, unit, table.start_time.to_numpy(), n_bins)
+        expected = np.stack([counts[condition.ravel() == c].mean(axis=0) for c in range(n_conditions)])
+        np.testing.assert_allclose(trace[:, masked:, column], expected[:, masked:], rtol=1e-6)
+    field_ = vf.VisualField.from_crop(params.extract.crop, ds.images.shape[1:])
+    frames = movie.frames.reshape(n_conditions, n_bins, *ds.images.shape[1:])
+    if name == "drifting_gratings":  # bin k shows the 60-Hz frames 2k and 2k + 1; gray after 2 s
+        direction, frequency = distinct[5]
+        draw = [vf.grating_to_field(direction % 180, 0.04, float(stimuli.drift_phase(direction, frequency, t)), 0.8,
+                                    field_) for t in (20 / 60, 21 / 60)]
+        np.testing.assert_allclose(frames[5, 10], ds.to_model(np.mean(draw, axis=0)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(frames[:, 60:], ds.to_model(np.float64(vf.GRAY)), atol=1e-4)
+    else:  # the patch at the screen centre: the frame differs from gray on a disc centred there
+        centre = int(np.flatnonzero((distinct == [0.0, 0.0, 90.0]).all(axis=1))[0])
+        row, col = field_.model_coordinates(0.0, 0.0)
+        rows, cols = np.nonzero(np.abs(frames[centre, 3] - ds.to_model(np.float64(vf.GRAY))) > 1e-3)
+        assert rows.size > 4 and abs(rows.mean() + 0.5 - row) < 1.0 and abs(cols.mean() + 0.5 - col) < 1.0
+        assert np.ptp(frames[centre, 1] - frames[centre, 4]) > 1e-3  # it drifts
+    assert movie.repeats == params.synthetic_neuropixels.drifting_grating_repeats if name == "drifting_gratings" \
+        else params.synthetic_neuropixels.gabor_repeats
 
 
 def test_the_fitted_latency_recovers_the_planted_one_within_a_frame(study):
@@ -139,7 +185,7 @@ def test_selecting_units_keeps_their_columns_in_that_order(study):
 
 def test_an_unknown_training_stimulus_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"'neuropixels.training_stimuli' must be one of .*'gabors'"):
-        NeuropixelsConfig(training_stimuli=["static_gratings", "gabors"])
+        NeuropixelsConfig(training_stimuli=["static_gratings", "locally_sparse_noise"])
     with pytest.raises(ConfigError, match="neuropixels.training_stimuli"):
         NeuropixelsConfig(training_stimuli=["flashes", "flashes"])
     assert NeuropixelsConfig(training_stimuli=[]).training_stimuli == []
@@ -162,10 +208,10 @@ class WithoutStimuli:
 
 def test_a_stimulus_the_session_lacks_or_the_setting_drops_has_no_source(study):
     params, dataset_path, ds, cache, session, extra = study
-    lacking = training.training_stimuli(cache, WithoutStimuli(session, {"flashes", "natural_movie_three"}), ds,
-                                        params.extract, params.neuropixels, dataset_path)
+    lacking = training.training_stimuli(cache, WithoutStimuli(session, {"flashes", "natural_movie_three", "gabors"}),
+                                        ds, params.extract, params.neuropixels, dataset_path)
     assert [t.name for t in lacking.trials] == ["static_gratings"] and [m.name for m in lacking.movies] == [
-        "natural_movie_one"]
+        "natural_movie_one", "drifting_gratings"]
     np.testing.assert_array_equal(lacking.trials[0].responses,
                                   next(t for t in extra.trials if t.name == "static_gratings").responses)
     only_movie = NeuropixelsConfig(training_stimuli=["natural_movie_one"])

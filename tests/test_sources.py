@@ -124,3 +124,25 @@ def test_a_cell_the_sparse_noise_missed_starts_where_the_movie_puts_it():
     assert np.abs(map_peaks(rf_init_map(train, [noise], maps))[0].numpy() - planted).max() <= 1
     assert float(movie_map[1].abs().max()) == 0.0  # cell 8 was not recorded in the movie's session
     assert movie_position_maps(extra)[0] is movie_map  # kept on the movie: tune's trials and train's members reuse it
+
+
+def test_a_movies_unrecorded_bins_do_not_move_the_position_map():
+    """Bins left NaN (e.g. a Gabor patch's first bins, driven by the patch before it) count as the neuron's mean,
+    not as a zero response: with a trace far from 0, zeros would swamp the regression."""
+    from meiscope.model.sources import _unrecorded_as_mean
+    from meiscope.recordings.training_stimuli import MovieStimulus, TrainingStimuli
+
+    rng = np.random.default_rng(8)
+    shape, planted = (16, 20), (10, 5)
+    frames = rng.standard_normal((600, *shape)).astype(np.float32)
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    envelope = np.exp(-((rows - planted[0]) ** 2 + (cols - planted[1]) ** 2) / 2.0)
+    kernel = np.array([0.0, 1.0])
+    trace = 100.0 + np.convolve(np.einsum("ihw,hw->i", frames, envelope), kernel)[:600]
+    trace[rng.random(600) < 0.3] = np.nan
+    movie = MovieStimulus("gabors", "1", frames, trace[:, None], 3)
+    (movie_map,) = movie_position_maps(TrainingStimuli(experiment_id=1, cell_ids=np.array([7]), kernel=kernel,
+                                                       movies=[movie]))
+    assert np.abs(map_peaks(movie_map)[0].numpy() - planted).max() <= 1
+    filled = _unrecorded_as_mean(np.array([[1.0, np.nan], [np.nan, np.nan], [3.0, np.nan]]))
+    np.testing.assert_array_equal(filled, [[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])

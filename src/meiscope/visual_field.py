@@ -154,10 +154,14 @@ def _grid_edges(n: int, px_per_cell: float, monitor: int) -> np.ndarray:
 
 
 def scenes_to_field(templates: np.ndarray, field: VisualField) -> np.ndarray:
-    """``(n, 918, 1174)`` natural scenes -> ``(n, H, W)`` float32 model pixels (exact area average)."""
+    """``(n, 918, 1174)`` natural scenes -> ``(n, H, W)`` float32 model pixels (exact area average).
+
+    Any other ``(rows, cols)`` rendering of the scene's area of the screen (e.g. a Gabor patch drawn by
+    :func:`meiscope.recordings.neuropixels.stimuli.gabor_patch_pixels`) is stretched over that area."""
+    rows, cols = np.shape(templates)[-2:]
     h, w = SCENE_SHAPE
-    return template_to_field(templates, field, _grid_edges(h, 1.0, MONITOR_SHAPE[0]),
-                             _grid_edges(w, 1.0, MONITOR_SHAPE[1]))
+    return template_to_field(templates, field, _grid_edges(rows, h / rows, MONITOR_SHAPE[0]),
+                             _grid_edges(cols, w / cols, MONITOR_SHAPE[1]))
 
 
 def movie_to_field(frames: np.ndarray, field: VisualField) -> np.ndarray:

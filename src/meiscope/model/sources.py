@@ -264,6 +264,15 @@ def core_position_map(model: torch.nn.Module, train: "SplitTensors", sources: Se
     return sum(maps)
 
 
+def _unrecorded_as_mean(trace: np.ndarray) -> np.ndarray:
+    """``trace`` ``(n_frames, n)`` float32 with each neuron's NaN frames at its mean over the others (0 when it
+    has none): a neutral value for the position map's regression, where 0 would be a planted response."""
+    trace = np.asarray(trace, dtype=np.float64)
+    recorded = np.isfinite(trace)
+    mean = np.where(recorded, trace, 0.0).sum(axis=0) / np.maximum(recorded.sum(axis=0), 1)
+    return np.where(recorded, trace, mean).astype(np.float32)
+
+
 def movie_position_maps(extra: "TrainingSource") -> list[torch.Tensor]:
     """Each movie's receptive-field map ``(n, H, W)``, robust z units, for :func:`rf_init_map`.
 
@@ -277,7 +286,7 @@ def movie_position_maps(extra: "TrainingSource") -> list[torch.Tensor]:
     kernel = torch.as_tensor(np.asarray(extra.kernel, dtype=np.float32))
     for movie in extra.movies:
         if movie.position_map is None and len(movie.frames) >= 2 * len(kernel):
-            trace = torch.as_tensor(np.nan_to_num(movie.trace).astype(np.float32))
+            trace = torch.as_tensor(_unrecorded_as_mean(movie.trace))
             frames = torch.as_tensor(np.ascontiguousarray(movie.frames[:, None], dtype=np.float32))
             movie.position_map = robust_z(rf_position_map(frames, trace, kernel=kernel))
     return [m.position_map for m in extra.movies if m.position_map is not None]

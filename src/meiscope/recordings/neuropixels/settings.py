@@ -9,9 +9,9 @@ from typing import Optional
 
 from meiscope.checks import at_least, one_of, positive, require, seed
 
-# the session's other stimuli the model can train on beside the natural scenes
-# (recordings/neuropixels/training.py says why Gabor patches and drifting gratings are not among them)
-TRAINABLE_STIMULI = ("static_gratings", "flashes", "natural_movie_one", "natural_movie_three")
+# the session's other stimuli the model can train on beside the natural scenes (recordings/neuropixels/training.py)
+TRAINABLE_STIMULI = ("static_gratings", "flashes", "natural_movie_one", "natural_movie_three", "drifting_gratings",
+                     "gabors")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,8 @@ class SyntheticNeuropixelsConfig:
     movie_three_frames: int = 3600  # Allen: 3600
     flash_repeats: int = 75  # per colour (Allen: ~75)
     visp_units: int = 200  # VISp units recorded, at most synthetic.n_cells (798911424: 200)
+    visp_responsive_fraction: float = 0.8  # share of the VISp units that respond to the screen (replaces the
+    # cortex's ``kinds.unresponsive``; 798911424: 70.2% of passing VISp units have a significant Gabor-patch map)
     visp_pass_fraction: float = 0.47  # share passing allensdk's default filters (798911424: 94 / 200)
     amplitude_cutoff_fail: float = 0.335  # share of units failing each metric (798911424: 67, 33, 44 of 200)
     presence_ratio_fail: float = 0.165
@@ -113,6 +115,7 @@ class SyntheticNeuropixelsConfig:
             require(getattr(self, name) >= 2, key + name, "must be >= 2 (reliability needs repeats)")
         for name in ("movie_one_frames", "movie_three_frames", "visp_units"):
             positive(getattr(self, name), key + name)
+        _range(self.visp_responsive_fraction, 0.0, 1.0, key + "visp_responsive_fraction")
         _range(self.visp_pass_fraction, 0.0, 1.0, key + "visp_pass_fraction")
         # a unit failing any metric fails the filters, and every failing unit fails at least one metric
         fail = 1.0 - self.visp_pass_fraction

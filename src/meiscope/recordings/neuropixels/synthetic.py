@@ -9,6 +9,9 @@ section, session 0: the same seed, scenes, calibration and truth module as the t
   thalamus or midbrain: :data:`PROBE_AREAS`); ``visp_units`` of the cortex's cells are VISp units on
   probe C, and ``other_area_units`` units in each other area segment fire at their spontaneous rate
   whatever the screen shows (those in visual areas add the onset transient).
+- **Responsive units**: ``visp_responsive_fraction`` of the VISp units respond to the screen (the
+  cortex's kinds, its unresponsive share replaced; two-photon counts a cell responsive by its calcium
+  response to natural scenes, a criterion spikes pass far more often: :func:`spiking_cortex`).
 - **Quality metrics**: in every probe segment, ``round(n visp_pass_fraction)`` of its ``n`` units pass
   allensdk's default filters and ``round(n share)`` fail each of amplitude cutoff, presence ratio and ISI
   violations (every failing unit at least one; 798911424's VISp: 94 of 200 pass, 67, 33 and 44 fail
@@ -34,12 +37,13 @@ the order is ours, after Allen's description, not checked against 798911424's ta
 
     gabors | spont | flashes | DG | NM3 | NM1 | SG | NS | NS | SG | NM1 | NM3 | DG | spont
 
-Spikes: each segment (a 250-ms bin of a static stimulus, drifting grating or gray epoch; one
-1/30-s movie frame) has one rate per unit, delayed by a :data:`LATENCY_S` response latency; spike
-counts are Poisson, times uniform in the segment, then a refractory period removes any spike closer
-than ``refractory_ms`` to the one before it. Drifting Gabor patches and drifting gratings drive a
-unit with its true rate averaged over the phases of one cycle (the truth has no temporal filter).
-Same config -> identical spike times on any machine.
+Spikes: each segment (a 250-ms static stimulus or bin of a gray epoch; one 1/30-s movie frame;
+one 1/60-s screen frame of a drifting Gabor patch or grating) has one rate per unit, delayed by a
+:data:`LATENCY_S` response latency; spike counts are Poisson, times uniform in the segment, then a
+refractory period removes any spike closer than ``refractory_ms`` to the one before it. A drifting
+stimulus drives a unit frame by frame with the true rate of the image on screen
+(:func:`~meiscope.recordings.neuropixels.stimuli.drift_phase`; the truth has no temporal filter, so a
+simple cell follows the drift, up to 15 Hz). Same config -> identical spike times on any machine.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ from meiscope.synthetic.population import WORK_SHAPE, CellParams, TruePopulation
 PRESENTATION_S = 0.25  # static stimuli, flashes, and the bins of drifting gratings and gray epochs
 MOVIE_FRAME_S = 1.0 / 30.0
 LATENCY_S = 0.04  # onset latency of mouse V1 spiking responses (~40 ms)
-GABOR_PHASE_STEPS = 8
+SCREEN_FRAME_S = 1.0 / stimuli.SCREEN_HZ  # the segments of the drifting stimuli
 DG_ON_S, DG_GRAY_S = 2.0, 1.0  # a drifting-grating sweep and the gray after it (Allen: 2 s + 1 s)
 FLASH_PERIOD_S = 2.0  # a 250-ms flash every 2 s
 FLASH_COLORS = (-1.0, 1.0)  # full-field black and white
@@ -102,6 +106,19 @@ NULL = "null"  # Allen's value where a parameter does not apply
 # --------------------------------------------------------------------------------------
 # units
 # --------------------------------------------------------------------------------------
+def spiking_cortex(synth: SyntheticConfig, cfg: SyntheticNeuropixelsConfig) -> SyntheticConfig:
+    """The cortex the session records: ``synth`` with ``visp_responsive_fraction`` of its cells responsive,
+    the responsive kinds keeping their proportions (everything else, seed included, unchanged)."""
+    kinds = asdict(synth.kinds)
+    responsive = 1.0 - kinds["unresponsive"]
+    if responsive <= 0:
+        raise NeuropixelsError("params: 'synthetic.kinds' has no responsive kind, so "
+                               "'synthetic_neuropixels.visp_responsive_fraction' has none to scale")
+    scale = cfg.visp_responsive_fraction / responsive
+    shares = {k: (v * scale if k != "unresponsive" else 1.0 - cfg.visp_responsive_fraction) for k, v in kinds.items()}
+    return replace(synth, kinds=type(synth.kinds)(**shares))
+
+
 def unit_ids_for(session_id: int, n_units: int) -> np.ndarray:
     """Allen-like unit ids, distinct between sessions (assumes n_units <= 10,000)."""
     return 950_000_000 + (int(session_id) % 10_000) * 10_000 + np.arange(n_units, dtype=np.int64)
@@ -330,14 +347,20 @@ class _Builder:
         self.gray(seconds)
         self.rows.append(("spontaneous", start, self.t, self.block, -1))
 
-    def stimulus(self, name: str, codes: np.ndarray, on_s: float, segment_s: float, gray_s: float = 0.0) -> None:
-        """One block: each code shown for ``on_s`` (``segment_s`` segments, an onset at the first), then gray."""
+    def stimulus(self, name: str, codes: np.ndarray, on_s: float, segment_s: float, gray_s: float = 0.0,
+                 frame_resolved: bool = False) -> None:
+        """One block: each code shown for ``on_s`` (``segment_s`` segments, an onset at the first), then gray.
+
+        A ``frame_resolved`` stimulus's segment ``k`` of code ``c >= 0`` has condition ``c n + k`` (``n``
+        segments per presentation: its rate table has a row per frame); otherwise every segment is ``c``.
+        """
         self.block += 1
         n_segments = int(round(on_s / segment_s))
         for code in codes.tolist():
             start = self.t
             for k in range(n_segments):
-                self._segment(segment_s, name, int(code), k == 0)
+                condition = code * n_segments + k if frame_resolved and code >= 0 else code
+                self._segment(segment_s, name, int(condition), k == 0)
             self.rows.append((name, start, self.t, self.block, int(code)))
             if gray_s:
                 self.gray(gray_s)
@@ -372,11 +395,11 @@ def make_schedule(n_scenes: int, cfg: SyntheticNeuropixelsConfig, rng: np.random
     gabors = _halves(len(stimuli.gabor_conditions()), cfg.gabor_repeats, False, rng)
     flashes = _halves(len(FLASH_COLORS), cfg.flash_repeats, False, rng)
     b = _Builder()
-    b.stimulus("gabors", np.concatenate(gabors), PRESENTATION_S, PRESENTATION_S)
+    b.stimulus("gabors", np.concatenate(gabors), PRESENTATION_S, SCREEN_FRAME_S, frame_resolved=True)
     b.spontaneous(cfg.spontaneous_s)
     b.stimulus("flashes", np.concatenate(flashes), PRESENTATION_S, PRESENTATION_S, FLASH_PERIOD_S - PRESENTATION_S)
     halves = [
-        lambda h: b.stimulus("drifting_gratings", drifting[h], DG_ON_S, PRESENTATION_S, DG_GRAY_S),
+        lambda h: b.stimulus("drifting_gratings", drifting[h], DG_ON_S, SCREEN_FRAME_S, DG_GRAY_S, frame_resolved=True),
         lambda h: b.movie("natural_movie_three", cfg.movie_three_frames, _split(cfg.movie_three_repeats)[h]),
         lambda h: b.movie("natural_movie_one", cfg.movie_one_frames, _split(cfg.movie_one_repeats)[h]),
         lambda h: b.stimulus("static_gratings", gratings[h], PRESENTATION_S, PRESENTATION_S),
@@ -416,22 +439,43 @@ def _movie_rates(population: TruePopulation, frames: np.ndarray, device: Any, ba
                            for s in range(0, len(frames), batch)])
 
 
+def _frame_times(on_s: float) -> np.ndarray:
+    """Onsets of the 60-Hz screen frames of an ``on_s`` presentation (s after its onset)."""
+    return stimuli.screen_times(0.0, on_s)
+
+
+def drifting_images(on_s: float = DG_ON_S) -> tuple[np.ndarray, np.ndarray]:
+    """Every screen frame of every drifting-grating condition: ``(images (n_images, H, W), row_image
+    (n_conditions x n_frames,))``; the distinct images (orientation, phase on the 1/60-cycle grid: Allen's
+    frequencies are whole Hz) are drawn once."""
+    times = _frame_times(on_s)
+    keys = [(r.orientation % 180.0, round(float(p) * stimuli.SCREEN_HZ) % int(stimuli.SCREEN_HZ))
+            for r in bo.drifting_grating_conditions().itertuples()
+            for p in stimuli.drift_phase(r.orientation, r.temporal_frequency, times)]
+    distinct = sorted(set(keys))
+    index = {key: i for i, key in enumerate(distinct)}
+    images = np.stack([bo.grating_pixels(o, bo.DG_SPATIAL_FREQUENCY, q / stimuli.SCREEN_HZ, RENDER_SHAPE)
+                       for o, q in distinct])
+    return images, np.array([index[key] for key in keys], dtype=np.int64)
+
+
 def condition_rates(population: TruePopulation, scenes: np.ndarray, movies: dict[str, np.ndarray],
                     device: Any = "cpu") -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """True rates of each stimulus: name -> ``(n_conditions, n_units)``, and the gray screen's ``(n_units,)``."""
+    """True rates of each stimulus: name -> ``(n_conditions, n_units)``, and the gray screen's ``(n_units,)``.
+
+    The drifting stimuli have a row per screen frame: ``gabors`` row ``c n + k`` is frame ``k`` of Gabor
+    condition ``c`` (``n`` = 15 frames of 250 ms), ``drifting_gratings`` likewise (120 frames of 2 s).
+    """
     gray = _rates(population, np.full((1, *RENDER_SHAPE), GRAY, dtype=np.float32), device)[0]
     gratings = np.stack([bo.grating_pixels(r.orientation, r.spatial_frequency, r.phase, RENDER_SHAPE)
                          for r in bo.grating_conditions().itertuples()])
-    patch_phases = np.arange(GABOR_PHASE_STEPS) / GABOR_PHASE_STEPS
-    patches = [_rates(population, np.stack([stimuli.gabor_patch_pixels(r.x_position, r.y_position, r.orientation,
-                                                                       p, RENDER_SHAPE) for p in patch_phases]),
-                      device).mean(axis=0) for r in stimuli.gabor_conditions().itertuples()]
-    drifting = [_rates(population, np.stack([bo.grating_pixels(r.orientation % 180.0, bo.DG_SPATIAL_FREQUENCY, p,
-                                                               RENDER_SHAPE) for p in bo.GRATING_PHASES]),
-                       device).mean(axis=0) for r in bo.drifting_grating_conditions().itertuples()]
+    patches = np.stack([stimuli.gabor_frame(r.x_position, r.y_position, r.orientation, t, RENDER_SHAPE)
+                        for r in stimuli.gabor_conditions().itertuples() for t in _frame_times(PRESENTATION_S)])
+    drifting, row_image = drifting_images()
     flashes = np.stack([np.full(RENDER_SHAPE, GRAY * (1.0 + c), dtype=np.float32) for c in FLASH_COLORS])
     rates = {"natural_scenes": _rates(population, scenes, device), "static_gratings": _rates(population, gratings, device),
-             "gabors": np.stack(patches), "drifting_gratings": np.stack(drifting),
+             "gabors": _rates(population, patches, device),
+             "drifting_gratings": _rates(population, drifting, device)[row_image],
              "flashes": _rates(population, flashes, device)}
     for name, frames in movies.items():
         rates[name] = _movie_rates(population, frames, device)
@@ -708,7 +752,7 @@ def simulate_neuropixels_session(synth: SyntheticConfig, cfg: SyntheticNeuropixe
                                f"synthetic.n_cells ({synth.n_cells}): the VISp units are the cortex's cells")
     unit_rng, schedule_rng, spike_rng = (np.random.default_rng(s) for s in
                                          np.random.SeedSequence(entropy=cfg.seed, spawn_key=(cfg.session_id,)).spawn(3))
-    cells = session_cells(synth, 0, scenes, device=device)
+    cells = session_cells(spiking_cortex(synth, cfg), 0, scenes, device=device)
     cells = cells.rows(np.arange(cfg.visp_units))
     params, plan, keep = unit_population(cells, cfg, unit_rng)
     visual = TruePopulation(params.rows(np.arange(cells.n_cells))).to(device=device, dtype=torch.float64)
@@ -740,7 +784,8 @@ def synthesize_neuropixels_session(synth: SyntheticConfig, cfg: SyntheticNeuropi
     arrays, population, _ = simulate_neuropixels_session(synth, cfg, scenes, device=device)
     write_session(Path(cache_dir), arrays)
     # the config keys the truth module reads (seed, image size) stay those of the cortex
-    save_ground_truth(Path(cache_dir), cfg.session_id, population, {**asdict(synth), "neuropixels": asdict(cfg)})
+    save_ground_truth(Path(cache_dir), cfg.session_id, population,
+                      {**asdict(spiking_cortex(synth, cfg)), "neuropixels": asdict(cfg)})
     # Allen's unit analysis metrics of the session, computed from its spikes: a file beside the NWB
     from meiscope.recordings.neuropixels.unit_metrics import write_synthetic_analysis_metrics
 

@@ -15,35 +15,36 @@ container uses), saved beside the dataset:
   frame ``f`` mixes the rates of the frames shown a latency earlier: the training source's kernel
   is that delay (:func:`latency_kernel`), with the latency fitted to the session's natural scenes
   (:func:`fit_latency`).
+- **drifting stimuli as traces**: drifting gratings (2 s, then 1 s of gray) and Gabor patches
+  (250 ms, drifting one whole cycle at 4 Hz, back to back in random order). Each condition is a
+  short movie of 1/30-s bins from its onset: a bin's frame is the mean of the 60-Hz screen frames
+  shown in it (:mod:`.stimuli`), its trace the repeat-mean spike count in the bin. The conditions
+  follow each other in one movie per stimulus, with the movies' kernel. A drifting grating's bins
+  run on through its gray, so the next condition's history is the gray the screen showed; a Gabor
+  patch follows another patch chosen at random, so its first ``len(kernel) - 1`` bins, whose
+  spikes the previous patch drove, are NaN (not fitted).
 
-Left out:
-
-- **Gabor patches** drift one whole cycle (4 Hz) in each 250-ms presentation, so the count is the
-  average over the carrier's phases. A trial source shows the model one static image per trial; a
-  patch at one phase would teach a simple cell's model the phase average as its response to that
-  phase (a phase-invariant answer it does not have), and an image averaging the phases is a gray
-  disc. They also are the held-out check of the optimal Gabors (:mod:`.gabor_check`): trained on,
-  they would no longer check anything.
-- **Drifting gratings** (2-s presentations, 40 conditions x 15 repeats) would need 60 rendered frames
-  per condition as a movie; the synthetic session plants a phase-averaged rate for them (no
-  modulation at the drift frequency), so on it that movie would teach the model a response its
-  truth does not have, and on two cores the extra frames double the movie training time.
+Gabor patches are trained on like every other stimulus; they remain the receptive-field check
+against the truth (:mod:`.gabor_check`, which reads their counts, not the model).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from meiscope import visual_field as vf
 from meiscope.config import ExtractConfig
+from meiscope.recordings import brain_observatory as bo
 from meiscope.dataset import ResponseDataset
+from meiscope.recordings.neuropixels import stimuli
 from meiscope.recordings.neuropixels.responses import SCENES, spike_counts, stimulus_table
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
+from meiscope.recordings.screen import SCENE_SHAPE
 from meiscope.recordings.training_stimuli import (GRATING_PARAMETERS, MovieStimulus, TrainingStimuli, TrialStimulus,
                                                   grating_images)
 
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 FRAME_S = 1.0 / 30.0  # Allen's natural movies: one stimulus-table row per 30-Hz frame
 MOVIE_NUMBERS = {"natural_movie_one": 1, "natural_movie_three": 3}  # get_natural_movie_template's numbers
+# the drifting stimuli and the columns of allensdk's table that name a condition
+DRIFTING = {"drifting_gratings": ("orientation", "temporal_frequency"),
+            "gabors": ("x_position", "y_position", "orientation")}
+DG_GRAY_S = 1.0  # the gray after each drifting-grating sweep (Allen: 2 s on, 1 s gray)
 # the latency fit's grid: 0-150 ms in 5-ms steps (mouse V1 spiking latencies are 30-100 ms,
 # Siegle et al. 2021; a step well under a 33-ms movie frame)
 LATENCY_GRID_S = np.round(np.arange(0.0, 0.1501, 0.005), 6)
@@ -191,6 +196,65 @@ def movie_stimulus(session: Any, cache: Any, name: str, table: pd.DataFrame, uni
     return MovieStimulus(name, str(ds.experiment_id), frames, trace, repeats)
 
 
+def _parameters(table: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """``(n_presentations, len(columns))`` float parameters of an allensdk table (``"null"``: NaN)."""
+    return table[list(columns)].replace("null", np.nan).astype(float).to_numpy()
+
+
+def bin_frames(draw: Callable[[float], np.ndarray], on_s: float, n_bins: int, field_: vf.VisualField
+               ) -> np.ndarray:
+    """``(n_bins, H, W)`` float32: each 1/30-s bin's mean screen image over the 60-Hz frames shown in it,
+    ``draw(t)`` (``t`` s after onset) while the stimulus is on, gray once it is off (after ``on_s``)."""
+    out = np.empty((n_bins, *field_.shape), dtype=np.float32)
+    gray = np.full(field_.shape, vf.GRAY, dtype=np.float32)
+    for k in range(n_bins):
+        times = stimuli.screen_times(k * FRAME_S, (k + 1) * FRAME_S)
+        out[k] = np.mean([draw(float(t)) if t < on_s else gray for t in times], axis=0)
+    return out
+
+
+def _drawer(name: str, params: np.ndarray, field_: vf.VisualField) -> Callable[[float], np.ndarray]:
+    """``t -> (H, W)`` model-space pixels of one condition of a drifting stimulus."""
+    if name == "drifting_gratings":
+        direction, frequency = params
+        return lambda t: vf.grating_to_field(direction % 180.0, bo.DG_SPATIAL_FREQUENCY,
+                                             float(stimuli.drift_phase(direction, frequency, t)), bo.CONTRAST, field_)
+    x, y, orientation = params
+    render = patch_render_shape(field_)
+    return lambda t: vf.scenes_to_field(stimuli.gabor_frame(x, y, orientation, t, render)[None], field_)[0]
+
+
+def patch_render_shape(field_: vf.VisualField) -> tuple[int, int]:
+    """A rendering of the scene frame twice as fine as ``field_``'s pixels, for drawing Gabor patches."""
+    rows = 2 * field_.shape[0] * SCENE_SHAPE[0] / (field_.bottom - field_.top)
+    cols = 2 * field_.shape[1] * SCENE_SHAPE[1] / (field_.right - field_.left)
+    return int(np.ceil(rows)), int(np.ceil(cols))
+
+
+def drifting_stimulus(session: Any, name: str, table: pd.DataFrame, unit_ids: np.ndarray, ds: ResponseDataset,
+                      field_: vf.VisualField, kernel: np.ndarray) -> MovieStimulus:
+    """A drifting stimulus (module docstring) as one movie of its conditions' 1/30-s bins."""
+    columns = DRIFTING[name]
+    params = _parameters(table, columns)
+    shown = np.isfinite(params).all(axis=1)  # the drifting gratings' blank is the gray screen: left out
+    params, onsets = params[shown], table["start_time"].to_numpy(dtype=float)[shown]
+    on_s = float(np.median(table["stop_time"].to_numpy(dtype=float)[shown] - onsets))
+    # whole bins only: a Gabor patch's 8th bin would hold the next (random) patch's first frame
+    n_bins = int(np.floor((on_s + (DG_GRAY_S if name == "drifting_gratings" else 0.0)) / FRAME_S + 1e-6))
+    distinct, condition = np.unique(params, axis=0, return_inverse=True)
+    condition = condition.ravel()
+    counts = window_counts(session.spike_times, onsets, unit_ids, np.arange(n_bins) * FRAME_S, FRAME_S)
+    sums = np.zeros((len(distinct), n_bins, len(unit_ids)))
+    np.add.at(sums, condition, counts)
+    repeats = np.bincount(condition, minlength=len(distinct))
+    trace = sums / repeats[:, None, None]
+    if name != "drifting_gratings":  # these bins hold the previous (random) condition's spikes
+        trace[:, :len(kernel) - 1] = np.nan
+    frames = np.concatenate([bin_frames(_drawer(name, p, field_), on_s, n_bins, field_) for p in distinct])
+    return MovieStimulus(name, str(ds.experiment_id), ds.to_model(frames).astype(np.float32),
+                         trace.reshape(-1, len(unit_ids)).astype(np.float32), int(repeats.max()))
+
+
 def training_stimuli(cache: Any, session: Any, ds: ResponseDataset, extract_cfg: ExtractConfig,
                      cfg: NeuropixelsConfig, path: Path) -> TrainingStimuli:
     """The stimuli of ``cfg.training_stimuli`` the session holds, for the units of ``ds`` (its ``cell_ids``).
@@ -211,6 +275,8 @@ def training_stimuli(cache: Any, session: Any, ds: ResponseDataset, extract_cfg:
             continue
         if name in MOVIE_NUMBERS:
             out.movies.append(movie_stimulus(session, cache, name, table, ds.cell_ids, ds, field_))
+        elif name in DRIFTING:
+            out.movies.append(drifting_stimulus(session, name, table, ds.cell_ids, ds, field_, out.kernel))
         else:
             out.trials.append(trial_stimulus(session, name, table, ds.cell_ids, ds, field_, cfg.count_window))
     return out
