@@ -58,9 +58,6 @@ def test_drifting_stimuli_advance_their_phase_each_screen_frame_in_their_directi
     # a 4-Hz Gabor patch sweeps one whole cycle in its 250-ms presentation: 15 screen frames
     assert stimuli.screen_times(0.0, 0.25).size == 15
     np.testing.assert_allclose(stimuli.drift_phase(45.0, stimuli.GABOR_TF, 15 / 60), 0.0, atol=1e-12)
-    shape = (12, 16)
-    np.testing.assert_allclose(stimuli.drifting_grating_frame(225.0, 2.0, 7 / 60, shape),
-                               bo.grating_pixels(45.0, bo.DG_SPATIAL_FREQUENCY, 1 - 14 / 60, shape), atol=1e-4)
 
 
 def test_the_truth_sees_every_screen_frame_of_a_drifting_grating():

@@ -14,8 +14,8 @@ steps) x 3 orientations (0, 45, 90 deg), 20 deg circular aperture, 0.08 cycles /
 contrast 0.8.
 
 Both drifting stimuli are defined here frame by frame on Allen's 60-Hz monitor (:func:`drift_phase`,
-:func:`drifting_grating_frame`, :func:`gabor_frame`), for the synthetic session's truth and the
-model's training frames alike. Allen's tables do not give the carrier's phase at a presentation's
+:func:`screen_times`, :func:`gabor_frame`), for the synthetic session's truth and the model's training
+frames alike. Allen's tables do not give the carrier's phase at a presentation's
 onset (their ``phase`` column holds a clock-like value): meiscope starts every sweep at phase 0.
 """
 
@@ -26,7 +26,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from meiscope.recordings.brain_observatory import CONTRAST, DG_SPATIAL_FREQUENCY, grating_carrier, grating_pixels
+from meiscope.recordings.brain_observatory import CONTRAST, grating_carrier
 from meiscope.recordings.screen import GRAY, scene_pixel_degrees
 
 GABOR_POSITIONS = tuple(float(v) for v in range(-40, 41, 10))  # degrees from the screen centre
@@ -69,13 +69,6 @@ def screen_times(start_s: float, stop_s: float) -> np.ndarray:
     """Onsets (s after the presentation's onset) of the 60-Hz screen frames shown in ``[start_s, stop_s)``."""
     first, last = int(np.ceil(start_s * SCREEN_HZ - 1e-9)), int(np.ceil(stop_s * SCREEN_HZ - 1e-9))
     return np.arange(first, last) / SCREEN_HZ
-
-
-def drifting_grating_frame(direction_deg: float, temporal_frequency: float, t_s: float,
-                           shape: tuple[int, int]) -> np.ndarray:
-    """The full-field drifting grating on screen ``t_s`` after onset: ``(H, W)`` float32 0-255."""
-    phase = float(drift_phase(direction_deg, temporal_frequency, t_s))
-    return grating_pixels(direction_deg % 180.0, DG_SPATIAL_FREQUENCY, phase, shape)
 
 
 def gabor_frame(x_deg: float, y_deg: float, orientation_deg: float, t_s: float, shape: tuple[int, int]

@@ -39,8 +39,8 @@ import pandas as pd
 
 from meiscope import visual_field as vf
 from meiscope.config import ExtractConfig
-from meiscope.recordings import brain_observatory as bo
 from meiscope.dataset import ResponseDataset
+from meiscope.recordings import brain_observatory as bo
 from meiscope.recordings.neuropixels import stimuli
 from meiscope.recordings.neuropixels.responses import SCENES, spike_counts, stimulus_table
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
