@@ -130,6 +130,13 @@ def trial_source(name: str, images: np.ndarray, trial_image: np.ndarray, respons
                        loss_weight=float(min(1.0, counts[shown].mean() / max(scene_repeats, 1.0))))
 
 
+def _recorded_mean(trace: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(recorded, mean)`` of a float64 trace ``(n_frames, n)``: where it is finite, and each neuron's mean
+    over those frames ``(n,)`` (0 where it has none)."""
+    recorded = np.isfinite(trace)
+    return recorded, np.where(recorded, trace, 0.0).sum(axis=0) / np.maximum(recorded.sum(axis=0), 1)
+
+
 def movie_source(name: str, frames: np.ndarray, trace: np.ndarray, head: int, n_taps: int,
                  device: torch.device) -> MovieSource:
     """A :class:`MovieSource` from a movie's model-space frames and repeat-mean trace ``(n_frames, n)``.
@@ -140,10 +147,9 @@ def movie_source(name: str, frames: np.ndarray, trace: np.ndarray, head: int, n_
     gain and offset map the model's rates onto it.
     """
     trace = np.asarray(trace, dtype=np.float64)
-    recorded = np.isfinite(trace)
+    recorded, mean = _recorded_mean(trace)
     values = np.where(recorded, trace, 0.0)
     count = np.maximum(recorded.sum(axis=0), 1)
-    mean = values.sum(axis=0) / count
     std = np.sqrt((np.where(recorded, values - mean, 0.0) ** 2).sum(axis=0) / count)
     z = np.where(recorded, (values - mean) / np.where(std > 1e-8, std, 1.0), 0.0)
     targets = torch.as_tensor(z.astype(np.float32), device=device)
@@ -268,8 +274,7 @@ def _unrecorded_as_mean(trace: np.ndarray) -> np.ndarray:
     """``trace`` ``(n_frames, n)`` float32 with each neuron's NaN frames at its mean over the others (0 when it
     has none): a neutral value for the position map's regression, where 0 would be a planted response."""
     trace = np.asarray(trace, dtype=np.float64)
-    recorded = np.isfinite(trace)
-    mean = np.where(recorded, trace, 0.0).sum(axis=0) / np.maximum(recorded.sum(axis=0), 1)
+    recorded, mean = _recorded_mean(trace)
     return np.where(recorded, trace, mean).astype(np.float32)
 
 
