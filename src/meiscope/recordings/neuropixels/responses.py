@@ -29,6 +29,7 @@ from meiscope.config import ExtractConfig
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
 from meiscope.dataset import ResponseDataset
 from meiscope.recordings.neuropixels.cache import NeuropixelsError, check_session_file, open_cache, session_nwb
+from meiscope.recordings.training_stimuli import GRATING_PARAMETERS
 
 if TYPE_CHECKING:
     from meiscope.recordings.training_stimuli import TrainingStimuli
@@ -36,8 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCENES = "natural_scenes"
-PARAMETERS = {"static_gratings": ("orientation", "spatial_frequency", "phase"),
-              "gabors": ("x_position", "y_position", "orientation")}
+PARAMETERS = {"static_gratings": GRATING_PARAMETERS, "gabors": ("x_position", "y_position", "orientation")}
 # stimuli whose per-presentation counts are kept too: the Gabor patches' receptive-field shuffle test
 # resamples presentations (gabor_check), which needs each presentation's count, not only condition means
 KEEP_PRESENTATIONS = ("gabors",)
@@ -128,6 +128,12 @@ def extract_session(cache_dir: Path, session_id: int, extract_cfg: ExtractConfig
     return dataset, other, training_stimuli(cache, session, dataset, extract_cfg, cfg, path)
 
 
+def numeric_parameters(table: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """``columns`` of an allensdk stimulus table as floats (Allen's tables hold text); ``"null"``, where a
+    parameter does not apply (a blank), becomes NaN."""
+    return table[list(columns)].replace("null", np.nan).astype(float)
+
+
 def stimulus_counts(session: Any, table: pd.DataFrame, unit_ids: np.ndarray, window: list[float],
                     name: str) -> dict[str, np.ndarray]:
     """Mean counts per condition of ``name`` (blanks excluded), as arrays ready for an ``.npz``.
@@ -138,7 +144,7 @@ def stimulus_counts(session: Any, table: pd.DataFrame, unit_ids: np.ndarray, win
     counts and ``presentation_condition`` ``(n_presentations,)`` int64 row of each presentation's condition.
     """
     columns = PARAMETERS[name]
-    values = table[list(columns)].replace("null", np.nan).astype(float)
+    values = numeric_parameters(table, columns)
     shown = values.notna().all(axis=1).to_numpy()
     counts = spike_counts(session, table[shown], unit_ids, window)
     keys = pd.MultiIndex.from_frame(values[shown].round(6))

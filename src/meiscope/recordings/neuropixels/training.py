@@ -42,7 +42,8 @@ from meiscope.config import ExtractConfig
 from meiscope.dataset import ResponseDataset
 from meiscope.recordings import brain_observatory as bo
 from meiscope.recordings.neuropixels import stimuli
-from meiscope.recordings.neuropixels.responses import SCENES, spike_counts, stimulus_table
+from meiscope.recordings.neuropixels.responses import (PARAMETERS, SCENES, numeric_parameters, spike_counts,
+                                                       stimulus_table)
 from meiscope.recordings.neuropixels.settings import NeuropixelsConfig
 from meiscope.recordings.screen import SCENE_SHAPE
 from meiscope.recordings.training_stimuli import (GRATING_PARAMETERS, MovieStimulus, TrainingStimuli, TrialStimulus,
@@ -53,8 +54,7 @@ log = logging.getLogger(__name__)
 FRAME_S = 1.0 / 30.0  # Allen's natural movies: one stimulus-table row per 30-Hz frame
 MOVIE_NUMBERS = {"natural_movie_one": 1, "natural_movie_three": 3}  # get_natural_movie_template's numbers
 # the drifting stimuli and the columns of allensdk's table that name a condition
-DRIFTING = {"drifting_gratings": ("orientation", "temporal_frequency"),
-            "gabors": ("x_position", "y_position", "orientation")}
+DRIFTING = {"drifting_gratings": ("orientation", "temporal_frequency"), "gabors": PARAMETERS["gabors"]}
 DG_GRAY_S = 1.0  # the gray after each drifting-grating sweep (Allen: 2 s on, 1 s gray)
 # the latency fit's grid: 0-150 ms in 5-ms steps (mouse V1 spiking latencies are 30-100 ms,
 # Siegle et al. 2021; a step well under a 33-ms movie frame)
@@ -161,8 +161,7 @@ def flash_images(table: pd.DataFrame, field_: vf.VisualField) -> tuple[np.ndarra
 
 def static_grating_images(table: pd.DataFrame, field_: vf.VisualField) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~meiscope.recordings.training_stimuli.grating_images` of an allensdk table (``"null"``: blank)."""
-    numeric = table[list(GRATING_PARAMETERS)].replace("null", np.nan).astype(float)
-    return grating_images(numeric, field_)
+    return grating_images(numeric_parameters(table, GRATING_PARAMETERS), field_)
 
 
 def trial_stimulus(session: Any, name: str, table: pd.DataFrame, unit_ids: np.ndarray, ds: ResponseDataset,
@@ -194,11 +193,6 @@ def movie_stimulus(session: Any, cache: Any, name: str, table: pd.DataFrame, uni
     trace, repeats = movie_trace(counts, frame, len(template))
     frames = ds.to_model(vf.movie_to_field(template, field_)).astype(np.float32)
     return MovieStimulus(name, str(ds.experiment_id), frames, trace, repeats)
-
-
-def _parameters(table: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    """``(n_presentations, len(columns))`` float parameters of an allensdk table (``"null"``: NaN)."""
-    return table[list(columns)].replace("null", np.nan).astype(float).to_numpy()
 
 
 def bin_frames(draw: Callable[[float], np.ndarray], on_s: float, n_bins: int, field_: vf.VisualField
@@ -234,8 +228,7 @@ def patch_render_shape(field_: vf.VisualField) -> tuple[int, int]:
 def drifting_stimulus(session: Any, name: str, table: pd.DataFrame, unit_ids: np.ndarray, ds: ResponseDataset,
                       field_: vf.VisualField, kernel: np.ndarray) -> MovieStimulus:
     """A drifting stimulus (module docstring) as one movie of its conditions' 1/30-s bins."""
-    columns = DRIFTING[name]
-    params = _parameters(table, columns)
+    params = numeric_parameters(table, DRIFTING[name]).to_numpy()
     shown = np.isfinite(params).all(axis=1)  # the drifting gratings' blank is the gray screen: left out
     params, onsets = params[shown], table["start_time"].to_numpy(dtype=float)[shown]
     on_s = float(np.median(table["stop_time"].to_numpy(dtype=float)[shown] - onsets))
