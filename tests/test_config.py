@@ -265,3 +265,58 @@ def test_out_of_family_settings_are_checked_naming_the_key(raw, key):
     with pytest.raises(ConfigError) as err:
         parse_params({"synthetic": raw})
     assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------------------
+# recording_overrides: what a recording's data can afford
+# --------------------------------------------------------------------------------------
+WIDE = {"neuropixels": {"model": {"channels": [32, 32, 32]}, "tune": {"space": {"channels": [32, 32]}}}}
+
+
+def test_the_studied_recordings_table_replaces_its_sections_values_and_no_other_recordings():
+    studied = parse_params({"data": {"recording": "neuropixels"}, "recording_overrides": WIDE})
+    assert studied.model.channels == [32, 32, 32] and studied.tune.space.channels == [32, 32]
+    assert studied.model.first_kernel == Params().model.first_kernel  # keys the table leaves alone stay
+    other = parse_params({"data": {"recording": "container"}, "recording_overrides": WIDE})
+    assert other.model.channels == Params().model.channels and other.tune.space == Params().tune.space
+
+
+def test_the_shipped_table_widens_the_neuropixels_core_only():
+    container = load_params(ROOT / "params.yaml")
+    neuropixels = load_params(ROOT / "params.yaml", ["data.recording=neuropixels"])
+    assert container.model.channels == [16, 16, 16]
+    assert neuropixels.model.channels == [32, 32, 32] and neuropixels.tune.space.channels == [32, 32]
+
+
+def test_a_set_value_wins_over_the_recordings_table_and_survives_a_round_trip(tmp_path):
+    from meiscope.config import as_dict
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"data: {{recording: neuropixels}}\nrecording_overrides: {WIDE}\n")
+    params = load_params(path, ["model.channels=[8, 8, 8]"])
+    assert params.model.channels == [8, 8, 8] and params.tune.space.channels == [32, 32]
+    # a replicate writes the effective values back (as_dict): reading them again changes nothing
+    assert parse_params(as_dict(params)) == params
+
+
+@pytest.mark.parametrize("table, key", [
+    ({"neuropixels": {"data": {"recording": "container"}}}, "recording_overrides.neuropixels.data"),
+    ({"neuropixels": {"mei": {"steps": 10}}}, "recording_overrides.neuropixels.mei"),
+    ({"neuropixels": {"model": [32]}}, "recording_overrides.neuropixels.model"),
+    ({"neuropixels": {"model": {"channels": [32, 32]}}}, "recording_overrides.neuropixels"),
+    ({"neuropixels": {"train": {"lr": float("nan")}}}, "recording_overrides.neuropixels"),
+    ({"neuropixels": {"tune": {"space": {"chanels": [8, 8]}}}}, "recording_overrides.neuropixels"),
+    ({"ephys": {}}, "recording_overrides.ephys"),
+    ([1], "recording_overrides"),
+])
+def test_a_bad_table_is_refused_naming_it_whichever_recording_is_studied(table, key):
+    for recording in ("container", "neuropixels"):
+        with pytest.raises(ConfigError) as err:
+            parse_params({"data": {"recording": recording}, "recording_overrides": table})
+        assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_error_in_the_files_own_value_is_not_blamed_on_the_table():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"lr": -1.0}, "recording_overrides": WIDE})
+    assert "'train.lr'" in str(err.value) and "recording_overrides" not in str(err.value)

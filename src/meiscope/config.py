@@ -688,6 +688,85 @@ class ServicesConfig:
                 and not labels[-1].isdigit())  # an all-digit last label is a malformed IPv4 address
 
 
+# --------------------------------------------------------------------------------------
+# per-recording values
+# --------------------------------------------------------------------------------------
+# the sections a recording's table may set: what the model can afford on that recording's data
+OVERRIDABLE_SECTIONS = ("model", "train", "tune")
+
+
+def _recording_overrides_section() -> type:
+    """``recording_overrides``: one mapping per recording kind, mirroring the nesting of ``model``, ``train``
+    and ``tune`` (e.g. ``neuropixels: {model: {channels: [32, 32, 32]}}``); empty = the sections' own values."""
+    from meiscope.recordings import RECORDINGS
+
+    cls = dataclasses.make_dataclass(
+        "RecordingOverrides", [(name, dict[str, Any], field(default_factory=dict)) for name in RECORDINGS],
+        frozen=True, namespace={"__doc__": _recording_overrides_section.__doc__})
+    cls.__module__ = __name__
+    return cls
+
+
+RecordingOverrides = _recording_overrides_section()
+
+
+def _merge(base: dict, table: dict) -> dict:
+    """``base`` with ``table``'s leaves put in (a mapping in ``table`` descends, any other value replaces)."""
+    merged = dict(base)
+    for key, value in table.items():
+        node = merged.get(key)
+        merged[key] = _merge(node if isinstance(node, dict) else {}, value) if isinstance(value, dict) else value
+    return merged
+
+
+def _checked_table(raw: dict, recording: str, table: Any) -> dict:
+    """``recording``'s table, refused (naming the key) unless it sets known keys of OVERRIDABLE_SECTIONS to
+    valid values."""
+    key = f"recording_overrides.{recording}"
+    require(isinstance(table, dict), key, f"must be a mapping of sections (got {table!r})")
+    for section in table:
+        require(section in OVERRIDABLE_SECTIONS, f"{key}.{section}",
+                f"is not a section a recording may set (only {', '.join(OVERRIDABLE_SECTIONS)})")
+        require(isinstance(table[section], dict), f"{key}.{section}", f"must be a mapping (got {table[section]!r})")
+    try:
+        build_section(Params, _merge(raw, table), "")
+    except ConfigError as err:
+        raise ConfigError(f"params: '{key}' sets a value that is refused: {str(err).removeprefix('params: ')}") from None
+    return table
+
+
+def with_recording_overrides(raw: dict) -> dict:
+    """``raw`` with the studied recording's table of ``recording_overrides`` put into its sections (every
+    recording's table is checked, so a bad one fails whichever recording is studied)."""
+    tables = raw.get("recording_overrides") or {}
+    require(isinstance(tables, dict), "recording_overrides",
+            f"must be a mapping of recording kinds (got {tables!r})")
+    if not tables:
+        return raw
+    build_section(Params, raw, "")  # the file's own values first: an error in them is not the table's
+    checked = {name: _checked_table(raw, name, table) for name, table in tables.items()
+               if name in RecordingOverrides.__dataclass_fields__}  # an unknown kind: refused with the section
+    studied = (raw.get("data") or {}).get("recording", DataConfig.recording)
+    return _merge(raw, checked.get(studied, {}))
+
+
+def without_overridden(raw: dict, keys: "list[str] | tuple[str, ...]") -> dict:
+    """``raw`` with the dotted ``keys`` (a ``--set``) removed from every recording's table: a value set on the
+    command line wins over the table, as over the file."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for table in (raw.get("recording_overrides") or {}).values():
+        for key in keys:
+            *path, leaf = key.split(".")
+            node = table
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+    return raw
+
+
 class _StudyChecks:
     """Checks across sections of :class:`Params`."""
 
@@ -714,7 +793,7 @@ _SECTIONS: list[tuple[str, type]] = [
     ("data", DataConfig), ("synthetic", SyntheticConfig), *_recording_sections(), ("extract", ExtractConfig),
     ("sessions", SessionsConfig), ("rank", RankConfig), ("model", ModelConfig), ("train", TrainConfig),
     ("tune", TuneConfig), ("mei", MeiConfig), ("gabor", GaborConfig), ("validate", ValidateConfig), ("tracking", TrackingConfig),
-    ("replicate", ReplicateConfig), ("services", ServicesConfig)]
+    ("replicate", ReplicateConfig), ("services", ServicesConfig), ("recording_overrides", RecordingOverrides)]
 Params = dataclasses.make_dataclass("Params", [(name, section, field(default_factory=section))
                                                for name, section in _SECTIONS],
                                     bases=(_StudyChecks,), frozen=True, namespace={"__doc__": "All of params.yaml."})
@@ -737,6 +816,12 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
         (item,) = typing.get_args(hint)
         require(isinstance(value, list), key, f"must be a list (got {value!r})")
         return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is Any:  # checked where it is used (recording_overrides: by the sections it sets)
+        return value
+    if origin is dict:
+        require(isinstance(value, dict) and all(isinstance(k, str) for k in value), key,
+                f"must be a mapping (got {value!r})")
+        return {k: _check_type(v, typing.get_args(hint)[1], f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         require(isinstance(value, dict), key, f"must be a mapping (got {value!r})")
         return build_section(hint, value, key)
@@ -800,7 +885,7 @@ def parse_params(raw: dict | None) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("params: the top level must be a mapping of sections")
-    return build_section(Params, raw, "")
+    return build_section(Params, with_recording_overrides(raw), "")
 
 
 def apply_overrides(raw: dict, overrides: "list[str] | tuple[str, ...]") -> dict:
@@ -853,7 +938,8 @@ def load_params(path: str | Path = "params.yaml", overrides: "list[str] | tuple[
     if not raw:  # an empty file would run the whole study on built-in defaults without a word
         raise ConfigError(f"{path}: empty; give at least one section (the repository's params.yaml lists them all)")
     try:
-        params = parse_params(apply_overrides(raw, overrides))
+        set_keys = [item.partition("=")[0].strip() for item in overrides]
+        params = parse_params(without_overridden(apply_overrides(raw, overrides), set_keys))
         from meiscope.containment import check_paths  # needs the project root, which only the file gives
 
         check_paths(params, path.resolve().parent)
