@@ -24,7 +24,7 @@ def _metrics(fresh: float, mei_corr: float) -> dict:
 
 
 def _params(tmp_path: Path, recording: str = "container", **sections) -> "object":
-    raw = {"data": {"recording": recording}, "replicate": {"seeds": [1, 2]}, **sections}
+    raw = {"data": {"recording": recording}, "replicate": {"seeds": [1, 2], "protocol": "development"}, **sections}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     return load_params(tmp_path / "params.yaml")
 

@@ -323,6 +323,19 @@ def test_a_confirmatory_run_refuses_a_tree_that_is_not_its_commit_in_one_line(ch
     assert not (checkout / "replicates").exists() or not list((checkout / "replicates").rglob("dvc.yaml"))
 
 
+def test_the_ablation_runs_the_replicate_studys_seeds_unless_told_otherwise(checkout):
+    def chosen(seeds, *settings):
+        params = load_params(checkout / "params.yaml", ["data.recording=neuropixels", *settings])
+        return rep.study_seeds(params, checkout, seeds, "ablation")
+
+    drawn = _seeds(checkout)[0]
+    assert chosen(None) == drawn and not set(drawn) & {101, 102, 103}  # the commit's, not the development seeds
+    assert chosen(None, "replicate.protocol=development") == [101, 102, 103]
+    assert chosen([7, 9]) == [7, 9]  # chosen seeds are the user's call, as before
+    with pytest.raises(MeiscopeError, match="ablation: needs at least 2 distinct seeds"):
+        chosen([7, 7])
+
+
 def test_a_confirmatory_run_refuses_what_would_make_its_seeds_lie(checkout, tmp_path, monkeypatch):
     import meiscope.dvcfile as dvcfile
 

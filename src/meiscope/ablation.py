@@ -29,7 +29,7 @@ from typing import Any, Optional
 from meiscope.atomic import save_figure, write_json
 from meiscope.config import Params
 from meiscope.errors import MeiscopeError
-from meiscope.replicate import (command_line, draw_interval, folder_lock, interval_seeds, replicate_dir,
+from meiscope.replicate import (command_line, draw_interval, folder_lock, replicate_dir, study_seeds,
                                 replicate_params, replicate_stages, replicates_dir, run_project, run_replicate,
                                 settings_key)
 from meiscope.science.catalogue import HEADLINE, KINDS, by_name, format_interval, label_of
@@ -237,7 +237,7 @@ def ablation(params: Params, root: Path, seeds: Optional[list[int]] = None, devi
     chosen = plan.arms if arms is None else tuple(plan.arm(slug) for slug in dict.fromkeys(arms))
     if not chosen:
         raise MeiscopeError("ablation --arms: name at least one arm")
-    seeds = interval_seeds(params, seeds, "ablation")
+    seeds = study_seeds(params, root, seeds, "ablation")
     metrics: dict[str, dict[int, dict]] = {arm.slug: {} for arm in chosen}
     total = len(seeds) * sum(len(replicate_stages() if is_replicate(params, plan, arm) else arm_stages())
                              for arm in chosen)

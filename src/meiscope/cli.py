@@ -288,7 +288,8 @@ def _seed_list(seeds: str | None) -> list[int] | None:
 @main.command()
 @PARAMS_OPTION
 @DEVICE_OPTION
-@click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: replicate.seeds).")
+@click.option("--seeds", default=None, help="Comma-separated replicate seeds (default: those `meiscope replicate` "
+              "runs: drawn from the commit, or replicate.seeds under replicate.protocol development).")
 @click.option("--arms", default=None, help="Comma-separated arms to run (default: every arm of the recording); "
               "the summary holds the arms run.")
 @_stage

@@ -476,6 +476,14 @@ def run_seeds(params: Params, root: Path, seeds: Optional[list[int]]) -> tuple[l
     return confirmatory_seeds(params, root)
 
 
+def study_seeds(params: Params, root: Path, seeds: Optional[list[int]], command: str) -> list[int]:
+    """The replicates a command built on the replicate study (the ablation) runs: ``seeds`` when given, else
+    those ``meiscope replicate`` runs, drawn from the commit under ``replicate.protocol: confirmatory``."""
+    if seeds or params.replicate.protocol == "development":
+        return interval_seeds(params, seeds, command)
+    return confirmatory_seeds(params, root)[0]
+
+
 def interval_seeds(params: Params, seeds: Optional[list[int]], command: str) -> list[int]:
     """``seeds`` (default ``replicate.seeds``), checked: an interval needs at least 2 distinct ones."""
     seeds = list(seeds or params.replicate.seeds)
