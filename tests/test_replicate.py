@@ -323,6 +323,18 @@ def test_a_confirmatory_run_refuses_a_tree_that_is_not_its_commit_in_one_line(ch
     assert not (checkout / "replicates").exists() or not list((checkout / "replicates").rglob("dvc.yaml"))
 
 
+def test_a_summary_of_another_recording_is_current_under_that_recordings_own_settings(tmp_path):
+    table = "recording_overrides:\n  neuropixels:\n    model: {{channels: [{0}, {0}, {0}]}}\n"
+    (tmp_path / "params.yaml").write_text(table.format(32))
+    summary = {"params_key": rep.settings_key(load_params(tmp_path / "params.yaml", ["data.recording=neuropixels"]))}
+    report_params = load_params(tmp_path / "params.yaml", ["data.recording=container"])
+    assert rep.stale_note(summary, report_params, "meiscope replicate", "neuropixels", tmp_path) == ""
+    # the container's settings are not the Neuropixels study's: without the file the two cannot be told
+    assert "other settings" in rep.stale_note(summary, report_params, "meiscope replicate", "neuropixels")
+    (tmp_path / "params.yaml").write_text(table.format(24))  # the recording's own table changed since
+    assert "other settings" in rep.stale_note(summary, report_params, "meiscope replicate", "neuropixels", tmp_path)
+
+
 def test_the_ablation_runs_the_replicate_studys_seeds_unless_told_otherwise(checkout):
     def chosen(seeds, *settings):
         params = load_params(checkout / "params.yaml", ["data.recording=neuropixels", *settings])

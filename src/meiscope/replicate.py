@@ -99,9 +99,16 @@ def settings_key(params: Params) -> str:
     return _digest(_science(raw))
 
 
-def stale_note(summary: dict[str, Any], params: Params, rerun: str) -> str:
-    """A sentence for a summary measured under other settings than ``params`` (empty when current)."""
-    if summary.get("params_key") == settings_key(params):
+def stale_note(summary: dict[str, Any], params: Params, rerun: str, recording: str,
+               root: Optional[Path] = None) -> str:
+    """A sentence for a summary of ``recording`` measured under other settings than ``params`` (empty when
+    current). A summary of another recording than ``params``' is compared with ``<root>/params.yaml`` read
+    for that recording, its ``recording_overrides`` table applied, as the command that wrote it read it."""
+    from meiscope.config import load_params
+
+    settings = root is not None and Path(root, "params.yaml").is_file() and recording != params.data.recording
+    current = load_params(Path(root, "params.yaml"), [f"data.recording={recording}"]) if settings else params
+    if summary.get("params_key") == settings_key(current):
         return ""
     return (" These were measured under other settings than params.yaml's now (or by a meiscope that did not "
             f"record them): rerun `{rerun}` to measure the current ones.")

@@ -136,7 +136,7 @@ def replicate_section(summary: dict, params: Params, root: Optional[Path] = None
              f"scenes, split, tuning, training and MEI starts each): mean [{summary['confidence']:.0%} t-interval] "
              "(geometric mean and log-scale interval for ratios; intervals kept inside the range a figure can take) "
              "over replicates. Only conclusions that hold in every replicate are conclusions; this run is one draw."
-             + stale_note(summary, params, "meiscope replicate"))
+             + stale_note(summary, params, "meiscope replicate", name, root))
     return Section(f"Replicates ({recording}): what holds across new cortices", intro, rows,
                    inline_figures=[("replicate intervals", png_bytes(intervals_figure(shown)))], part="committed",
                    key_rows=conclusions,
@@ -156,7 +156,8 @@ def ablation_section(summary: dict, params: Params, root: Optional[Path] = None)
     intro = (f"The {recording} study's replicates (seeds {summary['seeds']}), each retrained from extract on the "
              f"same data with only {setting} changed (tune, train, MEIs and the closed loop rerun per arm). "
              f"Mean [{summary['confidence']:.0%} t-interval] over replicates; the 0.8 line is the target."
-             + stale_note(summary, params, f"meiscope ablation --set data.recording={recording}"))
+             + stale_note(summary, params, f"meiscope ablation --set data.recording={recording}", recording,
+                          root))
     return Section(f"What each stimulus buys ({recording} ablation)", intro, grid=ablation_grid(shown),
                    inline_figures=[("ablation", png_bytes(ablation_figure(shown)))], part="committed",
                    source=committed_source(root, summary_path(root or Path("."), recording), "meiscope ablation"),
