@@ -29,9 +29,9 @@ from typing import Any, Optional
 from meiscope.atomic import save_figure, write_json
 from meiscope.config import Params
 from meiscope.errors import MeiscopeError
-from meiscope.replicate import (command_line, draw_interval, folder_lock, replicate_dir, study_seeds,
-                                replicate_params, replicate_stages, replicates_dir, run_project, run_replicate,
-                                settings_key)
+from meiscope.replicate import (command_line, draw_interval, folder_lock, replicate_dir, replicate_params,
+                                replicate_stages, replicates_dir, run_project, run_replicate, settings_key,
+                                study_seeds)
 from meiscope.science.catalogue import HEADLINE, KINDS, by_name, format_interval, label_of
 from meiscope.science.stats import interval
 
