@@ -106,8 +106,8 @@ def stale_note(summary: dict[str, Any], params: Params, rerun: str, recording: s
     for that recording, its ``recording_overrides`` table applied, as the command that wrote it read it."""
     from meiscope.config import load_params
 
-    settings = root is not None and Path(root, "params.yaml").is_file() and recording != params.data.recording
-    current = load_params(Path(root, "params.yaml"), [f"data.recording={recording}"]) if settings else params
+    other_recording = recording != params.data.recording and root is not None and Path(root, "params.yaml").is_file()
+    current = load_params(Path(root, "params.yaml"), [f"data.recording={recording}"]) if other_recording else params
     if summary.get("params_key") == settings_key(current):
         return ""
     return (" These were measured under other settings than params.yaml's now (or by a meiscope that did not "
@@ -486,9 +486,9 @@ def run_seeds(params: Params, root: Path, seeds: Optional[list[int]]) -> tuple[l
 def study_seeds(params: Params, root: Path, seeds: Optional[list[int]], command: str) -> list[int]:
     """The replicates a command built on the replicate study (the ablation) runs: ``seeds`` when given, else
     those ``meiscope replicate`` runs, drawn from the commit under ``replicate.protocol: confirmatory``."""
-    if seeds or params.replicate.protocol == "development":
+    if seeds:
         return interval_seeds(params, seeds, command)
-    return confirmatory_seeds(params, root)[0]
+    return run_seeds(params, root, None)[0]
 
 
 def interval_seeds(params: Params, seeds: Optional[list[int]], command: str) -> list[int]:
