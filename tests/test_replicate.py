@@ -335,6 +335,26 @@ def test_a_summary_of_another_recording_is_current_under_that_recordings_own_set
     assert "other settings" in rep.stale_note(summary, report_params, "meiscope replicate", "neuropixels", tmp_path)
 
 
+@pytest.mark.parametrize("setting, changes", [
+    ("synthetic_neuropixels.visp_units=150", {"neuropixels"}),
+    ("recording_overrides.neuropixels.model.channels=[24,24,24]", {"neuropixels"}),
+    ("synthetic_container.match_fraction=0.7", {"container"}),
+    ("recording_overrides.container.model.channels=[24,24,24]", {"container"}),
+    ("allen.max_experiments=2", {"two_photon", "container"}),  # the container downloads through `allen`
+    ("mei.steps=150", {"two_photon", "container", "neuropixels"}),
+])
+def test_a_summary_is_stale_only_after_a_setting_its_recordings_study_reads(tmp_path, setting, changes):
+    (tmp_path / "params.yaml").write_text("data: {source: synthetic}\n")
+
+    def keys(*settings):
+        return {name: rep.settings_key(load_params(tmp_path / "params.yaml", [f"data.recording={name}", *settings]))
+                for name in ("two_photon", "container", "neuropixels")}
+
+    before, after = keys(), keys(setting)
+    assert {name for name in before if before[name] != after[name]} == changes
+    assert len(set(before.values())) == 3  # the three studies never share a key
+
+
 def test_the_ablation_runs_the_replicate_studys_seeds_unless_told_otherwise(checkout):
     def chosen(seeds, *settings):
         params = load_params(checkout / "params.yaml", ["data.recording=neuropixels", *settings])

@@ -92,10 +92,19 @@ def _digest(value: Any) -> str:
 
 
 def settings_key(params: Params) -> str:
-    """A key of every project setting that changes a replicate's results: the summaries record it, so
-    that the report can tell results measured under other settings (``params.yaml`` changed since)."""
+    """A key of every setting that changes the results of a study of ``data.recording``: the summaries
+    record it, so that the report can tell results measured under other settings (``params.yaml``
+    changed since). Other recordings' sections and ``recording_overrides`` tables are left out: a
+    Neuropixels setting does not change what the container's study measured."""
+    from meiscope.pipeline import RECORDING_SECTIONS
+    from meiscope.recordings import sections_read
+
+    recording = params.data.recording
     raw = as_dict(params)
     raw.pop("replicate", None)
+    for section in set(RECORDING_SECTIONS) - sections_read(recording):
+        raw.pop(section, None)
+    raw["recording_overrides"] = raw.get("recording_overrides", {}).get(recording, {})
     return _digest(_science(raw))
 
 

@@ -24,6 +24,12 @@ def recording_of(params: Any) -> Recording:
     return RECORDINGS[params.data.recording]()
 
 
+def sections_read(recording: str) -> frozenset[str]:
+    """The params.yaml sections of recordings that a study of ``recording`` reads: its kind's own and
+    those of the kinds it extends (the container downloads through the two-photon ``allen`` section)."""
+    return frozenset(name for kind in RECORDINGS[recording].__mro__ for name in getattr(kind, "sections", {}))
+
+
 def label_of(recording: str) -> str:
     """What the responses of ``recording`` are, as the report names them (e.g. ``two-photon dF/F``)."""
     return RECORDINGS[recording].label
