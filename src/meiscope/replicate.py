@@ -453,8 +453,9 @@ def confirmatory_seeds(params: Params, root: Path) -> tuple[list[int], dict[str,
     """The seeds of a confirmatory run in ``root`` and how they were drawn (the summary's ``seed_derivation``).
 
     Refused, one line each: a checkout that is not its commit (:func:`tree_changes`), settings that are not
-    ``params.yaml``'s (``--set`` of anything but ``replicate.*`` and ``data.recording``, which picks the study
-    the same seeds run: the container's or the Neuropixels session's), code that does not run from ``<root>/src``.
+    ``params.yaml``'s (``--set`` of anything but ``replicate.*``, ``data.recording``, which picks the study
+    the same seeds run: the container's or the Neuropixels session's, and what that study does not read:
+    :func:`settings_key`), code that does not run from ``<root>/src``.
     """
     from meiscope.config import load_params
     from meiscope.dvcfile import SOURCE_ROOT
