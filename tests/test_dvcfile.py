@@ -188,6 +188,22 @@ def test_no_stage_runs_the_code_of_a_stage_after_it():
         assert not reached, (stage.name, sorted(reached))
 
 
+def test_the_report_reruns_on_every_section_its_stale_notes_read(monkeypatch):
+    """The report says whether each summary was measured under params.yaml's settings (a key of the sections
+    its recording's study reads): a change to any of them, even one no earlier stage reads, reruns it."""
+    from meiscope import replicate
+    from meiscope.config import parse_params
+    from meiscope.recordings import RECORDINGS
+
+    hashed: set[str] = set()
+    monkeypatch.setattr(replicate, "_digest", lambda settings: hashed.update(settings) or "key")
+    for recording in RECORDINGS:
+        replicate.settings_key(parse_params({"data": {"recording": recording}}))
+    assert {"synthetic", "allen", "neuropixels", "container", "mei"} <= hashed
+    assert hashed <= set(pipeline.stage("report").params)
+    assert {"tracking", "services"}.isdisjoint(pipeline.stage("report").params)  # where runs are logged
+
+
 def test_dvc_plots_show_writes_a_page_that_needs_no_network(tmp_path):
     """Every declared plot is an image the stages write: DVC embeds them as <img>, with no Vega from a CDN."""
     import re

@@ -342,6 +342,8 @@ def test_a_summary_of_another_recording_is_current_under_that_recordings_own_set
     ("recording_overrides.container.model.channels=[24,24,24]", {"container"}),
     ("allen.max_experiments=2", {"two_photon", "container"}),  # the container downloads through `allen`
     ("mei.steps=150", {"two_photon", "container", "neuropixels"}),
+    ("services.mlflow_port=5002", set()),  # where the team stack listens changes no result
+    ("tracking.experiment=elsewhere", set()),
 ])
 def test_a_summary_is_stale_only_after_a_setting_its_recordings_study_reads(tmp_path, setting, changes):
     (tmp_path / "params.yaml").write_text("data: {source: synthetic}\n")

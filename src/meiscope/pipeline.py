@@ -8,15 +8,20 @@ tested against it. Stages run in the order listed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
+from meiscope.config import Params
 from meiscope.recordings import RECORDINGS
 from meiscope.stages import data, extract, gabor, mei, rank, report, sessions, train, tune, validate
 
 # the params sections the recordings own (recordings/<kind>/settings.py): raw data and extraction read them
 RECORDING_SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(name for kind in RECORDINGS.values()
                                                           for name in kind.sections))
+
+# the report says whether each committed summary was measured under params.yaml's settings and names
+# the study's: every section but where MLflow logs and the local team stack
+REPORT_SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Params) if f.name not in ("tracking", "services"))
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("validate", validate, "synthetic data: MEIs, Gabors and natural images shown to the true neurons",
           params=("mei", "validate"), inputs=("data", "results/mei", "results/gabor"),
           outputs=("results/validate",), metrics=("metrics/validate.json",), uses_device=True),
-    Stage("report", report, "one self-contained HTML page with every result",
+    Stage("report", report, "one self-contained HTML page with every result", params=REPORT_SECTIONS,
           inputs=("metrics/ranking.json", "metrics/tune.json", "metrics/train.json", "metrics/mei.json",
                   "metrics/gabor.json", "metrics/validate.json", "results/ranking", "results/train", "results/tune",
                   "results/mei", "results/gabor", "results/validate", "metrics/replicates.json",

@@ -81,8 +81,9 @@ def replicate_params(params: Params, seed: int, root: Path) -> dict[str, Any]:
 
 
 def _science(raw: dict[str, Any]) -> dict[str, Any]:
-    """The settings that change results (not where MLflow logs, nor what the folders are called)."""
-    science = {k: v for k, v in raw.items() if k != "tracking"}
+    """The settings that change results (not where MLflow logs, the team stack's servers, nor what the
+    folders are called)."""
+    science = {k: v for k, v in raw.items() if k not in ("tracking", "services")}
     science["data"] = {k: v for k, v in raw.get("data", {}).items() if not k.endswith("_dir")}
     return science
 
