@@ -142,7 +142,7 @@ def segment_rates(population: TruePopulation, image_rates: np.ndarray, codes: np
     shown = codes >= 0
     rates[shown] = image_rates[codes[shown]]
     other = np.flatnonzero(codes == OTHER)
-    bursts = rng.random((len(other), p.n_cells)) ** 4 * (p.peak_rate - p.baseline)
+    bursts = portable.power(rng.random((len(other), p.n_cells)), 4) * (p.peak_rate - p.baseline)
     rates[other] += bursts * p.responsive
     gain = shared_gain(len(codes), gain_sd, gain_tau_s, rng)
     return p.baseline + gain[:, None] * (rates - p.baseline)

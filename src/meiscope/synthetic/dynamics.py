@@ -26,6 +26,7 @@ import numpy as np
 from scipy.signal import fftconvolve, lfilter
 
 from meiscope.recordings.screen import GRAY, PIXELS_PER_DEGREE
+from meiscope.synthetic import portable
 
 SUBSTEP_S = 1.0 / 120.0  # the dynamics' time step: 4 per movie frame, 30 per 250-ms segment
 KERNEL_PEAKS = 20  # a kernel runs this many times its time to peak (both lobes < 0.2% of their peak)
@@ -71,7 +72,7 @@ def draw_dynamics(n_cells: int, peak_ms: tuple[float, float], biphasic: float, s
 def _alpha(t: np.ndarray, peak: float) -> np.ndarray:
     """Alpha function ``(t / peak) exp(1 - t / peak)``: 0 at t = 0, maximum 1 at ``peak``."""
     u = t / peak
-    return u * np.exp(1.0 - u)
+    return u * portable.exp(1.0 - u)
 
 
 def temporal_kernels(peak_s: np.ndarray, biphasic: float, dt: float = SUBSTEP_S) -> np.ndarray:

@@ -72,7 +72,7 @@ class Indicator:
 
 def draw_amplitudes(n_cells: int, mean: float, sd: float, rng: np.random.Generator) -> np.ndarray:
     """``(n_cells,)`` log-normal dF/F per spike with mean ``mean`` and log-s.d. ``sd``."""
-    return mean * np.exp(sd * rng.standard_normal(n_cells) - sd * sd / 2)
+    return mean * portable.exp(sd * rng.standard_normal(n_cells) - sd * sd / 2)
 
 
 def hill_dff(spike_calcium: np.ndarray, hill_n: float, kd_spikes: float) -> np.ndarray:
@@ -90,7 +90,8 @@ def hill_dff(spike_calcium: np.ndarray, hill_n: float, kd_spikes: float) -> np.n
     h_rest = rest ** n / (rest ** n + kd ** n)
     slope = n * rest ** (n - 1) * kd ** n / (rest ** n + kd ** n) ** 2
     c = rest + np.clip(spike_calcium, 0.0, None)
-    return (c ** n / (c ** n + kd ** n) - h_rest) / slope
+    c_n = portable.power(c, n)  # numpy's ** takes an AVX-512 path on some CPUs (portable.py)
+    return (c_n / (c_n + kd ** n) - h_rest) / slope
 
 
 @dataclass

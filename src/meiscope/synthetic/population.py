@@ -309,7 +309,7 @@ def gabor(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, sf: np.ndarray, orien
     py = ((np.arange(height) + 0.5) / height * (height / width))[None, :, None]
     dx, dy = px - x, py - y * (height / width)
     along = dx * np.cos(orientation) + dy * np.sin(orientation)
-    envelope = np.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))
+    envelope = portable.exp(-(dx ** 2 + dy ** 2) / (2 * sigma ** 2))
     carrier = np.cos(2 * np.pi * sf * along + phase)
     dc = (envelope * carrier).sum(axis=(1, 2), keepdims=True) / envelope.sum(axis=(1, 2), keepdims=True)
     g = envelope * (carrier - dc)
@@ -332,8 +332,8 @@ def difference_of_gaussians(x: np.ndarray, y: np.ndarray, sigma: np.ndarray, rat
     px = ((np.arange(width) + 0.5) / width)[None, None, :]
     py = ((np.arange(height) + 0.5) / height * (height / width))[None, :, None]
     r2 = (px - x) ** 2 + (py - y * (height / width)) ** 2
-    centre = np.exp(-r2 / (2 * sigma ** 2))
-    surround = np.exp(-r2 / (2 * (ratio * sigma) ** 2))
+    centre = portable.exp(-r2 / (2 * sigma ** 2))
+    surround = portable.exp(-r2 / (2 * (ratio * sigma) ** 2))
     g = centre / centre.sum(axis=(1, 2), keepdims=True) - surround / surround.sum(axis=(1, 2), keepdims=True)
     return g / np.abs(g).max(axis=(1, 2), keepdims=True)
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from meiscope.errors import MeiscopeError
+from meiscope.synthetic import portable
 
 # Photographs in scikit-image's package data (not the text/page/synthetic test images).
 PHOTOGRAPHS = (
@@ -138,7 +139,7 @@ def dead_leaves(height: int, width: int, rng: np.random.Generator, n_leaves: int
     r_min, r_max = 0.01 * width, 0.35 * width
     # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
     u = rng.random(n_leaves)
-    radii = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+    radii = portable.power(r_min ** -2 - u * (r_min ** -2 - r_max ** -2), -0.5)
     cy = rng.uniform(0, height, n_leaves)
     cx = rng.uniform(0, width, n_leaves)
     gray = rng.beta(2.0, 2.0, n_leaves)
