@@ -518,8 +518,9 @@ def test_bytes_do_not_depend_on_the_cpus_vector_width(tmp_path):
     assert "900000001.nwb" in hashes[0] and hashes[0] == hashes[1]
 
 
-# numpy 1.23's float64 ufuncs with AVX-512 code paths (SVML, and exp / log of its own): their last bits
-# differ between CPUs with and without AVX-512, so the generator calls synthetic/portable.py instead
+# float64 ufuncs that numpy 1.23 may compute on AVX-512 paths (exp and log of its own, others from Intel's
+# SVML): their last bits can differ between CPUs with and without AVX-512, so the generator calls
+# synthetic/portable.py instead
 AVX512_UFUNCS = {"exp", "log", "power", "float_power", "exp2", "expm1", "log2", "log10", "log1p", "cbrt", "tan",
                  "arcsin", "arccos", "arctan", "arctan2", "sinh", "cosh", "tanh", "arcsinh", "arccosh", "arctanh"}
 GENERATOR = ["src/meiscope/synthetic", "src/meiscope/recordings/container/synthetic.py",

@@ -90,7 +90,7 @@ def hill_dff(spike_calcium: np.ndarray, hill_n: float, kd_spikes: float) -> np.n
     h_rest = rest ** n / (rest ** n + kd ** n)
     slope = n * rest ** (n - 1) * kd ** n / (rest ** n + kd ** n) ** 2
     c = rest + np.clip(spike_calcium, 0.0, None)
-    c_n = portable.power(c, n)  # numpy's ** takes an AVX-512 path on some CPUs (portable.py)
+    c_n = portable.power(c, n)  # not numpy's **, whose bits may depend on AVX-512 (portable.py)
     return (c_n / (c_n + kd ** n) - h_rest) / slope
 
 

@@ -1,10 +1,11 @@
 """exp, log and power with the same bits on every x86-64 CPU, for everything the synthetic data is made of.
 
-numpy's float64 ``exp``, ``log`` and ``power`` (``**`` but for the exponents 2, 0.5, 1, 0 and -1)
-take AVX-512 code paths on CPUs that have them (numpy 1.23), whose results differ in the last bit
-from the scalar path other CPUs take; a last-bit change in a cell's parameters changes the bytes of
-its ground truth. These go through the C library's scalar functions on every CPU instead, which is
-what numpy computes on a CPU without AVX-512 (~0.1 us per element, in blocks of bounded memory).
+numpy's float64 ``exp`` and ``log`` take an AVX-512 code path on CPUs that have it (numpy 1.23),
+whose results differ in the last bit from the scalar path other CPUs take, and the functions numpy
+takes from Intel's SVML may too (``power``, which ``**`` calls but for the exponents 2, 0.5, 1, 0 and
+-1); a last-bit change in a cell's parameters changes the bytes of its ground truth. These go through
+the C library's scalar functions on every CPU instead, which is what numpy computes on a CPU without
+AVX-512 (~0.1 us per element, in blocks of bounded memory).
 """
 
 from __future__ import annotations
